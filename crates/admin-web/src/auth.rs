@@ -1,0 +1,270 @@
+//! Authentication: argon2id passwords (verified off the async workers), JWT sessions
+//! (Bearer header or HttpOnly cookie), login rate limiting, logout by revocation.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, Header, Validation};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use serde::{Deserialize, Serialize};
+use store::entities::user;
+
+use crate::users::user_json;
+use crate::{AdminState, ApiError};
+
+/// The session cookie the console uses.
+pub const SESSION_COOKIE: &str = "tollgate_session";
+/// Failed logins from one client within the window before it is refused.
+const MAX_FAILED_LOGINS: i64 = 10;
+const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The JWT's claims.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: i64,
+    pub role: String,
+    pub jti: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// The authenticated caller of an admin API request.
+#[derive(Clone, Debug)]
+pub struct AuthUser {
+    pub id: i64,
+    pub username: String,
+    pub role: Role,
+    pub group: String,
+    pub jti: String,
+    pub exp: i64,
+}
+
+/// The three roles of API.md §1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Reseller,
+    Customer,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "reseller" => Some(Role::Reseller),
+            "customer" => Some(Role::Customer),
+            _ => None,
+        }
+    }
+}
+
+impl AuthUser {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Whether `target` is within this caller's scope (API.md §1).
+    pub fn sees(&self, target: &user::Model) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Reseller => target.id == self.id || target.parent_id == Some(self.id),
+            Role::Customer => target.id == self.id,
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() { Ok(()) } else { Err(ApiError::Forbidden) }
+    }
+}
+
+/// Hashes a password with argon2id on a blocking thread.
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    web::block(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// Verifies a password against its stored hash on a blocking thread.
+pub async fn verify_password(password: String, hash: String) -> bool {
+    web::block(move || {
+        PasswordHash::new(&hash)
+            .ok()
+            .is_some_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Checks a new password is acceptable.
+pub fn check_password_rules(password: &str) -> Result<(), ApiError> {
+    if password.chars().count() < 8 || password.len() > 256 {
+        return Err(ApiError::BadRequest("password must be 8 to 256 characters".into()));
+    }
+    Ok(())
+}
+
+fn issue(state: &AdminState, u: &user::Model) -> Result<(String, i64), ApiError> {
+    let now = Utc::now().timestamp();
+    let exp = now + state.session_hours * 3600;
+    let claims = Claims {
+        sub: u.id,
+        role: u.role.clone(),
+        jti: uuid::Uuid::now_v7().simple().to_string(),
+        iat: now,
+        exp,
+    };
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &state.jwt_encoding)
+        .map_err(ApiError::internal)?;
+    Ok((token, exp))
+}
+
+fn client_id(req: &HttpRequest) -> String {
+    req.peer_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
+}
+
+#[derive(Deserialize)]
+pub struct LoginBody {
+    pub username: String,
+    pub password: String,
+}
+
+/// `POST /api/auth/login`
+pub async fn login(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
+    let limiter = format!("login:{}", client_id(&req));
+    if state.shared.count(&limiter).await? >= MAX_FAILED_LOGINS {
+        return Err(ApiError::RateLimited);
+    }
+    let body = body.into_inner();
+    let found = user::Entity::find()
+        .filter(user::Column::Username.eq(body.username.trim()))
+        .one(&state.db)
+        .await?;
+    // Verify against a hash even for unknown users, so timing does not tell them apart.
+    let (hash, u) = match found {
+        Some(u) => (u.password_hash.clone(), Some(u)),
+        None => (DUMMY_HASH.to_owned(), None),
+    };
+    let ok = verify_password(body.password, hash).await;
+    let Some(u) = u.filter(|u| ok && u.status == "enabled") else {
+        state.shared.incr(&limiter, LOGIN_WINDOW).await?;
+        return Err(ApiError::InvalidCredentials);
+    };
+    let (token, exp) = issue(&state, &u)?;
+    let expires_at = chrono::DateTime::from_timestamp(exp, 0).unwrap_or_default();
+    let cookie = Cookie::build(SESSION_COOKIE, token.clone())
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .max_age(actix_web::cookie::time::Duration::seconds(state.session_hours * 3600))
+        .finish();
+    tracing::info!(user.id = u.id, "login");
+    Ok(HttpResponse::Ok().cookie(cookie).json(serde_json::json!({
+        "token": token,
+        "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "user": {"id": u.id, "username": u.username, "role": u.role},
+    })))
+}
+
+/// A valid argon2id hash of a random password, for constant-time unknown-user logins.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$M0WZ2qQeLq0QvN3fWd6h0m6g1N0S0y8yq0D2m7Xk0qY";
+
+/// `POST /api/auth/logout`: the session's token stops working on every instance.
+pub async fn logout(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
+    let ttl = (who.exp - Utc::now().timestamp()).max(1);
+    state
+        .shared
+        .incr(&format!("revoked:{}", who.jti), Duration::from_secs(u64::try_from(ttl).unwrap_or(1)))
+        .await?;
+    let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").http_only(true).finish();
+    gone.make_removal();
+    Ok(HttpResponse::NoContent().cookie(gone).finish())
+}
+
+/// `GET /api/me`
+pub async fn me(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
+    let u = user::Entity::find_by_id(who.id).one(&state.db).await?.ok_or(ApiError::Unauthorized)?;
+    Ok(HttpResponse::Ok().json(user_json(&u)))
+}
+
+#[derive(Deserialize)]
+pub struct PatchMe {
+    pub password: Option<String>,
+    pub current_password: String,
+}
+
+/// `PATCH /api/me`: change one's own password, proving the current one.
+pub async fn patch_me(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    body: web::Json<PatchMe>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let u = user::Entity::find_by_id(who.id).one(&state.db).await?.ok_or(ApiError::Unauthorized)?;
+    if !verify_password(body.current_password, u.password_hash.clone()).await {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let mut active: user::ActiveModel = u.into();
+    if let Some(p) = body.password {
+        check_password_rules(&p)?;
+        active.password_hash = Set(hash_password(p).await?);
+    }
+    active.updated_at = Set(Utc::now());
+    let u = active.update(&state.db).await?;
+    Ok(HttpResponse::Ok().json(user_json(&u)))
+}
+
+fn token_of(req: &HttpRequest) -> Option<String> {
+    if let Some(h) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        return h
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_owned());
+    }
+    req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned())
+}
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AdminState>>().cloned();
+        let token = token_of(req);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::internal("admin state missing"))?;
+            let token = token.ok_or(ApiError::Unauthorized)?;
+            let mut validation = Validation::new(Algorithm::HS256);
+            validation.leeway = 5;
+            let claims = jsonwebtoken::decode::<Claims>(&token, &state.jwt_decoding, &validation)
+                .map_err(|_| ApiError::Unauthorized)?
+                .claims;
+            if state.shared.count(&format!("revoked:{}", claims.jti)).await? > 0 {
+                return Err(ApiError::Unauthorized);
+            }
+            let u = user::Entity::find_by_id(claims.sub)
+                .one(&state.db)
+                .await?
+                .filter(|u| u.status == "enabled")
+                .ok_or(ApiError::Unauthorized)?;
+            let role = Role::parse(&u.role).ok_or(ApiError::Unauthorized)?;
+            Ok(AuthUser { id: u.id, username: u.username, role, group: u.group_name, jti: claims.jti, exp: claims.exp })
+        })
+    }
+}

@@ -1,0 +1,72 @@
+//! First start: the `root` admin (never with a default password) and the JWT secret
+//! kept in the database so every instance signs alike.
+
+use billing::wallet::Account;
+use chrono::Utc;
+use rand::RngCore;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait, PaginatorTrait};
+use store::entities::{setting, user};
+
+use crate::ApiError;
+use crate::auth::hash_password;
+
+/// Creates `root` when there are no users. Returns the generated password when none
+/// was given, so the caller can print it once.
+pub async fn ensure_root(
+    db: &DatabaseConnection,
+    wallet: &billing::Wallet,
+    password: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    if user::Entity::find().count(db).await? > 0 {
+        return Ok(None);
+    }
+    let (password, generated) = match password.filter(|p| !p.is_empty()) {
+        Some(p) => (p, false),
+        None => (random_text(18), true),
+    };
+    let now = Utc::now();
+    let root = user::ActiveModel {
+        username: Set("root".to_owned()),
+        password_hash: Set(hash_password(password.clone()).await?),
+        role: Set("admin".to_owned()),
+        group_name: Set("default".to_owned()),
+        parent_id: Set(None),
+        status: Set("enabled".to_owned()),
+        balance: Set(0),
+        used: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    wallet.set_limit(Account::User(root.id), 0).await?;
+    Ok(generated.then_some(password))
+}
+
+/// The JWT secret: from the environment when given, else the one stored in the
+/// database (generated on first start).
+pub async fn jwt_secret(db: &DatabaseConnection, from_env: Option<String>) -> Result<Vec<u8>, ApiError> {
+    if let Some(s) = from_env.filter(|s| !s.is_empty()) {
+        return Ok(s.into_bytes());
+    }
+    if let Some(s) = setting::Entity::find_by_id("jwt_secret".to_owned()).one(db).await? {
+        return Ok(s.value.into_bytes());
+    }
+    let fresh = random_text(48);
+    let row = setting::ActiveModel { name: Set("jwt_secret".to_owned()), value: Set(fresh.clone()) };
+    if row.insert(db).await.is_err() {
+        // Another instance stored one first: use theirs.
+        if let Some(s) = setting::Entity::find_by_id("jwt_secret".to_owned()).one(db).await? {
+            return Ok(s.value.into_bytes());
+        }
+    }
+    Ok(fresh.into_bytes())
+}
+
+fn random_text(bytes: usize) -> String {
+    use base64::Engine;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}

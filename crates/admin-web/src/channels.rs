@@ -1,0 +1,276 @@
+//! Upstream channels (API.md §2 "Channels", admin only). Keys are encrypted at rest
+//! and never returned: a channel shows how many it has and their last four characters.
+
+use std::collections::HashMap;
+
+use actix_web::{HttpResponse, web};
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+use serde::Deserialize;
+use store::entities::{channel, channel_key};
+
+use crate::auth::AuthUser;
+use crate::{AdminState, ApiError};
+
+/// Channel types the relay can serve today.
+const SERVED_TYPES: &[&str] = &["openai"];
+/// Channel types API.md names; the others arrive with their protocol adapters.
+const KNOWN_TYPES: &[&str] = &["openai", "azure", "anthropic", "gemini"];
+
+/// A channel as the API shows it.
+pub fn channel_json(c: &channel::Model, keys: &[channel_key::Model]) -> serde_json::Value {
+    let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap_or(serde_json::Value::Null);
+    let ts = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    serde_json::json!({
+        "id": c.id,
+        "name": c.name,
+        "type": c.kind,
+        "base_url": c.base_url,
+        "models": parse(&c.models),
+        "model_mapping": parse(&c.model_mapping),
+        "groups": parse(&c.groups),
+        "priority": c.priority,
+        "weight": c.weight,
+        "timeout_s": c.timeout_s,
+        "status": c.status,
+        "key_count": keys.iter().filter(|k| k.status == "enabled").count(),
+        "keys_preview": keys.iter().map(|k| serde_json::json!({"id": k.id, "last4": k.last4, "status": k.status, "disabled_reason": k.disabled_reason})).collect::<Vec<_>>(),
+        "response_ms": c.response_ms,
+        "last_test_at": c.last_test_at.map(ts),
+        "last_error": c.last_error,
+        "disabled_reason": c.disabled_reason,
+        "created_at": ts(c.created_at),
+    })
+}
+
+/// The body of create and patch; every field optional so one struct serves both.
+#[derive(Deserialize, Default)]
+pub struct ChannelBody {
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub base_url: Option<String>,
+    pub keys: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
+    pub model_mapping: Option<HashMap<String, String>>,
+    pub groups: Option<Vec<String>>,
+    pub priority: Option<i32>,
+    pub weight: Option<i32>,
+    pub headers: Option<HashMap<String, String>>,
+    pub timeout_s: Option<i32>,
+    pub status: Option<String>,
+}
+
+fn bad(msg: &str) -> ApiError {
+    ApiError::BadRequest(msg.to_owned())
+}
+
+fn names(list: &[String], what: &str) -> Result<String, ApiError> {
+    if list.is_empty() || list.iter().any(|s| s.trim().is_empty() || s.len() > 200) {
+        return Err(ApiError::BadRequest(format!("{what} must be a non-empty list of names")));
+    }
+    serde_json::to_string(list).map_err(ApiError::internal)
+}
+
+/// Validates the body into the active model (creation requires the core fields).
+fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Result<(), ApiError> {
+    if let Some(name) = &body.name {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(bad("name must be 1 to 100 characters"));
+        }
+        m.name = Set(name.to_owned());
+    } else if creating {
+        return Err(bad("'name' is required"));
+    }
+    if let Some(kind) = &body.kind {
+        if !KNOWN_TYPES.contains(&kind.as_str()) {
+            return Err(bad("type must be one of openai, azure, anthropic, gemini"));
+        }
+        if !SERVED_TYPES.contains(&kind.as_str()) {
+            return Err(ApiError::BadRequest(format!("channel type '{kind}' is not served by this version yet; use 'openai'")));
+        }
+        m.kind = Set(kind.clone());
+    } else if creating {
+        return Err(bad("'type' is required"));
+    }
+    if let Some(url) = &body.base_url {
+        let url = url.trim().trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(bad("base_url must be an http(s) URL such as https://api.openai.com"));
+        }
+        m.base_url = Set(url.to_owned());
+    } else if creating {
+        return Err(bad("'base_url' is required"));
+    }
+    if let Some(models) = &body.models {
+        m.models = Set(names(models, "models")?);
+    } else if creating {
+        return Err(bad("'models' is required"));
+    }
+    if let Some(mapping) = &body.model_mapping {
+        if mapping.iter().any(|(a, b)| a.trim().is_empty() || b.trim().is_empty()) {
+            return Err(bad("model_mapping must map names to names"));
+        }
+        m.model_mapping = Set(serde_json::to_string(mapping).map_err(ApiError::internal)?);
+    } else if creating {
+        m.model_mapping = Set("{}".to_owned());
+    }
+    if let Some(groups) = &body.groups {
+        m.groups = Set(names(groups, "groups")?);
+    } else if creating {
+        m.groups = Set(r#"["default"]"#.to_owned());
+    }
+    if let Some(p) = body.priority {
+        m.priority = Set(p);
+    } else if creating {
+        m.priority = Set(0);
+    }
+    if let Some(w) = body.weight {
+        if !(1..=10_000).contains(&w) {
+            return Err(bad("weight must be 1 to 10000"));
+        }
+        m.weight = Set(w);
+    } else if creating {
+        m.weight = Set(1);
+    }
+    if let Some(h) = &body.headers {
+        m.headers = Set(serde_json::to_string(h).map_err(ApiError::internal)?);
+    } else if creating {
+        m.headers = Set("{}".to_owned());
+    }
+    if let Some(t) = body.timeout_s {
+        if !(1..=3600).contains(&t) {
+            return Err(bad("timeout_s must be 1 to 3600"));
+        }
+        m.timeout_s = Set(t);
+    } else if creating {
+        m.timeout_s = Set(300);
+    }
+    if let Some(s) = &body.status {
+        if s != "enabled" && s != "disabled" {
+            return Err(bad("status must be enabled or disabled"));
+        }
+        m.status = Set(s.clone());
+        m.disabled_reason = Set(None);
+    } else if creating {
+        m.status = Set("enabled".to_owned());
+    }
+    Ok(())
+}
+
+fn key_rows(state: &AdminState, channel_id: i64, keys: &[String]) -> Result<Vec<channel_key::ActiveModel>, ApiError> {
+    if keys.is_empty() || keys.iter().any(|k| k.trim().is_empty()) {
+        return Err(bad("keys must be a non-empty list of upstream keys"));
+    }
+    keys.iter()
+        .map(|k| {
+            let k = k.trim();
+            let last4: String = k.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+            Ok(channel_key::ActiveModel {
+                channel_id: Set(channel_id),
+                secret: Set(state.secrets.seal(k)?),
+                last4: Set(last4),
+                status: Set("enabled".to_owned()),
+                disabled_reason: Set(None),
+                created_at: Set(Utc::now()),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+async fn keys_of(state: &AdminState, id: i64) -> Result<Vec<channel_key::Model>, ApiError> {
+    Ok(channel_key::Entity::find()
+        .filter(channel_key::Column::ChannelId.eq(id))
+        .order_by_asc(channel_key::Column::Id)
+        .all(&state.db)
+        .await?)
+}
+
+/// `POST /api/channels`
+pub async fn create(state: web::Data<AdminState>, who: AuthUser, body: web::Json<ChannelBody>) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let keys = body.keys.clone().ok_or_else(|| bad("'keys' is required"))?;
+    let mut m = channel::ActiveModel { created_at: Set(Utc::now()), ..Default::default() };
+    apply(&body, &mut m, true)?;
+    let txn = state.db.begin().await?;
+    let c = m.insert(&txn).await?;
+    for k in key_rows(&state, c.id, &keys)? {
+        k.insert(&txn).await?;
+    }
+    txn.commit().await?;
+    state.reload().await;
+    let keys = keys_of(&state, c.id).await?;
+    Ok(HttpResponse::Created().json(channel_json(&c, &keys)))
+}
+
+/// `GET /api/channels`
+pub async fn list(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let channels = channel::Entity::find().order_by_asc(channel::Column::Id).all(&state.db).await?;
+    let keys = channel_key::Entity::find().all(&state.db).await?;
+    let items: Vec<_> = channels
+        .iter()
+        .map(|c| {
+            let mine: Vec<_> = keys.iter().filter(|k| k.channel_id == c.id).cloned().collect();
+            channel_json(c, &mine)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"total": items.len(), "items": items})))
+}
+
+/// `GET /api/channels/{id}`
+pub async fn get(state: web::Data<AdminState>, who: AuthUser, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let id = id.into_inner();
+    let c = channel::Entity::find_by_id(id).one(&state.db).await?.ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(channel_json(&c, &keys_of(&state, id).await?)))
+}
+
+/// `PATCH /api/channels/{id}`: any creation field; `keys` replaces all keys.
+pub async fn patch(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+    body: web::Json<ChannelBody>,
+) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let id = id.into_inner();
+    let c = channel::Entity::find_by_id(id).one(&state.db).await?.ok_or(ApiError::NotFound)?;
+    let mut m: channel::ActiveModel = c.into();
+    apply(&body, &mut m, false)?;
+    let txn = state.db.begin().await?;
+    let c = m.update(&txn).await?;
+    if let Some(keys) = &body.keys {
+        let rows = key_rows(&state, id, keys)?;
+        channel_key::Entity::delete_many()
+            .filter(channel_key::Column::ChannelId.eq(id))
+            .exec(&txn)
+            .await?;
+        for k in rows {
+            k.insert(&txn).await?;
+        }
+    }
+    txn.commit().await?;
+    state.reload().await;
+    Ok(HttpResponse::Ok().json(channel_json(&c, &keys_of(&state, id).await?)))
+}
+
+/// `DELETE /api/channels/{id}`
+pub async fn delete(state: web::Data<AdminState>, who: AuthUser, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let id = id.into_inner();
+    let txn = state.db.begin().await?;
+    let gone = channel::Entity::delete_by_id(id).exec(&txn).await?;
+    if gone.rows_affected == 0 {
+        return Err(ApiError::NotFound);
+    }
+    channel_key::Entity::delete_many()
+        .filter(channel_key::Column::ChannelId.eq(id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    state.reload().await;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,283 @@
+//! Customer `sk-` keys (API.md §2 "Keys"): shown once at creation, stored as SHA-256.
+
+use actix_web::{HttpResponse, web};
+use billing::wallet::Account;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::Deserialize;
+use store::entities::api_key;
+
+use crate::auth::AuthUser;
+use crate::users::{scope_condition, visible_user};
+use crate::util::{Paging, credits, nullable};
+use crate::{AdminState, ApiError};
+
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A new key: `sk-` and 48 random base62 characters.
+pub fn generate_key() -> String {
+    let mut rng = rand::rng();
+    let body: String = (0..48)
+        .map(|_| char::from(BASE62[rng.random_range(0..BASE62.len())]))
+        .collect();
+    format!("sk-{body}")
+}
+
+fn preview(key: &str) -> String {
+    let body = key.strip_prefix("sk-").unwrap_or(key);
+    let head: String = body.chars().take(4).collect();
+    let tail: String = body.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("sk-{head}…{tail}")
+}
+
+fn json_list(text: Option<&str>) -> serde_json::Value {
+    text.and_then(|t| serde_json::from_str(t).ok()).unwrap_or(serde_json::Value::Null)
+}
+
+/// A key as the API lists it (never the key itself).
+pub fn key_json(k: &api_key::Model) -> serde_json::Value {
+    serde_json::json!({
+        "id": k.id,
+        "name": k.name,
+        "user_id": k.user_id,
+        "preview": k.preview,
+        "status": k.status,
+        "used": credits(k.used),
+        "credit_limit": k.credit_limit.map(credits),
+        "expires_at": k.expires_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        "models": json_list(k.models.as_deref()),
+        "allow_ips": json_list(k.allow_ips.as_deref()),
+        "rpm": k.rpm,
+        "last_used_at": k.last_used_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        "created_at": k.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+fn check_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err(ApiError::BadRequest("name must be 1 to 64 characters".into()));
+    }
+    Ok(name.to_owned())
+}
+
+fn parse_limit(limit: Option<f64>) -> Result<Option<i64>, ApiError> {
+    limit
+        .map(|l| {
+            let m = billing::credits_to_micros(l)?;
+            if m < 0 {
+                return Err(ApiError::BadRequest("credit_limit must not be negative".into()));
+            }
+            Ok(m)
+        })
+        .transpose()
+}
+
+fn parse_models(models: Option<Vec<String>>) -> Result<Option<String>, ApiError> {
+    models
+        .map(|m| {
+            if m.iter().any(|s| s.trim().is_empty()) {
+                return Err(ApiError::BadRequest("models must be non-empty names".into()));
+            }
+            serde_json::to_string(&m).map_err(ApiError::internal)
+        })
+        .transpose()
+}
+
+fn parse_ips(ips: Option<Vec<String>>) -> Result<Option<String>, ApiError> {
+    ips.map(|list| {
+        store::catalog::parse_ip_list(&list).map_err(ApiError::BadRequest)?;
+        serde_json::to_string(&list).map_err(ApiError::internal)
+    })
+    .transpose()
+}
+
+fn parse_rpm(rpm: Option<i64>) -> Result<Option<i32>, ApiError> {
+    rpm.map(|r| {
+        i32::try_from(r)
+            .ok()
+            .filter(|r| *r > 0)
+            .ok_or_else(|| ApiError::BadRequest("rpm must be a positive whole number".into()))
+    })
+    .transpose()
+}
+
+#[derive(Deserialize)]
+pub struct CreateKey {
+    pub name: String,
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    #[serde(default)]
+    pub credit_limit: Option<f64>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_ips: Option<Vec<String>>,
+    #[serde(default)]
+    pub rpm: Option<i64>,
+}
+
+/// `POST /api/keys`
+pub async fn create(state: web::Data<AdminState>, who: AuthUser, body: web::Json<CreateKey>) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let owner = visible_user(&state, &who, body.user_id.unwrap_or(who.id)).await?;
+    let key = generate_key();
+    let credit_limit = parse_limit(body.credit_limit)?;
+    let row = api_key::ActiveModel {
+        user_id: Set(owner.id),
+        name: Set(check_name(&body.name)?),
+        key_hash: Set(store::hash_secret(&key)),
+        preview: Set(preview(&key)),
+        status: Set("enabled".to_owned()),
+        used: Set(0),
+        credit_limit: Set(credit_limit),
+        expires_at: Set(body.expires_at),
+        models: Set(parse_models(body.models)?),
+        allow_ips: Set(parse_ips(body.allow_ips)?),
+        rpm: Set(parse_rpm(body.rpm)?),
+        last_used_at: Set(None),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .insert(&state.db)
+    .await?;
+    if let Some(limit) = credit_limit {
+        state.wallet.set_limit(Account::Key(row.id), limit).await?;
+    }
+    state.reload().await;
+    let mut out = key_json(&row);
+    out["key"] = serde_json::Value::from(key);
+    Ok(HttpResponse::Created().json(out))
+}
+
+#[derive(Deserialize)]
+pub struct ListKeys {
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    #[serde(flatten)]
+    pub paging: Paging,
+}
+
+/// `GET /api/keys`
+pub async fn list(state: web::Data<AdminState>, who: AuthUser, query: web::Query<ListKeys>) -> Result<HttpResponse, ApiError> {
+    let mut find = api_key::Entity::find()
+        .filter(api_key::Column::Status.ne("deleted"))
+        .filter(scope_condition(&who, api_key::Column::UserId));
+    if let Some(uid) = query.user_id {
+        find = find.filter(api_key::Column::UserId.eq(uid));
+    }
+    let total = find.clone().count(&state.db).await?;
+    let items = find
+        .order_by_desc(api_key::Column::Id)
+        .offset(query.paging.offset())
+        .limit(query.paging.per_page())
+        .all(&state.db)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "items": items.iter().map(key_json).collect::<Vec<_>>(),
+        "total": total,
+    })))
+}
+
+async fn visible_key(state: &AdminState, who: &AuthUser, id: i64) -> Result<api_key::Model, ApiError> {
+    let key = api_key::Entity::find_by_id(id)
+        .one(&state.db)
+        .await?
+        .filter(|k| k.status != "deleted")
+        .ok_or(ApiError::NotFound)?;
+    visible_user(state, who, key.user_id).await?;
+    Ok(key)
+}
+
+#[derive(Deserialize)]
+pub struct PatchKey {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub credit_limit: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub models: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub allow_ips: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub rpm: Option<Option<i64>>,
+}
+
+/// `PATCH /api/keys/{id}`: takes effect on the next request, on every instance.
+pub async fn patch(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+    body: web::Json<PatchKey>,
+) -> Result<HttpResponse, ApiError> {
+    let key = visible_key(&state, &who, id.into_inner()).await?;
+    let body = body.into_inner();
+    let mut active: api_key::ActiveModel = key.clone().into();
+    if let Some(name) = body.name {
+        active.name = Set(check_name(&name)?);
+    }
+    if let Some(status) = body.status {
+        if status != "enabled" && status != "disabled" {
+            return Err(ApiError::BadRequest("status must be enabled or disabled".into()));
+        }
+        active.status = Set(status);
+    }
+    let mut new_limit = None;
+    if let Some(limit) = body.credit_limit {
+        let limit = parse_limit(limit)?;
+        active.credit_limit = Set(limit);
+        new_limit = Some(limit);
+    }
+    if let Some(expires) = body.expires_at {
+        active.expires_at = Set(expires);
+    }
+    if let Some(models) = body.models {
+        active.models = Set(parse_models(models)?);
+    }
+    if let Some(ips) = body.allow_ips {
+        active.allow_ips = Set(parse_ips(ips)?);
+    }
+    if let Some(rpm) = body.rpm {
+        active.rpm = Set(parse_rpm(rpm)?);
+    }
+    let updated = active.update(&state.db).await?;
+    match new_limit {
+        Some(Some(limit)) => state.wallet.set_limit(Account::Key(updated.id), limit - updated.used).await?,
+        Some(None) => state.wallet.remove(Account::Key(updated.id)).await?,
+        None => {}
+    }
+    state.reload().await;
+    Ok(HttpResponse::Ok().json(key_json(&updated)))
+}
+
+/// `DELETE /api/keys/{id}`: the key stops working at once; its history stays.
+pub async fn delete(state: web::Data<AdminState>, who: AuthUser, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let key = visible_key(&state, &who, id.into_inner()).await?;
+    let mut active: api_key::ActiveModel = key.into();
+    active.status = Set("deleted".to_owned());
+    active.update(&state.db).await?;
+    state.reload().await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_sk_and_48_base62_characters_and_previews_hide_the_middle() {
+        let k = generate_key();
+        assert_eq!(k.len(), 51);
+        assert!(k[3..].chars().all(|c| c.is_ascii_alphanumeric()));
+        let p = preview(&k);
+        assert!(p.starts_with(&k[..7]) && p.ends_with(&k[47..]));
+        assert_ne!(generate_key(), k);
+    }
+}

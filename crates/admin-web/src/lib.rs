@@ -1,0 +1,17 @@
+//! The console and the JSON admin API (`/api/*`): authentication (argon2id, JWT),
+//! users and credits, keys, channels and pricing, each scoped by the caller's role.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod channels;
+pub mod error;
+pub mod keys;
+pub mod pricing;
+pub mod routes;
+pub mod state;
+pub mod users;
+mod util;
+
+pub use error::ApiError;
+pub use routes::configure;
+pub use state::{AdminState, Reload};

@@ -1,0 +1,175 @@
+//! Model prices and group multipliers (API.md §2 "Pricing"). Readable by every
+//! logged-in user; only admins change them. A model with no price is never served.
+
+use actix_web::{HttpResponse, web};
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel};
+use serde::Deserialize;
+use store::entities::{group_multiplier, model_price};
+
+use crate::auth::AuthUser;
+use crate::util::credits;
+use crate::{AdminState, ApiError};
+
+fn price_json(p: &model_price::Model) -> serde_json::Value {
+    let mut v = serde_json::json!({"input": credits(p.input), "output": credits(p.output)});
+    for (name, value) in [
+        ("cached_input", p.cached_input),
+        ("per_request", p.per_request),
+        ("per_image", p.per_image),
+        ("per_second", p.per_second),
+    ] {
+        if let Some(x) = value {
+            v[name] = credits(x);
+        }
+    }
+    v
+}
+
+/// `GET /api/pricing`
+pub async fn get(state: web::Data<AdminState>, _who: AuthUser) -> Result<HttpResponse, ApiError> {
+    let prices = model_price::Entity::find().all(&state.db).await?;
+    let groups = group_multiplier::Entity::find().all(&state.db).await?;
+    let mut models = serde_json::Map::new();
+    for p in &prices {
+        models.insert(p.model.clone(), price_json(p));
+    }
+    let mut gs = serde_json::Map::new();
+    gs.insert("default".into(), serde_json::Value::from(1.0));
+    for g in &groups {
+        gs.insert(g.name.clone(), credits(g.multiplier_ppm));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"currency": "USD", "models": models, "groups": gs})))
+}
+
+#[derive(Deserialize)]
+pub struct PriceBody {
+    pub input: Option<f64>,
+    pub output: Option<f64>,
+    #[serde(default, deserialize_with = "crate::util::nullable")]
+    pub cached_input: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "crate::util::nullable")]
+    pub per_request: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "crate::util::nullable")]
+    pub per_image: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "crate::util::nullable")]
+    pub per_second: Option<Option<f64>>,
+}
+
+fn amount(v: f64, field: &str) -> Result<i64, ApiError> {
+    let m = billing::credits_to_micros(v)?;
+    if m < 0 {
+        return Err(ApiError::BadRequest(format!("{field} must not be negative")));
+    }
+    Ok(m)
+}
+
+fn optional(v: Option<Option<f64>>, field: &str, current: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match v {
+        None => Ok(current),
+        Some(None) => Ok(None),
+        Some(Some(x)) => amount(x, field).map(Some),
+    }
+}
+
+/// `PUT /api/pricing/models/{model}`: creates or updates; absent fields keep their value.
+pub async fn put_model(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    model: web::Path<String>,
+    body: web::Json<PriceBody>,
+) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let model = model.into_inner();
+    if model.trim().is_empty() || model.len() > 200 {
+        return Err(ApiError::BadRequest("model name must be 1 to 200 characters".into()));
+    }
+    let body = body.into_inner();
+    let existing = model_price::Entity::find_by_id(model.clone()).one(&state.db).await?;
+    let cur = existing.clone().unwrap_or(model_price::Model {
+        model: model.clone(),
+        input: 0,
+        output: 0,
+        cached_input: None,
+        per_request: None,
+        per_image: None,
+        per_second: None,
+        updated_at: Utc::now(),
+    });
+    let next = model_price::Model {
+        model: model.clone(),
+        input: body.input.map(|v| amount(v, "input")).transpose()?.unwrap_or(cur.input),
+        output: body.output.map(|v| amount(v, "output")).transpose()?.unwrap_or(cur.output),
+        cached_input: optional(body.cached_input, "cached_input", cur.cached_input)?,
+        per_request: optional(body.per_request, "per_request", cur.per_request)?,
+        per_image: optional(body.per_image, "per_image", cur.per_image)?,
+        per_second: optional(body.per_second, "per_second", cur.per_second)?,
+        updated_at: Utc::now(),
+    };
+    let mut active = next.clone().into_active_model();
+    let saved = if existing.is_some() {
+        active.model = sea_orm::ActiveValue::Unchanged(model.clone());
+        for col in [
+            model_price::Column::Input,
+            model_price::Column::Output,
+            model_price::Column::CachedInput,
+            model_price::Column::PerRequest,
+            model_price::Column::PerImage,
+            model_price::Column::PerSecond,
+            model_price::Column::UpdatedAt,
+        ] {
+            active.reset(col);
+        }
+        active.update(&state.db).await?
+    } else {
+        active.insert(&state.db).await?
+    };
+    state.reload().await;
+    let mut out = price_json(&saved);
+    out["model"] = serde_json::Value::from(saved.model.clone());
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// `DELETE /api/pricing/models/{model}`
+pub async fn delete_model(state: web::Data<AdminState>, who: AuthUser, model: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let gone = model_price::Entity::delete_by_id(model.into_inner()).exec(&state.db).await?;
+    if gone.rows_affected == 0 {
+        return Err(ApiError::NotFound);
+    }
+    state.reload().await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+pub struct GroupBody {
+    pub multiplier: f64,
+}
+
+/// `PUT /api/pricing/groups/{group}`
+pub async fn put_group(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    group: web::Path<String>,
+    body: web::Json<GroupBody>,
+) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let name = group.into_inner();
+    let ppm = billing::credits_to_micros(body.multiplier)?;
+    if !(0..=1_000_000_000).contains(&ppm) {
+        return Err(ApiError::BadRequest("multiplier must be between 0 and 1000".into()));
+    }
+    let row = group_multiplier::Model { name: name.clone(), multiplier_ppm: ppm, updated_at: Utc::now() };
+    let exists = group_multiplier::Entity::find_by_id(name.clone()).one(&state.db).await?.is_some();
+    let mut active = row.into_active_model();
+    if exists {
+        active.name = sea_orm::ActiveValue::Unchanged(name.clone());
+        active.reset(group_multiplier::Column::MultiplierPpm);
+        active.reset(group_multiplier::Column::UpdatedAt);
+        active.update(&state.db).await?;
+    } else {
+        active.insert(&state.db).await?;
+    }
+    state.reload().await;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"name": name, "multiplier": credits(ppm)})))
+}

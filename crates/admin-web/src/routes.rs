@@ -1,0 +1,46 @@
+//! The admin API's routing table.
+
+use actix_web::web;
+
+use crate::{ApiError, auth, channels, keys, pricing, users};
+
+/// Mounts `/api/*`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let json = web::JsonConfig::default()
+        .limit(1024 * 1024)
+        .error_handler(|err, _| ApiError::BadRequest(format!("invalid JSON body: {err}")).into());
+    let query = web::QueryConfig::default()
+        .error_handler(|err, _| ApiError::BadRequest(format!("invalid query: {err}")).into());
+    let path = web::PathConfig::default()
+        .error_handler(|_, _| ApiError::NotFound.into());
+    cfg.service(
+        web::scope("/api")
+            .app_data(json)
+            .app_data(query)
+            .app_data(path)
+            .route("/auth/login", web::post().to(auth::login))
+            .route("/auth/logout", web::post().to(auth::logout))
+            .route("/me", web::get().to(auth::me))
+            .route("/me", web::patch().to(auth::patch_me))
+            .route("/users", web::post().to(users::create))
+            .route("/users", web::get().to(users::list))
+            .route("/users/{id}", web::get().to(users::get))
+            .route("/users/{id}", web::patch().to(users::patch))
+            .route("/users/{id}/credits", web::post().to(users::add_credits))
+            .route("/users/{id}/transactions", web::get().to(users::transactions))
+            .route("/keys", web::post().to(keys::create))
+            .route("/keys", web::get().to(keys::list))
+            .route("/keys/{id}", web::patch().to(keys::patch))
+            .route("/keys/{id}", web::delete().to(keys::delete))
+            .route("/channels", web::post().to(channels::create))
+            .route("/channels", web::get().to(channels::list))
+            .route("/channels/{id}", web::get().to(channels::get))
+            .route("/channels/{id}", web::patch().to(channels::patch))
+            .route("/channels/{id}", web::delete().to(channels::delete))
+            .route("/pricing", web::get().to(pricing::get))
+            .route("/pricing/models/{model}", web::put().to(pricing::put_model))
+            .route("/pricing/models/{model}", web::delete().to(pricing::delete_model))
+            .route("/pricing/groups/{group}", web::put().to(pricing::put_group))
+            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound) })),
+    );
+}

@@ -1,0 +1,266 @@
+//! The batched writer: generations, charges and their ledger rows are committed off
+//! the request path, many requests to one transaction. A charge's balance change and
+//! its ledger row are always in the same transaction, so `balance = Σ ledger` holds
+//! even if the process dies between batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, ExprTrait, QueryFilter, TransactionTrait,
+};
+use store::entities::{api_key, generation, transaction, user};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::{BillingError, Usage, Wallet};
+
+/// Everything known about one relay request when it ends.
+#[derive(Clone, Debug)]
+pub struct GenerationRecord {
+    pub id: String,
+    pub upstream_id: Option<String>,
+    pub user_id: i64,
+    pub key_id: i64,
+    pub channel_id: Option<i64>,
+    pub provider_name: Option<String>,
+    pub model: String,
+    pub upstream_model: Option<String>,
+    pub endpoint: String,
+    pub streamed: bool,
+    pub cancelled: bool,
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+    pub latency_ms: Option<i64>,
+    pub generation_time_ms: Option<i64>,
+    pub status: &'static str,
+    pub status_code: u16,
+    pub error: Option<String>,
+    pub client_ip: Option<String>,
+    pub attempts: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A settled charge waiting to be committed: `pending` is what the wallet holds for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Charge {
+    pub user_id: i64,
+    pub key_id: i64,
+    /// Whether the key has a wallet account (a credit limit).
+    pub key_limited: bool,
+    pub pending: i64,
+}
+
+enum Msg {
+    Record(Box<GenerationRecord>, Option<Charge>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Hands records to the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct LedgerWriter {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+const MAX_BATCH: usize = 512;
+const GATHER: Duration = Duration::from_millis(5);
+
+impl LedgerWriter {
+    /// Starts the writer task.
+    pub fn start(db: DatabaseConnection, wallet: Arc<Wallet>) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(db, wallet, rx));
+        (LedgerWriter { tx }, task)
+    }
+
+    /// Queues a generation (and its charge, if any) for the next batch.
+    pub fn submit(&self, record: GenerationRecord, charge: Option<Charge>) {
+        if self.tx.send(Msg::Record(Box::new(record), charge)).is_err() {
+            tracing::error!("ledger writer is gone; a generation was not recorded");
+        }
+    }
+
+    /// Waits until everything submitted before this call is committed.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn run(db: DatabaseConnection, wallet: Arc<Wallet>, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::new();
+        let mut waiters = Vec::new();
+        let mut push = |m: Msg, batch: &mut Vec<(GenerationRecord, Option<Charge>)>| match m {
+            Msg::Record(r, c) => batch.push((*r, c)),
+            Msg::Flush(w) => waiters.push(w),
+        };
+        push(first, &mut batch);
+        let deadline = tokio::time::Instant::now() + GATHER;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => push(m, &mut batch),
+                _ => break,
+            }
+        }
+        if !batch.is_empty() {
+            commit_with_retry(&db, &wallet, &batch).await;
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+async fn commit_with_retry(db: &DatabaseConnection, wallet: &Wallet, batch: &[(GenerationRecord, Option<Charge>)]) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match commit(db, batch).await {
+            Ok(charged) => {
+                for ((_, charge), done) in batch.iter().zip(charged) {
+                    if let Some(c) = charge {
+                        let key = c.key_limited.then_some(c.key_id);
+                        if let Err(e) = wallet.flushed(c.user_id, key, c.pending, done).await {
+                            tracing::error!(error = %e, user.id = c.user_id, "wallet not updated after commit");
+                        }
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, batch.len = batch.len(), "ledger batch failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Commits one batch; returns what was actually charged for each record.
+async fn commit(db: &DatabaseConnection, batch: &[(GenerationRecord, Option<Charge>)]) -> Result<Vec<i64>, BillingError> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    let mut charged = Vec::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(batch.len());
+    for (record, charge) in batch {
+        let mut done = 0;
+        if let Some(c) = charge.filter(|c| c.pending > 0) {
+            let (amount, balance_after) = debit(&txn, c.user_id, c.pending, now).await?;
+            if amount > 0 {
+                api_key::Entity::update_many()
+                    .col_expr(api_key::Column::Used, Expr::col(api_key::Column::Used).add(amount))
+                    .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
+                    .filter(api_key::Column::Id.eq(c.key_id))
+                    .exec(&txn)
+                    .await?;
+                transaction::Entity::insert(transaction::ActiveModel {
+                    user_id: Set(c.user_id),
+                    kind: Set("consume".to_owned()),
+                    amount: Set(-amount),
+                    balance_after: Set(balance_after),
+                    reference: Set(Some(record.id.clone())),
+                    note: Set(Some(record.model.clone())),
+                    created_at: Set(now),
+                    ..Default::default()
+                })
+                .exec(&txn)
+                .await?;
+            }
+            if amount < c.pending {
+                tracing::warn!(user.id = c.user_id, pending = c.pending, charged = amount,
+                    "charge capped at the balance");
+            }
+            done = amount;
+        }
+        charged.push(done);
+        rows.push(generation_row(record, done));
+    }
+    for chunk in rows.chunks(200) {
+        generation::Entity::insert_many(chunk.to_vec()).exec(&txn).await?;
+    }
+    txn.commit().await?;
+    Ok(charged)
+}
+
+/// Takes up to `amount` from a user's balance with one conditional update each try,
+/// never below zero; returns (taken, balance after).
+pub async fn debit(
+    txn: &DatabaseTransaction,
+    user_id: i64,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<(i64, i64), BillingError> {
+    if let Some(after) = conditional_debit(txn, user_id, amount, true, now).await? {
+        return Ok((amount, after));
+    }
+    // Not enough: take what is there (the wallet should have prevented this).
+    let Some(u) = user::Entity::find_by_id(user_id).one(txn).await? else {
+        return Ok((0, 0));
+    };
+    if u.balance <= 0 {
+        return Ok((0, u.balance));
+    }
+    match conditional_debit(txn, user_id, u.balance, true, now).await? {
+        Some(after) => Ok((u.balance, after)),
+        None => Ok((0, u.balance)),
+    }
+}
+
+/// `UPDATE users SET balance = balance - n [, used = used + n] WHERE id = ? AND balance >= n`,
+/// returning the balance after, or `None` when the balance was short.
+pub(crate) async fn conditional_debit<C: ConnectionTrait>(
+    conn: &C,
+    user_id: i64,
+    amount: i64,
+    consumed: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, BillingError> {
+    let mut update = user::Entity::update_many()
+        .col_expr(user::Column::Balance, Expr::col(user::Column::Balance).sub(amount));
+    if consumed {
+        update = update.col_expr(user::Column::Used, Expr::col(user::Column::Used).add(amount));
+    }
+    let rows = update
+        .col_expr(user::Column::UpdatedAt, Expr::value(now))
+        .filter(user::Column::Id.eq(user_id))
+        .filter(user::Column::Balance.gte(amount))
+        .exec_with_returning(conn)
+        .await?;
+    Ok(rows.first().map(|u| u.balance))
+}
+
+fn generation_row(r: &GenerationRecord, cost: i64) -> generation::ActiveModel {
+    generation::ActiveModel {
+        id: Set(r.id.clone()),
+        upstream_id: Set(r.upstream_id.clone()),
+        user_id: Set(r.user_id),
+        key_id: Set(r.key_id),
+        channel_id: Set(r.channel_id),
+        provider_name: Set(r.provider_name.clone()),
+        model: Set(r.model.clone()),
+        upstream_model: Set(r.upstream_model.clone()),
+        endpoint: Set(r.endpoint.clone()),
+        streamed: Set(r.streamed),
+        cancelled: Set(r.cancelled),
+        finish_reason: Set(r.finish_reason.clone()),
+        tokens_prompt: Set(r.usage.prompt_tokens),
+        tokens_completion: Set(r.usage.completion_tokens),
+        tokens_cached: Set(r.usage.cached_tokens),
+        tokens_reasoning: Set(r.usage.reasoning_tokens),
+        num_media: Set(r.usage.images),
+        latency_ms: Set(r.latency_ms),
+        generation_time_ms: Set(r.generation_time_ms),
+        cost: Set(cost),
+        status: Set(r.status.to_owned()),
+        status_code: Set(i32::from(r.status_code)),
+        error: Set(r.error.clone()),
+        client_ip: Set(r.client_ip.clone()),
+        attempts: Set(r.attempts.clone()),
+        created_at: Set(r.created_at),
+    }
+}

@@ -1,0 +1,16 @@
+//! Money for Tollgate: prices and metering (usage -> cost in micro-credits), the
+//! wallets that admit requests without SQL, and the batched writer that commits
+//! charges, ledger rows and generations together.
+
+pub mod accounts;
+pub mod credits;
+pub mod error;
+pub mod ledger;
+pub mod price;
+pub mod wallet;
+
+pub use credits::{credits_to_micros, micros_to_credits};
+pub use error::BillingError;
+pub use ledger::{Charge, GenerationRecord, LedgerWriter};
+pub use price::{Price, Usage};
+pub use wallet::{Hold, Wallet};

@@ -1,0 +1,450 @@
+//! Wallets: the admission authority. Each account (a user, or a key with a credit limit)
+//! has a `limit` (its durable balance as last committed) and `held` (live reservations
+//! plus charges settled but not yet committed); what it may still spend is
+//! `limit - held`. Reserve, settle and release are single atomic operations: under a
+//! lock in process, or one Lua script in Redis shared by every instance. The counter
+//! only ever errs on the conservative side; the database's conditional updates are the
+//! final guard that no balance goes below zero.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use deadpool_redis::Pool;
+use deadpool_redis::redis::{self, Script};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use store::Shared;
+use store::entities::{api_key, user};
+
+use crate::BillingError;
+
+/// Whose money an operation concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Account {
+    User(i64),
+    /// A key with a credit limit; keys without one have no account.
+    Key(i64),
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    limit: i64,
+    held: i64,
+}
+
+/// Money reserved for one request, to be settled or released exactly once.
+#[derive(Debug)]
+#[must_use = "a hold must be settled or released"]
+pub struct Hold {
+    pub user_id: i64,
+    /// Set when the key has a credit limit.
+    pub key_id: Option<i64>,
+    pub amount: i64,
+}
+
+enum Backend {
+    Memory(Mutex<HashMap<Account, Slot>>),
+    Redis {
+        pool: Pool,
+        prefix: String,
+        scripts: Box<Scripts>,
+    },
+}
+
+/// The Lua scripts, hashed once.
+struct Scripts {
+    reserve: Script,
+    settle: Script,
+    flushed: Script,
+    credit: Script,
+}
+
+/// The admission authority for every account.
+pub struct Wallet {
+    db: DatabaseConnection,
+    backend: Backend,
+}
+
+const RESERVE: &str = r"
+local amt = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local lim = redis.call('HGET', KEYS[i], 'limit')
+  if not lim then return -i end
+  local held = tonumber(redis.call('HGET', KEYS[i], 'held') or '0')
+  if tonumber(lim) - held < amt then return 0 end
+end
+for i = 1, #KEYS do redis.call('HINCRBY', KEYS[i], 'held', amt) end
+return 1
+";
+
+const SETTLE: &str = r"
+local reserved = tonumber(ARGV[1])
+local charge = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local lim = redis.call('HGET', KEYS[i], 'limit')
+  if lim then
+    local held = tonumber(redis.call('HGET', KEYS[i], 'held') or '0')
+    local avail = tonumber(lim) - held + reserved
+    if avail < charge then charge = avail end
+  end
+end
+if charge < 0 then charge = 0 end
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HINCRBY', KEYS[i], 'held', charge - reserved)
+  end
+end
+return charge
+";
+
+const FLUSHED: &str = r"
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HINCRBY', KEYS[i], 'held', -tonumber(ARGV[1]))
+    redis.call('HINCRBY', KEYS[i], 'limit', -tonumber(ARGV[2]))
+  end
+end
+return 1
+";
+
+const CREDIT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'limit', tonumber(ARGV[1]))
+end
+return 1
+";
+
+impl Wallet {
+    /// A wallet on the backend `shared` uses (Redis when configured).
+    pub fn new(db: DatabaseConnection, shared: &Shared) -> Self {
+        let backend = match shared.redis_pool() {
+            Some((pool, prefix)) => Backend::Redis {
+                pool: pool.clone(),
+                prefix: prefix.to_owned(),
+                scripts: Box::new(Scripts {
+                    reserve: Script::new(RESERVE),
+                    settle: Script::new(SETTLE),
+                    flushed: Script::new(FLUSHED),
+                    credit: Script::new(CREDIT),
+                }),
+            },
+            None => Backend::Memory(Mutex::new(HashMap::new())),
+        };
+        Wallet { db, backend }
+    }
+
+    /// Loads every account from the database. In Redis, accounts that other instances
+    /// already hold are kept as they are.
+    pub async fn load_all(&self) -> Result<(), BillingError> {
+        let users = user::Entity::find().all(&self.db).await?;
+        let keys = api_key::Entity::find()
+            .filter(api_key::Column::CreditLimit.is_not_null())
+            .filter(api_key::Column::Status.ne("deleted"))
+            .all(&self.db)
+            .await?;
+        let mut accounts: Vec<(Account, i64)> =
+            users.iter().map(|u| (Account::User(u.id), u.balance)).collect();
+        accounts.extend(keys.iter().filter_map(|k| {
+            k.credit_limit.map(|l| (Account::Key(k.id), l - k.used))
+        }));
+        match &self.backend {
+            Backend::Memory(slots) => {
+                let mut slots = lock(slots);
+                for (acct, limit) in accounts {
+                    slots.entry(acct).or_insert(Slot { limit, held: 0 });
+                }
+            }
+            Backend::Redis { pool, prefix, .. } => {
+                let mut conn = pool.get().await?;
+                for chunk in accounts.chunks(500) {
+                    let mut pipe = redis::pipe();
+                    for (acct, limit) in chunk {
+                        let k = redis_key(prefix, *acct);
+                        pipe.hset_nx(&k, "limit", *limit).ignore();
+                        pipe.hset_nx(&k, "held", 0).ignore();
+                    }
+                    let () = pipe.query_async(&mut conn).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets an account's limit (a new user, or a key whose credit limit changed),
+    /// keeping whatever it holds.
+    pub async fn set_limit(&self, acct: Account, limit: i64) -> Result<(), BillingError> {
+        match &self.backend {
+            Backend::Memory(slots) => {
+                lock(slots).entry(acct).or_default().limit = limit;
+            }
+            Backend::Redis { pool, prefix, .. } => {
+                let mut conn = pool.get().await?;
+                let k = redis_key(prefix, acct);
+                let () = redis::pipe()
+                    .atomic()
+                    .hset(&k, "limit", limit)
+                    .ignore()
+                    .hset_nx(&k, "held", 0)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a key account (its credit limit was removed).
+    pub async fn remove(&self, acct: Account) -> Result<(), BillingError> {
+        match &self.backend {
+            Backend::Memory(slots) => {
+                lock(slots).remove(&acct);
+            }
+            Backend::Redis { pool, prefix, .. } => {
+                let mut conn = pool.get().await?;
+                let _: i64 = redis::cmd("DEL")
+                    .arg(redis_key(prefix, acct))
+                    .query_async(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves `amount` against the user and, when given, the limited key; all or
+    /// nothing. `Insufficient` when either cannot cover it.
+    pub async fn reserve(
+        &self,
+        user_id: i64,
+        key_id: Option<i64>,
+        amount: i64,
+    ) -> Result<Hold, BillingError> {
+        let amount = amount.max(0);
+        let accounts = accounts_of(user_id, key_id);
+        for _ in 0..3 {
+            match self.try_reserve(&accounts, amount).await? {
+                Reserve::Done => {
+                    return Ok(Hold { user_id, key_id, amount });
+                }
+                Reserve::Short => return Err(BillingError::Insufficient),
+                Reserve::Missing(acct) => self.load_missing(acct).await?,
+            }
+        }
+        Err(BillingError::Insufficient)
+    }
+
+    /// Turns a hold into a pending charge of `cost` (capped at what the accounts can
+    /// still cover) and returns the amount that will be charged.
+    pub async fn settle(&self, hold: Hold, cost: i64) -> Result<i64, BillingError> {
+        let accounts = accounts_of(hold.user_id, hold.key_id);
+        let cost = cost.max(0);
+        match &self.backend {
+            Backend::Memory(slots) => {
+                let mut slots = lock(slots);
+                let mut charge = cost;
+                for a in &accounts {
+                    if let Some(s) = slots.get(a) {
+                        charge = charge.min(s.limit - s.held + hold.amount);
+                    }
+                }
+                let charge = charge.max(0);
+                for a in &accounts {
+                    if let Some(s) = slots.get_mut(a) {
+                        s.held += charge - hold.amount;
+                    }
+                }
+                Ok(charge)
+            }
+            Backend::Redis { pool, prefix, scripts } => {
+                let mut conn = pool.get().await?;
+                let mut inv = scripts.settle.prepare_invoke();
+                for a in &accounts {
+                    inv.key(redis_key(prefix, *a));
+                }
+                let charge: i64 = inv
+                    .arg(hold.amount)
+                    .arg(cost)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok(charge)
+            }
+        }
+    }
+
+    /// Gives a hold back untouched (the request failed).
+    pub async fn release(&self, hold: Hold) -> Result<(), BillingError> {
+        let accounts = accounts_of(hold.user_id, hold.key_id);
+        self.apply_flushed(&accounts, hold.amount, 0).await
+    }
+
+    /// Records that a pending charge was committed: it leaves `held`, and what was
+    /// actually charged leaves `limit`.
+    pub async fn flushed(
+        &self,
+        user_id: i64,
+        key_id: Option<i64>,
+        pending: i64,
+        charged: i64,
+    ) -> Result<(), BillingError> {
+        self.apply_flushed(&accounts_of(user_id, key_id), pending, charged)
+            .await
+    }
+
+    /// Adds committed credits (mint, transfer in, redemption) to a user's limit.
+    pub async fn credit(&self, user_id: i64, amount: i64) -> Result<(), BillingError> {
+        let acct = Account::User(user_id);
+        match &self.backend {
+            Backend::Memory(slots) => {
+                if let Some(s) = lock(slots).get_mut(&acct) {
+                    s.limit += amount;
+                }
+            }
+            Backend::Redis { pool, prefix, scripts } => {
+                let mut conn = pool.get().await?;
+                let _: i64 = scripts
+                    .credit
+                    .key(redis_key(prefix, acct))
+                    .arg(amount)
+                    .invoke_async(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What an account may still spend (for display and tests).
+    pub async fn available(&self, acct: Account) -> Result<Option<i64>, BillingError> {
+        match &self.backend {
+            Backend::Memory(slots) => Ok(lock(slots).get(&acct).map(|s| s.limit - s.held)),
+            Backend::Redis { pool, prefix, .. } => {
+                let mut conn = pool.get().await?;
+                let (limit, held): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+                    .arg(redis_key(prefix, acct))
+                    .arg("limit")
+                    .arg("held")
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(limit.map(|l| l - held.unwrap_or(0)))
+            }
+        }
+    }
+
+    async fn try_reserve(&self, accounts: &[Account], amount: i64) -> Result<Reserve, BillingError> {
+        match &self.backend {
+            Backend::Memory(slots) => {
+                let mut slots = lock(slots);
+                for a in accounts {
+                    match slots.get(a) {
+                        None => return Ok(Reserve::Missing(*a)),
+                        Some(s) if s.limit - s.held < amount => return Ok(Reserve::Short),
+                        Some(_) => {}
+                    }
+                }
+                for a in accounts {
+                    if let Some(s) = slots.get_mut(a) {
+                        s.held += amount;
+                    }
+                }
+                Ok(Reserve::Done)
+            }
+            Backend::Redis { pool, prefix, scripts } => {
+                let mut conn = pool.get().await?;
+                let mut inv = scripts.reserve.prepare_invoke();
+                for a in accounts {
+                    inv.key(redis_key(prefix, *a));
+                }
+                let r: i64 = inv.arg(amount).invoke_async(&mut conn).await?;
+                Ok(match r {
+                    1 => Reserve::Done,
+                    0 => Reserve::Short,
+                    n => {
+                        let idx = usize::try_from(-n - 1).unwrap_or(0);
+                        Reserve::Missing(accounts.get(idx).copied().unwrap_or(accounts[0]))
+                    }
+                })
+            }
+        }
+    }
+
+    async fn apply_flushed(&self, accounts: &[Account], pending: i64, charged: i64) -> Result<(), BillingError> {
+        match &self.backend {
+            Backend::Memory(slots) => {
+                let mut slots = lock(slots);
+                for a in accounts {
+                    if let Some(s) = slots.get_mut(a) {
+                        s.held -= pending;
+                        s.limit -= charged;
+                    }
+                }
+                Ok(())
+            }
+            Backend::Redis { pool, prefix, scripts } => {
+                let mut conn = pool.get().await?;
+                let mut inv = scripts.flushed.prepare_invoke();
+                for a in accounts {
+                    inv.key(redis_key(prefix, *a));
+                }
+                let _: i64 = inv.arg(pending).arg(charged).invoke_async(&mut conn).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// An account unknown to the wallet (made outside the API, or lost with Redis)
+    /// is loaded from the database; an account that no longer exists gets limit 0.
+    async fn load_missing(&self, acct: Account) -> Result<(), BillingError> {
+        let limit = match acct {
+            Account::User(id) => user::Entity::find_by_id(id)
+                .one(&self.db)
+                .await?
+                .map_or(0, |u| u.balance),
+            Account::Key(id) => api_key::Entity::find_by_id(id)
+                .one(&self.db)
+                .await?
+                .and_then(|k| k.credit_limit.map(|l| l - k.used))
+                .unwrap_or(0),
+        };
+        tracing::info!(account = ?acct, "wallet account loaded from the database");
+        match &self.backend {
+            Backend::Memory(slots) => {
+                lock(slots).entry(acct).or_insert(Slot { limit, held: 0 });
+            }
+            Backend::Redis { pool, prefix, .. } => {
+                let mut conn = pool.get().await?;
+                let k = redis_key(prefix, acct);
+                let () = redis::pipe()
+                    .atomic()
+                    .hset_nx(&k, "limit", limit)
+                    .ignore()
+                    .hset_nx(&k, "held", 0)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Reserve {
+    Done,
+    Short,
+    Missing(Account),
+}
+
+fn accounts_of(user_id: i64, key_id: Option<i64>) -> Vec<Account> {
+    let mut v = vec![Account::User(user_id)];
+    if let Some(k) = key_id {
+        v.push(Account::Key(k));
+    }
+    v
+}
+
+fn redis_key(prefix: &str, acct: Account) -> String {
+    match acct {
+        Account::User(id) => format!("{prefix}:w:u:{id}"),
+        Account::Key(id) => format!("{prefix}:w:k:{id}"),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

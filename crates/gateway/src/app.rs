@@ -1,0 +1,147 @@
+//! Building and running the application: connect, migrate, bootstrap, load the
+//! catalog, start the writer and the server. Tests build it on port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpResponse, web};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use billing::{LedgerWriter, Wallet};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use relay_core::upstream::UpstreamClient;
+use store::Shared;
+use store::secret::SecretBox;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::state::{AppState, Reloader, Snapshot};
+use crate::{Config, generation, health, relay};
+
+/// A built, bound, not yet running gateway.
+pub struct Application {
+    server: Server,
+    port: u16,
+    state: web::Data<AppState>,
+    writer_task: JoinHandle<()>,
+}
+
+impl Application {
+    /// Connects everything and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = store::db::connect(&config.database_url)
+            .await
+            .context("cannot open the database")?;
+        let shared = Arc::new(match &config.redis_url {
+            Some(url) => Shared::redis(url, &config.redis_prefix)
+                .await
+                .context("cannot reach Redis at REDIS_URL")?,
+            None => Shared::memory(),
+        });
+        let secrets = SecretBox::from_text(&config.secret_key_text()?).context("TOLLGATE_SECRET_KEY")?;
+        let wallet = Arc::new(Wallet::new(db.clone(), &shared));
+        if let Some(password) = admin_web::bootstrap::ensure_root(&db, &wallet, config.root_password.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create root: {e:?}"))?
+        {
+            tracing::warn!(
+                "created user 'root' with the generated password {password} — it is shown only this once; change it after logging in"
+            );
+        }
+        wallet.load_all().await.map_err(|e| anyhow::anyhow!("cannot load wallets: {e:?}"))?;
+        let jwt = admin_web::bootstrap::jwt_secret(&db, config.jwt_secret.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot load the JWT secret: {e:?}"))?;
+
+        let instance = uuid::Uuid::now_v7().simple().to_string();
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let reloader = Reloader {
+            db: db.clone(),
+            secrets: secrets.clone(),
+            snapshot: Arc::clone(&snapshot),
+            shared: Arc::clone(&shared),
+            instance: instance.clone(),
+        };
+        reloader.reload_local().await.context("cannot load the catalog")?;
+        reloader.follow();
+
+        let (writer, writer_task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
+        let client = UpstreamClient::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let state = web::Data::new(AppState {
+            db: db.clone(),
+            shared: Arc::clone(&shared),
+            wallet: Arc::clone(&wallet),
+            writer,
+            tasks: TaskTracker::new(),
+            snapshot,
+            client,
+            secrets: secrets.clone(),
+            config: config.clone(),
+            instance,
+        });
+        let admin = web::Data::new(admin_web::AdminState {
+            db,
+            shared,
+            wallet,
+            secrets,
+            jwt_encoding: EncodingKey::from_secret(&jwt),
+            jwt_decoding: DecodingKey::from_secret(&jwt),
+            session_hours: 24,
+            reloader: Arc::new(reloader),
+        });
+
+        let listener = TcpListener::bind(&config.addr).with_context(|| format!("cannot listen on {}", config.addr))?;
+        let port = listener.local_addr()?.port();
+        let app_state = state.clone();
+        let mut server = actix_web::HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(admin.clone())
+                .route("/healthz", web::get().to(health::healthz))
+                .route("/readyz", web::get().to(health::readyz))
+                .configure(relay::configure)
+                .configure(generation::configure)
+                .configure(admin_web::configure)
+                .route("/", web::get().to(|| async { HttpResponse::Ok().content_type("text/plain").body("Tollgate\n") }))
+        })
+        .listen(listener)?
+        .shutdown_timeout(30);
+        if let Some(w) = config.workers {
+            server = server.workers(w.max(1));
+        }
+        if !config.handle_signals {
+            server = server.disable_signals();
+        }
+        tracing::info!(addr = %config.addr, port, "tollgate listening");
+        Ok(Application { server: server.run(), port, state, writer_task })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests read the database through it).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// A handle to stop the server gracefully.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped (a signal, or the handle), then lets in-flight requests
+    /// finish, waits for their settlements, and flushes the writer.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        self.state.tasks.close();
+        self.state.tasks.wait().await;
+        self.state.writer.flush().await;
+        drop(self.state);
+        self.writer_task.abort();
+        tracing::info!("tollgate stopped; pending writes flushed");
+        Ok(())
+    }
+}

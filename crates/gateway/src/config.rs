@@ -1,0 +1,89 @@
+//! Configuration from the environment (DESIGN.md "Configuration"); everything optional.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// The gateway's settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `TOLLGATE_ADDR`: where to listen (port 0 picks a free one).
+    pub addr: String,
+    /// `DATABASE_URL`: SQLite (default) or Postgres.
+    pub database_url: String,
+    /// `REDIS_URL`: shared state between instances; unset = in-process.
+    pub redis_url: Option<String>,
+    /// `TOLLGATE_REDIS_PREFIX`: namespace of every Redis key (default `tollgate`).
+    pub redis_prefix: String,
+    /// `TOLLGATE_ROOT_PASSWORD`: root's password at first start.
+    pub root_password: Option<String>,
+    /// `TOLLGATE_JWT_SECRET`: session signing secret; generated and stored when unset.
+    pub jwt_secret: Option<String>,
+    /// `TOLLGATE_SECRET_KEY`: 32-byte key (hex) that encrypts channel keys at rest.
+    pub secret_key: Option<String>,
+    /// Where the generated secret key lives when `TOLLGATE_SECRET_KEY` is unset.
+    pub data_dir: PathBuf,
+    /// `TOLLGATE_MAX_BODY_MB`: request body limit.
+    pub max_body_mb: usize,
+    /// `TOLLGATE_MAX_TRIES`: channels tried per request before giving up.
+    pub max_tries: usize,
+    /// `TOLLGATE_WORKERS`: HTTP worker threads (default: one per core).
+    pub workers: Option<usize>,
+    /// Whether the server handles SIGINT/SIGTERM itself (off in tests).
+    pub handle_signals: bool,
+}
+
+impl Config {
+    /// Reads the environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let number = |name: &str, default: usize| -> anyhow::Result<usize> {
+            var(name).map_or(Ok(default), |v| v.trim().parse().with_context(|| format!("{name} must be a whole number")))
+        };
+        Ok(Config {
+            addr: var("TOLLGATE_ADDR").unwrap_or_else(|| "127.0.0.1:3000".to_owned()),
+            database_url: var("DATABASE_URL").unwrap_or_else(|| store::db::DEFAULT_DATABASE_URL.to_owned()),
+            redis_url: var("REDIS_URL"),
+            redis_prefix: var("TOLLGATE_REDIS_PREFIX").unwrap_or_else(|| "tollgate".to_owned()),
+            root_password: var("TOLLGATE_ROOT_PASSWORD"),
+            jwt_secret: var("TOLLGATE_JWT_SECRET"),
+            secret_key: var("TOLLGATE_SECRET_KEY"),
+            data_dir: PathBuf::from(var("TOLLGATE_DATA_DIR").unwrap_or_else(|| "data".to_owned())),
+            max_body_mb: number("TOLLGATE_MAX_BODY_MB", 32)?,
+            max_tries: number("TOLLGATE_MAX_TRIES", 3)?,
+            workers: var("TOLLGATE_WORKERS").map(|v| v.parse()).transpose().context("TOLLGATE_WORKERS must be a whole number")?,
+            handle_signals: true,
+        })
+    }
+
+    /// The channel-key encryption key: from the environment, else from
+    /// `data/secret.key`, generated there on first start.
+    pub fn secret_key_text(&self) -> anyhow::Result<String> {
+        if let Some(k) = &self.secret_key {
+            return Ok(k.clone());
+        }
+        let path = self.data_dir.join("secret.key");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return Ok(text.trim().to_owned());
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
+        let key = store::secret::SecretBox::generate_text();
+        write_private(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::warn!(path = %path.display(), "generated a new secret key for channel keys; back it up");
+        Ok(key)
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}

@@ -1,0 +1,12 @@
+//! The Tollgate gateway: configuration, wiring of the crates into one process, the
+//! HTTP server with its routing table, and the background jobs.
+
+pub mod app;
+pub mod config;
+pub mod generation;
+pub mod health;
+pub mod relay;
+pub mod state;
+
+pub use app::Application;
+pub use config::Config;

@@ -1,0 +1,221 @@
+//! The relay's HTTP handlers (OpenAI protocol): thin — extract, call `relay-core`,
+//! map the answer. Every answer carries `X-Generation-Id`.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use billing::{GenerationRecord, Usage};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use relay_core::RelayError;
+use relay_core::admission::{self, Admitted, Caller};
+use relay_core::meter::Meter;
+use relay_core::openai::ChatHead;
+use relay_core::relay::{ChatAnswer, ChatDeps, prompt_estimate};
+
+use crate::state::AppState;
+
+/// The header that names a request's generation.
+pub const GENERATION_HEADER: &str = "x-generation-id";
+/// Output tokens reserved when the client sets no limit.
+const DEFAULT_MAX_OUTPUT: i64 = 4096;
+
+/// Mounts the relay endpoints.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/chat/completions", web::post().to(chat_completions))
+        .route("/v1/models", web::get().to(models));
+}
+
+fn new_generation_id() -> String {
+    format!("gen-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The client's key from `Authorization: Bearer …`.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+}
+
+fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
+/// An OpenAI-shaped error answer.
+pub fn openai_error(err: &RelayError, generation_id: &str) -> HttpResponse {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header((header::CONTENT_TYPE, "application/json"));
+    resp.insert_header((GENERATION_HEADER, generation_id.to_owned()));
+    if let RelayError::RateLimited(_) = err {
+        resp.insert_header((header::RETRY_AFTER, "60"));
+    }
+    resp.body(err.openai_body())
+}
+
+/// Reads the request body up to the configured limit.
+async fn read_limited(mut payload: web::Payload, req: &HttpRequest, limit_mb: usize) -> Result<Bytes, RelayError> {
+    let limit = limit_mb.saturating_mul(1024 * 1024);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(RelayError::RequestTooLarge(limit_mb));
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| RelayError::InvalidRequest("the request body could not be read".into()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(RelayError::RequestTooLarge(limit_mb));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// `POST /v1/chat/completions`
+pub async fn chat_completions(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let started = Instant::now();
+    let id = new_generation_id();
+    let snap = state.snapshot.load_full();
+    let caller = match admission::authenticate(&snap.catalog, bearer(&req)) {
+        Ok(c) => c,
+        Err(e) => return openai_error(&e, &id),
+    };
+    let ip = client_ip(&req);
+    let mut record = GenerationRecord {
+        id: id.clone(),
+        upstream_id: None,
+        user_id: caller.user.id,
+        key_id: caller.key.id,
+        channel_id: None,
+        provider_name: None,
+        model: String::new(),
+        upstream_model: None,
+        endpoint: "/v1/chat/completions".to_owned(),
+        streamed: false,
+        cancelled: false,
+        finish_reason: None,
+        usage: Usage::default(),
+        latency_ms: None,
+        generation_time_ms: None,
+        status: "error",
+        status_code: 200,
+        error: None,
+        client_ip: ip.map(|i| i.to_string()),
+        attempts: None,
+        created_at: chrono::Utc::now(),
+    };
+    let prepared = async {
+        admission::check_ip(&caller, ip)?;
+        let body = read_limited(payload, &req, state.config.max_body_mb).await?;
+        let head = ChatHead::parse(&body)?;
+        let admitted = admission::admit_model(&snap.catalog, &snap.router, &caller, head.model())?;
+        check_rpm(&state, &caller).await?;
+        Ok::<_, RelayError>((body, head, admitted))
+    }
+    .await;
+    let (body, head, admitted) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            reject(&state, record, &e, started);
+            return openai_error(&e, &id);
+        }
+    };
+    record.model = admitted.model.clone();
+    record.streamed = head.is_stream();
+    let estimate = reservation(&admitted, &head, body.len());
+    let limited_key = admitted.caller.key.credit_limit.map(|_| admitted.caller.key.id);
+    let hold = match state.wallet.reserve(caller.user.id, limited_key, estimate).await {
+        Ok(h) => h,
+        Err(billing::BillingError::Insufficient) => {
+            let e = RelayError::InsufficientQuota;
+            reject(&state, record, &e, started);
+            return openai_error(&e, &id);
+        }
+        Err(err) => {
+            tracing::error!(error = ?err, "reservation failed");
+            let e = RelayError::Internal;
+            reject(&state, record, &e, started);
+            return openai_error(&e, &id);
+        }
+    };
+    let meter = Meter::new(state.settler(), hold, admitted.price, admitted.multiplier_ppm, record, started);
+    let snap_router = &snap.router;
+    let deps = ChatDeps { router: snap_router, client: &state.client, max_tries: state.config.max_tries };
+    match relay_core::relay::chat(&deps, &admitted, &head, &body, meter).await {
+        Ok(ChatAnswer::Complete(answer)) => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .insert_header((GENERATION_HEADER, id))
+            .body(answer),
+        Ok(ChatAnswer::Stream(stream)) => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("identity")))
+            .insert_header(("x-accel-buffering", "no"))
+            .insert_header((GENERATION_HEADER, id))
+            .streaming(stream),
+        Err(e) => openai_error(&e, &id),
+    }
+}
+
+/// The most this request can cost: prompt estimate plus the allowed output.
+fn reservation(admitted: &Admitted, head: &ChatHead, body_len: usize) -> i64 {
+    let choices = head.n.unwrap_or(1).clamp(1, 128);
+    let usage = Usage {
+        prompt_tokens: prompt_estimate(body_len),
+        completion_tokens: head.max_output().unwrap_or(DEFAULT_MAX_OUTPUT).saturating_mul(choices),
+        ..Usage::default()
+    };
+    admitted.price.cost(&usage, admitted.multiplier_ppm)
+}
+
+async fn check_rpm(state: &AppState, caller: &Caller) -> Result<(), RelayError> {
+    let Some(rpm) = caller.key.rpm else { return Ok(()) };
+    let count = state
+        .shared
+        .incr(&format!("rpm:{}", caller.key.id), Duration::from_secs(60))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = ?e, "rate-limit counter failed");
+            RelayError::Internal
+        })?;
+    if count > i64::from(rpm) {
+        return Err(RelayError::RateLimited(rpm));
+    }
+    Ok(())
+}
+
+/// Records a request refused before it reached an upstream (nothing is charged).
+fn reject(state: &AppState, mut record: GenerationRecord, err: &RelayError, started: Instant) {
+    record.status = "error";
+    record.status_code = err.status();
+    record.error = Some(err.code().to_owned());
+    let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    record.latency_ms = Some(ms);
+    record.generation_time_ms = Some(ms);
+    state.writer.submit(record, None);
+}
+
+/// `GET /v1/models`: exactly the models this key may call.
+pub async fn models(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let id = new_generation_id();
+    let snap = state.snapshot.load();
+    let caller = match admission::authenticate(&snap.catalog, bearer(&req)) {
+        Ok(c) => c,
+        Err(e) => return openai_error(&e, &id),
+    };
+    let data: Vec<_> = admission::visible_models(&snap.catalog, &snap.router, &caller)
+        .into_iter()
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
+        .collect();
+    HttpResponse::Ok()
+        .insert_header((GENERATION_HEADER, id))
+        .json(serde_json::json!({"object": "list", "data": data}))
+}

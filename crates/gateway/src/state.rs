@@ -1,0 +1,112 @@
+//! The process's one `AppState`, built once outside the server factory.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use billing::{LedgerWriter, Wallet};
+use relay_core::Router;
+use relay_core::meter::Settler;
+use relay_core::upstream::UpstreamClient;
+use sea_orm::DatabaseConnection;
+use store::secret::SecretBox;
+use store::{Catalog, Shared};
+use tokio_util::task::TaskTracker;
+
+use crate::Config;
+
+/// The catalog and the routing index built from it, swapped together.
+#[derive(Default)]
+pub struct Snapshot {
+    pub catalog: Catalog,
+    pub router: Router,
+}
+
+/// Shared by every worker and handler.
+pub struct AppState {
+    /// The durable store.
+    pub db: DatabaseConnection,
+    /// Counters, flags and the invalidation bus (memory or Redis).
+    pub shared: Arc<Shared>,
+    /// Admission counters.
+    pub wallet: Arc<Wallet>,
+    /// The batched writer of generations and charges.
+    pub writer: LedgerWriter,
+    /// Settlement tasks, waited for at shutdown.
+    pub tasks: TaskTracker,
+    /// Keys, users, channels, prices and routes, as of the last reload.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The pooled upstream client.
+    pub client: UpstreamClient,
+    /// Decrypts channel keys when the catalog loads.
+    pub secrets: SecretBox,
+    /// The settings this process started with.
+    pub config: Config,
+    /// This instance's id on the invalidation bus.
+    pub instance: String,
+}
+
+impl AppState {
+    /// What meters need to settle.
+    pub fn settler(&self) -> Settler {
+        Settler { wallet: Arc::clone(&self.wallet), writer: self.writer.clone(), tasks: self.tasks.clone() }
+    }
+}
+
+/// Loads the catalog and swaps it in; tells other instances when asked to.
+#[derive(Clone)]
+pub struct Reloader {
+    pub db: DatabaseConnection,
+    pub secrets: SecretBox,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub shared: Arc<Shared>,
+    pub instance: String,
+}
+
+impl Reloader {
+    /// Reloads this instance's snapshot from the database.
+    pub async fn reload_local(&self) -> Result<(), store::StoreError> {
+        let catalog = Catalog::load(&self.db, &self.secrets).await?;
+        let router = Router::build(&catalog);
+        self.snapshot.store(Arc::new(Snapshot { catalog, router }));
+        Ok(())
+    }
+
+    /// Reloads here and publishes the change for every other instance.
+    pub async fn reload_everywhere(&self) {
+        if let Err(e) = self.reload_local().await {
+            tracing::error!(error = ?e, "catalog reload failed");
+        }
+        if let Err(e) = self.shared.publish(&format!("catalog:{}", self.instance)).await {
+            tracing::error!(error = ?e, "could not publish the catalog change");
+        }
+    }
+
+    /// Follows the bus: reloads when another instance changed something.
+    pub fn follow(&self) {
+        if self.shared.redis_pool().is_none() {
+            return;
+        }
+        let mut rx = self.shared.subscribe();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(topic) = rx.recv().await {
+                if topic.ends_with(&format!(":{}", me.instance)) {
+                    continue;
+                }
+                if let Err(e) = me.reload_local().await {
+                    tracing::error!(error = ?e, "catalog reload after a bus message failed");
+                } else {
+                    tracing::debug!(topic = %topic, "catalog reloaded from the bus");
+                }
+            }
+        });
+    }
+}
+
+impl admin_web::Reload for Reloader {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.reload_everywhere())
+    }
+}

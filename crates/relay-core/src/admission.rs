@@ -1,0 +1,99 @@
+//! Admission: who is calling (key and user from the catalog snapshot, no SQL) and
+//! whether they may call this model from this address.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use billing::Price;
+use chrono::Utc;
+use store::catalog::{Catalog, KeyEntry, UserEntry};
+
+use crate::{RelayError, Router};
+
+/// A caller that passed authentication.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key: Arc<KeyEntry>,
+    pub user: Arc<UserEntry>,
+}
+
+/// A caller admitted for one model, with what that model costs them.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pub caller: Caller,
+    pub model: String,
+    pub price: Price,
+    pub multiplier_ppm: i64,
+}
+
+/// Finds the key (given without its `Bearer ` prefix) and its user.
+pub fn authenticate(catalog: &Catalog, raw_key: Option<&str>) -> Result<Caller, RelayError> {
+    let raw = raw_key
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or(RelayError::InvalidApiKey("missing API key: send it as 'Authorization: Bearer sk-...'"))?;
+    let key = catalog
+        .keys
+        .get(&store::hash_secret(raw))
+        .ok_or(RelayError::InvalidApiKey("invalid API key"))?;
+    match key.status.as_str() {
+        "enabled" => {}
+        "disabled" => return Err(RelayError::InvalidApiKey("this API key is disabled")),
+        _ => return Err(RelayError::InvalidApiKey("invalid API key")),
+    }
+    if key.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(RelayError::InvalidApiKey("this API key has expired"));
+    }
+    let user = catalog
+        .users
+        .get(&key.user_id)
+        .ok_or(RelayError::InvalidApiKey("invalid API key"))?;
+    if user.status != "enabled" {
+        return Err(RelayError::UserDisabled);
+    }
+    Ok(Caller { key: Arc::clone(key), user: Arc::clone(user) })
+}
+
+/// Checks the caller's address.
+pub fn check_ip(caller: &Caller, ip: Option<IpAddr>) -> Result<(), RelayError> {
+    if caller.key.allows_ip(ip) {
+        Ok(())
+    } else {
+        Err(RelayError::IpNotAllowed)
+    }
+}
+
+/// Checks that the caller may use `model` and that it is priced and served.
+pub fn admit_model(
+    catalog: &Catalog,
+    router: &Router,
+    caller: &Caller,
+    model: &str,
+) -> Result<Admitted, RelayError> {
+    if !caller.key.allows_model(model) {
+        return Err(RelayError::ModelNotAllowed(model.to_owned()));
+    }
+    let price = catalog
+        .prices
+        .get(model)
+        .map(Price::from)
+        .ok_or_else(|| RelayError::ModelNotPriced(model.to_owned()))?;
+    if !router.serves(&caller.user.group, model) {
+        return Err(RelayError::ModelNotFound(model.to_owned()));
+    }
+    Ok(Admitted {
+        caller: caller.clone(),
+        model: model.to_owned(),
+        price,
+        multiplier_ppm: catalog.group_multiplier(&caller.user.group),
+    })
+}
+
+/// The models a caller may call: priced, served to its group, allowed by the key.
+pub fn visible_models<'a>(catalog: &'a Catalog, router: &'a Router, caller: &Caller) -> Vec<&'a str> {
+    router
+        .models_for_group(&caller.user.group)
+        .into_iter()
+        .filter(|m| catalog.prices.contains_key(*m) && caller.key.allows_model(m))
+        .collect()
+}

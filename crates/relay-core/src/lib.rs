@@ -1,0 +1,17 @@
+//! The relay: protocol types, the channel router, the upstream client, SSE framing and
+//! metering. It never touches SQL or an HTTP framework: it reads the catalog snapshot,
+//! reserves and settles through `billing`, and hands answers to the gateway as bytes
+//! and streams.
+
+pub mod admission;
+pub mod error;
+pub mod meter;
+pub mod openai;
+pub mod relay;
+pub mod router;
+pub mod sse;
+pub mod stream;
+pub mod upstream;
+
+pub use error::RelayError;
+pub use router::Router;

@@ -1,0 +1,131 @@
+//! Metering one request: the money held for it, and on completion the settlement
+//! (charge what was used, release the rest) and the generation record. Settlement runs
+//! on a tracked task so a client that goes away, or a shutdown, never skips it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use billing::{Charge, GenerationRecord, Hold, LedgerWriter, Price, Usage, Wallet};
+use tokio_util::task::TaskTracker;
+
+/// What settling needs, shared by every request.
+#[derive(Clone)]
+pub struct Settler {
+    pub wallet: Arc<Wallet>,
+    pub writer: LedgerWriter,
+    pub tasks: TaskTracker,
+}
+
+/// The money side of one request in flight.
+pub struct Meter {
+    settler: Settler,
+    hold: Option<Hold>,
+    price: Price,
+    multiplier_ppm: i64,
+    key_limited: bool,
+    pub record: GenerationRecord,
+    pub started: Instant,
+    pub first_byte: Option<Instant>,
+}
+
+/// How a request ended.
+pub enum Outcome {
+    /// Served: charge `usage`.
+    Served(Usage),
+    /// Failed: charge nothing; the status and error class go on the record.
+    Failed { status: u16, error: String },
+}
+
+impl Meter {
+    pub fn new(
+        settler: Settler,
+        hold: Hold,
+        price: Price,
+        multiplier_ppm: i64,
+        record: GenerationRecord,
+        started: Instant,
+    ) -> Self {
+        Meter {
+            key_limited: hold.key_id.is_some(),
+            settler,
+            hold: Some(hold),
+            price,
+            multiplier_ppm,
+            record,
+            started,
+            first_byte: None,
+        }
+    }
+
+    /// Marks the moment the first byte went to the client (once).
+    pub fn mark_first_byte(&mut self) {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(Instant::now());
+        }
+    }
+
+    /// Settles and records, on a tracked task.
+    pub fn finish(mut self, outcome: Outcome) {
+        let Some(hold) = self.hold.take() else { return };
+        let now = Instant::now();
+        let mut record = self.record.clone();
+        record.generation_time_ms = Some(ms(now - self.started));
+        record.latency_ms = Some(ms(self.first_byte.unwrap_or(now) - self.started));
+        let settler = self.settler.clone();
+        let (price, mult, key_limited) = (self.price, self.multiplier_ppm, self.key_limited);
+        self.settler.tasks.spawn(async move {
+            match outcome {
+                Outcome::Served(usage) => {
+                    record.usage = usage;
+                    record.status = "success";
+                    let cost = price.cost(&usage, mult);
+                    let (user_id, key_id) = (hold.user_id, record.key_id);
+                    match settler.wallet.settle(hold, cost).await {
+                        Ok(pending) => settler.writer.submit(
+                            record,
+                            Some(Charge { user_id, key_id, key_limited, pending }),
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, generation.id = %record.id, "settlement failed; not charged");
+                            settler.writer.submit(record, None);
+                        }
+                    }
+                }
+                Outcome::Failed { status, error } => {
+                    record.status = "error";
+                    record.status_code = status;
+                    record.error = Some(error);
+                    if let Err(e) = settler.wallet.release(hold).await {
+                        tracing::error!(error = %e, "releasing a hold failed");
+                    }
+                    settler.writer.submit(record, None);
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            // Dropped without an outcome: nothing was delivered that we know of.
+            let settler = self.settler.clone();
+            let mut record = self.record.clone();
+            record.status = "error";
+            record.status_code = 499;
+            record.cancelled = true;
+            record.error = Some("cancelled".into());
+            record.generation_time_ms = Some(ms(self.started.elapsed()));
+            self.settler.tasks.spawn(async move {
+                if let Err(e) = settler.wallet.release(hold).await {
+                    tracing::error!(error = %e, "releasing a hold failed");
+                }
+                settler.writer.submit(record, None);
+            });
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,317 @@
+//! The OpenAI chat protocol, as far as the relay needs to read it: the request's head
+//! (model, stream, limits), the fewest body edits for the upstream, and usage from a
+//! response or a stream of chunks.
+
+use billing::Usage;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Map, Value};
+
+use crate::RelayError;
+
+/// What the relay reads of a chat request; the rest of the body passes through.
+#[derive(Debug, Deserialize)]
+pub struct ChatHead {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub n: Option<i64>,
+    #[serde(default)]
+    messages: Option<IgnoredAny>,
+}
+
+/// `stream_options` of a chat request.
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+impl ChatHead {
+    /// Parses and validates a chat request body.
+    pub fn parse(body: &[u8]) -> Result<Self, RelayError> {
+        let head: ChatHead = serde_json::from_slice(body)
+            .map_err(|e| RelayError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+        if head.model.as_deref().is_none_or(str::is_empty) {
+            return Err(RelayError::InvalidRequest("'model' is required".into()));
+        }
+        if head.messages.is_none() {
+            return Err(RelayError::InvalidRequest("'messages' is required".into()));
+        }
+        Ok(head)
+    }
+
+    pub fn model(&self) -> &str {
+        self.model.as_deref().unwrap_or_default()
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether the client itself asked for the usage chunk of a stream.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// The most output tokens the client allows, if it said.
+    pub fn max_output(&self) -> Option<i64> {
+        self.max_completion_tokens.or(self.max_tokens).filter(|n| *n > 0)
+    }
+}
+
+/// The body to send upstream: the client's bytes untouched when nothing must change,
+/// else with the mapped model and (for streams) `stream_options.include_usage`.
+pub fn upstream_body(raw: &Bytes, head: &ChatHead, upstream_model: &str) -> Result<Bytes, RelayError> {
+    let need_usage = head.is_stream() && !head.wants_stream_usage();
+    if upstream_model == head.model() && !need_usage {
+        return Ok(raw.clone());
+    }
+    let mut obj: Map<String, Value> = serde_json::from_slice(raw)
+        .map_err(|e| RelayError::InvalidRequest(format!("request body is not a JSON object: {e}")))?;
+    obj.insert("model".into(), Value::from(upstream_model));
+    if need_usage {
+        let opts = obj
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !opts.is_object() {
+            *opts = Value::Object(Map::new());
+        }
+        if let Value::Object(o) = opts {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+    serde_json::to_vec(&obj)
+        .map(Bytes::from)
+        .map_err(|_| RelayError::Internal)
+}
+
+/// OpenAI's `usage` object.
+#[derive(Debug, Default, Deserialize)]
+pub struct OpenAiUsage {
+    #[serde(default)]
+    pub prompt_tokens: i64,
+    #[serde(default)]
+    pub completion_tokens: i64,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CompletionDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<i64>,
+}
+
+impl From<&OpenAiUsage> for Usage {
+    fn from(u: &OpenAiUsage) -> Self {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            reasoning_tokens: u
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+            ..Usage::default()
+        }
+    }
+}
+
+/// What the relay reads of a chat completion or of one stream chunk.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChatSummary {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub usage: Option<OpenAiUsage>,
+    #[serde(default)]
+    pub choices: Option<Vec<ChoiceSummary>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ChoiceSummary {
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(default)]
+    pub delta: Option<Delta>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Delta {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+}
+
+impl ChatSummary {
+    /// Parses a complete (non-stream) chat completion; `None` when it is not one.
+    pub fn parse_completion(body: &[u8]) -> Option<Self> {
+        let s: ChatSummary = serde_json::from_slice(body).ok()?;
+        s.choices.is_some().then_some(s)
+    }
+
+    pub fn finish_reason(&self) -> Option<String> {
+        self.choices
+            .as_ref()?
+            .iter()
+            .find_map(|c| c.finish_reason.clone())
+    }
+}
+
+/// Rough output tokens for text the upstream sent without a usage report
+/// (about four bytes a token, rounded up).
+pub fn estimate_tokens(bytes: usize) -> i64 {
+    i64::try_from(bytes.div_ceil(4)).unwrap_or(i64::MAX)
+}
+
+/// What a stream event means to the relay.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EventAction {
+    /// Send it to the client.
+    Forward,
+    /// The usage-only chunk the client did not ask for: read it, do not send it.
+    Swallow,
+    /// `[DONE]`: send it; the stream is complete.
+    Done,
+}
+
+/// Reads a chat stream event by event: id, finish reason, usage, and how much text
+/// went by (for when no usage report comes).
+#[derive(Debug, Default)]
+pub struct StreamObserver {
+    pub id: Option<String>,
+    pub upstream_model: Option<String>,
+    pub usage: Option<Usage>,
+    pub finish_reason: Option<String>,
+    pub text_bytes: usize,
+    pub done: bool,
+    pub events: usize,
+}
+
+impl StreamObserver {
+    /// Observes one event; `client_wants_usage` decides whether a usage-only chunk is
+    /// forwarded.
+    pub fn observe(&mut self, event: &[u8], client_wants_usage: bool) -> EventAction {
+        self.events += 1;
+        let data = crate::sse::event_data(event);
+        let data = data.trim();
+        if data == "[DONE]" {
+            self.done = true;
+            return EventAction::Done;
+        }
+        if data.is_empty() {
+            return EventAction::Forward;
+        }
+        let Ok(chunk) = serde_json::from_str::<ChatSummary>(data) else {
+            return EventAction::Forward;
+        };
+        if self.id.is_none() {
+            self.id = chunk.id.clone();
+        }
+        if self.upstream_model.is_none() {
+            self.upstream_model = chunk.model.clone();
+        }
+        if let Some(f) = chunk.finish_reason() {
+            self.finish_reason = Some(f);
+        }
+        let choices = chunk.choices.as_deref().unwrap_or_default();
+        for c in choices {
+            if let Some(d) = &c.delta {
+                self.text_bytes += d.content.as_ref().map_or(0, String::len)
+                    + d.reasoning_content.as_ref().map_or(0, String::len)
+                    + d.tool_calls.as_ref().map_or(0, |t| t.to_string().len());
+            }
+        }
+        if let Some(u) = &chunk.usage {
+            self.usage = Some(Usage::from(u));
+            if choices.is_empty() && !client_wants_usage {
+                return EventAction::Swallow;
+            }
+        }
+        EventAction::Forward
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_without_model_or_messages_names_the_missing_field() {
+        let e = ChatHead::parse(br#"{"messages":[]}"#).unwrap_err();
+        assert!(e.to_string().contains("'model'"));
+        let e = ChatHead::parse(br#"{"model":"m"}"#).unwrap_err();
+        assert!(e.to_string().contains("'messages'"));
+        assert!(ChatHead::parse(b"{nope").is_err());
+    }
+
+    #[test]
+    fn the_body_passes_untouched_when_nothing_changes() {
+        let raw = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
+        let head = ChatHead::parse(&raw).unwrap();
+        assert_eq!(upstream_body(&raw, &head, "m").unwrap(), raw);
+    }
+
+    #[test]
+    fn mapping_and_stream_usage_are_the_only_edits() {
+        let raw = Bytes::from_static(br#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"stream":true,"temperature":0.5}"#);
+        let head = ChatHead::parse(&raw).unwrap();
+        let out: Value = serde_json::from_slice(&upstream_body(&raw, &head, "real").unwrap()).unwrap();
+        assert_eq!(out["model"], "real");
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert_eq!(out["temperature"], 0.5);
+        assert_eq!(out["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn usage_with_cached_and_reasoning_details_is_read() {
+        let body = br#"{"id":"chatcmpl-1","choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":100,"completion_tokens":50,"prompt_tokens_details":{"cached_tokens":60},"completion_tokens_details":{"reasoning_tokens":20}}}"#;
+        let s = ChatSummary::parse_completion(body).unwrap();
+        let u = Usage::from(s.usage.as_ref().unwrap());
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens), (100, 50, 60, 20));
+        assert_eq!(s.finish_reason().as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn the_usage_chunk_is_swallowed_only_when_the_client_did_not_ask_for_it() {
+        let ev = b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n";
+        let mut o = StreamObserver::default();
+        assert_eq!(o.observe(ev, false), EventAction::Swallow);
+        assert_eq!(o.usage.unwrap().completion_tokens, 4);
+        let mut o = StreamObserver::default();
+        assert_eq!(o.observe(ev, true), EventAction::Forward);
+        assert_eq!(o.observe(b"data: [DONE]\n\n", true), EventAction::Done);
+        assert!(o.done);
+    }
+}

@@ -1,0 +1,202 @@
+//! One chat request through the relay: pick a channel, send, and on a failure that
+//! blames the channel try the next one, until the first byte has gone to the client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use billing::Usage;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+use store::catalog::ChannelEntry;
+
+use crate::admission::Admitted;
+use crate::meter::{Meter, Outcome};
+use crate::openai::{ChatHead, ChatSummary, StreamObserver, estimate_tokens, upstream_body};
+use crate::sse::SseFramer;
+use crate::stream::ChatStream;
+use crate::upstream::{Failure, MAX_ANSWER_BYTES, UpstreamClient, read_body, upstream_message};
+use crate::{RelayError, Router};
+
+/// One try at one channel, kept on the generation.
+#[derive(Debug, Serialize)]
+pub struct Attempt {
+    pub channel_id: i64,
+    pub channel: String,
+    pub status: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+/// What the client gets on success.
+pub enum ChatAnswer {
+    /// A whole chat completion (already settled).
+    Complete(Bytes),
+    /// An SSE stream that settles when it ends or is dropped.
+    Stream(ChatStream),
+}
+
+/// Everything a chat request needs from the process.
+pub struct ChatDeps<'a> {
+    pub router: &'a Router,
+    pub client: &'a UpstreamClient,
+    pub max_tries: usize,
+}
+
+/// Runs a chat request to its answer; the meter is settled or moved into the stream.
+pub async fn chat(
+    deps: &ChatDeps<'_>,
+    admitted: &Admitted,
+    head: &ChatHead,
+    raw: &Bytes,
+    mut meter: Meter,
+) -> Result<ChatAnswer, RelayError> {
+    let mut tried: Vec<i64> = Vec::new();
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut last = RelayError::NoAvailableChannel;
+    while tried.len() < deps.max_tries.max(1) {
+        let Some(channel) = deps.router.pick(&admitted.caller.user.group, &admitted.model, &tried) else {
+            break;
+        };
+        tried.push(channel.id);
+        let upstream_model = channel
+            .model_mapping
+            .get(&admitted.model)
+            .cloned()
+            .unwrap_or_else(|| admitted.model.clone());
+        let started = Instant::now();
+        let result = try_channel(deps.client, &channel, head, raw, &upstream_model).await;
+        let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        meter.record.channel_id = Some(channel.id);
+        meter.record.provider_name = Some(channel.name.clone());
+        meter.record.upstream_model = Some(upstream_model.clone());
+        match result {
+            Ok(success) => {
+                attempts.push(Attempt { channel_id: channel.id, channel: channel.name.clone(), status: Some(200), latency_ms, error: None });
+                meter.record.attempts = serde_json::to_string(&attempts).ok();
+                return Ok(answer(success, head, raw.len(), meter));
+            }
+            Err(failure) => {
+                let status = match &failure {
+                    Failure::Status { status, .. } => Some(*status),
+                    _ => None,
+                };
+                tracing::warn!(channel.id = channel.id, error = %failure.class(), latency_ms, "upstream try failed");
+                attempts.push(Attempt { channel_id: channel.id, channel: channel.name.clone(), status, latency_ms, error: Some(failure.class()) });
+                if failure.blames_request() {
+                    let (status, body) = match failure {
+                        Failure::Status { status, body } => (status, body),
+                        _ => (400, Bytes::new()),
+                    };
+                    last = RelayError::Rejected { status, message: upstream_message(&body, status), body: Some(body) };
+                    break;
+                }
+                last = match failure {
+                    Failure::Timeout => RelayError::UpstreamTimeout,
+                    _ => RelayError::Upstream,
+                };
+            }
+        }
+    }
+    meter.record.attempts = serde_json::to_string(&attempts).ok();
+    meter.finish(Outcome::Failed { status: last.status(), error: last.code().to_owned() });
+    Err(last)
+}
+
+enum Success {
+    Complete(Bytes, ChatSummary),
+    Stream { first: Vec<Bytes>, framer: SseFramer, observer: StreamObserver, resp: reqwest::Response, idle: Duration },
+}
+
+async fn try_channel(
+    client: &UpstreamClient,
+    channel: &Arc<ChannelEntry>,
+    head: &ChatHead,
+    raw: &Bytes,
+    upstream_model: &str,
+) -> Result<Success, Failure> {
+    let body = upstream_body(raw, head, upstream_model).map_err(|_| Failure::Malformed)?;
+    let key = pick_key(channel).ok_or(Failure::Connect)?;
+    let resp = client.post_json(channel, key, "/v1/chat/completions", body).await?;
+    let idle = Duration::from_secs(channel.timeout_s.max(1));
+    let status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        let body = read_body(resp, idle, 1024 * 1024).await.unwrap_or_default();
+        return Err(Failure::Status { status, body });
+    }
+    if !head.is_stream() {
+        let body = read_body(resp, idle, MAX_ANSWER_BYTES).await?;
+        let summary = ChatSummary::parse_completion(&body).ok_or(Failure::Malformed)?;
+        return Ok(Success::Complete(body, summary));
+    }
+    // A stream: wait for its first whole event before the client gets a 200, so a
+    // channel that fails at once can still be swapped for another.
+    let mut framer = SseFramer::default();
+    let mut observer = StreamObserver::default();
+    let mut resp = resp;
+    let wants_usage = head.wants_stream_usage();
+    loop {
+        let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Err(_)) => return Err(Failure::Connect),
+            Ok(Ok(None)) => return Err(Failure::Malformed),
+            Ok(Ok(Some(c))) => c,
+        };
+        let events = framer.push(&chunk);
+        if events.is_empty() {
+            continue;
+        }
+        let mut first = Vec::with_capacity(events.len());
+        for ev in events {
+            if crate::sse::event_data(&ev).trim_start().starts_with("{\"error\"") && observer.events == 0 {
+                return Err(Failure::Malformed);
+            }
+            if observer.observe(&ev, wants_usage) != crate::openai::EventAction::Swallow {
+                first.push(ev);
+            }
+        }
+        return Ok(Success::Stream { first, framer, observer, resp, idle });
+    }
+}
+
+fn answer(success: Success, head: &ChatHead, body_len: usize, mut meter: Meter) -> ChatAnswer {
+    match success {
+        Success::Complete(body, summary) => {
+            let usage = summary.usage.as_ref().map_or_else(
+                || Usage {
+                    prompt_tokens: prompt_estimate(body_len),
+                    completion_tokens: estimate_tokens(body.len()),
+                    ..Usage::default()
+                },
+                Usage::from,
+            );
+            meter.record.upstream_id = summary.id.clone();
+            meter.record.finish_reason = summary.finish_reason();
+            meter.mark_first_byte();
+            meter.finish(Outcome::Served(usage));
+            ChatAnswer::Complete(body)
+        }
+        Success::Stream { first, framer, observer, resp, idle } => {
+            let upstream = resp.bytes_stream().boxed();
+            ChatStream::new(first, framer, observer, upstream, idle, head.wants_stream_usage(), prompt_estimate(body_len), meter)
+                .map_or_else(|| ChatAnswer::Complete(Bytes::new()), ChatAnswer::Stream)
+        }
+    }
+}
+
+/// Prompt tokens guessed from the request body's size, for when no usage report
+/// comes (about four bytes a token).
+pub fn prompt_estimate(body_len: usize) -> i64 {
+    estimate_tokens(body_len)
+}
+
+fn pick_key(channel: &ChannelEntry) -> Option<&str> {
+    match channel.keys.len() {
+        0 => None,
+        1 => Some(channel.keys[0].secret.as_str()),
+        n => {
+            use rand::Rng;
+            Some(channel.keys[rand::rng().random_range(0..n)].secret.as_str())
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The client's side of a streamed chat: upstream SSE events forwarded one by one as
+//! they arrive, observed for usage on the way, settled when the stream ends, breaks,
+//! or is dropped because the client went away.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use billing::Usage;
+use bytes::Bytes;
+use futures_util::Stream;
+use futures_util::stream::BoxStream;
+
+use crate::meter::{Meter, Outcome};
+use crate::openai::{EventAction, StreamObserver, estimate_tokens};
+use crate::sse::SseFramer;
+
+/// A metered SSE stream from an upstream to the client.
+pub struct ChatStream {
+    ready: VecDeque<Bytes>,
+    upstream: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    framer: SseFramer,
+    observer: StreamObserver,
+    wants_usage: bool,
+    prompt_estimate: i64,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    meter: Option<Meter>,
+}
+
+impl ChatStream {
+    #[expect(clippy::too_many_arguments, reason = "one constructor, called once")]
+    pub(crate) fn new(
+        first: Vec<Bytes>,
+        framer: SseFramer,
+        observer: StreamObserver,
+        upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+        idle: Duration,
+        wants_usage: bool,
+        prompt_estimate: i64,
+        mut meter: Meter,
+    ) -> Option<Self> {
+        meter.mark_first_byte();
+        Some(ChatStream {
+            ready: first.into(),
+            upstream: Some(upstream),
+            framer,
+            observer,
+            wants_usage,
+            prompt_estimate,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            meter: Some(meter),
+        })
+    }
+
+    fn usage(&self) -> Usage {
+        self.observer.usage.unwrap_or(Usage {
+            prompt_tokens: self.prompt_estimate,
+            completion_tokens: estimate_tokens(self.observer.text_bytes),
+            ..Usage::default()
+        })
+    }
+
+    /// Settles with what was delivered. `broken` marks a stream that ended early.
+    fn settle(&mut self, broken: Option<&str>, cancelled: bool) {
+        let usage = self.usage();
+        if let Some(mut meter) = self.meter.take() {
+            meter.record.upstream_id = self.observer.id.clone();
+            meter.record.finish_reason = self.observer.finish_reason.clone();
+            meter.record.streamed = true;
+            meter.record.cancelled = cancelled;
+            if let Some(m) = &self.observer.upstream_model {
+                meter.record.upstream_model = Some(m.clone());
+            }
+            if let Some(reason) = broken {
+                meter.record.error = Some(reason.to_owned());
+            }
+            if self.observer.events == 0 {
+                meter.finish(Outcome::Failed { status: 502, error: broken.unwrap_or("empty stream").to_owned() });
+            } else {
+                meter.finish(Outcome::Served(usage));
+            }
+        }
+    }
+
+    fn take_events(&mut self, chunk: &[u8]) {
+        for ev in self.framer.push(chunk) {
+            match self.observer.observe(&ev, self.wants_usage) {
+                EventAction::Forward | EventAction::Done => self.ready.push_back(ev),
+                EventAction::Swallow => {}
+            }
+        }
+    }
+
+    fn end(&mut self, broken: Option<&str>) {
+        self.upstream = None;
+        if let Some(rest) = self.framer.finish() {
+            if self.observer.observe(&rest, self.wants_usage) != EventAction::Swallow {
+                self.ready.push_back(rest);
+            }
+        }
+        if let Some(reason) = broken {
+            if !self.observer.done {
+                let err = serde_json::json!({"error": {"message": "the upstream stream ended early", "type": "api_error", "code": reason, "param": null}});
+                self.ready.push_back(Bytes::from(format!("data: {err}\n\n")));
+            }
+        }
+        self.settle(broken, false);
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(ev) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(ev)));
+            }
+            let Some(upstream) = this.upstream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let next = tokio::time::Instant::now() + this.idle;
+                    this.deadline.as_mut().reset(next);
+                    this.take_events(&chunk);
+                }
+                Poll::Ready(Some(Err(_))) => this.end(Some("stream_broken")),
+                Poll::Ready(None) => {
+                    let complete = this.observer.done || this.observer.finish_reason.is_some();
+                    let broken = (!complete).then_some("stream_incomplete");
+                    this.end(broken);
+                }
+                Poll::Pending => {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        this.end(Some("stream_timeout"));
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ChatStream {
+    fn drop(&mut self) {
+        if self.meter.is_some() {
+            // The client went away mid-stream: stop the upstream (dropped with us) and
+            // charge what was delivered.
+            self.settle(Some("client_disconnected"), true);
+        }
+    }
+}

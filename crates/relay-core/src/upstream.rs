@@ -1,0 +1,153 @@
+//! The one pooled HTTP client for every upstream, and how a channel's base URL and key
+//! become a request.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use store::catalog::ChannelEntry;
+
+use crate::RelayError;
+
+/// Largest non-streaming upstream answer the relay will hold.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// How one try at a channel failed, and whose fault it was.
+#[derive(Debug)]
+pub enum Failure {
+    /// Could not connect, or the connection broke before an answer.
+    Connect,
+    /// No answer (or no next byte) within the channel's timeout.
+    Timeout,
+    /// The upstream answered with an error status.
+    Status { status: u16, body: Bytes },
+    /// A success status with a body that is not what the protocol promises.
+    Malformed,
+}
+
+impl Failure {
+    /// A short class for the generation's attempt list.
+    pub fn class(&self) -> String {
+        match self {
+            Failure::Connect => "connect".into(),
+            Failure::Timeout => "timeout".into(),
+            Failure::Status { status, .. } => format!("status_{status}"),
+            Failure::Malformed => "malformed".into(),
+        }
+    }
+
+    /// The upstream blamed the request: retrying elsewhere will not help.
+    pub fn blames_request(&self) -> bool {
+        matches!(self, Failure::Status { status: 400 | 404 | 413 | 422, .. })
+    }
+}
+
+/// The shared client: TCP_NODELAY, pooled keep-alive connections, connect timeout.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    http: reqwest::Client,
+}
+
+impl UpstreamClient {
+    pub fn new() -> Result<Self, RelayError> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(512)
+            .build()
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot build the upstream HTTP client");
+                RelayError::Internal
+            })?;
+        Ok(UpstreamClient { http })
+    }
+
+    /// POSTs a JSON body to `path` on `channel` with `key`, waiting at most the
+    /// channel's timeout for the response head.
+    pub async fn post_json(
+        &self,
+        channel: &ChannelEntry,
+        key: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<reqwest::Response, Failure> {
+        let mut req = self
+            .http
+            .post(endpoint_url(&channel.base_url, path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .bearer_auth(key)
+            .body(body);
+        for (name, value) in &channel.headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        let timeout = Duration::from_secs(channel.timeout_s.max(1));
+        match tokio::time::timeout(timeout, req.send()).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
+            Ok(Err(_)) => Err(Failure::Connect),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+/// Reads a whole (bounded) body, each chunk within `idle`.
+pub async fn read_body(resp: reqwest::Response, idle: Duration, limit: usize) -> Result<Bytes, Failure> {
+    let mut stream = resp.bytes_stream();
+    let mut out = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Err(_))) => return Err(Failure::Connect),
+            Ok(Some(Ok(chunk))) => {
+                if out.len() + chunk.len() > limit {
+                    return Err(Failure::Malformed);
+                }
+                out.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Joins a channel's base URL (origin, optionally with a path; a trailing `/v1` is
+/// tolerated) and an API path starting with `/v1/`.
+pub fn endpoint_url(base: &str, path: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let base = base.strip_suffix("/v1").unwrap_or(base);
+    format!("{base}{path}")
+}
+
+/// An upstream error message safe to show the client: the upstream's own
+/// `error.message` when it has one, never the channel's URL or key.
+pub fn upstream_message(body: &[u8], status: u16) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.get("message"))
+                .and_then(|m| m.as_str().map(str::to_owned))
+        })
+        .unwrap_or_else(|| format!("the upstream rejected the request with status {status}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_with_or_without_v1_and_slashes_join_the_same() {
+        for base in ["https://api.x.com", "https://api.x.com/", "https://api.x.com/v1", "https://api.x.com/v1/"] {
+            assert_eq!(endpoint_url(base, "/v1/chat/completions"), "https://api.x.com/v1/chat/completions");
+        }
+        assert_eq!(endpoint_url("http://h/proxy", "/v1/chat/completions"), "http://h/proxy/v1/chat/completions");
+    }
+
+    #[test]
+    fn only_request_faults_are_not_retried() {
+        assert!(Failure::Status { status: 400, body: Bytes::new() }.blames_request());
+        assert!(!Failure::Status { status: 429, body: Bytes::new() }.blames_request());
+        assert!(!Failure::Status { status: 401, body: Bytes::new() }.blames_request());
+        assert!(!Failure::Timeout.blames_request());
+    }
+}

@@ -1,0 +1,252 @@
+//! State shared between gateway instances in real time: counters with a time window
+//! (rate limits, login attempts), short-lived flags (revoked sessions), and the
+//! invalidation bus. In-process when `REDIS_URL` is unset, Redis otherwise.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::StoreError;
+
+/// In-process or Redis-backed shared state.
+pub enum Shared {
+    /// One instance: everything lives in this process.
+    Memory(MemoryShared),
+    /// Many instances: counters, flags and the bus live in Redis.
+    Redis(RedisShared),
+}
+
+/// The in-process backend.
+pub struct MemoryShared {
+    counters: Mutex<HashMap<String, (i64, Instant)>>,
+    bus: broadcast::Sender<String>,
+}
+
+/// The Redis backend: a pool for commands and a client for the pub/sub connection.
+pub struct RedisShared {
+    pool: Pool,
+    client: redis::Client,
+    prefix: String,
+}
+
+impl Shared {
+    /// The in-process backend.
+    pub fn memory() -> Self {
+        let (bus, _) = broadcast::channel(64);
+        Shared::Memory(MemoryShared {
+            counters: Mutex::new(HashMap::new()),
+            bus,
+        })
+    }
+
+    /// Connects to Redis (pool with bounded waits) and checks it with PING.
+    /// `prefix` namespaces every key and the bus channel.
+    pub async fn redis(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let mut cfg = deadpool_redis::Config::from_url(url);
+        let mut pool_cfg = PoolConfig::new(32);
+        pool_cfg.timeouts = Timeouts {
+            wait: Some(Duration::from_secs(2)),
+            create: Some(Duration::from_secs(2)),
+            recycle: Some(Duration::from_secs(2)),
+        };
+        cfg.pool = Some(pool_cfg);
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| StoreError::Config(format!("redis pool: {e}")))?;
+        let client = redis::Client::open(url)?;
+        let shared = Shared::Redis(RedisShared {
+            pool,
+            client,
+            prefix: prefix.to_owned(),
+        });
+        shared.ping().await?;
+        Ok(shared)
+    }
+
+    /// The Redis pool and key prefix, when Redis is configured.
+    pub fn redis_pool(&self) -> Option<(&Pool, &str)> {
+        match self {
+            Shared::Memory(_) => None,
+            Shared::Redis(r) => Some((&r.pool, &r.prefix)),
+        }
+    }
+
+    /// Checks the backend answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Shared::Memory(_) => Ok(()),
+            Shared::Redis(r) => {
+                let mut conn = r.pool.get().await?;
+                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds one to the counter `key` in its current window of `window` length and
+    /// returns the new count. The window starts with the first increment.
+    pub async fn incr(&self, key: &str, window: Duration) -> Result<i64, StoreError> {
+        match self {
+            Shared::Memory(m) => {
+                let now = Instant::now();
+                let mut counters = m.counters.lock().unwrap_or_else(|e| e.into_inner());
+                if counters.len() > 100_000 {
+                    counters.retain(|_, (_, until)| *until > now);
+                }
+                let entry = counters.entry(key.to_owned()).or_insert((0, now + window));
+                if entry.1 <= now {
+                    *entry = (0, now + window);
+                }
+                entry.0 += 1;
+                Ok(entry.0)
+            }
+            Shared::Redis(r) => {
+                let mut conn = r.pool.get().await?;
+                let full = format!("{}:c:{key}", r.prefix);
+                let (count,): (i64,) = redis::pipe()
+                    .atomic()
+                    .incr(&full, 1)
+                    .expire(&full, window.as_secs().max(1) as i64)
+                    .arg("NX")
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(count)
+            }
+        }
+    }
+
+    /// Reads a counter without changing it (0 when absent or expired).
+    pub async fn count(&self, key: &str) -> Result<i64, StoreError> {
+        match self {
+            Shared::Memory(m) => {
+                let counters = m.counters.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(counters
+                    .get(key)
+                    .filter(|(_, until)| *until > Instant::now())
+                    .map_or(0, |(n, _)| *n))
+            }
+            Shared::Redis(r) => {
+                let mut conn = r.pool.get().await?;
+                let n: Option<i64> = conn.get(format!("{}:c:{key}", r.prefix)).await?;
+                Ok(n.unwrap_or(0))
+            }
+        }
+    }
+
+    /// Forgets a counter.
+    pub async fn reset(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Shared::Memory(m) => {
+                m.counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(key);
+                Ok(())
+            }
+            Shared::Redis(r) => {
+                let mut conn = r.pool.get().await?;
+                let _: i64 = conn.del(format!("{}:c:{key}", r.prefix)).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells every instance (this one included) that `topic` changed.
+    pub async fn publish(&self, topic: &str) -> Result<(), StoreError> {
+        match self {
+            Shared::Memory(m) => {
+                // No receiver is not an error: nobody needed telling.
+                let _ = m.bus.send(topic.to_owned());
+                Ok(())
+            }
+            Shared::Redis(r) => {
+                let mut conn = r.pool.get().await?;
+                let _: i64 = conn.publish(format!("{}:bus", r.prefix), topic).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Receives every published topic. For Redis this spawns a task holding the
+    /// pub/sub connection, reconnecting after a second when it drops.
+    pub fn subscribe(&self) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::channel(64);
+        match self {
+            Shared::Memory(m) => {
+                let mut bus = m.bus.subscribe();
+                tokio::spawn(async move {
+                    loop {
+                        match bus.recv().await {
+                            Ok(topic) => {
+                                if tx.send(topic).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                if tx.send("all".to_owned()).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        }
+                    }
+                });
+            }
+            Shared::Redis(r) => {
+                let client = r.client.clone();
+                let channel = format!("{}:bus", r.prefix);
+                tokio::spawn(async move {
+                    while !tx.is_closed() {
+                        if let Err(e) = pump_redis_bus(&client, &channel, &tx).await {
+                            tracing::warn!(error = %e, "invalidation bus disconnected; reconnecting");
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        // Whatever was published while we were away is unknown: reload all.
+                        if tx.send("all".to_owned()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        rx
+    }
+}
+
+async fn pump_redis_bus(
+    client: &redis::Client,
+    channel: &str,
+    tx: &mpsc::Sender<String>,
+) -> Result<(), StoreError> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    let mut messages = pubsub.into_on_message();
+    while let Some(msg) = messages.next().await {
+        let topic: String = msg.get_payload()?;
+        if tx.send(topic).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_memory_counter_counts_within_its_window_and_restarts_after() {
+        let shared = Shared::memory();
+        let w = Duration::from_millis(50);
+        assert_eq!(shared.incr("k", w).await.unwrap(), 1);
+        assert_eq!(shared.incr("k", w).await.unwrap(), 2);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(shared.incr("k", w).await.unwrap(), 1);
+    }
+}

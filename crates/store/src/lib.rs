@@ -1,0 +1,23 @@
+//! Storage for Tollgate: the sea-orm entities and connection, the shared cache
+//! (in-process or Redis) with its invalidation bus, the at-rest secret box for channel
+//! keys, and the in-memory catalog snapshot that the hot path reads instead of SQL.
+
+pub mod cache;
+pub mod catalog;
+pub mod db;
+pub mod entities;
+pub mod error;
+pub mod secret;
+
+pub use cache::Shared;
+pub use catalog::Catalog;
+pub use error::StoreError;
+pub use sea_orm;
+pub use sea_orm::DatabaseConnection;
+pub use deadpool_redis;
+
+/// SHA-256 of a secret (API key, redemption code) as lowercase hex: what the store keeps.
+pub fn hash_secret(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}

@@ -1,0 +1,18 @@
+//! The one migration set Tollgate applies at startup, on SQLite and Postgres alike.
+//!
+//! A migration file is never renamed or edited once it has shipped; a change to the
+//! schema is a new file appended to [`Migrator::migrations`].
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_init;
+
+/// Applies every migration in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_init::Migration)]
+    }
+}
