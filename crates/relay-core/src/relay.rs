@@ -171,6 +171,9 @@ fn answer(success: Success, head: &ChatHead, body_len: usize, mut meter: Meter) 
                 Usage::from,
             );
             meter.record.upstream_id = summary.id.clone();
+            if let Some(m) = &summary.model {
+                meter.record.upstream_model = Some(m.clone());
+            }
             meter.record.finish_reason = summary.finish_reason();
             meter.mark_first_byte();
             meter.finish(Outcome::Served(usage));

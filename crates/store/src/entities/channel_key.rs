@@ -17,3 +17,14 @@ pub struct Model {
 }
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl Entity {
+    /// Every stored (encrypted) secret, for audits and tests.
+    pub async fn find_all_secrets(db: &sea_orm::DatabaseConnection) -> Vec<String> {
+        Entity::find()
+            .all(db)
+            .await
+            .map(|rows| rows.into_iter().map(|k| k.secret).collect())
+            .unwrap_or_default()
+    }
+}

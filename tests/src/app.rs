@@ -1,0 +1,233 @@
+//! `spawn_app`: the real gateway on port 0 with a database of its own, and typed
+//! helpers for the admin API, the relay and the money checks every test makes.
+
+use std::time::Duration;
+
+use actix_web::web;
+use gateway::state::AppState;
+use gateway::{Application, Config};
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, ConnectionTrait, Database, EntityTrait, QueryFilter, QueryOrder, Statement};
+use serde_json::{Value, json};
+use store::entities::{generation, transaction, user};
+
+/// The root password every test app starts with.
+pub const ROOT_PASSWORD: &str = "root-password-for-tests";
+
+/// A running gateway under test.
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub state: web::Data<AppState>,
+    pub root_token: String,
+    pub root_id: i64,
+    handle: actix_web::dev::ServerHandle,
+    postgres: Option<(String, String)>,
+}
+
+/// Which backends this run tests: `TEST_DATABASE_URL` / `TEST_REDIS_URL` when set.
+pub fn backend_name() -> &'static str {
+    match (std::env::var("TEST_DATABASE_URL").is_ok(), std::env::var("TEST_REDIS_URL").is_ok()) {
+        (true, true) => "postgres+redis",
+        (true, false) => "postgres+memory",
+        (false, true) => "sqlite+redis",
+        (false, false) => "sqlite+memory",
+    }
+}
+
+/// Starts a gateway with the default test configuration.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a gateway, letting the test adjust the configuration first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let (database_url, postgres) = match std::env::var("TEST_DATABASE_URL") {
+        Ok(admin_url) => {
+            let name = format!("tg_{unique}");
+            let admin = Database::connect(&admin_url).await.expect("TEST_DATABASE_URL must answer");
+            admin
+                .execute_raw(Statement::from_string(admin.get_database_backend(), format!("CREATE DATABASE \"{name}\"")))
+                .await
+                .expect("create test database");
+            let base = admin_url.split('?').next().unwrap();
+            let root = &base[..base.rfind('/').unwrap()];
+            (format!("{root}/{name}"), Some((admin_url.clone(), name)))
+        }
+        Err(_) => {
+            let dir = std::env::temp_dir().join("tollgate-tests");
+            std::fs::create_dir_all(&dir).unwrap();
+            (format!("sqlite://{}/{unique}.db?mode=rwc", dir.display()), None)
+        }
+    };
+    let mut config = Config {
+        addr: "127.0.0.1:0".to_owned(),
+        database_url,
+        redis_url: std::env::var("TEST_REDIS_URL").ok(),
+        redis_prefix: format!("tgtest:{unique}"),
+        root_password: Some(ROOT_PASSWORD.to_owned()),
+        jwt_secret: Some(format!("jwt-{unique}")),
+        secret_key: Some(store::secret::SecretBox::generate_text()),
+        data_dir: std::env::temp_dir().join("tollgate-tests").join(&unique),
+        max_body_mb: 1,
+        max_tries: 3,
+        workers: Some(2),
+        handle_signals: false,
+    };
+    adjust(&mut config);
+    let has_root_password = config.root_password.is_some();
+    let app = Application::build(config).await.expect("gateway builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let mut test = TestApp { address, http, state, root_token: String::new(), root_id: 0, handle, postgres };
+    if has_root_password {
+        test.root_token = test.login("root", ROOT_PASSWORD).await;
+        let (_, me) = test.api("GET", "/api/me", &test.root_token.clone(), None).await;
+        test.root_id = me["id"].as_i64().unwrap();
+    }
+    test
+}
+
+impl TestApp {
+    /// Calls the admin API; returns the status and the JSON body (Null when empty).
+    pub async fn api(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.address)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Logs in and returns the token.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/api/auth/login", self.address))
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "login of {username}");
+        resp.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a user as root and returns its id.
+    pub async fn create_user(&self, username: &str, role: &str) -> i64 {
+        let (s, v) = self
+            .api("POST", "/api/users", &self.root_token, Some(json!({"username": username, "password": "password-123", "role": role})))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_i64().unwrap()
+    }
+
+    /// Root mints credits to a user.
+    pub async fn mint(&self, user_id: i64, credits: f64) {
+        let (s, v) = self
+            .api("POST", &format!("/api/users/{user_id}/credits"), &self.root_token, Some(json!({"amount": credits})))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    /// Root adds an OpenAI channel at `base_url` serving `models`.
+    pub async fn add_channel(&self, name: &str, base_url: &str, models: &[&str], extra: Value) -> i64 {
+        let mut body = json!({"name": name, "type": "openai", "base_url": base_url, "keys": ["sk-upstream-secret-1234"], "models": models});
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                body[k] = v;
+            }
+        }
+        let (s, v) = self.api("POST", "/api/channels", &self.root_token, Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_i64().unwrap()
+    }
+
+    /// Root prices a model (credits per 1M tokens).
+    pub async fn set_price(&self, model: &str, input: f64, output: f64) {
+        let (s, v) = self
+            .api("PUT", &format!("/api/pricing/models/{model}"), &self.root_token, Some(json!({"input": input, "output": output})))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    /// Creates a key (as `token`'s user unless `body` names another) and returns it.
+    pub async fn create_key(&self, token: &str, body: Value) -> (i64, String) {
+        let (s, v) = self.api("POST", "/api/keys", token, Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+        (v["id"].as_i64().unwrap(), v["key"].as_str().unwrap().to_owned())
+    }
+
+    /// `POST /v1/chat/completions` with a key.
+    pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/chat/completions", self.address))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until every settlement has run and the writer has committed it.
+    pub async fn settled(&self) {
+        for _ in 0..500 {
+            if self.state.tasks.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.state.writer.flush().await;
+    }
+
+    /// A user's durable balance in micro-credits.
+    pub async fn balance(&self, user_id: i64) -> i64 {
+        user::Entity::find_by_id(user_id).one(&self.state.db).await.unwrap().unwrap().balance
+    }
+
+    /// A user's ledger, oldest first.
+    pub async fn ledger(&self, user_id: i64) -> Vec<transaction::Model> {
+        transaction::Entity::find()
+            .filter(transaction::Column::UserId.eq(user_id))
+            .order_by_asc(transaction::Column::Id)
+            .all(&self.state.db)
+            .await
+            .unwrap()
+    }
+
+    /// Asserts balance = Σ ledger for every user, and no balance below zero.
+    pub async fn assert_ledger_consistent(&self) {
+        for u in user::Entity::find().all(&self.state.db).await.unwrap() {
+            let sum: i64 = self.ledger(u.id).await.iter().map(|t| t.amount).sum();
+            assert_eq!(u.balance, sum, "user {} balance {} != ledger sum {sum}", u.username, u.balance);
+            assert!(u.balance >= 0, "user {} is negative", u.username);
+        }
+    }
+
+    /// A generation row by id.
+    pub async fn generation(&self, id: &str) -> generation::Model {
+        generation::Entity::find_by_id(id.to_owned())
+            .one(&self.state.db)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("generation {id} not recorded"))
+    }
+
+    /// Stops the gateway and drops its Postgres database.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        if let Some((admin_url, name)) = &self.postgres {
+            if let Ok(admin) = Database::connect(admin_url).await {
+                let _ = admin
+                    .execute_raw(Statement::from_string(admin.get_database_backend(), format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                    .await;
+            }
+        }
+    }
+}
