@@ -198,7 +198,11 @@ impl MigrationTrait for Migration {
             index("api_keys", "idx_api_keys_user", &["user_id"]),
             index("channel_keys", "idx_channel_keys_channel", &["channel_id"]),
             index("generations", "idx_generations_upstream", &["upstream_id"]),
-            index("generations", "idx_generations_user", &["user_id", "created_at"]),
+            index(
+                "generations",
+                "idx_generations_user",
+                &["user_id", "created_at"],
+            ),
             index("transactions", "idx_transactions_user", &["user_id", "id"]),
         ];
         for idx in indexes {

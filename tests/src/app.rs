@@ -7,7 +7,9 @@ use actix_web::web;
 use gateway::state::AppState;
 use gateway::{Application, Config};
 use reqwest::StatusCode;
-use sea_orm::{ColumnTrait, ConnectionTrait, Database, EntityTrait, QueryFilter, QueryOrder, Statement};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, Database, EntityTrait, QueryFilter, QueryOrder, Statement,
+};
 use serde_json::{Value, json};
 use store::entities::{generation, transaction, user};
 
@@ -27,7 +29,10 @@ pub struct TestApp {
 
 /// Which backends this run tests: `TEST_DATABASE_URL` / `TEST_REDIS_URL` when set.
 pub fn backend_name() -> &'static str {
-    match (std::env::var("TEST_DATABASE_URL").is_ok(), std::env::var("TEST_REDIS_URL").is_ok()) {
+    match (
+        std::env::var("TEST_DATABASE_URL").is_ok(),
+        std::env::var("TEST_REDIS_URL").is_ok(),
+    ) {
         (true, true) => "postgres+redis",
         (true, false) => "postgres+memory",
         (false, true) => "sqlite+redis",
@@ -46,9 +51,14 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let (database_url, postgres) = match std::env::var("TEST_DATABASE_URL") {
         Ok(admin_url) => {
             let name = format!("tg_{unique}");
-            let admin = Database::connect(&admin_url).await.expect("TEST_DATABASE_URL must answer");
+            let admin = Database::connect(&admin_url)
+                .await
+                .expect("TEST_DATABASE_URL must answer");
             admin
-                .execute_raw(Statement::from_string(admin.get_database_backend(), format!("CREATE DATABASE \"{name}\"")))
+                .execute_raw(Statement::from_string(
+                    admin.get_database_backend(),
+                    format!("CREATE DATABASE \"{name}\""),
+                ))
                 .await
                 .expect("create test database");
             let base = admin_url.split('?').next().unwrap();
@@ -58,7 +68,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         Err(_) => {
             let dir = std::env::temp_dir().join("tollgate-tests");
             std::fs::create_dir_all(&dir).unwrap();
-            (format!("sqlite://{}/{unique}.db?mode=rwc", dir.display()), None)
+            (
+                format!("sqlite://{}/{unique}.db?mode=rwc", dir.display()),
+                None,
+            )
         }
     };
     let mut config = Config {
@@ -82,11 +95,24 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let state = app.state();
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let mut test = TestApp { address, http, state, root_token: String::new(), root_id: 0, handle, postgres };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut test = TestApp {
+        address,
+        http,
+        state,
+        root_token: String::new(),
+        root_id: 0,
+        handle,
+        postgres,
+    };
     if has_root_password {
         test.root_token = test.login("root", ROOT_PASSWORD).await;
-        let (_, me) = test.api("GET", "/api/me", &test.root_token.clone(), None).await;
+        let (_, me) = test
+            .api("GET", "/api/me", &test.root_token.clone(), None)
+            .await;
         test.root_id = me["id"].as_i64().unwrap();
     }
     test
@@ -94,9 +120,18 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 
 impl TestApp {
     /// Calls the admin API; returns the status and the JSON body (Null when empty).
-    pub async fn api(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, format!("{}{path}", self.address)).bearer_auth(token);
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -116,13 +151,21 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "login of {username}");
-        resp.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned()
+        resp.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Creates a user as root and returns its id.
     pub async fn create_user(&self, username: &str, role: &str) -> i64 {
         let (s, v) = self
-            .api("POST", "/api/users", &self.root_token, Some(json!({"username": username, "password": "password-123", "role": role})))
+            .api(
+                "POST",
+                "/api/users",
+                &self.root_token,
+                Some(json!({"username": username, "password": "password-123", "role": role})),
+            )
             .await;
         assert_eq!(s, 201, "{v}");
         v["id"].as_i64().unwrap()
@@ -131,20 +174,33 @@ impl TestApp {
     /// Root mints credits to a user.
     pub async fn mint(&self, user_id: i64, credits: f64) {
         let (s, v) = self
-            .api("POST", &format!("/api/users/{user_id}/credits"), &self.root_token, Some(json!({"amount": credits})))
+            .api(
+                "POST",
+                &format!("/api/users/{user_id}/credits"),
+                &self.root_token,
+                Some(json!({"amount": credits})),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
     }
 
     /// Root adds an OpenAI channel at `base_url` serving `models`.
-    pub async fn add_channel(&self, name: &str, base_url: &str, models: &[&str], extra: Value) -> i64 {
+    pub async fn add_channel(
+        &self,
+        name: &str,
+        base_url: &str,
+        models: &[&str],
+        extra: Value,
+    ) -> i64 {
         let mut body = json!({"name": name, "type": "openai", "base_url": base_url, "keys": ["sk-upstream-secret-1234"], "models": models});
         if let Value::Object(extra) = extra {
             for (k, v) in extra {
                 body[k] = v;
             }
         }
-        let (s, v) = self.api("POST", "/api/channels", &self.root_token, Some(body)).await;
+        let (s, v) = self
+            .api("POST", "/api/channels", &self.root_token, Some(body))
+            .await;
         assert_eq!(s, 201, "{v}");
         v["id"].as_i64().unwrap()
     }
@@ -152,7 +208,12 @@ impl TestApp {
     /// Root prices a model (credits per 1M tokens).
     pub async fn set_price(&self, model: &str, input: f64, output: f64) {
         let (s, v) = self
-            .api("PUT", &format!("/api/pricing/models/{model}"), &self.root_token, Some(json!({"input": input, "output": output})))
+            .api(
+                "PUT",
+                &format!("/api/pricing/models/{model}"),
+                &self.root_token,
+                Some(json!({"input": input, "output": output})),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
     }
@@ -161,7 +222,10 @@ impl TestApp {
     pub async fn create_key(&self, token: &str, body: Value) -> (i64, String) {
         let (s, v) = self.api("POST", "/api/keys", token, Some(body)).await;
         assert_eq!(s, 201, "{v}");
-        (v["id"].as_i64().unwrap(), v["key"].as_str().unwrap().to_owned())
+        (
+            v["id"].as_i64().unwrap(),
+            v["key"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// `POST /v1/chat/completions` with a key.
@@ -188,7 +252,12 @@ impl TestApp {
 
     /// A user's durable balance in micro-credits.
     pub async fn balance(&self, user_id: i64) -> i64 {
-        user::Entity::find_by_id(user_id).one(&self.state.db).await.unwrap().unwrap().balance
+        user::Entity::find_by_id(user_id)
+            .one(&self.state.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance
     }
 
     /// A user's ledger, oldest first.
@@ -205,7 +274,11 @@ impl TestApp {
     pub async fn assert_ledger_consistent(&self) {
         for u in user::Entity::find().all(&self.state.db).await.unwrap() {
             let sum: i64 = self.ledger(u.id).await.iter().map(|t| t.amount).sum();
-            assert_eq!(u.balance, sum, "user {} balance {} != ledger sum {sum}", u.username, u.balance);
+            assert_eq!(
+                u.balance, sum,
+                "user {} balance {} != ledger sum {sum}",
+                u.username, u.balance
+            );
             assert!(u.balance >= 0, "user {} is negative", u.username);
         }
     }
@@ -222,12 +295,13 @@ impl TestApp {
     /// Stops the gateway and drops its Postgres database.
     pub async fn stop(self) {
         self.handle.stop(true).await;
-        if let Some((admin_url, name)) = &self.postgres {
-            if let Ok(admin) = Database::connect(admin_url).await {
-                let _ = admin
-                    .execute_raw(Statement::from_string(admin.get_database_backend(), format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                    .await;
-            }
+        if let Some((admin_url, name)) = &self.postgres
+            && let Ok(admin) = Database::connect(admin_url).await
+        {
+            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+            let _ = admin
+                .execute_raw(Statement::from_string(admin.get_database_backend(), drop))
+                .await;
         }
     }
 }

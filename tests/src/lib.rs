@@ -3,12 +3,6 @@
 //! `spawn_app`, which starts the real gateway on port 0 on a fresh database — SQLite
 //! and in-process cache by default, Postgres and Redis when `TEST_DATABASE_URL` and
 //! `TEST_REDIS_URL` are set.
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "test support: a setup that fails must fail the test loudly"
-)]
 
 pub mod app;
 pub mod mock_openai;

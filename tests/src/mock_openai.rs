@@ -56,7 +56,11 @@ impl MockOpenAi {
         .run();
         let handle = server.handle();
         tokio::spawn(server);
-        MockOpenAi { base_url: format!("http://127.0.0.1:{port}"), received, handle }
+        MockOpenAi {
+            base_url: format!("http://127.0.0.1:{port}"),
+            received,
+            handle,
+        }
     }
 
     /// Everything received so far.
@@ -88,26 +92,62 @@ fn usage_for(model: &str) -> Value {
     }
 }
 
-async fn chat(received: web::Data<Arc<Mutex<Vec<Received>>>>, req: HttpRequest, body: Bytes) -> HttpResponse {
+async fn chat(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: Bytes,
+) -> HttpResponse {
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return error(400, "We could not parse the JSON body of your request.", "invalid_request_error", "invalid_json");
+        return error(
+            400,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            "invalid_json",
+        );
     };
     received.lock().unwrap().push(Received {
         path: req.path().to_owned(),
-        authorization: req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        authorization: req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         body: body.clone(),
     });
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     match model.as_str() {
-        "fail-500" => return error(500, "The server had an error while processing your request.", "server_error", "server_error"),
-        "fail-429" => return error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded"),
-        "bad-request" => return error(400, "Invalid value for 'temperature': must be between 0 and 2.", "invalid_request_error", "invalid_value"),
+        "fail-500" => {
+            return error(
+                500,
+                "The server had an error while processing your request.",
+                "server_error",
+                "server_error",
+            );
+        }
+        "fail-429" => {
+            return error(
+                429,
+                "Rate limit reached for requests",
+                "requests",
+                "rate_limit_exceeded",
+            );
+        }
+        "bad-request" => {
+            return error(
+                400,
+                "Invalid value for 'temperature': must be between 0 and 2.",
+                "invalid_request_error",
+                "invalid_value",
+            );
+        }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
         _ => {}
     }
     let dated = format!("{model}-2024-07-18");
     if body["stream"].as_bool().unwrap_or(false) {
-        let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+        let include_usage = body["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false);
         return stream(&model, &dated, include_usage);
     }
     HttpResponse::Ok().json(json!({
@@ -132,7 +172,10 @@ fn stream(model: &str, dated: &str, include_usage: bool) -> HttpResponse {
         }
         format!("data: {c}\n\n")
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        Value::Null,
+    )];
     let cut = model == "cut-stream";
     for (i, piece) in CONTENT_PIECES.iter().enumerate() {
         if cut && i == 2 {
@@ -149,11 +192,15 @@ fn stream(model: &str, dated: &str, include_usage: bool) -> HttpResponse {
         }
         events.push("data: [DONE]\n\n".to_owned());
     }
-    let body = futures_util::stream::iter(events.into_iter().map(|e| Ok::<_, actix_web::Error>(Bytes::from(e))))
-        .then(|e| async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            e
-        });
+    let body = futures_util::stream::iter(
+        events
+            .into_iter()
+            .map(|e| Ok::<_, actix_web::Error>(Bytes::from(e))),
+    )
+    .then(|e| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        e
+    });
     let mut resp = HttpResponse::Ok();
     resp.insert_header(("content-type", "text/event-stream"));
     if cut {

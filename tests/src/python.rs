@@ -9,11 +9,6 @@
 //! A missing `python3`, a failed `venv` or a failed `pip install` fails the test: the
 //! SDK tests are never skipped.
 
-#![expect(
-    clippy::panic,
-    reason = "test support: a missing Python or a failed install must fail the test, loudly"
-)]
-
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -29,8 +29,18 @@ impl Scenario {
     pub async fn start(credits: f64) -> Self {
         let app = spawn_app().await;
         let mock = MockOpenAi::start().await;
-        let models = ["gpt-4o-mini", "reasoner", "fail-500", "fail-429", "bad-request", "cut-stream", "slow"];
-        let channel_id = app.add_channel("mock", &mock.base_url, &models, json!({})).await;
+        let models = [
+            "gpt-4o-mini",
+            "reasoner",
+            "fail-500",
+            "fail-429",
+            "bad-request",
+            "cut-stream",
+            "slow",
+        ];
+        let channel_id = app
+            .add_channel("mock", &mock.base_url, &models, json!({}))
+            .await;
         for m in models {
             app.set_price(m, INPUT_PRICE, OUTPUT_PRICE).await;
         }
@@ -39,8 +49,18 @@ impl Scenario {
             app.mint(customer_id, credits).await;
         }
         let customer_token = app.login("alice", "password-123").await;
-        let (key_id, key) = app.create_key(&customer_token, json!({"name": "test"})).await;
-        Scenario { app, mock, channel_id, customer_id, customer_token, key, key_id }
+        let (key_id, key) = app
+            .create_key(&customer_token, json!({"name": "test"}))
+            .await;
+        Scenario {
+            app,
+            mock,
+            channel_id,
+            customer_id,
+            customer_token,
+            key,
+            key_id,
+        }
     }
 
     /// A chat body for `model`.

@@ -4,12 +4,19 @@ use serde_json::{Value, json};
 use tollgate_tests::{Scenario, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_password_and_an_unknown_user_get_the_same_answer_and_repeated_failures_are_limited() {
+async fn a_wrong_password_and_an_unknown_user_get_the_same_answer_and_repeated_failures_are_limited()
+ {
     let app = spawn_app().await;
     let login = |u: &'static str, p: &'static str| {
         let app = &app;
         async move {
-            let r = app.http.post(format!("{}/api/auth/login", app.address)).json(&json!({"username": u, "password": p})).send().await.unwrap();
+            let r = app
+                .http
+                .post(format!("{}/api/auth/login", app.address))
+                .json(&json!({"username": u, "password": p}))
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }
     };
@@ -30,9 +37,19 @@ async fn a_wrong_password_and_an_unknown_user_get_the_same_answer_and_repeated_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_returns_a_token_that_logout_revokes() {
     let app = spawn_app().await;
-    let r = app.http.post(format!("{}/api/auth/login", app.address))
-        .json(&json!({"username": "root", "password": tollgate_tests::app::ROOT_PASSWORD})).send().await.unwrap();
-    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("HttpOnly"));
+    let r = app
+        .http
+        .post(format!("{}/api/auth/login", app.address))
+        .json(&json!({"username": "root", "password": tollgate_tests::app::ROOT_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("HttpOnly")
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["user"]["role"], "admin");
     assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
@@ -54,8 +71,13 @@ async fn login_returns_a_token_that_logout_revokes() {
 async fn without_a_root_password_a_random_one_is_made_and_no_default_works() {
     let app = tollgate_tests::app::spawn_app_with(|c| c.root_password = None).await;
     for guess in ["", "root", "admin", "password", "123456", "tollgate"] {
-        let r = app.http.post(format!("{}/api/auth/login", app.address))
-            .json(&json!({"username": "root", "password": guess})).send().await.unwrap();
+        let r = app
+            .http
+            .post(format!("{}/api/auth/login", app.address))
+            .json(&json!({"username": "root", "password": guess}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "password {guess:?} must not work");
     }
     app.stop().await;
@@ -68,18 +90,40 @@ async fn resellers_see_only_their_customers_and_others_get_404() {
     app.create_user("reseller2", "reseller").await;
     let t1 = app.login("reseller1", "password-123").await;
     let t2 = app.login("reseller2", "password-123").await;
-    let (s, c1) = app.api("POST", "/api/users", &t1, Some(json!({"username": "cust1", "password": "password-123", "role": "customer"}))).await;
+    let (s, c1) = app
+        .api(
+            "POST",
+            "/api/users",
+            &t1,
+            Some(json!({"username": "cust1", "password": "password-123", "role": "customer"})),
+        )
+        .await;
     assert_eq!(s, 201, "{c1}");
     assert_eq!(c1["parent_id"], r1);
     let c1 = c1["id"].as_i64().unwrap();
     // A reseller creates customers only.
-    let (s, _) = app.api("POST", "/api/users", &t1, Some(json!({"username": "x", "password": "password-123", "role": "reseller"}))).await;
+    let (s, _) = app
+        .api(
+            "POST",
+            "/api/users",
+            &t1,
+            Some(json!({"username": "x", "password": "password-123", "role": "reseller"})),
+        )
+        .await;
     assert_eq!(s, 403);
     // The other reseller cannot see, patch, fund or list it.
     for (m, path, body) in [
         ("GET", format!("/api/users/{c1}"), None),
-        ("PATCH", format!("/api/users/{c1}"), Some(json!({"status": "disabled"}))),
-        ("POST", format!("/api/users/{c1}/credits"), Some(json!({"amount": 1}))),
+        (
+            "PATCH",
+            format!("/api/users/{c1}"),
+            Some(json!({"status": "disabled"})),
+        ),
+        (
+            "POST",
+            format!("/api/users/{c1}/credits"),
+            Some(json!({"amount": 1})),
+        ),
         ("GET", format!("/api/users/{c1}/transactions"), None),
     ] {
         let (s, v) = app.api(m, &path, &t2, body).await;
@@ -89,11 +133,23 @@ async fn resellers_see_only_their_customers_and_others_get_404() {
     assert_eq!(list["total"], 1);
     let (_, list) = app.api("GET", "/api/users", &t1, None).await;
     assert_eq!(list["total"], 2);
-    let (_, all) = app.api("GET", "/api/users?role=customer", &app.root_token, None).await;
+    let (_, all) = app
+        .api("GET", "/api/users?role=customer", &app.root_token, None)
+        .await;
     assert_eq!(all["total"], 1);
     // Duplicate usernames are refused.
-    let (s, v) = app.api("POST", "/api/users", &app.root_token, Some(json!({"username": "cust1", "password": "password-123", "role": "customer"}))).await;
-    assert_eq!((s.as_u16(), v["error"]["code"].as_str()), (409, Some("username_taken")));
+    let (s, v) = app
+        .api(
+            "POST",
+            "/api/users",
+            &app.root_token,
+            Some(json!({"username": "cust1", "password": "password-123", "role": "customer"})),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"]["code"].as_str()),
+        (409, Some("username_taken"))
+    );
     app.stop().await;
 }
 
@@ -103,33 +159,99 @@ async fn reseller_transfers_move_credits_without_creating_any_and_never_overdraw
     let r = app.create_user("res", "reseller").await;
     app.mint(r, 10.0).await;
     let t = app.login("res", "password-123").await;
-    let (_, c) = app.api("POST", "/api/users", &t, Some(json!({"username": "cust", "password": "password-123", "role": "customer"}))).await;
+    let (_, c) = app
+        .api(
+            "POST",
+            "/api/users",
+            &t,
+            Some(json!({"username": "cust", "password": "password-123", "role": "customer"})),
+        )
+        .await;
     let c = c["id"].as_i64().unwrap();
-    let (s, v) = app.api("POST", &format!("/api/users/{c}/credits"), &t, Some(json!({"amount": 4.25, "note": "march"}))).await;
+    let (s, v) = app
+        .api(
+            "POST",
+            &format!("/api/users/{c}/credits"),
+            &t,
+            Some(json!({"amount": 4.25, "note": "march"})),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["balance"], 4.25);
     assert_eq!(app.balance(r).await, 5_750_000);
     assert_eq!(app.balance(c).await, 4_250_000);
     // More than the reseller has: refused, nothing moves.
-    let (s, v) = app.api("POST", &format!("/api/users/{c}/credits"), &t, Some(json!({"amount": 6}))).await;
-    assert_eq!((s.as_u16(), v["error"]["code"].as_str()), (402, Some("insufficient_balance")));
+    let (s, v) = app
+        .api(
+            "POST",
+            &format!("/api/users/{c}/credits"),
+            &t,
+            Some(json!({"amount": 6})),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"]["code"].as_str()),
+        (402, Some("insufficient_balance"))
+    );
     // Taking back more than the customer has: refused.
-    let (s, _) = app.api("POST", &format!("/api/users/{c}/credits"), &t, Some(json!({"amount": -5}))).await;
+    let (s, _) = app
+        .api(
+            "POST",
+            &format!("/api/users/{c}/credits"),
+            &t,
+            Some(json!({"amount": -5})),
+        )
+        .await;
     assert_eq!(s, 402);
-    let (s, v) = app.api("POST", &format!("/api/users/{c}/credits"), &t, Some(json!({"amount": -0.25}))).await;
+    let (s, v) = app
+        .api(
+            "POST",
+            &format!("/api/users/{c}/credits"),
+            &t,
+            Some(json!({"amount": -0.25})),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(app.balance(r).await + app.balance(c).await, 10_000_000);
     // An admin cannot remove more than a balance holds either.
-    let (s, _) = app.api("POST", &format!("/api/users/{c}/credits"), &app.root_token, Some(json!({"amount": -100}))).await;
+    let (s, _) = app
+        .api(
+            "POST",
+            &format!("/api/users/{c}/credits"),
+            &app.root_token,
+            Some(json!({"amount": -100})),
+        )
+        .await;
     assert_eq!(s, 402);
     // Customers cannot move credits at all; amounts with 7 decimals are refused.
     let ct = app.login("cust", "password-123").await;
-    let (s, _) = app.api("POST", &format!("/api/users/{c}/credits"), &ct, Some(json!({"amount": 1}))).await;
+    let (s, _) = app
+        .api(
+            "POST",
+            &format!("/api/users/{c}/credits"),
+            &ct,
+            Some(json!({"amount": 1})),
+        )
+        .await;
     assert_eq!(s, 403);
-    let (s, _) = app.api("POST", &format!("/api/users/{c}/credits"), &app.root_token, Some(json!({"amount": 0.0000001}))).await;
+    let (s, _) = app
+        .api(
+            "POST",
+            &format!("/api/users/{c}/credits"),
+            &app.root_token,
+            Some(json!({"amount": 0.0000001})),
+        )
+        .await;
     assert_eq!(s, 400);
-    let (_, tx) = app.api("GET", &format!("/api/users/{c}/transactions"), &ct, None).await;
-    let kinds: Vec<&str> = tx["items"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    let (_, tx) = app
+        .api("GET", &format!("/api/users/{c}/transactions"), &ct, None)
+        .await;
+    let kinds: Vec<&str> = tx["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["transfer_out", "transfer_in"]);
     assert_eq!(tx["items"][1]["note"], "march");
     app.assert_ledger_consistent().await;
@@ -146,18 +268,51 @@ async fn a_key_is_shown_once_listed_by_preview_and_stops_working_when_deleted() 
     let preview = item["preview"].as_str().unwrap();
     assert!(preview.starts_with(&s.key[..7]) && preview.ends_with(&s.key[s.key.len() - 4..]));
     assert!(!list.to_string().contains(&s.key));
-    assert_eq!(s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await.status(), 200);
-    let (st, _) = s.app.api("DELETE", &format!("/api/keys/{}", s.key_id), &s.customer_token, None).await;
+    assert_eq!(
+        s.app
+            .chat(&s.key, Scenario::body("gpt-4o-mini"))
+            .await
+            .status(),
+        200
+    );
+    let (st, _) = s
+        .app
+        .api(
+            "DELETE",
+            &format!("/api/keys/{}", s.key_id),
+            &s.customer_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 204);
     let r = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
     assert_eq!(r.status(), 401);
     // Another customer cannot touch a key it does not own.
     let other = s.app.create_user("mallory", "customer").await;
     let mt = s.app.login("mallory", "password-123").await;
-    let (_, k2) = s.app.create_key(&s.customer_token, json!({"name": "second"})).await;
-    let (st, _) = s.app.api("PATCH", &format!("/api/keys/{k2}"), &mt, Some(json!({"status": "disabled"}))).await;
+    let (_, k2) = s
+        .app
+        .create_key(&s.customer_token, json!({"name": "second"}))
+        .await;
+    let (st, _) = s
+        .app
+        .api(
+            "PATCH",
+            &format!("/api/keys/{k2}"),
+            &mt,
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
     assert_eq!(st, 404);
-    let (st, _) = s.app.api("POST", "/api/keys", &mt, Some(json!({"name": "x", "user_id": s.customer_id}))).await;
+    let (st, _) = s
+        .app
+        .api(
+            "POST",
+            "/api/keys",
+            &mt,
+            Some(json!({"name": "x", "user_id": s.customer_id})),
+        )
+        .await;
     assert_eq!(st, 404);
     let _ = other;
     s.stop().await;
@@ -166,7 +321,10 @@ async fn a_key_is_shown_once_listed_by_preview_and_stops_working_when_deleted() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_keys_are_never_returned_and_only_admins_manage_channels() {
     let s = Scenario::start(1.0).await;
-    let (st, list) = s.app.api("GET", "/api/channels", &s.app.root_token, None).await;
+    let (st, list) = s
+        .app
+        .api("GET", "/api/channels", &s.app.root_token, None)
+        .await;
     assert_eq!(st, 200);
     let text = list.to_string();
     assert!(!text.contains("sk-upstream-secret-1234"));
@@ -176,7 +334,10 @@ async fn channel_keys_are_never_returned_and_only_admins_manage_channels() {
     // Stored encrypted, too.
     let raw = store::entities::channel_key::Entity::find_all_secrets(&s.app.state.db).await;
     assert!(raw.iter().all(|k| !k.contains("sk-upstream")));
-    let (st, _) = s.app.api("GET", "/api/channels", &s.customer_token, None).await;
+    let (st, _) = s
+        .app
+        .api("GET", "/api/channels", &s.customer_token, None)
+        .await;
     assert_eq!(st, 403);
     let (st, v) = s.app.api("POST", "/api/channels", &s.app.root_token, Some(json!({"name": "x", "type": "openai", "base_url": "ftp://x", "keys": ["k"], "models": ["m"]}))).await;
     assert_eq!(st, 400, "{v}");
@@ -184,7 +345,15 @@ async fn channel_keys_are_never_returned_and_only_admins_manage_channels() {
     assert_eq!(st, 400);
     assert!(v["error"]["message"].as_str().unwrap().contains("'keys'"));
     // Disabling the only channel makes the model unavailable at once.
-    let (st, _) = s.app.api("PATCH", &format!("/api/channels/{}", s.channel_id), &s.app.root_token, Some(json!({"status": "disabled"}))).await;
+    let (st, _) = s
+        .app
+        .api(
+            "PATCH",
+            &format!("/api/channels/{}", s.channel_id),
+            &s.app.root_token,
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
     assert_eq!(st, 200);
     let r = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
     assert_eq!(r.status(), 404);
@@ -194,23 +363,53 @@ async fn channel_keys_are_never_returned_and_only_admins_manage_channels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pricing_is_readable_by_everyone_and_changed_only_by_admins() {
     let s = Scenario::start(1.0).await;
-    let (st, p) = s.app.api("GET", "/api/pricing", &s.customer_token, None).await;
+    let (st, p) = s
+        .app
+        .api("GET", "/api/pricing", &s.customer_token, None)
+        .await;
     assert_eq!(st, 200);
     assert_eq!(p["models"]["gpt-4o-mini"]["input"], 0.15);
     assert_eq!(p["groups"]["default"], 1.0);
-    let (st, _) = s.app.api("PUT", "/api/pricing/models/x", &s.customer_token, Some(json!({"input": 1}))).await;
+    let (st, _) = s
+        .app
+        .api(
+            "PUT",
+            "/api/pricing/models/x",
+            &s.customer_token,
+            Some(json!({"input": 1})),
+        )
+        .await;
     assert_eq!(st, 403);
-    let (st, v) = s.app.api("PUT", "/api/pricing/groups/default", &s.app.root_token, Some(json!({"multiplier": 1.5}))).await;
+    let (st, v) = s
+        .app
+        .api(
+            "PUT",
+            "/api/pricing/groups/default",
+            &s.app.root_token,
+            Some(json!({"multiplier": 1.5})),
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
     // 19.8 µc × 1.5 = 29.7 → 30 µc.
     let r = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
     assert_eq!(r.status(), 200);
     s.app.settled().await;
     assert_eq!(s.app.balance(s.customer_id).await, 1_000_000 - 30);
-    let (st, _) = s.app.api("DELETE", "/api/pricing/models/gpt-4o-mini", &s.app.root_token, None).await;
+    let (st, _) = s
+        .app
+        .api(
+            "DELETE",
+            "/api/pricing/models/gpt-4o-mini",
+            &s.app.root_token,
+            None,
+        )
+        .await;
     assert_eq!(st, 204);
     let r = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
     assert_eq!(r.status(), 403);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "model_not_priced");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "model_not_priced"
+    );
     s.stop().await;
 }

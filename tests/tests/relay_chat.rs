@@ -12,17 +12,26 @@ async fn a_non_streaming_chat_is_forwarded_and_charged_exactly() {
     let s = Scenario::start(1.0).await;
     let resp = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
     assert_eq!(resp.status(), 200);
-    let gen_id = resp.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    let gen_id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(gen_id.starts_with("gen-"));
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["choices"][0]["message"]["content"], "Hello! How can I help?");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello! How can I help?"
+    );
     assert_eq!(body["usage"]["completion_tokens"], 30);
 
     // The upstream got the client's body untouched, with the channel's key.
     let got = s.mock.received();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body, Scenario::body("gpt-4o-mini"));
-    assert_eq!(got[0].authorization.as_deref(), Some("Bearer sk-upstream-secret-1234"));
+    assert_eq!(
+        got[0].authorization.as_deref(),
+        Some("Bearer sk-upstream-secret-1234")
+    );
 
     s.app.settled().await;
     assert_eq!(s.app.balance(s.customer_id).await, START - NORMAL_COST);
@@ -33,7 +42,10 @@ async fn a_non_streaming_chat_is_forwarded_and_charged_exactly() {
     assert_eq!(ledger[1].balance_after, START - NORMAL_COST);
     assert_eq!(ledger[1].reference.as_deref(), Some(gen_id.as_str()));
     let g = s.app.generation(&gen_id).await;
-    assert_eq!((g.tokens_prompt, g.tokens_completion, g.cost), (12, 30, NORMAL_COST));
+    assert_eq!(
+        (g.tokens_prompt, g.tokens_completion, g.cost),
+        (12, 30, NORMAL_COST)
+    );
     assert_eq!(g.status, "success");
     assert_eq!(g.upstream_id.as_deref(), Some("chatcmpl-mock123"));
     assert_eq!(g.finish_reason.as_deref(), Some("stop"));
@@ -50,7 +62,10 @@ async fn a_streaming_chat_is_forwarded_event_by_event_and_charged_from_the_usage
     let resp = s.app.chat(&s.key, body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let gen_id = resp.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    let gen_id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let mut stream = resp.bytes_stream();
     let mut text = String::new();
     while let Some(chunk) = stream.next().await {
@@ -62,19 +77,32 @@ async fn a_streaming_chat_is_forwarded_event_by_event_and_charged_from_the_usage
         .filter_map(|e| e.strip_prefix("data: "))
         .filter(|d| *d != "[DONE]")
         .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect();
     assert_eq!(content, "Hello! How can I help?");
     assert_eq!(*events.last().unwrap(), "data: [DONE]");
     // The client did not ask for usage: the chunk the gateway asked for is not shown.
-    assert!(!text.contains("\"choices\":[]"), "usage-only chunk leaked: {text}");
-    assert_eq!(s.mock.received()[0].body["stream_options"]["include_usage"], true);
+    assert!(
+        !text.contains("\"choices\":[]"),
+        "usage-only chunk leaked: {text}"
+    );
+    assert_eq!(
+        s.mock.received()[0].body["stream_options"]["include_usage"],
+        true
+    );
 
     s.app.settled().await;
     assert_eq!(s.app.balance(s.customer_id).await, START - NORMAL_COST);
     let g = s.app.generation(&gen_id).await;
     assert!(g.streamed);
-    assert_eq!((g.tokens_prompt, g.tokens_completion, g.cost), (12, 30, NORMAL_COST));
+    assert_eq!(
+        (g.tokens_prompt, g.tokens_completion, g.cost),
+        (12, 30, NORMAL_COST)
+    );
     assert_eq!(g.upstream_id.as_deref(), Some("chatcmpl-mockstream"));
     s.app.assert_ledger_consistent().await;
     s.stop().await;
@@ -99,12 +127,20 @@ async fn cached_and_reasoning_tokens_are_billed_at_their_prices() {
     let s = Scenario::start(1.0).await;
     let (st, v) = s
         .app
-        .api("PUT", "/api/pricing/models/reasoner", &s.app.root_token, Some(json!({"input": 1.0, "output": 2.0, "cached_input": 0.5})))
+        .api(
+            "PUT",
+            "/api/pricing/models/reasoner",
+            &s.app.root_token,
+            Some(json!({"input": 1.0, "output": 2.0, "cached_input": 0.5})),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let resp = s.app.chat(&s.key, Scenario::body("reasoner")).await;
     assert_eq!(resp.status(), 200);
-    let gen_id = resp.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    let gen_id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     s.app.settled().await;
     // 96 × 1.0 + 4 × 0.5 + 40 × 2.0 (reasoning included in completion) = 178 µc.
     assert_eq!(s.app.balance(s.customer_id).await, START - 178);
@@ -116,11 +152,21 @@ async fn cached_and_reasoning_tokens_are_billed_at_their_prices() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_mapping_sends_the_upstream_name_and_prices_the_name_the_client_asked_for() {
     let s = Scenario::start(1.0).await;
-    s.app.add_channel("mapped", &s.mock.base_url, &["house-model"], json!({"model_mapping": {"house-model": "reasoner"}})).await;
+    s.app
+        .add_channel(
+            "mapped",
+            &s.mock.base_url,
+            &["house-model"],
+            json!({"model_mapping": {"house-model": "reasoner"}}),
+        )
+        .await;
     s.app.set_price("house-model", 1.0, 1.0).await;
     let resp = s.app.chat(&s.key, Scenario::body("house-model")).await;
     assert_eq!(resp.status(), 200);
-    let gen_id = resp.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    let gen_id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(s.mock.received()[0].body["model"], "reasoner");
     s.app.settled().await;
     // 100 prompt × 1.0 + 40 completion × 1.0 at house-model's price, not reasoner's.
@@ -134,18 +180,31 @@ async fn model_mapping_sends_the_upstream_name_and_prices_the_name_the_client_as
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_failure_costs_nothing_and_is_recorded() {
     let s = Scenario::start(1.0).await;
-    for (model, status, code) in [("fail-500", 502, "upstream_error"), ("fail-429", 502, "upstream_error")] {
+    for (model, status, code) in [
+        ("fail-500", 502, "upstream_error"),
+        ("fail-429", 502, "upstream_error"),
+    ] {
         let resp = s.app.chat(&s.key, Scenario::body(model)).await;
         assert_eq!(resp.status(), status, "{model}");
-        let gen_id = resp.headers()["x-generation-id"].to_str().unwrap().to_owned();
+        let gen_id = resp.headers()["x-generation-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"]["code"], code);
         let msg = body["error"]["message"].as_str().unwrap();
-        assert!(!msg.contains("127.0.0.1") && !msg.contains("sk-upstream"), "{msg}");
+        assert!(
+            !msg.contains("127.0.0.1") && !msg.contains("sk-upstream"),
+            "{msg}"
+        );
         s.app.settled().await;
         let g = s.app.generation(&gen_id).await;
         assert_eq!((g.status.as_str(), g.cost), ("error", 0));
-        assert!(g.attempts.unwrap().contains(&format!("status_{}", &model[5..])));
+        assert!(
+            g.attempts
+                .unwrap()
+                .contains(&format!("status_{}", &model[5..]))
+        );
     }
     assert_eq!(s.app.balance(s.customer_id).await, START);
     assert_eq!(s.app.ledger(s.customer_id).await.len(), 1);
@@ -158,7 +217,12 @@ async fn an_upstream_rejection_of_the_request_goes_back_with_its_status_and_cost
     let resp = s.app.chat(&s.key, Scenario::body("bad-request")).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("temperature"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temperature")
+    );
     s.app.settled().await;
     assert_eq!(s.app.balance(s.customer_id).await, START);
     s.stop().await;
@@ -169,16 +233,30 @@ async fn a_failing_channel_is_skipped_for_the_next_one_and_the_request_is_charge
     let s = Scenario::start(1.0).await;
     // A higher-priority channel that maps the model to a failing one.
     s.app
-        .add_channel("broken", &s.mock.base_url, &["gpt-4o-mini"], json!({"priority": 10, "model_mapping": {"gpt-4o-mini": "fail-500"}}))
+        .add_channel(
+            "broken",
+            &s.mock.base_url,
+            &["gpt-4o-mini"],
+            json!({"priority": 10, "model_mapping": {"gpt-4o-mini": "fail-500"}}),
+        )
         .await;
     let resp = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
     assert_eq!(resp.status(), 200);
-    let gen_id = resp.headers()["x-generation-id"].to_str().unwrap().to_owned();
-    let models: Vec<Value> = s.mock.received().iter().map(|r| r.body["model"].clone()).collect();
+    let gen_id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let models: Vec<Value> = s
+        .mock
+        .received()
+        .iter()
+        .map(|r| r.body["model"].clone())
+        .collect();
     assert_eq!(models, vec![json!("fail-500"), json!("gpt-4o-mini")]);
     s.app.settled().await;
     assert_eq!(s.app.balance(s.customer_id).await, START - NORMAL_COST);
-    let attempts: Value = serde_json::from_str(&s.app.generation(&gen_id).await.attempts.unwrap()).unwrap();
+    let attempts: Value =
+        serde_json::from_str(&s.app.generation(&gen_id).await.attempts.unwrap()).unwrap();
     assert_eq!(attempts.as_array().unwrap().len(), 2);
     s.stop().await;
 }
@@ -190,7 +268,10 @@ async fn a_stream_cut_midway_is_ended_cleanly_and_billed_for_what_was_delivered(
     body["stream"] = json!(true);
     let resp = s.app.chat(&s.key, body).await;
     assert_eq!(resp.status(), 200);
-    let gen_id = resp.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    let gen_id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let text = resp.text().await.unwrap();
     assert!(text.contains("\"Hello\""));
     assert!(text.contains("stream_incomplete"), "{text}");
@@ -218,7 +299,16 @@ async fn concurrent_requests_never_overdraw_the_balance() {
             let url = format!("{}/v1/chat/completions", s.app.address);
             let key = s.key.clone();
             let body = body.clone();
-            tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await.unwrap().status().as_u16() })
+            tokio::spawn(async move {
+                http.post(url)
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
         })
         .collect();
     let mut ok = 0;
@@ -243,13 +333,35 @@ async fn concurrent_requests_never_overdraw_the_balance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_models_lists_exactly_what_the_key_may_call() {
     let s = Scenario::start(1.0).await;
-    s.app.add_channel("unpriced", &s.mock.base_url, &["no-price-model"], json!({})).await;
-    let (_, limited) = s.app.create_key(&s.customer_token, json!({"name": "only-mini", "models": ["gpt-4o-mini"]})).await;
+    s.app
+        .add_channel("unpriced", &s.mock.base_url, &["no-price-model"], json!({}))
+        .await;
+    let (_, limited) = s
+        .app
+        .create_key(
+            &s.customer_token,
+            json!({"name": "only-mini", "models": ["gpt-4o-mini"]}),
+        )
+        .await;
     let list = |key: String| {
         let app = &s.app;
         async move {
-            let v: Value = app.http.get(format!("{}/v1/models", app.address)).bearer_auth(key).send().await.unwrap().json().await.unwrap();
-            v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+            let v: Value = app
+                .http
+                .get(format!("{}/v1/models", app.address))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
         }
     };
     let all = list(s.key.clone()).await;
@@ -263,18 +375,41 @@ async fn v1_models_lists_exactly_what_the_key_may_call() {
 async fn a_customer_finds_its_generation_by_either_id_and_nobody_else_does() {
     let s = Scenario::start(1.0).await;
     let resp = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
-    let gen_id = resp.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    let gen_id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     s.app.settled().await;
     for id in [gen_id.as_str(), "chatcmpl-mock123"] {
-        let v: Value = s.app.http.get(format!("{}/v1/generation?id={id}", s.app.address)).bearer_auth(&s.key).send().await.unwrap().json().await.unwrap();
+        let v: Value = s
+            .app
+            .http
+            .get(format!("{}/v1/generation?id={id}", s.app.address))
+            .bearer_auth(&s.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(v["data"]["id"], gen_id.as_str());
         assert_eq!(v["data"]["total_cost"], 0.00002);
         assert_eq!(v["data"]["tokens_completion"], 30);
     }
     let bob = s.app.create_user("bob", "customer").await;
     let bob_token = s.app.login("bob", "password-123").await;
-    let (_, bob_key) = s.app.create_key(&bob_token, json!({"name": "b", "user_id": bob})).await;
-    let resp = s.app.http.get(format!("{}/api/v1/generation?id={gen_id}", s.app.address)).bearer_auth(&bob_key).send().await.unwrap();
+    let (_, bob_key) = s
+        .app
+        .create_key(&bob_token, json!({"name": "b", "user_id": bob}))
+        .await;
+    let resp = s
+        .app
+        .http
+        .get(format!("{}/api/v1/generation?id={gen_id}", s.app.address))
+        .bearer_auth(&bob_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     s.stop().await;
 }

@@ -80,7 +80,11 @@ impl AuthUser {
     }
 
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() { Ok(()) } else { Err(ApiError::Forbidden) }
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
     }
 }
 
@@ -99,9 +103,11 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
 /// Verifies a password against its stored hash on a blocking thread.
 pub async fn verify_password(password: String, hash: String) -> bool {
     web::block(move || {
-        PasswordHash::new(&hash)
-            .ok()
-            .is_some_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        PasswordHash::new(&hash).ok().is_some_and(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
     })
     .await
     .unwrap_or(false)
@@ -110,7 +116,9 @@ pub async fn verify_password(password: String, hash: String) -> bool {
 /// Checks a new password is acceptable.
 pub fn check_password_rules(password: &str) -> Result<(), ApiError> {
     if password.chars().count() < 8 || password.len() > 256 {
-        return Err(ApiError::BadRequest("password must be 8 to 256 characters".into()));
+        return Err(ApiError::BadRequest(
+            "password must be 8 to 256 characters".into(),
+        ));
     }
     Ok(())
 }
@@ -131,7 +139,8 @@ fn issue(state: &AdminState, u: &user::Model) -> Result<(String, i64), ApiError>
 }
 
 fn client_id(req: &HttpRequest) -> String {
-    req.peer_addr().map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
+    req.peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
 }
 
 #[derive(Deserialize)]
@@ -171,7 +180,9 @@ pub async fn login(
         .path("/")
         .http_only(true)
         .same_site(SameSite::Lax)
-        .max_age(actix_web::cookie::time::Duration::seconds(state.session_hours * 3600))
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            state.session_hours * 3600,
+        ))
         .finish();
     tracing::info!(user.id = u.id, "login");
     Ok(HttpResponse::Ok().cookie(cookie).json(serde_json::json!({
@@ -189,16 +200,25 @@ pub async fn logout(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpR
     let ttl = (who.exp - Utc::now().timestamp()).max(1);
     state
         .shared
-        .incr(&format!("revoked:{}", who.jti), Duration::from_secs(u64::try_from(ttl).unwrap_or(1)))
+        .incr(
+            &format!("revoked:{}", who.jti),
+            Duration::from_secs(u64::try_from(ttl).unwrap_or(1)),
+        )
         .await?;
-    let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").http_only(true).finish();
+    let mut gone = Cookie::build(SESSION_COOKIE, "")
+        .path("/")
+        .http_only(true)
+        .finish();
     gone.make_removal();
     Ok(HttpResponse::NoContent().cookie(gone).finish())
 }
 
 /// `GET /api/me`
 pub async fn me(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
-    let u = user::Entity::find_by_id(who.id).one(&state.db).await?.ok_or(ApiError::Unauthorized)?;
+    let u = user::Entity::find_by_id(who.id)
+        .one(&state.db)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
     Ok(HttpResponse::Ok().json(user_json(&u)))
 }
 
@@ -215,7 +235,10 @@ pub async fn patch_me(
     body: web::Json<PatchMe>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let u = user::Entity::find_by_id(who.id).one(&state.db).await?.ok_or(ApiError::Unauthorized)?;
+    let u = user::Entity::find_by_id(who.id)
+        .one(&state.db)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
     if !verify_password(body.current_password, u.password_hash.clone()).await {
         return Err(ApiError::InvalidCredentials);
     }
@@ -234,7 +257,10 @@ fn token_of(req: &HttpRequest) -> Option<String> {
         return h
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(|t| t.trim().to_owned());
     }
     req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned())
@@ -255,7 +281,12 @@ impl FromRequest for AuthUser {
             let claims = jsonwebtoken::decode::<Claims>(&token, &state.jwt_decoding, &validation)
                 .map_err(|_| ApiError::Unauthorized)?
                 .claims;
-            if state.shared.count(&format!("revoked:{}", claims.jti)).await? > 0 {
+            if state
+                .shared
+                .count(&format!("revoked:{}", claims.jti))
+                .await?
+                > 0
+            {
                 return Err(ApiError::Unauthorized);
             }
             let u = user::Entity::find_by_id(claims.sub)
@@ -264,7 +295,14 @@ impl FromRequest for AuthUser {
                 .filter(|u| u.status == "enabled")
                 .ok_or(ApiError::Unauthorized)?;
             let role = Role::parse(&u.role).ok_or(ApiError::Unauthorized)?;
-            Ok(AuthUser { id: u.id, username: u.username, role, group: u.group_name, jti: claims.jti, exp: claims.exp })
+            Ok(AuthUser {
+                id: u.id,
+                username: u.username,
+                role,
+                group: u.group_name,
+                jti: claims.jti,
+                exp: claims.exp,
+            })
         })
     }
 }

@@ -4,7 +4,9 @@
 use billing::wallet::Account;
 use chrono::Utc;
 use rand::RngCore;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait, PaginatorTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait, PaginatorTrait,
+};
 use store::entities::{setting, user};
 
 use crate::ApiError;
@@ -46,18 +48,30 @@ pub async fn ensure_root(
 
 /// The JWT secret: from the environment when given, else the one stored in the
 /// database (generated on first start).
-pub async fn jwt_secret(db: &DatabaseConnection, from_env: Option<String>) -> Result<Vec<u8>, ApiError> {
+pub async fn jwt_secret(
+    db: &DatabaseConnection,
+    from_env: Option<String>,
+) -> Result<Vec<u8>, ApiError> {
     if let Some(s) = from_env.filter(|s| !s.is_empty()) {
         return Ok(s.into_bytes());
     }
-    if let Some(s) = setting::Entity::find_by_id("jwt_secret".to_owned()).one(db).await? {
+    if let Some(s) = setting::Entity::find_by_id("jwt_secret".to_owned())
+        .one(db)
+        .await?
+    {
         return Ok(s.value.into_bytes());
     }
     let fresh = random_text(48);
-    let row = setting::ActiveModel { name: Set("jwt_secret".to_owned()), value: Set(fresh.clone()) };
+    let row = setting::ActiveModel {
+        name: Set("jwt_secret".to_owned()),
+        value: Set(fresh.clone()),
+    };
     if row.insert(db).await.is_err() {
         // Another instance stored one first: use theirs.
-        if let Some(s) = setting::Entity::find_by_id("jwt_secret".to_owned()).one(db).await? {
+        if let Some(s) = setting::Entity::find_by_id("jwt_secret".to_owned())
+            .one(db)
+            .await?
+        {
             return Ok(s.value.into_bytes());
         }
     }

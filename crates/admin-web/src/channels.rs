@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    TransactionTrait,
+};
 use serde::Deserialize;
 use store::entities::{channel, channel_key};
 
@@ -19,7 +22,8 @@ const KNOWN_TYPES: &[&str] = &["openai", "azure", "anthropic", "gemini"];
 
 /// A channel as the API shows it.
 pub fn channel_json(c: &channel::Model, keys: &[channel_key::Model]) -> serde_json::Value {
-    let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap_or(serde_json::Value::Null);
+    let parse =
+        |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap_or(serde_json::Value::Null);
     let ts = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     serde_json::json!({
         "id": c.id,
@@ -67,7 +71,9 @@ fn bad(msg: &str) -> ApiError {
 
 fn names(list: &[String], what: &str) -> Result<String, ApiError> {
     if list.is_empty() || list.iter().any(|s| s.trim().is_empty() || s.len() > 200) {
-        return Err(ApiError::BadRequest(format!("{what} must be a non-empty list of names")));
+        return Err(ApiError::BadRequest(format!(
+            "{what} must be a non-empty list of names"
+        )));
     }
     serde_json::to_string(list).map_err(ApiError::internal)
 }
@@ -88,7 +94,9 @@ fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Re
             return Err(bad("type must be one of openai, azure, anthropic, gemini"));
         }
         if !SERVED_TYPES.contains(&kind.as_str()) {
-            return Err(ApiError::BadRequest(format!("channel type '{kind}' is not served by this version yet; use 'openai'")));
+            return Err(ApiError::BadRequest(format!(
+                "channel type '{kind}' is not served by this version yet; use 'openai'"
+            )));
         }
         m.kind = Set(kind.clone());
     } else if creating {
@@ -97,7 +105,9 @@ fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Re
     if let Some(url) = &body.base_url {
         let url = url.trim().trim_end_matches('/');
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return Err(bad("base_url must be an http(s) URL such as https://api.openai.com"));
+            return Err(bad(
+                "base_url must be an http(s) URL such as https://api.openai.com",
+            ));
         }
         m.base_url = Set(url.to_owned());
     } else if creating {
@@ -109,7 +119,10 @@ fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Re
         return Err(bad("'models' is required"));
     }
     if let Some(mapping) = &body.model_mapping {
-        if mapping.iter().any(|(a, b)| a.trim().is_empty() || b.trim().is_empty()) {
+        if mapping
+            .iter()
+            .any(|(a, b)| a.trim().is_empty() || b.trim().is_empty())
+        {
             return Err(bad("model_mapping must map names to names"));
         }
         m.model_mapping = Set(serde_json::to_string(mapping).map_err(ApiError::internal)?);
@@ -159,14 +172,25 @@ fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Re
     Ok(())
 }
 
-fn key_rows(state: &AdminState, channel_id: i64, keys: &[String]) -> Result<Vec<channel_key::ActiveModel>, ApiError> {
+fn key_rows(
+    state: &AdminState,
+    channel_id: i64,
+    keys: &[String],
+) -> Result<Vec<channel_key::ActiveModel>, ApiError> {
     if keys.is_empty() || keys.iter().any(|k| k.trim().is_empty()) {
         return Err(bad("keys must be a non-empty list of upstream keys"));
     }
     keys.iter()
         .map(|k| {
             let k = k.trim();
-            let last4: String = k.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+            let last4: String = k
+                .chars()
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             Ok(channel_key::ActiveModel {
                 channel_id: Set(channel_id),
                 secret: Set(state.secrets.seal(k)?),
@@ -189,10 +213,17 @@ async fn keys_of(state: &AdminState, id: i64) -> Result<Vec<channel_key::Model>,
 }
 
 /// `POST /api/channels`
-pub async fn create(state: web::Data<AdminState>, who: AuthUser, body: web::Json<ChannelBody>) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    body: web::Json<ChannelBody>,
+) -> Result<HttpResponse, ApiError> {
     who.require_admin()?;
     let keys = body.keys.clone().ok_or_else(|| bad("'keys' is required"))?;
-    let mut m = channel::ActiveModel { created_at: Set(Utc::now()), ..Default::default() };
+    let mut m = channel::ActiveModel {
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    };
     apply(&body, &mut m, true)?;
     let txn = state.db.begin().await?;
     let c = m.insert(&txn).await?;
@@ -208,12 +239,19 @@ pub async fn create(state: web::Data<AdminState>, who: AuthUser, body: web::Json
 /// `GET /api/channels`
 pub async fn list(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
     who.require_admin()?;
-    let channels = channel::Entity::find().order_by_asc(channel::Column::Id).all(&state.db).await?;
+    let channels = channel::Entity::find()
+        .order_by_asc(channel::Column::Id)
+        .all(&state.db)
+        .await?;
     let keys = channel_key::Entity::find().all(&state.db).await?;
     let items: Vec<_> = channels
         .iter()
         .map(|c| {
-            let mine: Vec<_> = keys.iter().filter(|k| k.channel_id == c.id).cloned().collect();
+            let mine: Vec<_> = keys
+                .iter()
+                .filter(|k| k.channel_id == c.id)
+                .cloned()
+                .collect();
             channel_json(c, &mine)
         })
         .collect();
@@ -221,10 +259,17 @@ pub async fn list(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpRes
 }
 
 /// `GET /api/channels/{id}`
-pub async fn get(state: web::Data<AdminState>, who: AuthUser, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     who.require_admin()?;
     let id = id.into_inner();
-    let c = channel::Entity::find_by_id(id).one(&state.db).await?.ok_or(ApiError::NotFound)?;
+    let c = channel::Entity::find_by_id(id)
+        .one(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(channel_json(&c, &keys_of(&state, id).await?)))
 }
 
@@ -237,7 +282,10 @@ pub async fn patch(
 ) -> Result<HttpResponse, ApiError> {
     who.require_admin()?;
     let id = id.into_inner();
-    let c = channel::Entity::find_by_id(id).one(&state.db).await?.ok_or(ApiError::NotFound)?;
+    let c = channel::Entity::find_by_id(id)
+        .one(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let mut m: channel::ActiveModel = c.into();
     apply(&body, &mut m, false)?;
     let txn = state.db.begin().await?;
@@ -258,7 +306,11 @@ pub async fn patch(
 }
 
 /// `DELETE /api/channels/{id}`
-pub async fn delete(state: web::Data<AdminState>, who: AuthUser, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     who.require_admin()?;
     let id = id.into_inner();
     let txn = state.db.begin().await?;

@@ -4,7 +4,10 @@ use actix_web::{HttpResponse, web};
 use billing::wallet::Account;
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
 use serde::Deserialize;
 use store::entities::api_key;
 
@@ -27,12 +30,20 @@ pub fn generate_key() -> String {
 fn preview(key: &str) -> String {
     let body = key.strip_prefix("sk-").unwrap_or(key);
     let head: String = body.chars().take(4).collect();
-    let tail: String = body.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = body
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("sk-{head}…{tail}")
 }
 
 fn json_list(text: Option<&str>) -> serde_json::Value {
-    text.and_then(|t| serde_json::from_str(t).ok()).unwrap_or(serde_json::Value::Null)
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// A key as the API lists it (never the key itself).
@@ -57,7 +68,9 @@ pub fn key_json(k: &api_key::Model) -> serde_json::Value {
 fn check_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 64 {
-        return Err(ApiError::BadRequest("name must be 1 to 64 characters".into()));
+        return Err(ApiError::BadRequest(
+            "name must be 1 to 64 characters".into(),
+        ));
     }
     Ok(name.to_owned())
 }
@@ -67,7 +80,9 @@ fn parse_limit(limit: Option<f64>) -> Result<Option<i64>, ApiError> {
         .map(|l| {
             let m = billing::credits_to_micros(l)?;
             if m < 0 {
-                return Err(ApiError::BadRequest("credit_limit must not be negative".into()));
+                return Err(ApiError::BadRequest(
+                    "credit_limit must not be negative".into(),
+                ));
             }
             Ok(m)
         })
@@ -78,7 +93,9 @@ fn parse_models(models: Option<Vec<String>>) -> Result<Option<String>, ApiError>
     models
         .map(|m| {
             if m.iter().any(|s| s.trim().is_empty()) {
-                return Err(ApiError::BadRequest("models must be non-empty names".into()));
+                return Err(ApiError::BadRequest(
+                    "models must be non-empty names".into(),
+                ));
             }
             serde_json::to_string(&m).map_err(ApiError::internal)
         })
@@ -121,7 +138,11 @@ pub struct CreateKey {
 }
 
 /// `POST /api/keys`
-pub async fn create(state: web::Data<AdminState>, who: AuthUser, body: web::Json<CreateKey>) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    body: web::Json<CreateKey>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let owner = visible_user(&state, &who, body.user_id.unwrap_or(who.id)).await?;
     let key = generate_key();
@@ -162,7 +183,11 @@ pub struct ListKeys {
 }
 
 /// `GET /api/keys`
-pub async fn list(state: web::Data<AdminState>, who: AuthUser, query: web::Query<ListKeys>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    query: web::Query<ListKeys>,
+) -> Result<HttpResponse, ApiError> {
     let mut find = api_key::Entity::find()
         .filter(api_key::Column::Status.ne("deleted"))
         .filter(scope_condition(&who, api_key::Column::UserId));
@@ -182,7 +207,11 @@ pub async fn list(state: web::Data<AdminState>, who: AuthUser, query: web::Query
     })))
 }
 
-async fn visible_key(state: &AdminState, who: &AuthUser, id: i64) -> Result<api_key::Model, ApiError> {
+async fn visible_key(
+    state: &AdminState,
+    who: &AuthUser,
+    id: i64,
+) -> Result<api_key::Model, ApiError> {
     let key = api_key::Entity::find_by_id(id)
         .one(&state.db)
         .await?
@@ -225,7 +254,9 @@ pub async fn patch(
     }
     if let Some(status) = body.status {
         if status != "enabled" && status != "disabled" {
-            return Err(ApiError::BadRequest("status must be enabled or disabled".into()));
+            return Err(ApiError::BadRequest(
+                "status must be enabled or disabled".into(),
+            ));
         }
         active.status = Set(status);
     }
@@ -249,7 +280,12 @@ pub async fn patch(
     }
     let updated = active.update(&state.db).await?;
     match new_limit {
-        Some(Some(limit)) => state.wallet.set_limit(Account::Key(updated.id), limit - updated.used).await?,
+        Some(Some(limit)) => {
+            state
+                .wallet
+                .set_limit(Account::Key(updated.id), limit - updated.used)
+                .await?
+        }
         Some(None) => state.wallet.remove(Account::Key(updated.id)).await?,
         None => {}
     }
@@ -258,7 +294,11 @@ pub async fn patch(
 }
 
 /// `DELETE /api/keys/{id}`: the key stops working at once; its history stays.
-pub async fn delete(state: web::Data<AdminState>, who: AuthUser, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     let key = visible_key(&state, &who, id.into_inner()).await?;
     let mut active: api_key::ActiveModel = key.into();
     active.status = Set("deleted".to_owned());

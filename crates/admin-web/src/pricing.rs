@@ -39,7 +39,8 @@ pub async fn get(state: web::Data<AdminState>, _who: AuthUser) -> Result<HttpRes
     for g in &groups {
         gs.insert(g.name.clone(), credits(g.multiplier_ppm));
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({"currency": "USD", "models": models, "groups": gs})))
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"currency": "USD", "models": models, "groups": gs})))
 }
 
 #[derive(Deserialize)]
@@ -59,12 +60,18 @@ pub struct PriceBody {
 fn amount(v: f64, field: &str) -> Result<i64, ApiError> {
     let m = billing::credits_to_micros(v)?;
     if m < 0 {
-        return Err(ApiError::BadRequest(format!("{field} must not be negative")));
+        return Err(ApiError::BadRequest(format!(
+            "{field} must not be negative"
+        )));
     }
     Ok(m)
 }
 
-fn optional(v: Option<Option<f64>>, field: &str, current: Option<i64>) -> Result<Option<i64>, ApiError> {
+fn optional(
+    v: Option<Option<f64>>,
+    field: &str,
+    current: Option<i64>,
+) -> Result<Option<i64>, ApiError> {
     match v {
         None => Ok(current),
         Some(None) => Ok(None),
@@ -82,10 +89,14 @@ pub async fn put_model(
     who.require_admin()?;
     let model = model.into_inner();
     if model.trim().is_empty() || model.len() > 200 {
-        return Err(ApiError::BadRequest("model name must be 1 to 200 characters".into()));
+        return Err(ApiError::BadRequest(
+            "model name must be 1 to 200 characters".into(),
+        ));
     }
     let body = body.into_inner();
-    let existing = model_price::Entity::find_by_id(model.clone()).one(&state.db).await?;
+    let existing = model_price::Entity::find_by_id(model.clone())
+        .one(&state.db)
+        .await?;
     let cur = existing.clone().unwrap_or(model_price::Model {
         model: model.clone(),
         input: 0,
@@ -98,8 +109,16 @@ pub async fn put_model(
     });
     let next = model_price::Model {
         model: model.clone(),
-        input: body.input.map(|v| amount(v, "input")).transpose()?.unwrap_or(cur.input),
-        output: body.output.map(|v| amount(v, "output")).transpose()?.unwrap_or(cur.output),
+        input: body
+            .input
+            .map(|v| amount(v, "input"))
+            .transpose()?
+            .unwrap_or(cur.input),
+        output: body
+            .output
+            .map(|v| amount(v, "output"))
+            .transpose()?
+            .unwrap_or(cur.output),
         cached_input: optional(body.cached_input, "cached_input", cur.cached_input)?,
         per_request: optional(body.per_request, "per_request", cur.per_request)?,
         per_image: optional(body.per_image, "per_image", cur.per_image)?,
@@ -131,9 +150,15 @@ pub async fn put_model(
 }
 
 /// `DELETE /api/pricing/models/{model}`
-pub async fn delete_model(state: web::Data<AdminState>, who: AuthUser, model: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn delete_model(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    model: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     who.require_admin()?;
-    let gone = model_price::Entity::delete_by_id(model.into_inner()).exec(&state.db).await?;
+    let gone = model_price::Entity::delete_by_id(model.into_inner())
+        .exec(&state.db)
+        .await?;
     if gone.rows_affected == 0 {
         return Err(ApiError::NotFound);
     }
@@ -157,10 +182,19 @@ pub async fn put_group(
     let name = group.into_inner();
     let ppm = billing::credits_to_micros(body.multiplier)?;
     if !(0..=1_000_000_000).contains(&ppm) {
-        return Err(ApiError::BadRequest("multiplier must be between 0 and 1000".into()));
+        return Err(ApiError::BadRequest(
+            "multiplier must be between 0 and 1000".into(),
+        ));
     }
-    let row = group_multiplier::Model { name: name.clone(), multiplier_ppm: ppm, updated_at: Utc::now() };
-    let exists = group_multiplier::Entity::find_by_id(name.clone()).one(&state.db).await?.is_some();
+    let row = group_multiplier::Model {
+        name: name.clone(),
+        multiplier_ppm: ppm,
+        updated_at: Utc::now(),
+    };
+    let exists = group_multiplier::Entity::find_by_id(name.clone())
+        .one(&state.db)
+        .await?
+        .is_some();
     let mut active = row.into_active_model();
     if exists {
         active.name = sea_orm::ActiveValue::Unchanged(name.clone());

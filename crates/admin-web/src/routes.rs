@@ -11,8 +11,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .error_handler(|err, _| ApiError::BadRequest(format!("invalid JSON body: {err}")).into());
     let query = web::QueryConfig::default()
         .error_handler(|err, _| ApiError::BadRequest(format!("invalid query: {err}")).into());
-    let path = web::PathConfig::default()
-        .error_handler(|_, _| ApiError::NotFound.into());
+    let path = web::PathConfig::default().error_handler(|_, _| ApiError::NotFound.into());
     cfg.service(
         web::scope("/api")
             .app_data(json)
@@ -27,7 +26,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/users/{id}", web::get().to(users::get))
             .route("/users/{id}", web::patch().to(users::patch))
             .route("/users/{id}/credits", web::post().to(users::add_credits))
-            .route("/users/{id}/transactions", web::get().to(users::transactions))
+            .route(
+                "/users/{id}/transactions",
+                web::get().to(users::transactions),
+            )
             .route("/keys", web::post().to(keys::create))
             .route("/keys", web::get().to(keys::list))
             .route("/keys/{id}", web::patch().to(keys::patch))
@@ -39,8 +41,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/channels/{id}", web::delete().to(channels::delete))
             .route("/pricing", web::get().to(pricing::get))
             .route("/pricing/models/{model}", web::put().to(pricing::put_model))
-            .route("/pricing/models/{model}", web::delete().to(pricing::delete_model))
+            .route(
+                "/pricing/models/{model}",
+                web::delete().to(pricing::delete_model),
+            )
             .route("/pricing/groups/{group}", web::put().to(pricing::put_group))
-            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound) })),
+            .default_service(web::to(|| async {
+                Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
+            })),
     );
 }

@@ -33,7 +33,11 @@ pub fn user_json(u: &user::Model) -> serde_json::Value {
 }
 
 /// Loads a user the caller may see, or 404.
-pub async fn visible_user(state: &AdminState, who: &AuthUser, id: i64) -> Result<user::Model, ApiError> {
+pub async fn visible_user(
+    state: &AdminState,
+    who: &AuthUser,
+    id: i64,
+) -> Result<user::Model, ApiError> {
     user::Entity::find_by_id(id)
         .one(&state.db)
         .await?
@@ -60,11 +64,16 @@ pub fn scope_condition<C: ColumnTrait>(who: &AuthUser, user_col: C) -> Condition
 
 fn valid_username(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c))
 }
 
 fn valid_group(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
 }
 
 #[derive(Deserialize)]
@@ -97,7 +106,9 @@ pub async fn create(
         ));
     }
     if !valid_group(&group) {
-        return Err(ApiError::BadRequest("group must be 1 to 64 letters, digits, _ or -".into()));
+        return Err(ApiError::BadRequest(
+            "group must be 1 to 64 letters, digits, _ or -".into(),
+        ));
     }
     check_password_rules(&body.password)?;
     let taken = user::Entity::find()
@@ -127,7 +138,10 @@ pub async fn create(
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => ApiError::UsernameTaken,
         _ => ApiError::internal(e),
     })?;
-    state.wallet.set_limit(Account::User(inserted.id), 0).await?;
+    state
+        .wallet
+        .set_limit(Account::User(inserted.id), 0)
+        .await?;
     state.reload().await;
     Ok(HttpResponse::Created().json(user_json(&inserted)))
 }
@@ -169,7 +183,11 @@ pub async fn list(
 }
 
 /// `GET /api/users/{id}`
-pub async fn get(state: web::Data<AdminState>, who: AuthUser, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     let u = visible_user(&state, &who, id.into_inner()).await?;
     Ok(HttpResponse::Ok().json(user_json(&u)))
 }
@@ -199,7 +217,9 @@ pub async fn patch(
     let mut active: user::ActiveModel = target.clone().into();
     if let Some(status) = body.status {
         if status != "enabled" && status != "disabled" {
-            return Err(ApiError::BadRequest("status must be enabled or disabled".into()));
+            return Err(ApiError::BadRequest(
+                "status must be enabled or disabled".into(),
+            ));
         }
         if target.id == who.id && status == "disabled" {
             return Err(ApiError::BadRequest("you cannot disable yourself".into()));
@@ -209,7 +229,9 @@ pub async fn patch(
     if let Some(group) = body.group {
         who.require_admin()?;
         if !valid_group(&group) {
-            return Err(ApiError::BadRequest("group must be 1 to 64 letters, digits, _ or -".into()));
+            return Err(ApiError::BadRequest(
+                "group must be 1 to 64 letters, digits, _ or -".into(),
+            ));
         }
         active.group_name = Set(group);
     }
@@ -243,23 +265,50 @@ pub async fn add_credits(
     if amount == 0 {
         return Err(ApiError::BadRequest("amount must not be zero".into()));
     }
-    let note = body.note.as_deref().map(|n| n.chars().take(500).collect::<String>());
+    let note = body
+        .note
+        .as_deref()
+        .map(|n| n.chars().take(500).collect::<String>());
     let posted = match who.role {
         Role::Admin => {
             let kind = if amount > 0 { "mint" } else { "adjust" };
             let reference = format!("by:{}", who.id);
-            accounts::adjust(&state.db, &state.wallet, target.id, amount, Entry {
-                kind,
-                note: note.as_deref(),
-                reference: Some(&reference),
-            })
+            accounts::adjust(
+                &state.db,
+                &state.wallet,
+                target.id,
+                amount,
+                Entry {
+                    kind,
+                    note: note.as_deref(),
+                    reference: Some(&reference),
+                },
+            )
             .await?
         }
         Role::Reseller if target.parent_id == Some(who.id) => {
             if amount > 0 {
-                accounts::transfer(&state.db, &state.wallet, who.id, target.id, amount, note.as_deref()).await?.1
+                accounts::transfer(
+                    &state.db,
+                    &state.wallet,
+                    who.id,
+                    target.id,
+                    amount,
+                    note.as_deref(),
+                )
+                .await?
+                .1
             } else {
-                accounts::transfer(&state.db, &state.wallet, target.id, who.id, -amount, note.as_deref()).await?.0
+                accounts::transfer(
+                    &state.db,
+                    &state.wallet,
+                    target.id,
+                    who.id,
+                    -amount,
+                    note.as_deref(),
+                )
+                .await?
+                .0
             }
         }
         _ => return Err(ApiError::Forbidden),

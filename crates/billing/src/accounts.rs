@@ -37,7 +37,9 @@ pub async fn adjust(
     entry: Entry<'_>,
 ) -> Result<Posted, BillingError> {
     if amount == 0 {
-        return Err(BillingError::InvalidAmount("amount must not be zero".into()));
+        return Err(BillingError::InvalidAmount(
+            "amount must not be zero".into(),
+        ));
     }
     let hold = if amount < 0 {
         Some(wallet.reserve(user_id, None, -amount).await?)
@@ -53,7 +55,9 @@ pub async fn adjust(
     .await;
     match (result, hold) {
         (Ok(posted), Some(hold)) => {
-            wallet.flushed(user_id, None, hold.amount, hold.amount).await?;
+            wallet
+                .flushed(user_id, None, hold.amount, hold.amount)
+                .await?;
             Ok(posted)
         }
         (Ok(posted), None) => {
@@ -80,14 +84,36 @@ pub async fn transfer(
     note: Option<&str>,
 ) -> Result<(Posted, Posted), BillingError> {
     if amount <= 0 {
-        return Err(BillingError::InvalidAmount("transfer amount must be positive".into()));
+        return Err(BillingError::InvalidAmount(
+            "transfer amount must be positive".into(),
+        ));
     }
     let hold = wallet.reserve(from, None, amount).await?;
     let result = async {
         let txn = db.begin().await?;
         let reference = format!("transfer:{from}->{to}");
-        let out = post(&txn, from, -amount, &Entry { kind: "transfer_out", note, reference: Some(&reference) }).await?;
-        let inn = post(&txn, to, amount, &Entry { kind: "transfer_in", note, reference: Some(&reference) }).await?;
+        let out = post(
+            &txn,
+            from,
+            -amount,
+            &Entry {
+                kind: "transfer_out",
+                note,
+                reference: Some(&reference),
+            },
+        )
+        .await?;
+        let inn = post(
+            &txn,
+            to,
+            amount,
+            &Entry {
+                kind: "transfer_in",
+                note,
+                reference: Some(&reference),
+            },
+        )
+        .await?;
         txn.commit().await?;
         Ok::<_, BillingError>((out, inn))
     }
@@ -119,7 +145,10 @@ async fn post<C: ConnectionTrait>(
             .ok_or(BillingError::Insufficient)?
     } else {
         user::Entity::update_many()
-            .col_expr(user::Column::Balance, Expr::col(user::Column::Balance).add(amount))
+            .col_expr(
+                user::Column::Balance,
+                Expr::col(user::Column::Balance).add(amount),
+            )
             .col_expr(user::Column::UpdatedAt, Expr::value(now))
             .filter(user::Column::Id.eq(user_id))
             .exec_with_returning(conn)
@@ -140,5 +169,8 @@ async fn post<C: ConnectionTrait>(
     })
     .exec(conn)
     .await?;
-    Ok(Posted { balance, transaction_id: row.last_insert_id })
+    Ok(Posted {
+        balance,
+        transaction_id: row.last_insert_id,
+    })
 }

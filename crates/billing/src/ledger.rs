@@ -117,7 +117,11 @@ async fn run(db: DatabaseConnection, wallet: Arc<Wallet>, mut rx: mpsc::Unbounde
     }
 }
 
-async fn commit_with_retry(db: &DatabaseConnection, wallet: &Wallet, batch: &[(GenerationRecord, Option<Charge>)]) {
+async fn commit_with_retry(
+    db: &DatabaseConnection,
+    wallet: &Wallet,
+    batch: &[(GenerationRecord, Option<Charge>)],
+) {
     let mut delay = Duration::from_millis(100);
     loop {
         match commit(db, batch).await {
@@ -142,7 +146,10 @@ async fn commit_with_retry(db: &DatabaseConnection, wallet: &Wallet, batch: &[(G
 }
 
 /// Commits one batch; returns what was actually charged for each record.
-async fn commit(db: &DatabaseConnection, batch: &[(GenerationRecord, Option<Charge>)]) -> Result<Vec<i64>, BillingError> {
+async fn commit(
+    db: &DatabaseConnection,
+    batch: &[(GenerationRecord, Option<Charge>)],
+) -> Result<Vec<i64>, BillingError> {
     let txn = db.begin().await?;
     let now = Utc::now();
     let mut charged = Vec::with_capacity(batch.len());
@@ -153,7 +160,10 @@ async fn commit(db: &DatabaseConnection, batch: &[(GenerationRecord, Option<Char
             let (amount, balance_after) = debit(&txn, c.user_id, c.pending, now).await?;
             if amount > 0 {
                 api_key::Entity::update_many()
-                    .col_expr(api_key::Column::Used, Expr::col(api_key::Column::Used).add(amount))
+                    .col_expr(
+                        api_key::Column::Used,
+                        Expr::col(api_key::Column::Used).add(amount),
+                    )
                     .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
                     .filter(api_key::Column::Id.eq(c.key_id))
                     .exec(&txn)
@@ -172,8 +182,12 @@ async fn commit(db: &DatabaseConnection, batch: &[(GenerationRecord, Option<Char
                 .await?;
             }
             if amount < c.pending {
-                tracing::warn!(user.id = c.user_id, pending = c.pending, charged = amount,
-                    "charge capped at the balance");
+                tracing::warn!(
+                    user.id = c.user_id,
+                    pending = c.pending,
+                    charged = amount,
+                    "charge capped at the balance"
+                );
             }
             done = amount;
         }
@@ -181,7 +195,9 @@ async fn commit(db: &DatabaseConnection, batch: &[(GenerationRecord, Option<Char
         rows.push(generation_row(record, done));
     }
     for chunk in rows.chunks(200) {
-        generation::Entity::insert_many(chunk.to_vec()).exec(&txn).await?;
+        generation::Entity::insert_many(chunk.to_vec())
+            .exec(&txn)
+            .await?;
     }
     txn.commit().await?;
     Ok(charged)
@@ -220,10 +236,15 @@ pub(crate) async fn conditional_debit<C: ConnectionTrait>(
     consumed: bool,
     now: DateTime<Utc>,
 ) -> Result<Option<i64>, BillingError> {
-    let mut update = user::Entity::update_many()
-        .col_expr(user::Column::Balance, Expr::col(user::Column::Balance).sub(amount));
+    let mut update = user::Entity::update_many().col_expr(
+        user::Column::Balance,
+        Expr::col(user::Column::Balance).sub(amount),
+    );
     if consumed {
-        update = update.col_expr(user::Column::Used, Expr::col(user::Column::Used).add(amount));
+        update = update.col_expr(
+            user::Column::Used,
+            Expr::col(user::Column::Used).add(amount),
+        );
     }
     let rows = update
         .col_expr(user::Column::UpdatedAt, Expr::value(now))

@@ -84,26 +84,45 @@ mod tests {
 
     fn mini() -> Price {
         // 0.15 credits / 1M input, 0.60 / 1M output.
-        Price { input: 150_000, output: 600_000, ..Price::default() }
+        Price {
+            input: 150_000,
+            output: 600_000,
+            ..Price::default()
+        }
     }
 
     #[test]
     fn token_cost_is_exact_and_rounded_up_once() {
-        let u = Usage { prompt_tokens: 12, completion_tokens: 30, ..Usage::default() };
+        let u = Usage {
+            prompt_tokens: 12,
+            completion_tokens: 30,
+            ..Usage::default()
+        };
         // 12 × 0.15 + 30 × 0.6 = 1.8 + 18 = 19.8 µc → 20 µc.
         assert_eq!(mini().cost(&u, ONE), 20);
     }
 
     #[test]
     fn a_million_tokens_cost_exactly_the_list_price() {
-        let u = Usage { prompt_tokens: 1_000_000, completion_tokens: 1_000_000, ..Usage::default() };
+        let u = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 1_000_000,
+            ..Usage::default()
+        };
         assert_eq!(mini().cost(&u, ONE), 750_000);
     }
 
     #[test]
     fn cached_prompt_tokens_use_the_cached_price_when_set() {
-        let p = Price { cached_input: Some(75_000), ..mini() };
-        let u = Usage { prompt_tokens: 1_000_000, cached_tokens: 400_000, ..Usage::default() };
+        let p = Price {
+            cached_input: Some(75_000),
+            ..mini()
+        };
+        let u = Usage {
+            prompt_tokens: 1_000_000,
+            cached_tokens: 400_000,
+            ..Usage::default()
+        };
         // 600k × 0.15 + 400k × 0.075 = 90 000 + 30 000.
         assert_eq!(p.cost(&u, ONE), 120_000);
         // Without a cached price, cached tokens cost the input price.
@@ -112,7 +131,11 @@ mod tests {
 
     #[test]
     fn the_group_multiplier_applies_before_rounding() {
-        let u = Usage { prompt_tokens: 12, completion_tokens: 30, ..Usage::default() };
+        let u = Usage {
+            prompt_tokens: 12,
+            completion_tokens: 30,
+            ..Usage::default()
+        };
         // 19.8 × 1.5 = 29.7 → 30.
         assert_eq!(mini().cost(&u, 1_500_000), 30);
         // 19.8 × 0.5 = 9.9 → 10.
@@ -121,11 +144,27 @@ mod tests {
 
     #[test]
     fn unit_prices_add_per_request_image_and_second() {
-        let p = Price { per_request: Some(1_000), per_image: Some(40_000), per_second: Some(10), ..Price::default() };
-        let u = Usage { images: 2, seconds: 3, ..Usage::default() };
+        let p = Price {
+            per_request: Some(1_000),
+            per_image: Some(40_000),
+            per_second: Some(10),
+            ..Price::default()
+        };
+        let u = Usage {
+            images: 2,
+            seconds: 3,
+            ..Usage::default()
+        };
         assert_eq!(p.cost(&u, ONE), 1_000 + 80_000 + 30);
         let none = Usage::default();
-        assert_eq!(Price { per_image: Some(40_000), ..Price::default() }.cost(&none, ONE), 0);
+        assert_eq!(
+            Price {
+                per_image: Some(40_000),
+                ..Price::default()
+            }
+            .cost(&none, ONE),
+            0
+        );
     }
 
     #[test]

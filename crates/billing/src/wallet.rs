@@ -141,11 +141,14 @@ impl Wallet {
             .filter(api_key::Column::Status.ne("deleted"))
             .all(&self.db)
             .await?;
-        let mut accounts: Vec<(Account, i64)> =
-            users.iter().map(|u| (Account::User(u.id), u.balance)).collect();
-        accounts.extend(keys.iter().filter_map(|k| {
-            k.credit_limit.map(|l| (Account::Key(k.id), l - k.used))
-        }));
+        let mut accounts: Vec<(Account, i64)> = users
+            .iter()
+            .map(|u| (Account::User(u.id), u.balance))
+            .collect();
+        accounts.extend(
+            keys.iter()
+                .filter_map(|k| k.credit_limit.map(|l| (Account::Key(k.id), l - k.used))),
+        );
         match &self.backend {
             Backend::Memory(slots) => {
                 let mut slots = lock(slots);
@@ -222,7 +225,11 @@ impl Wallet {
         for _ in 0..3 {
             match self.try_reserve(&accounts, amount).await? {
                 Reserve::Done => {
-                    return Ok(Hold { user_id, key_id, amount });
+                    return Ok(Hold {
+                        user_id,
+                        key_id,
+                        amount,
+                    });
                 }
                 Reserve::Short => return Err(BillingError::Insufficient),
                 Reserve::Missing(acct) => self.load_missing(acct).await?,
@@ -253,7 +260,11 @@ impl Wallet {
                 }
                 Ok(charge)
             }
-            Backend::Redis { pool, prefix, scripts } => {
+            Backend::Redis {
+                pool,
+                prefix,
+                scripts,
+            } => {
                 let mut conn = pool.get().await?;
                 let mut inv = scripts.settle.prepare_invoke();
                 for a in &accounts {
@@ -297,7 +308,11 @@ impl Wallet {
                     s.limit += amount;
                 }
             }
-            Backend::Redis { pool, prefix, scripts } => {
+            Backend::Redis {
+                pool,
+                prefix,
+                scripts,
+            } => {
                 let mut conn = pool.get().await?;
                 let _: i64 = scripts
                     .credit
@@ -327,7 +342,11 @@ impl Wallet {
         }
     }
 
-    async fn try_reserve(&self, accounts: &[Account], amount: i64) -> Result<Reserve, BillingError> {
+    async fn try_reserve(
+        &self,
+        accounts: &[Account],
+        amount: i64,
+    ) -> Result<Reserve, BillingError> {
         match &self.backend {
             Backend::Memory(slots) => {
                 let mut slots = lock(slots);
@@ -345,7 +364,11 @@ impl Wallet {
                 }
                 Ok(Reserve::Done)
             }
-            Backend::Redis { pool, prefix, scripts } => {
+            Backend::Redis {
+                pool,
+                prefix,
+                scripts,
+            } => {
                 let mut conn = pool.get().await?;
                 let mut inv = scripts.reserve.prepare_invoke();
                 for a in accounts {
@@ -364,7 +387,12 @@ impl Wallet {
         }
     }
 
-    async fn apply_flushed(&self, accounts: &[Account], pending: i64, charged: i64) -> Result<(), BillingError> {
+    async fn apply_flushed(
+        &self,
+        accounts: &[Account],
+        pending: i64,
+        charged: i64,
+    ) -> Result<(), BillingError> {
         match &self.backend {
             Backend::Memory(slots) => {
                 let mut slots = lock(slots);
@@ -376,13 +404,21 @@ impl Wallet {
                 }
                 Ok(())
             }
-            Backend::Redis { pool, prefix, scripts } => {
+            Backend::Redis {
+                pool,
+                prefix,
+                scripts,
+            } => {
                 let mut conn = pool.get().await?;
                 let mut inv = scripts.flushed.prepare_invoke();
                 for a in accounts {
                     inv.key(redis_key(prefix, *a));
                 }
-                let _: i64 = inv.arg(pending).arg(charged).invoke_async(&mut conn).await?;
+                let _: i64 = inv
+                    .arg(pending)
+                    .arg(charged)
+                    .invoke_async(&mut conn)
+                    .await?;
                 Ok(())
             }
         }

@@ -39,17 +39,22 @@ impl Application {
                 .context("cannot reach Redis at REDIS_URL")?,
             None => Shared::memory(),
         });
-        let secrets = SecretBox::from_text(&config.secret_key_text()?).context("TOLLGATE_SECRET_KEY")?;
+        let secrets =
+            SecretBox::from_text(&config.secret_key_text()?).context("TOLLGATE_SECRET_KEY")?;
         let wallet = Arc::new(Wallet::new(db.clone(), &shared));
-        if let Some(password) = admin_web::bootstrap::ensure_root(&db, &wallet, config.root_password.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create root: {e:?}"))?
+        if let Some(password) =
+            admin_web::bootstrap::ensure_root(&db, &wallet, config.root_password.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create root: {e:?}"))?
         {
             tracing::warn!(
                 "created user 'root' with the generated password {password} — it is shown only this once; change it after logging in"
             );
         }
-        wallet.load_all().await.map_err(|e| anyhow::anyhow!("cannot load wallets: {e:?}"))?;
+        wallet
+            .load_all()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot load wallets: {e:?}"))?;
         let jwt = admin_web::bootstrap::jwt_secret(&db, config.jwt_secret.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot load the JWT secret: {e:?}"))?;
@@ -63,7 +68,10 @@ impl Application {
             shared: Arc::clone(&shared),
             instance: instance.clone(),
         };
-        reloader.reload_local().await.context("cannot load the catalog")?;
+        reloader
+            .reload_local()
+            .await
+            .context("cannot load the catalog")?;
         reloader.follow();
 
         let (writer, writer_task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
@@ -91,7 +99,8 @@ impl Application {
             reloader: Arc::new(reloader),
         });
 
-        let listener = TcpListener::bind(&config.addr).with_context(|| format!("cannot listen on {}", config.addr))?;
+        let listener = TcpListener::bind(&config.addr)
+            .with_context(|| format!("cannot listen on {}", config.addr))?;
         let port = listener.local_addr()?.port();
         let app_state = state.clone();
         let mut server = actix_web::HttpServer::new(move || {
@@ -103,7 +112,14 @@ impl Application {
                 .configure(relay::configure)
                 .configure(generation::configure)
                 .configure(admin_web::configure)
-                .route("/", web::get().to(|| async { HttpResponse::Ok().content_type("text/plain").body("Tollgate\n") }))
+                .route(
+                    "/",
+                    web::get().to(|| async {
+                        HttpResponse::Ok()
+                            .content_type("text/plain")
+                            .body("Tollgate\n")
+                    }),
+                )
         })
         .listen(listener)?
         .shutdown_timeout(30);
@@ -114,7 +130,12 @@ impl Application {
             server = server.disable_signals();
         }
         tracing::info!(addr = %config.addr, port, "tollgate listening");
-        Ok(Application { server: server.run(), port, state, writer_task })
+        Ok(Application {
+            server: server.run(),
+            port,
+            state,
+            writer_task,
+        })
     }
 
     /// The bound port (useful with port 0).

@@ -38,11 +38,16 @@ impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let number = |name: &str, default: usize| -> anyhow::Result<usize> {
-            var(name).map_or(Ok(default), |v| v.trim().parse().with_context(|| format!("{name} must be a whole number")))
+            var(name).map_or(Ok(default), |v| {
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("{name} must be a whole number"))
+            })
         };
         Ok(Config {
             addr: var("TOLLGATE_ADDR").unwrap_or_else(|| "127.0.0.1:3000".to_owned()),
-            database_url: var("DATABASE_URL").unwrap_or_else(|| store::db::DEFAULT_DATABASE_URL.to_owned()),
+            database_url: var("DATABASE_URL")
+                .unwrap_or_else(|| store::db::DEFAULT_DATABASE_URL.to_owned()),
             redis_url: var("REDIS_URL"),
             redis_prefix: var("TOLLGATE_REDIS_PREFIX").unwrap_or_else(|| "tollgate".to_owned()),
             root_password: var("TOLLGATE_ROOT_PASSWORD"),
@@ -51,7 +56,10 @@ impl Config {
             data_dir: PathBuf::from(var("TOLLGATE_DATA_DIR").unwrap_or_else(|| "data".to_owned())),
             max_body_mb: number("TOLLGATE_MAX_BODY_MB", 32)?,
             max_tries: number("TOLLGATE_MAX_TRIES", 3)?,
-            workers: var("TOLLGATE_WORKERS").map(|v| v.parse()).transpose().context("TOLLGATE_WORKERS must be a whole number")?,
+            workers: var("TOLLGATE_WORKERS")
+                .map(|v| v.parse())
+                .transpose()
+                .context("TOLLGATE_WORKERS must be a whole number")?,
             handle_signals: true,
         })
     }
@@ -79,7 +87,11 @@ impl Config {
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())
 }
 

@@ -46,7 +46,11 @@ pub fn generation_json(g: &generation::Model) -> serde_json::Value {
     })
 }
 
-async fn lookup(state: web::Data<AppState>, req: HttpRequest, query: web::Query<Lookup>) -> HttpResponse {
+async fn lookup(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<Lookup>,
+) -> HttpResponse {
     let tag = String::new();
     let snap = state.snapshot.load();
     let caller = match admission::authenticate(&snap.catalog, bearer(&req)) {
@@ -57,7 +61,11 @@ async fn lookup(state: web::Data<AppState>, req: HttpRequest, query: web::Query<
         return openai_error(&RelayError::InvalidRequest("'id' is required".into()), &tag);
     };
     let found = generation::Entity::find()
-        .filter(Condition::any().add(generation::Column::Id.eq(id)).add(generation::Column::UpstreamId.eq(id)))
+        .filter(
+            Condition::any()
+                .add(generation::Column::Id.eq(id))
+                .add(generation::Column::UpstreamId.eq(id)),
+        )
         .filter(generation::Column::UserId.eq(caller.user.id))
         .one(&state.db)
         .await;

@@ -21,5 +21,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "database": if db { "ok" } else { "down" },
         "redis": match redis { None => "not configured", Some(true) => "ok", Some(false) => "down" },
     });
-    if ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }

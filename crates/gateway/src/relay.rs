@@ -38,7 +38,10 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
 }
 
 fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
@@ -58,7 +61,11 @@ pub fn openai_error(err: &RelayError, generation_id: &str) -> HttpResponse {
 }
 
 /// Reads the request body up to the configured limit.
-async fn read_limited(mut payload: web::Payload, req: &HttpRequest, limit_mb: usize) -> Result<Bytes, RelayError> {
+async fn read_limited(
+    mut payload: web::Payload,
+    req: &HttpRequest,
+    limit_mb: usize,
+) -> Result<Bytes, RelayError> {
     let limit = limit_mb.saturating_mul(1024 * 1024);
     let declared = req
         .headers()
@@ -70,7 +77,8 @@ async fn read_limited(mut payload: web::Payload, req: &HttpRequest, limit_mb: us
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| RelayError::InvalidRequest("the request body could not be read".into()))?;
+        let chunk = chunk
+            .map_err(|_| RelayError::InvalidRequest("the request body could not be read".into()))?;
         if body.len() + chunk.len() > limit {
             return Err(RelayError::RequestTooLarge(limit_mb));
         }
@@ -80,7 +88,11 @@ async fn read_limited(mut payload: web::Payload, req: &HttpRequest, limit_mb: us
 }
 
 /// `POST /v1/chat/completions`
-pub async fn chat_completions(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+pub async fn chat_completions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let started = Instant::now();
     let id = new_generation_id();
     let snap = state.snapshot.load_full();
@@ -131,8 +143,16 @@ pub async fn chat_completions(state: web::Data<AppState>, req: HttpRequest, payl
     record.model = admitted.model.clone();
     record.streamed = head.is_stream();
     let estimate = reservation(&admitted, &head, body.len());
-    let limited_key = admitted.caller.key.credit_limit.map(|_| admitted.caller.key.id);
-    let hold = match state.wallet.reserve(caller.user.id, limited_key, estimate).await {
+    let limited_key = admitted
+        .caller
+        .key
+        .credit_limit
+        .map(|_| admitted.caller.key.id);
+    let hold = match state
+        .wallet
+        .reserve(caller.user.id, limited_key, estimate)
+        .await
+    {
         Ok(h) => h,
         Err(billing::BillingError::Insufficient) => {
             let e = RelayError::InsufficientQuota;
@@ -146,9 +166,20 @@ pub async fn chat_completions(state: web::Data<AppState>, req: HttpRequest, payl
             return openai_error(&e, &id);
         }
     };
-    let meter = Meter::new(state.settler(), hold, admitted.price, admitted.multiplier_ppm, record, started);
+    let meter = Meter::new(
+        state.settler(),
+        hold,
+        admitted.price,
+        admitted.multiplier_ppm,
+        record,
+        started,
+    );
     let snap_router = &snap.router;
-    let deps = ChatDeps { router: snap_router, client: &state.client, max_tries: state.config.max_tries };
+    let deps = ChatDeps {
+        router: snap_router,
+        client: &state.client,
+        max_tries: state.config.max_tries,
+    };
     match relay_core::relay::chat(&deps, &admitted, &head, &body, meter).await {
         Ok(ChatAnswer::Complete(answer)) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "application/json"))
@@ -157,7 +188,10 @@ pub async fn chat_completions(state: web::Data<AppState>, req: HttpRequest, payl
         Ok(ChatAnswer::Stream(stream)) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "text/event-stream"))
             .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("identity")))
+            .insert_header((
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static("identity"),
+            ))
             .insert_header(("x-accel-buffering", "no"))
             .insert_header((GENERATION_HEADER, id))
             .streaming(stream),
@@ -170,14 +204,19 @@ fn reservation(admitted: &Admitted, head: &ChatHead, body_len: usize) -> i64 {
     let choices = head.n.unwrap_or(1).clamp(1, 128);
     let usage = Usage {
         prompt_tokens: prompt_estimate(body_len),
-        completion_tokens: head.max_output().unwrap_or(DEFAULT_MAX_OUTPUT).saturating_mul(choices),
+        completion_tokens: head
+            .max_output()
+            .unwrap_or(DEFAULT_MAX_OUTPUT)
+            .saturating_mul(choices),
         ..Usage::default()
     };
     admitted.price.cost(&usage, admitted.multiplier_ppm)
 }
 
 async fn check_rpm(state: &AppState, caller: &Caller) -> Result<(), RelayError> {
-    let Some(rpm) = caller.key.rpm else { return Ok(()) };
+    let Some(rpm) = caller.key.rpm else {
+        return Ok(());
+    };
     let count = state
         .shared
         .incr(&format!("rpm:{}", caller.key.id), Duration::from_secs(60))

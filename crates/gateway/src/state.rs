@@ -50,7 +50,11 @@ pub struct AppState {
 impl AppState {
     /// What meters need to settle.
     pub fn settler(&self) -> Settler {
-        Settler { wallet: Arc::clone(&self.wallet), writer: self.writer.clone(), tasks: self.tasks.clone() }
+        Settler {
+            wallet: Arc::clone(&self.wallet),
+            writer: self.writer.clone(),
+            tasks: self.tasks.clone(),
+        }
     }
 }
 
@@ -78,7 +82,11 @@ impl Reloader {
         if let Err(e) = self.reload_local().await {
             tracing::error!(error = ?e, "catalog reload failed");
         }
-        if let Err(e) = self.shared.publish(&format!("catalog:{}", self.instance)).await {
+        if let Err(e) = self
+            .shared
+            .publish(&format!("catalog:{}", self.instance))
+            .await
+        {
             tracing::error!(error = ?e, "could not publish the catalog change");
         }
     }

@@ -31,7 +31,9 @@ pub fn authenticate(catalog: &Catalog, raw_key: Option<&str>) -> Result<Caller, 
     let raw = raw_key
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .ok_or(RelayError::InvalidApiKey("missing API key: send it as 'Authorization: Bearer sk-...'"))?;
+        .ok_or(RelayError::InvalidApiKey(
+            "missing API key: send it as 'Authorization: Bearer sk-...'",
+        ))?;
     let key = catalog
         .keys
         .get(&store::hash_secret(raw))
@@ -51,7 +53,10 @@ pub fn authenticate(catalog: &Catalog, raw_key: Option<&str>) -> Result<Caller, 
     if user.status != "enabled" {
         return Err(RelayError::UserDisabled);
     }
-    Ok(Caller { key: Arc::clone(key), user: Arc::clone(user) })
+    Ok(Caller {
+        key: Arc::clone(key),
+        user: Arc::clone(user),
+    })
 }
 
 /// Checks the caller's address.
@@ -90,7 +95,11 @@ pub fn admit_model(
 }
 
 /// The models a caller may call: priced, served to its group, allowed by the key.
-pub fn visible_models<'a>(catalog: &'a Catalog, router: &'a Router, caller: &Caller) -> Vec<&'a str> {
+pub fn visible_models<'a>(
+    catalog: &'a Catalog,
+    router: &'a Router,
+    caller: &Caller,
+) -> Vec<&'a str> {
     router
         .models_for_group(&caller.user.group)
         .into_iter()

@@ -32,7 +32,11 @@ pub enum RelayError {
     UpstreamTimeout,
     /// The upstream blamed the request: its status and message go back to the client.
     #[error("{message}")]
-    Rejected { status: u16, message: String, body: Option<bytes::Bytes> },
+    Rejected {
+        status: u16,
+        message: String,
+        body: Option<bytes::Bytes>,
+    },
     #[error("internal error")]
     Internal,
 }
@@ -96,16 +100,19 @@ impl RelayError {
     /// The OpenAI-shaped error body. An upstream's own error body for a rejected
     /// request is passed through when it is already OpenAI-shaped.
     pub fn openai_body(&self) -> bytes::Bytes {
-        if let RelayError::Rejected { body: Some(body), .. } = self {
-            if serde_json::from_slice::<serde_json::Value>(body)
+        if let RelayError::Rejected {
+            body: Some(body), ..
+        } = self
+            && serde_json::from_slice::<serde_json::Value>(body)
                 .ok()
                 .is_some_and(|v| v.get("error").is_some_and(serde_json::Value::is_object))
-            {
-                return body.clone();
-            }
+        {
+            return body.clone();
         }
         let param = match self {
-            RelayError::InvalidRequest(m) if m.contains("'model'") => serde_json::Value::from("model"),
+            RelayError::InvalidRequest(m) if m.contains("'model'") => {
+                serde_json::Value::from("model")
+            }
             _ => serde_json::Value::Null,
         };
         let body = serde_json::json!({

@@ -39,8 +39,9 @@ pub struct StreamOptions {
 impl ChatHead {
     /// Parses and validates a chat request body.
     pub fn parse(body: &[u8]) -> Result<Self, RelayError> {
-        let head: ChatHead = serde_json::from_slice(body)
-            .map_err(|e| RelayError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+        let head: ChatHead = serde_json::from_slice(body).map_err(|e| {
+            RelayError::InvalidRequest(format!("request body is not valid JSON: {e}"))
+        })?;
         if head.model.as_deref().is_none_or(str::is_empty) {
             return Err(RelayError::InvalidRequest("'model' is required".into()));
         }
@@ -68,19 +69,26 @@ impl ChatHead {
 
     /// The most output tokens the client allows, if it said.
     pub fn max_output(&self) -> Option<i64> {
-        self.max_completion_tokens.or(self.max_tokens).filter(|n| *n > 0)
+        self.max_completion_tokens
+            .or(self.max_tokens)
+            .filter(|n| *n > 0)
     }
 }
 
 /// The body to send upstream: the client's bytes untouched when nothing must change,
 /// else with the mapped model and (for streams) `stream_options.include_usage`.
-pub fn upstream_body(raw: &Bytes, head: &ChatHead, upstream_model: &str) -> Result<Bytes, RelayError> {
+pub fn upstream_body(
+    raw: &Bytes,
+    head: &ChatHead,
+    upstream_model: &str,
+) -> Result<Bytes, RelayError> {
     let need_usage = head.is_stream() && !head.wants_stream_usage();
     if upstream_model == head.model() && !need_usage {
         return Ok(raw.clone());
     }
-    let mut obj: Map<String, Value> = serde_json::from_slice(raw)
-        .map_err(|e| RelayError::InvalidRequest(format!("request body is not a JSON object: {e}")))?;
+    let mut obj: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
+        RelayError::InvalidRequest(format!("request body is not a JSON object: {e}"))
+    })?;
     obj.insert("model".into(), Value::from(upstream_model));
     if need_usage {
         let opts = obj
@@ -287,7 +295,8 @@ mod tests {
     fn mapping_and_stream_usage_are_the_only_edits() {
         let raw = Bytes::from_static(br#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"stream":true,"temperature":0.5}"#);
         let head = ChatHead::parse(&raw).unwrap();
-        let out: Value = serde_json::from_slice(&upstream_body(&raw, &head, "real").unwrap()).unwrap();
+        let out: Value =
+            serde_json::from_slice(&upstream_body(&raw, &head, "real").unwrap()).unwrap();
         assert_eq!(out["model"], "real");
         assert_eq!(out["stream_options"]["include_usage"], true);
         assert_eq!(out["temperature"], 0.5);
@@ -299,7 +308,15 @@ mod tests {
         let body = br#"{"id":"chatcmpl-1","choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":100,"completion_tokens":50,"prompt_tokens_details":{"cached_tokens":60},"completion_tokens_details":{"reasoning_tokens":20}}}"#;
         let s = ChatSummary::parse_completion(body).unwrap();
         let u = Usage::from(s.usage.as_ref().unwrap());
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens), (100, 50, 60, 20));
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
+            (100, 50, 60, 20)
+        );
         assert_eq!(s.finish_reason().as_deref(), Some("stop"));
     }
 

@@ -33,7 +33,7 @@ pub enum ChatAnswer {
     /// A whole chat completion (already settled).
     Complete(Bytes),
     /// An SSE stream that settles when it ends or is dropped.
-    Stream(ChatStream),
+    Stream(Box<ChatStream>),
 }
 
 /// Everything a chat request needs from the process.
@@ -55,7 +55,10 @@ pub async fn chat(
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut last = RelayError::NoAvailableChannel;
     while tried.len() < deps.max_tries.max(1) {
-        let Some(channel) = deps.router.pick(&admitted.caller.user.group, &admitted.model, &tried) else {
+        let Some(channel) = deps
+            .router
+            .pick(&admitted.caller.user.group, &admitted.model, &tried)
+        else {
             break;
         };
         tried.push(channel.id);
@@ -72,7 +75,13 @@ pub async fn chat(
         meter.record.upstream_model = Some(upstream_model.clone());
         match result {
             Ok(success) => {
-                attempts.push(Attempt { channel_id: channel.id, channel: channel.name.clone(), status: Some(200), latency_ms, error: None });
+                attempts.push(Attempt {
+                    channel_id: channel.id,
+                    channel: channel.name.clone(),
+                    status: Some(200),
+                    latency_ms,
+                    error: None,
+                });
                 meter.record.attempts = serde_json::to_string(&attempts).ok();
                 return Ok(answer(success, head, raw.len(), meter));
             }
@@ -82,13 +91,23 @@ pub async fn chat(
                     _ => None,
                 };
                 tracing::warn!(channel.id = channel.id, error = %failure.class(), latency_ms, "upstream try failed");
-                attempts.push(Attempt { channel_id: channel.id, channel: channel.name.clone(), status, latency_ms, error: Some(failure.class()) });
+                attempts.push(Attempt {
+                    channel_id: channel.id,
+                    channel: channel.name.clone(),
+                    status,
+                    latency_ms,
+                    error: Some(failure.class()),
+                });
                 if failure.blames_request() {
                     let (status, body) = match failure {
                         Failure::Status { status, body } => (status, body),
                         _ => (400, Bytes::new()),
                     };
-                    last = RelayError::Rejected { status, message: upstream_message(&body, status), body: Some(body) };
+                    last = RelayError::Rejected {
+                        status,
+                        message: upstream_message(&body, status),
+                        body: Some(body),
+                    };
                     break;
                 }
                 last = match failure {
@@ -99,13 +118,25 @@ pub async fn chat(
         }
     }
     meter.record.attempts = serde_json::to_string(&attempts).ok();
-    meter.finish(Outcome::Failed { status: last.status(), error: last.code().to_owned() });
+    meter.finish(Outcome::Failed {
+        status: last.status(),
+        error: last.code().to_owned(),
+    });
     Err(last)
 }
 
 enum Success {
     Complete(Bytes, ChatSummary),
-    Stream { first: Vec<Bytes>, framer: SseFramer, observer: StreamObserver, resp: reqwest::Response, idle: Duration },
+    Stream(Box<Opened>),
+}
+
+/// A stream whose first events arrived.
+struct Opened {
+    first: Vec<Bytes>,
+    framer: SseFramer,
+    observer: StreamObserver,
+    resp: reqwest::Response,
+    idle: Duration,
 }
 
 async fn try_channel(
@@ -117,7 +148,9 @@ async fn try_channel(
 ) -> Result<Success, Failure> {
     let body = upstream_body(raw, head, upstream_model).map_err(|_| Failure::Malformed)?;
     let key = pick_key(channel).ok_or(Failure::Connect)?;
-    let resp = client.post_json(channel, key, "/v1/chat/completions", body).await?;
+    let resp = client
+        .post_json(channel, key, "/v1/chat/completions", body)
+        .await?;
     let idle = Duration::from_secs(channel.timeout_s.max(1));
     let status = resp.status().as_u16();
     if !resp.status().is_success() {
@@ -148,14 +181,24 @@ async fn try_channel(
         }
         let mut first = Vec::with_capacity(events.len());
         for ev in events {
-            if crate::sse::event_data(&ev).trim_start().starts_with("{\"error\"") && observer.events == 0 {
+            if crate::sse::event_data(&ev)
+                .trim_start()
+                .starts_with("{\"error\"")
+                && observer.events == 0
+            {
                 return Err(Failure::Malformed);
             }
             if observer.observe(&ev, wants_usage) != crate::openai::EventAction::Swallow {
                 first.push(ev);
             }
         }
-        return Ok(Success::Stream { first, framer, observer, resp, idle });
+        return Ok(Success::Stream(Box::new(Opened {
+            first,
+            framer,
+            observer,
+            resp,
+            idle,
+        })));
     }
 }
 
@@ -179,10 +222,26 @@ fn answer(success: Success, head: &ChatHead, body_len: usize, mut meter: Meter) 
             meter.finish(Outcome::Served(usage));
             ChatAnswer::Complete(body)
         }
-        Success::Stream { first, framer, observer, resp, idle } => {
+        Success::Stream(opened) => {
+            let Opened {
+                first,
+                framer,
+                observer,
+                resp,
+                idle,
+            } = *opened;
             let upstream = resp.bytes_stream().boxed();
-            ChatStream::new(first, framer, observer, upstream, idle, head.wants_stream_usage(), prompt_estimate(body_len), meter)
-                .map_or_else(|| ChatAnswer::Complete(Bytes::new()), ChatAnswer::Stream)
+            let stream = ChatStream::new(
+                first,
+                framer,
+                observer,
+                upstream,
+                idle,
+                head.wants_stream_usage(),
+                prompt_estimate(body_len),
+                meter,
+            );
+            ChatAnswer::Stream(Box::new(stream))
         }
     }
 }

@@ -24,7 +24,11 @@ impl Router {
     /// Indexes every enabled channel that has at least one usable key.
     pub fn build(catalog: &Catalog) -> Self {
         let mut routes: HashMap<(String, String), Vec<Tier>> = HashMap::new();
-        for ch in catalog.channels.iter().filter(|c| c.status == "enabled" && !c.keys.is_empty()) {
+        for ch in catalog
+            .channels
+            .iter()
+            .filter(|c| c.status == "enabled" && !c.keys.is_empty())
+        {
             for group in &ch.groups {
                 let mut models: BTreeSet<&str> = ch.models.iter().map(String::as_str).collect();
                 models.extend(ch.model_mapping.keys().map(String::as_str));
@@ -32,20 +36,24 @@ impl Router {
                     let tiers = routes.entry((group.clone(), model.to_owned())).or_default();
                     match tiers.iter_mut().find(|t| t.priority == ch.priority) {
                         Some(t) => t.channels.push(Arc::clone(ch)),
-                        None => tiers.push(Tier { priority: ch.priority, channels: vec![Arc::clone(ch)] }),
+                        None => tiers.push(Tier {
+                            priority: ch.priority,
+                            channels: vec![Arc::clone(ch)],
+                        }),
                     }
                 }
             }
         }
         for tiers in routes.values_mut() {
-            tiers.sort_by(|a, b| b.priority.cmp(&a.priority));
+            tiers.sort_by_key(|t| std::cmp::Reverse(t.priority));
         }
         Router { routes }
     }
 
     /// Whether any enabled channel serves `model` to `group`.
     pub fn serves(&self, group: &str, model: &str) -> bool {
-        self.routes.contains_key(&(group.to_owned(), model.to_owned()))
+        self.routes
+            .contains_key(&(group.to_owned(), model.to_owned()))
     }
 
     /// Every model served to `group`, sorted.
@@ -63,8 +71,11 @@ impl Router {
         let tiers = self.routes.get(&(group.to_owned(), model.to_owned()))?;
         let mut rng = rand::rng();
         for tier in tiers {
-            let open: Vec<&Arc<ChannelEntry>> =
-                tier.channels.iter().filter(|c| !tried.contains(&c.id)).collect();
+            let open: Vec<&Arc<ChannelEntry>> = tier
+                .channels
+                .iter()
+                .filter(|c| !tried.contains(&c.id))
+                .collect();
             if open.is_empty() {
                 continue;
             }
@@ -101,17 +112,26 @@ mod tests {
             headers: vec![],
             timeout_s: 30,
             status: status.into(),
-            keys: vec![ChannelSecret { id, secret: "k".into() }],
+            keys: vec![ChannelSecret {
+                id,
+                secret: "k".into(),
+            }],
         })
     }
 
     fn catalog(channels: Vec<Arc<ChannelEntry>>) -> Catalog {
-        Catalog { channels, ..Catalog::default() }
+        Catalog {
+            channels,
+            ..Catalog::default()
+        }
     }
 
     #[test]
     fn the_highest_priority_tier_is_tried_first_then_the_next() {
-        let r = Router::build(&catalog(vec![channel(1, 0, 1, "enabled"), channel(2, 10, 1, "enabled")]));
+        let r = Router::build(&catalog(vec![
+            channel(1, 0, 1, "enabled"),
+            channel(2, 10, 1, "enabled"),
+        ]));
         assert_eq!(r.pick("default", "m", &[]).unwrap().id, 2);
         assert_eq!(r.pick("default", "m", &[2]).unwrap().id, 1);
         assert!(r.pick("default", "m", &[1, 2]).is_none());
@@ -129,9 +149,14 @@ mod tests {
 
     #[test]
     fn weights_share_traffic_inside_a_tier() {
-        let r = Router::build(&catalog(vec![channel(1, 0, 1, "enabled"), channel(2, 0, 3, "enabled")]));
+        let r = Router::build(&catalog(vec![
+            channel(1, 0, 1, "enabled"),
+            channel(2, 0, 3, "enabled"),
+        ]));
         let n = 20_000;
-        let heavy = (0..n).filter(|_| r.pick("default", "m", &[]).unwrap().id == 2).count();
+        let heavy = (0..n)
+            .filter(|_| r.pick("default", "m", &[]).unwrap().id == 2)
+            .count();
         let share = heavy as f64 / f64::from(n);
         assert!((share - 0.75).abs() < 0.03, "share {share}");
     }

@@ -49,7 +49,9 @@ fn find_event_end(buf: &[u8]) -> Option<usize> {
     while i < buf.len() {
         match buf[i] {
             b'\n' if buf.get(i + 1) == Some(&b'\n') => return Some(i + 2),
-            b'\n' if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            b'\n' if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') => {
+                return Some(i + 3);
+            }
             b'\r' if buf.get(i + 1) == Some(&b'\r') => return Some(i + 2),
             _ => {}
         }

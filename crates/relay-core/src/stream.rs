@@ -40,9 +40,9 @@ impl ChatStream {
         wants_usage: bool,
         prompt_estimate: i64,
         mut meter: Meter,
-    ) -> Option<Self> {
+    ) -> Self {
         meter.mark_first_byte();
-        Some(ChatStream {
+        ChatStream {
             ready: first.into(),
             upstream: Some(upstream),
             framer,
@@ -52,7 +52,7 @@ impl ChatStream {
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             meter: Some(meter),
-        })
+        }
     }
 
     fn usage(&self) -> Usage {
@@ -78,7 +78,10 @@ impl ChatStream {
                 meter.record.error = Some(reason.to_owned());
             }
             if self.observer.events == 0 {
-                meter.finish(Outcome::Failed { status: 502, error: broken.unwrap_or("empty stream").to_owned() });
+                meter.finish(Outcome::Failed {
+                    status: 502,
+                    error: broken.unwrap_or("empty stream").to_owned(),
+                });
             } else {
                 meter.finish(Outcome::Served(usage));
             }
@@ -96,16 +99,17 @@ impl ChatStream {
 
     fn end(&mut self, broken: Option<&str>) {
         self.upstream = None;
-        if let Some(rest) = self.framer.finish() {
-            if self.observer.observe(&rest, self.wants_usage) != EventAction::Swallow {
-                self.ready.push_back(rest);
-            }
+        if let Some(rest) = self.framer.finish()
+            && self.observer.observe(&rest, self.wants_usage) != EventAction::Swallow
+        {
+            self.ready.push_back(rest);
         }
-        if let Some(reason) = broken {
-            if !self.observer.done {
-                let err = serde_json::json!({"error": {"message": "the upstream stream ended early", "type": "api_error", "code": reason, "param": null}});
-                self.ready.push_back(Bytes::from(format!("data: {err}\n\n")));
-            }
+        if let Some(reason) = broken
+            && !self.observer.done
+        {
+            let err = serde_json::json!({"error": {"message": "the upstream stream ended early", "type": "api_error", "code": reason, "param": null}});
+            self.ready
+                .push_back(Bytes::from(format!("data: {err}\n\n")));
         }
         self.settle(broken, false);
     }

@@ -38,7 +38,13 @@ impl Failure {
 
     /// The upstream blamed the request: retrying elsewhere will not help.
     pub fn blames_request(&self) -> bool {
-        matches!(self, Failure::Status { status: 400 | 404 | 413 | 422, .. })
+        matches!(
+            self,
+            Failure::Status {
+                status: 400 | 404 | 413 | 422,
+                ..
+            }
+        )
     }
 }
 
@@ -92,7 +98,11 @@ impl UpstreamClient {
 }
 
 /// Reads a whole (bounded) body, each chunk within `idle`.
-pub async fn read_body(resp: reqwest::Response, idle: Duration, limit: usize) -> Result<Bytes, Failure> {
+pub async fn read_body(
+    resp: reqwest::Response,
+    idle: Duration,
+    limit: usize,
+) -> Result<Bytes, Failure> {
     let mut stream = resp.bytes_stream();
     let mut out = bytes::BytesMut::new();
     loop {
@@ -137,17 +147,46 @@ mod tests {
 
     #[test]
     fn base_urls_with_or_without_v1_and_slashes_join_the_same() {
-        for base in ["https://api.x.com", "https://api.x.com/", "https://api.x.com/v1", "https://api.x.com/v1/"] {
-            assert_eq!(endpoint_url(base, "/v1/chat/completions"), "https://api.x.com/v1/chat/completions");
+        for base in [
+            "https://api.x.com",
+            "https://api.x.com/",
+            "https://api.x.com/v1",
+            "https://api.x.com/v1/",
+        ] {
+            assert_eq!(
+                endpoint_url(base, "/v1/chat/completions"),
+                "https://api.x.com/v1/chat/completions"
+            );
         }
-        assert_eq!(endpoint_url("http://h/proxy", "/v1/chat/completions"), "http://h/proxy/v1/chat/completions");
+        assert_eq!(
+            endpoint_url("http://h/proxy", "/v1/chat/completions"),
+            "http://h/proxy/v1/chat/completions"
+        );
     }
 
     #[test]
     fn only_request_faults_are_not_retried() {
-        assert!(Failure::Status { status: 400, body: Bytes::new() }.blames_request());
-        assert!(!Failure::Status { status: 429, body: Bytes::new() }.blames_request());
-        assert!(!Failure::Status { status: 401, body: Bytes::new() }.blames_request());
+        assert!(
+            Failure::Status {
+                status: 400,
+                body: Bytes::new()
+            }
+            .blames_request()
+        );
+        assert!(
+            !Failure::Status {
+                status: 429,
+                body: Bytes::new()
+            }
+            .blames_request()
+        );
+        assert!(
+            !Failure::Status {
+                status: 401,
+                body: Bytes::new()
+            }
+            .blames_request()
+        );
         assert!(!Failure::Timeout.blames_request());
     }
 }

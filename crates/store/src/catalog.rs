@@ -118,8 +118,10 @@ impl Catalog {
                     .entry(k.channel_id)
                     .or_default()
                     .push(ChannelSecret { id: k.id, secret }),
-                Err(e) => tracing::error!(channel.id = k.channel_id, channel_key.id = k.id, error = %e,
-                    "channel key cannot be decrypted; is TOLLGATE_SECRET_KEY the one it was stored with?"),
+                Err(e) => {
+                    tracing::error!(channel.id = k.channel_id, channel_key.id = k.id, error = %e,
+                    "channel key cannot be decrypted; is TOLLGATE_SECRET_KEY the one it was stored with?")
+                }
             }
         }
 

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
 
 use crate::StoreError;
 
@@ -49,11 +51,11 @@ fn ensure_sqlite_dir(url: &str) -> Result<(), StoreError> {
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
-    if let Some(dir) = std::path::Path::new(path).parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
-        }
+    if let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
     }
     Ok(())
 }

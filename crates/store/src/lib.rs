@@ -11,10 +11,10 @@ pub mod secret;
 
 pub use cache::Shared;
 pub use catalog::Catalog;
+pub use deadpool_redis;
 pub use error::StoreError;
 pub use sea_orm;
 pub use sea_orm::DatabaseConnection;
-pub use deadpool_redis;
 
 /// SHA-256 of a secret (API key, redemption code) as lowercase hex: what the store keeps.
 pub fn hash_secret(secret: &str) -> String {

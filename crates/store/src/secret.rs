@@ -70,7 +70,9 @@ impl SecretBox {
         let plain = self
             .cipher
             .decrypt(&Nonce::from(nonce), body)
-            .map_err(|_| StoreError::Corrupt("channel key does not decrypt with this secret key".into()))?;
+            .map_err(|_| {
+                StoreError::Corrupt("channel key does not decrypt with this secret key".into())
+            })?;
         String::from_utf8(plain).map_err(|_| StoreError::Corrupt("channel key is not UTF-8".into()))
     }
 }
