@@ -47,6 +47,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a gateway, letting the test adjust the configuration first.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    relay_core_tls();
     let unique = uuid::Uuid::now_v7().simple().to_string();
     let (database_url, postgres) = match std::env::var("TEST_DATABASE_URL") {
         Ok(admin_url) => {
@@ -304,4 +305,8 @@ impl TestApp {
                 .await;
         }
     }
+}
+
+fn relay_core_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -56,6 +56,7 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     pub fn new() -> Result<Self, RelayError> {
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
@@ -95,6 +96,12 @@ impl UpstreamClient {
             Ok(Ok(resp)) => Ok(resp),
         }
     }
+}
+
+/// Makes ring the process's TLS provider (once; later calls do nothing).
+pub fn install_tls_provider() {
+    // An error means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Reads a whole (bounded) body, each chunk within `idle`.
