@@ -23,6 +23,8 @@ pub struct TestApp {
     pub state: web::Data<AppState>,
     pub root_token: String,
     pub root_id: i64,
+    /// The configuration it was started with (a second instance can share it).
+    pub config: Config,
     handle: actix_web::dev::ServerHandle,
     postgres: Option<(String, String)>,
 }
@@ -91,7 +93,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     };
     adjust(&mut config);
     let has_root_password = config.root_password.is_some();
-    let app = Application::build(config).await.expect("gateway builds");
+    let app = Application::build(config.clone())
+        .await
+        .expect("gateway builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
     let handle = app.handle();
@@ -106,6 +110,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         state,
         root_token: String::new(),
         root_id: 0,
+        config,
         handle,
         postgres,
     };
@@ -293,6 +298,33 @@ impl TestApp {
             .unwrap_or_else(|| panic!("generation {id} not recorded"))
     }
 
+    /// Starts another instance on the same database and Redis namespace.
+    pub async fn second_instance(&self) -> TestApp {
+        let (db, prefix, secret, jwt) = (
+            self.config.database_url.clone(),
+            self.config.redis_prefix.clone(),
+            self.config.secret_key.clone(),
+            self.config.jwt_secret.clone(),
+        );
+        let mut other = spawn_app_with(move |c| {
+            c.database_url = db;
+            c.redis_prefix = prefix;
+            c.secret_key = secret;
+            c.jwt_secret = jwt;
+        })
+        .await;
+        // The database belongs to the first instance; the one made for this is unused.
+        if let Some((admin_url, name)) = other.postgres.take() {
+            drop_database(&admin_url, &name).await;
+        }
+        other
+    }
+
+    /// Stops the server gracefully: in-flight requests finish, writes are flushed.
+    pub async fn stop_gracefully(&self) {
+        self.handle.stop(true).await;
+    }
+
     /// Stops the gateway and drops its Postgres database.
     pub async fn stop(self) {
         self.handle.stop(true).await;
@@ -309,4 +341,13 @@ impl TestApp {
 
 fn relay_core_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(admin) = Database::connect(admin_url).await {
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = admin
+            .execute_raw(Statement::from_string(admin.get_database_backend(), drop))
+            .await;
+    }
 }

@@ -256,3 +256,60 @@ async fn an_empty_balance_gets_402_insufficient_quota() {
     assert!(s.mock.received().is_empty());
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_gives_the_user_and_a_limited_key_their_whole_reservation_back() {
+    use billing::wallet::Account;
+    let s = Scenario::start(1.0).await;
+    let (key_id, key) = s
+        .app
+        .create_key(
+            &s.customer_token,
+            json!({"name": "cap", "credit_limit": 0.5}),
+        )
+        .await;
+    let wallet = &s.app.state.wallet;
+    let before_user = wallet
+        .available(Account::User(s.customer_id))
+        .await
+        .unwrap();
+    let before_key = wallet.available(Account::Key(key_id)).await.unwrap();
+    assert_eq!(before_key, Some(500_000));
+    for model in ["fail-500", "bad-request"] {
+        let r = s.app.chat(&key, Scenario::body(model)).await;
+        assert!(r.status().is_client_error() || r.status().is_server_error());
+    }
+    s.app.settled().await;
+    assert_eq!(
+        wallet
+            .available(Account::User(s.customer_id))
+            .await
+            .unwrap(),
+        before_user
+    );
+    assert_eq!(
+        wallet.available(Account::Key(key_id)).await.unwrap(),
+        before_key
+    );
+    // A served request leaves exactly its cost out of both.
+    assert_eq!(
+        s.app
+            .chat(&key, Scenario::body("gpt-4o-mini"))
+            .await
+            .status(),
+        200
+    );
+    s.app.settled().await;
+    assert_eq!(
+        wallet.available(Account::Key(key_id)).await.unwrap(),
+        Some(500_000 - NORMAL_COST)
+    );
+    assert_eq!(
+        wallet
+            .available(Account::User(s.customer_id))
+            .await
+            .unwrap(),
+        before_user.map(|b| b - NORMAL_COST)
+    );
+    s.stop().await;
+}

@@ -120,14 +120,20 @@ pub async fn transfer(
     .await;
     match result {
         Ok(posted) => {
-            wallet.flushed(from, None, amount, amount).await?;
-            wallet.credit(to, amount).await?;
+            after_commit(wallet.flushed(from, None, amount, amount).await);
+            after_commit(wallet.credit(to, amount).await);
             Ok(posted)
         }
         Err(e) => {
             wallet.release(hold).await?;
             Err(e)
         }
+    }
+}
+
+fn after_commit(result: Result<(), BillingError>) {
+    if let Err(e) = result {
+        tracing::error!(error = ?e, "wallet counter not updated after a committed movement");
     }
 }
 

@@ -123,24 +123,69 @@ async fn commit_with_retry(
     batch: &[(GenerationRecord, Option<Charge>)],
 ) {
     let mut delay = Duration::from_millis(100);
-    loop {
+    for _ in 0..3 {
         match commit(db, batch).await {
             Ok(charged) => {
-                for ((_, charge), done) in batch.iter().zip(charged) {
-                    if let Some(c) = charge {
-                        let key = c.key_limited.then_some(c.key_id);
-                        if let Err(e) = wallet.flushed(c.user_id, key, c.pending, done).await {
-                            tracing::error!(error = %e, user.id = c.user_id, "wallet not updated after commit");
-                        }
-                    }
+                for (item, done) in batch.iter().zip(charged) {
+                    follow_wallet(wallet, item, done).await;
                 }
                 return;
             }
             Err(e) => {
                 tracing::error!(error = ?e, batch.len = batch.len(), "ledger batch failed; retrying");
                 tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    // One record at a time, so that one bad record cannot hold back the others.
+    for item in batch {
+        let done = commit_one(db, item).await;
+        follow_wallet(wallet, item, done).await;
+    }
+}
+
+/// Commits a single record: retried for as long as the database is unreachable (the
+/// charge is owed), at most three times while it answers (then the record itself is
+/// at fault: it is logged and dropped uncharged rather than blocking the writer).
+async fn commit_one(db: &DatabaseConnection, item: &(GenerationRecord, Option<Charge>)) -> i64 {
+    let mut failures = 0;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match commit(db, std::slice::from_ref(item)).await {
+            Ok(charged) => return charged.first().copied().unwrap_or(0),
+            Err(e) => {
+                // A commit whose answer was lost may have landed: then it is done.
+                if let Ok(Some(g)) = generation::Entity::find_by_id(item.0.id.clone())
+                    .one(db)
+                    .await
+                {
+                    return g.cost;
+                }
+                if db.ping().await.is_ok() {
+                    failures += 1;
+                    if failures >= 3 {
+                        tracing::error!(error = ?e, generation.id = %item.0.id,
+                            "generation could not be recorded; dropped without charge");
+                        return 0;
+                    }
+                } else {
+                    tracing::warn!("database unreachable; holding the ledger batch");
+                }
+                tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// After a commit: the pending charge leaves the wallet's `held`, the amount charged
+/// leaves its `limit`.
+async fn follow_wallet(wallet: &Wallet, item: &(GenerationRecord, Option<Charge>), charged: i64) {
+    if let Some(c) = item.1 {
+        let key = c.key_limited.then_some(c.key_id);
+        if let Err(e) = wallet.flushed(c.user_id, key, c.pending, charged).await {
+            tracing::error!(error = ?e, user.id = c.user_id, "wallet not updated after commit");
         }
     }
 }
@@ -174,7 +219,7 @@ async fn commit(
                     amount: Set(-amount),
                     balance_after: Set(balance_after),
                     reference: Set(Some(record.id.clone())),
-                    note: Set(Some(record.model.clone())),
+                    note: Set(Some(clean(&record.model))),
                     created_at: Set(now),
                     ..Default::default()
                 })
@@ -255,20 +300,30 @@ pub(crate) async fn conditional_debit<C: ConnectionTrait>(
     Ok(rows.first().map(|u| u.balance))
 }
 
+/// Text from upstreams goes into the database: NUL bytes (which Postgres refuses) are
+/// dropped.
+fn clean(s: &str) -> String {
+    s.replace('\0', "")
+}
+
+fn clean_opt(s: &Option<String>) -> Option<String> {
+    s.as_deref().map(clean)
+}
+
 fn generation_row(r: &GenerationRecord, cost: i64) -> generation::ActiveModel {
     generation::ActiveModel {
         id: Set(r.id.clone()),
-        upstream_id: Set(r.upstream_id.clone()),
+        upstream_id: Set(clean_opt(&r.upstream_id)),
         user_id: Set(r.user_id),
         key_id: Set(r.key_id),
         channel_id: Set(r.channel_id),
-        provider_name: Set(r.provider_name.clone()),
-        model: Set(r.model.clone()),
-        upstream_model: Set(r.upstream_model.clone()),
+        provider_name: Set(clean_opt(&r.provider_name)),
+        model: Set(clean(&r.model)),
+        upstream_model: Set(clean_opt(&r.upstream_model)),
         endpoint: Set(r.endpoint.clone()),
         streamed: Set(r.streamed),
         cancelled: Set(r.cancelled),
-        finish_reason: Set(r.finish_reason.clone()),
+        finish_reason: Set(clean_opt(&r.finish_reason)),
         tokens_prompt: Set(r.usage.prompt_tokens),
         tokens_completion: Set(r.usage.completion_tokens),
         tokens_cached: Set(r.usage.cached_tokens),
@@ -279,9 +334,9 @@ fn generation_row(r: &GenerationRecord, cost: i64) -> generation::ActiveModel {
         cost: Set(cost),
         status: Set(r.status.to_owned()),
         status_code: Set(i32::from(r.status_code)),
-        error: Set(r.error.clone()),
-        client_ip: Set(r.client_ip.clone()),
-        attempts: Set(r.attempts.clone()),
+        error: Set(clean_opt(&r.error)),
+        client_ip: Set(clean_opt(&r.client_ip)),
+        attempts: Set(clean_opt(&r.attempts)),
         created_at: Set(r.created_at),
     }
 }

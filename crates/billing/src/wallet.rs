@@ -64,6 +64,19 @@ pub struct Wallet {
     backend: Backend,
 }
 
+// Redis Lua numbers are doubles, and how Redis prints one varies by version (`-0`,
+// `1e+08`): every value handed to HINCRBY goes through `int()`, which prints a whole
+// number, and zero increments are skipped. `held` never goes below zero.
+const LUA_PRELUDE: &str = r"
+local function int(x) return string.format('%d', x) end
+local function add_held(key, delta)
+  if delta == 0 then return end
+  local held = tonumber(redis.call('HGET', key, 'held') or '0') + delta
+  if held < 0 then held = 0 end
+  redis.call('HSET', key, 'held', int(held))
+end
+";
+
 const RESERVE: &str = r"
 local amt = tonumber(ARGV[1])
 for i = 1, #KEYS do
@@ -72,7 +85,7 @@ for i = 1, #KEYS do
   local held = tonumber(redis.call('HGET', KEYS[i], 'held') or '0')
   if tonumber(lim) - held < amt then return 0 end
 end
-for i = 1, #KEYS do redis.call('HINCRBY', KEYS[i], 'held', amt) end
+for i = 1, #KEYS do add_held(KEYS[i], amt) end
 return 1
 ";
 
@@ -89,29 +102,37 @@ for i = 1, #KEYS do
 end
 if charge < 0 then charge = 0 end
 for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HINCRBY', KEYS[i], 'held', charge - reserved)
-  end
+  if redis.call('EXISTS', KEYS[i]) == 1 then add_held(KEYS[i], charge - reserved) end
 end
 return charge
 ";
 
 const FLUSHED: &str = r"
+local pending = tonumber(ARGV[1])
+local charged = tonumber(ARGV[2])
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HINCRBY', KEYS[i], 'held', -tonumber(ARGV[1]))
-    redis.call('HINCRBY', KEYS[i], 'limit', -tonumber(ARGV[2]))
+    add_held(KEYS[i], -pending)
+    if charged ~= 0 then
+      local lim = tonumber(redis.call('HGET', KEYS[i], 'limit') or '0') - charged
+      redis.call('HSET', KEYS[i], 'limit', int(lim))
+    end
   end
 end
 return 1
 ";
 
 const CREDIT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'limit', tonumber(ARGV[1]))
+if redis.call('EXISTS', KEYS[1]) == 1 and tonumber(ARGV[1]) ~= 0 then
+  local lim = tonumber(redis.call('HGET', KEYS[1], 'limit') or '0') + tonumber(ARGV[1])
+  redis.call('HSET', KEYS[1], 'limit', int(lim))
 end
 return 1
 ";
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LUA_PRELUDE}{body}"))
+}
 
 impl Wallet {
     /// A wallet on the backend `shared` uses (Redis when configured).
@@ -121,10 +142,10 @@ impl Wallet {
                 pool: pool.clone(),
                 prefix: prefix.to_owned(),
                 scripts: Box::new(Scripts {
-                    reserve: Script::new(RESERVE),
-                    settle: Script::new(SETTLE),
-                    flushed: Script::new(FLUSHED),
-                    credit: Script::new(CREDIT),
+                    reserve: script(RESERVE),
+                    settle: script(SETTLE),
+                    flushed: script(FLUSHED),
+                    credit: script(CREDIT),
                 }),
             },
             None => Backend::Memory(Mutex::new(HashMap::new())),
@@ -195,6 +216,60 @@ impl Wallet {
         Ok(())
     }
 
+    /// Moves an account's limit by `delta` (a key's credit limit changed), keeping
+    /// what it holds; creates the account with `create_with` when it has none.
+    pub async fn adjust_limit(
+        &self,
+        acct: Account,
+        delta: i64,
+        create_with: i64,
+    ) -> Result<(), BillingError> {
+        match &self.backend {
+            Backend::Memory(slots) => {
+                let mut slots = lock(slots);
+                match slots.get_mut(&acct) {
+                    Some(s) => s.limit += delta,
+                    None => {
+                        slots.insert(
+                            acct,
+                            Slot {
+                                limit: create_with,
+                                held: 0,
+                            },
+                        );
+                    }
+                }
+            }
+            Backend::Redis {
+                pool,
+                prefix,
+                scripts,
+            } => {
+                let mut conn = pool.get().await?;
+                let k = redis_key(prefix, acct);
+                let exists: bool = redis::cmd("EXISTS").arg(&k).query_async(&mut conn).await?;
+                if exists {
+                    let _: i64 = scripts
+                        .credit
+                        .key(&k)
+                        .arg(delta)
+                        .invoke_async(&mut conn)
+                        .await?;
+                } else {
+                    let () = redis::pipe()
+                        .atomic()
+                        .hset_nx(&k, "limit", create_with)
+                        .ignore()
+                        .hset_nx(&k, "held", 0)
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets a key account (its credit limit was removed).
     pub async fn remove(&self, acct: Account) -> Result<(), BillingError> {
         match &self.backend {
@@ -255,7 +330,7 @@ impl Wallet {
                 let charge = charge.max(0);
                 for a in &accounts {
                     if let Some(s) = slots.get_mut(a) {
-                        s.held += charge - hold.amount;
+                        s.held = (s.held + charge - hold.amount).max(0);
                     }
                 }
                 Ok(charge)
@@ -398,7 +473,7 @@ impl Wallet {
                 let mut slots = lock(slots);
                 for a in accounts {
                     if let Some(s) = slots.get_mut(a) {
-                        s.held -= pending;
+                        s.held = (s.held - pending).max(0);
                         s.limit -= charged;
                     }
                 }

@@ -97,17 +97,31 @@ impl RelayError {
         }
     }
 
-    /// The OpenAI-shaped error body. An upstream's own error body for a rejected
-    /// request is passed through when it is already OpenAI-shaped.
+    /// The OpenAI-shaped error body. For a request the upstream rejected, its own
+    /// `type`, `code` and `param` are kept and its message is passed with anything that
+    /// looks like a URL or a key redacted.
     pub fn openai_body(&self) -> bytes::Bytes {
         if let RelayError::Rejected {
-            body: Some(body), ..
+            body: Some(body),
+            message,
+            ..
         } = self
-            && serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .is_some_and(|v| v.get("error").is_some_and(serde_json::Value::is_object))
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+            && let Some(err) = v.get("error").filter(|e| e.is_object())
         {
-            return body.clone();
+            let field = |k: &str| {
+                err.get(k)
+                    .filter(|x| x.is_string() || x.is_null())
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null)
+            };
+            let out = serde_json::json!({"error": {
+                "message": redact(message),
+                "type": field("type"),
+                "code": field("code"),
+                "param": field("param"),
+            }});
+            return bytes::Bytes::from(out.to_string());
         }
         let param = match self {
             RelayError::InvalidRequest(m) if m.contains("'model'") => {
@@ -117,12 +131,81 @@ impl RelayError {
         };
         let body = serde_json::json!({
             "error": {
-                "message": self.to_string(),
+                "message": redact(&self.to_string()),
                 "type": self.openai_type(),
                 "code": self.code(),
                 "param": param,
             }
         });
         bytes::Bytes::from(body.to_string())
+    }
+}
+
+/// Hides URLs and key-like strings (`sk-…`, long tokens after `key=`) in a message that
+/// came from an upstream, so a client never learns a channel's address or secret.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        if rest.starts_with("http://") || rest.starts_with("https://") {
+            let end = rest
+                .find(|c: char| c.is_whitespace() || "\"'<>".contains(c))
+                .unwrap_or(rest.len());
+            out.push_str("[redacted url]");
+            rest = &rest[end..];
+        } else if rest.starts_with("sk-") || rest.starts_with("key=") {
+            let prefix = if rest.starts_with("sk-") { 3 } else { 4 };
+            let tail = &rest[prefix..];
+            let len = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .unwrap_or(tail.len());
+            if len >= 6 {
+                out.push_str(&rest[..prefix]);
+                out.push_str("***");
+                rest = &tail[len..];
+            } else {
+                out.push_str(&rest[..prefix]);
+                rest = tail;
+            }
+        } else {
+            let ch = rest.chars().next().map_or(1, char::len_utf8);
+            out.push_str(&rest[..ch]);
+            rest = &rest[ch..];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_messages_lose_urls_and_keys_but_keep_their_sense() {
+        let m = "Incorrect API key provided: sk-proj-abcdef123456. See https://platform.openai.com/account?x=1 for help.";
+        let r = redact(m);
+        assert_eq!(
+            r,
+            "Incorrect API key provided: sk-***. See [redacted url] for help."
+        );
+        assert_eq!(
+            redact("temperature must be <= 2"),
+            "temperature must be <= 2"
+        );
+        assert_eq!(redact("ask-me"), "ask-me");
+    }
+
+    #[test]
+    fn a_rejected_request_keeps_the_upstream_error_fields_but_not_its_secrets() {
+        let body = bytes::Bytes::from_static(br#"{"error":{"message":"bad key sk-abcdefghijkl at https://x.internal/v1","type":"invalid_request_error","code":"invalid_value","param":"temperature","extra":"drop me"}}"#);
+        let e = RelayError::Rejected {
+            status: 400,
+            message: "bad key sk-abcdefghijkl at https://x.internal/v1".into(),
+            body: Some(body),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&e.openai_body()).unwrap();
+        assert_eq!(v["error"]["message"], "bad key sk-*** at [redacted url]");
+        assert_eq!(v["error"]["param"], "temperature");
+        assert!(v["error"].get("extra").is_none());
     }
 }
