@@ -3,6 +3,7 @@
 //! its ledger row are always in the same transaction, so `balance = Σ ledger` holds
 //! even if the process dies between batches.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,55 +191,90 @@ async fn follow_wallet(wallet: &Wallet, item: &(GenerationRecord, Option<Charge>
     }
 }
 
-/// Commits one batch; returns what was actually charged for each record.
+/// Commits one batch; returns what was actually charged for each record. Charges are
+/// summed per user (one conditional update each) and per key; every charge still gets
+/// its own ledger row, with the balance after it.
 async fn commit(
     db: &DatabaseConnection,
     batch: &[(GenerationRecord, Option<Charge>)],
 ) -> Result<Vec<i64>, BillingError> {
     let txn = db.begin().await?;
     let now = Utc::now();
-    let mut charged = Vec::with_capacity(batch.len());
-    let mut rows = Vec::with_capacity(batch.len());
-    for (record, charge) in batch {
-        let mut done = 0;
+    let mut charged = vec![0_i64; batch.len()];
+    let mut by_user: BTreeMap<i64, Vec<(usize, i64)>> = BTreeMap::new();
+    for (i, (_, charge)) in batch.iter().enumerate() {
         if let Some(c) = charge.filter(|c| c.pending > 0) {
-            let (amount, balance_after) = debit(&txn, c.user_id, c.pending, now).await?;
-            if amount > 0 {
-                api_key::Entity::update_many()
-                    .col_expr(
-                        api_key::Column::Used,
-                        Expr::col(api_key::Column::Used).add(amount),
-                    )
-                    .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
-                    .filter(api_key::Column::Id.eq(c.key_id))
-                    .exec(&txn)
-                    .await?;
-                transaction::Entity::insert(transaction::ActiveModel {
-                    user_id: Set(c.user_id),
-                    kind: Set("consume".to_owned()),
-                    amount: Set(-amount),
-                    balance_after: Set(balance_after),
-                    reference: Set(Some(record.id.clone())),
-                    note: Set(Some(clean(&record.model))),
-                    created_at: Set(now),
-                    ..Default::default()
-                })
-                .exec(&txn)
-                .await?;
-            }
-            if amount < c.pending {
-                tracing::warn!(
-                    user.id = c.user_id,
-                    pending = c.pending,
-                    charged = amount,
-                    "charge capped at the balance"
-                );
-            }
-            done = amount;
+            by_user.entry(c.user_id).or_default().push((i, c.pending));
         }
-        charged.push(done);
-        rows.push(generation_row(record, done));
     }
+    let mut ledger_rows = Vec::new();
+    let entry =
+        |i: usize, amount: i64, balance_after: i64, user_id: i64| transaction::ActiveModel {
+            user_id: Set(user_id),
+            kind: Set("consume".to_owned()),
+            amount: Set(-amount),
+            balance_after: Set(balance_after),
+            reference: Set(Some(batch[i].0.id.clone())),
+            note: Set(Some(clean(&batch[i].0.model))),
+            created_at: Set(now),
+            ..Default::default()
+        };
+    for (user_id, items) in by_user {
+        let total: i64 = items.iter().map(|(_, p)| p).sum();
+        if let Some(after) = conditional_debit(&txn, user_id, total, true, now).await? {
+            let mut balance = after + total;
+            for (i, pending) in items {
+                balance -= pending;
+                charged[i] = pending;
+                ledger_rows.push(entry(i, pending, balance, user_id));
+            }
+        } else {
+            // Not enough for all of them (the wallet should have prevented this):
+            // charge one by one, the last ones capped at what is left.
+            for (i, pending) in items {
+                let (amount, after) = debit(&txn, user_id, pending, now).await?;
+                if amount < pending {
+                    tracing::warn!(
+                        user.id = user_id,
+                        pending,
+                        charged = amount,
+                        "charge capped at the balance"
+                    );
+                }
+                if amount > 0 {
+                    charged[i] = amount;
+                    ledger_rows.push(entry(i, amount, after, user_id));
+                }
+            }
+        }
+    }
+    let mut by_key: BTreeMap<i64, i64> = BTreeMap::new();
+    for (i, (_, charge)) in batch.iter().enumerate() {
+        if let Some(c) = charge.filter(|_| charged[i] > 0) {
+            *by_key.entry(c.key_id).or_default() += charged[i];
+        }
+    }
+    for (key_id, amount) in by_key {
+        api_key::Entity::update_many()
+            .col_expr(
+                api_key::Column::Used,
+                Expr::col(api_key::Column::Used).add(amount),
+            )
+            .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
+            .filter(api_key::Column::Id.eq(key_id))
+            .exec(&txn)
+            .await?;
+    }
+    for chunk in ledger_rows.chunks(200) {
+        transaction::Entity::insert_many(chunk.to_vec())
+            .exec(&txn)
+            .await?;
+    }
+    let rows: Vec<_> = batch
+        .iter()
+        .zip(&charged)
+        .map(|((r, _), c)| generation_row(r, *c))
+        .collect();
     for chunk in rows.chunks(200) {
         generation::Entity::insert_many(chunk.to_vec())
             .exec(&txn)

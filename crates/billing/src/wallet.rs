@@ -559,3 +559,65 @@ fn redis_key(prefix: &str, acct: Account) -> String {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    async fn wallet() -> Wallet {
+        let db = store::db::connect("sqlite::memory:").await.unwrap();
+        Wallet::new(db, &Shared::memory())
+    }
+
+    #[tokio::test]
+    async fn concurrent_reservations_never_exceed_the_limit() {
+        let w = Arc::new(wallet().await);
+        w.set_limit(Account::User(1), 1_000).await.unwrap();
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let w = Arc::clone(&w);
+                tokio::spawn(async move { w.reserve(1, None, 30).await.is_ok() })
+            })
+            .collect();
+        let mut admitted = 0;
+        for t in tasks {
+            admitted += i32::from(t.await.unwrap());
+        }
+        assert_eq!(admitted, 33);
+        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(10));
+    }
+
+    #[tokio::test]
+    async fn a_reservation_needs_both_the_user_and_the_limited_key() {
+        let w = wallet().await;
+        w.set_limit(Account::User(1), 1_000).await.unwrap();
+        w.set_limit(Account::Key(7), 50).await.unwrap();
+        assert!(w.reserve(1, Some(7), 60).await.is_err());
+        // All or nothing: the user's side was not touched by the refusal.
+        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(1_000));
+        let h = w.reserve(1, Some(7), 50).await.unwrap();
+        w.release(h).await.unwrap();
+        assert_eq!(w.available(Account::Key(7)).await.unwrap(), Some(50));
+    }
+
+    #[tokio::test]
+    async fn settling_moves_the_hold_to_a_pending_charge_capped_at_what_is_left() {
+        let w = wallet().await;
+        w.set_limit(Account::User(1), 100).await.unwrap();
+        let h = w.reserve(1, None, 40).await.unwrap();
+        // Cheaper than reserved: the rest is free again at once.
+        assert_eq!(w.settle(h, 25).await.unwrap(), 25);
+        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(75));
+        // Dearer than everything left: capped.
+        let h = w.reserve(1, None, 10).await.unwrap();
+        assert_eq!(w.settle(h, 500).await.unwrap(), 75);
+        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(0));
+        // The commit moves pending charges from `held` to the limit.
+        w.flushed(1, None, 100, 100).await.unwrap();
+        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(0));
+        w.credit(1, 30).await.unwrap();
+        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(30));
+    }
+}
