@@ -284,6 +284,22 @@ async fn commit(
     Ok(charged)
 }
 
+/// Splits rows into chunks of 64, 16, 4 and 1: a multi-row INSERT's SQL text depends on
+/// its row count, and the driver caches prepared statements by text, so a handful of
+/// shapes are parsed once instead of a new statement for every batch size.
+fn shaped_chunks<T>(rows: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = rows;
+    for size in [64, 16, 4, 1] {
+        while rest.len() >= size {
+            let (head, tail) = rest.split_at(size);
+            out.push(head);
+            rest = tail;
+        }
+    }
+    out
+}
+
 /// Takes up to `amount` from a user's balance with one conditional update each try,
 /// never below zero; returns (taken, balance after).
 pub async fn debit(
@@ -374,5 +390,19 @@ fn generation_row(r: &GenerationRecord, cost: i64) -> generation::ActiveModel {
         client_ip: Set(clean_opt(&r.client_ip)),
         attempts: Set(clean_opt(&r.attempts)),
         created_at: Set(r.created_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shaped_chunks;
+
+    #[test]
+    fn rows_are_split_into_a_few_fixed_insert_shapes() {
+        let rows: Vec<u32> = (0..87).collect();
+        let sizes: Vec<usize> = shaped_chunks(&rows).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [64, 16, 4, 1, 1, 1]);
+        assert_eq!(shaped_chunks(&rows).concat(), rows);
+        assert!(shaped_chunks::<u32>(&[]).is_empty());
     }
 }
