@@ -90,6 +90,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         max_tries: 3,
         workers: Some(2),
         handle_signals: false,
+        breaker: relay_core::health::BreakerConfig {
+            failures: 5,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(1),
+        },
+        health_interval_s: 1,
     };
     adjust(&mut config);
     let has_root_password = config.root_password.is_some();

@@ -279,15 +279,23 @@ pub async fn patch(
         active.rpm = Set(parse_rpm(rpm)?);
     }
     let updated = active.update(&state.db).await?;
-    match new_limit {
-        Some(Some(limit)) => {
+    let acct = Account::Key(updated.id);
+    match (key.credit_limit, new_limit) {
+        // The limit moved: move the counter by the same amount, keeping what it holds.
+        (Some(old), Some(Some(new))) => {
             state
                 .wallet
-                .set_limit(Account::Key(updated.id), limit - updated.used)
+                .adjust_limit(acct, new - old, new - updated.used)
                 .await?
         }
-        Some(None) => state.wallet.remove(Account::Key(updated.id)).await?,
-        None => {}
+        (None, Some(Some(new))) => {
+            state
+                .wallet
+                .adjust_limit(acct, 0, new - updated.used)
+                .await?
+        }
+        (Some(_), Some(None)) => state.wallet.remove(acct).await?,
+        _ => {}
     }
     state.reload().await;
     Ok(HttpResponse::Ok().json(key_json(&updated)))

@@ -53,15 +53,20 @@ pub async fn adjust(
         Ok::<_, BillingError>(posted)
     }
     .await;
+    // Once the transaction is committed the money has moved: a counter that fails to
+    // follow is logged (it errs conservative until rebuilt), never reported as failure,
+    // so nobody retries a movement that happened.
     match (result, hold) {
         (Ok(posted), Some(hold)) => {
-            wallet
-                .flushed(user_id, None, hold.amount, hold.amount)
-                .await?;
+            after_commit(
+                wallet
+                    .flushed(user_id, None, hold.amount, hold.amount)
+                    .await,
+            );
             Ok(posted)
         }
         (Ok(posted), None) => {
-            wallet.credit(user_id, amount).await?;
+            after_commit(wallet.credit(user_id, amount).await);
             Ok(posted)
         }
         (Err(e), hold) => {

@@ -265,7 +265,7 @@ async fn commit(
             .exec(&txn)
             .await?;
     }
-    for chunk in ledger_rows.chunks(200) {
+    for chunk in shaped_chunks(&ledger_rows) {
         transaction::Entity::insert_many(chunk.to_vec())
             .exec(&txn)
             .await?;
@@ -275,7 +275,7 @@ async fn commit(
         .zip(&charged)
         .map(|((r, _), c)| generation_row(r, *c))
         .collect();
-    for chunk in rows.chunks(200) {
+    for chunk in shaped_chunks(&rows) {
         generation::Entity::insert_many(chunk.to_vec())
             .exec(&txn)
             .await?;

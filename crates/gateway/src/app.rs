@@ -74,6 +74,10 @@ impl Application {
             .context("cannot load the catalog")?;
         reloader.follow();
 
+        let health = Arc::new(crate::channel_health::GatewayHealth::new(
+            db.clone(),
+            reloader.clone(),
+        ));
         let (writer, writer_task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
         let client = UpstreamClient::new().map_err(|e| anyhow::anyhow!("{e}"))?;
         let state = web::Data::new(AppState {
@@ -87,6 +91,9 @@ impl Application {
             secrets: secrets.clone(),
             config: config.clone(),
             instance,
+            reloader: reloader.clone(),
+            breakers: relay_core::health::Breakers::new(config.breaker),
+            health,
         });
         let admin = web::Data::new(admin_web::AdminState {
             db,
@@ -109,6 +116,10 @@ impl Application {
                 .app_data(admin.clone())
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(health::readyz))
+                .route(
+                    "/api/channels/{id}/test",
+                    web::post().to(crate::channel_health::test_channel),
+                )
                 .configure(relay::configure)
                 .configure(generation::configure)
                 .configure(admin_web::configure)
@@ -129,6 +140,10 @@ impl Application {
         if !config.handle_signals {
             server = server.disable_signals();
         }
+        crate::channel_health::spawn_health_job(
+            state.clone(),
+            std::time::Duration::from_secs(config.health_interval_s),
+        );
         tracing::info!(addr = %config.addr, port, "tollgate listening");
         Ok(Application {
             server: server.run(),

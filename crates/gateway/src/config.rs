@@ -31,6 +31,11 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Whether the server handles SIGINT/SIGTERM itself (off in tests).
     pub handle_signals: bool,
+    /// `TOLLGATE_BREAKER_FAILURES`, `_WINDOW_S`, `_COOLDOWN_S`: a channel with that many
+    /// failures within the window is skipped for the cool-down, then tried once.
+    pub breaker: relay_core::health::BreakerConfig,
+    /// `TOLLGATE_HEALTH_INTERVAL_S`: how often auto-disabled channels are re-tested.
+    pub health_interval_s: u64,
 }
 
 impl Config {
@@ -61,6 +66,20 @@ impl Config {
                 .transpose()
                 .context("TOLLGATE_WORKERS must be a whole number")?,
             handle_signals: true,
+            breaker: relay_core::health::BreakerConfig {
+                failures: u32::try_from(number("TOLLGATE_BREAKER_FAILURES", 5)?)
+                    .unwrap_or(5)
+                    .max(1),
+                window: std::time::Duration::from_secs(
+                    u64::try_from(number("TOLLGATE_BREAKER_WINDOW_S", 60)?).unwrap_or(60),
+                ),
+                cooldown: std::time::Duration::from_secs(
+                    u64::try_from(number("TOLLGATE_BREAKER_COOLDOWN_S", 30)?).unwrap_or(30),
+                ),
+            },
+            health_interval_s: u64::try_from(number("TOLLGATE_HEALTH_INTERVAL_S", 300)?)
+                .unwrap_or(300)
+                .max(1),
         })
     }
 

@@ -2,6 +2,7 @@
 //! HTTP server with its routing table, and the background jobs.
 
 pub mod app;
+pub mod channel_health;
 pub mod config;
 pub mod generation;
 pub mod health;

@@ -178,6 +178,8 @@ pub async fn chat_completions(
     let deps = ChatDeps {
         router: snap_router,
         client: &state.client,
+        breakers: &state.breakers,
+        health: state.health.as_ref(),
         max_tries: state.config.max_tries,
     };
     match relay_core::relay::chat(&deps, &admitted, &head, &body, meter).await {

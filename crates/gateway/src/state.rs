@@ -45,6 +45,12 @@ pub struct AppState {
     pub config: Config,
     /// This instance's id on the invalidation bus.
     pub instance: String,
+    /// Catalog reload + broadcast.
+    pub reloader: Reloader,
+    /// Per-channel circuit breakers (this process).
+    pub breakers: relay_core::health::Breakers,
+    /// Persists disabled keys and channels.
+    pub health: crate::channel_health::Health,
 }
 
 impl AppState {

@@ -5,8 +5,10 @@
 
 pub mod admission;
 pub mod error;
+pub mod health;
 pub mod meter;
 pub mod openai;
+pub mod probe;
 pub mod relay;
 pub mod router;
 pub mod sse;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use store::catalog::ChannelEntry;
 
 use crate::admission::Admitted;
+use crate::health::{self, Breakers, Gate, HealthSink};
 use crate::meter::{Meter, Outcome};
 use crate::openai::{ChatHead, ChatSummary, StreamObserver, estimate_tokens, upstream_body};
 use crate::sse::SseFramer;
@@ -40,10 +41,17 @@ pub enum ChatAnswer {
 pub struct ChatDeps<'a> {
     pub router: &'a Router,
     pub client: &'a UpstreamClient,
+    pub breakers: &'a Breakers,
+    pub health: &'a dyn HealthSink,
     pub max_tries: usize,
 }
 
 /// Runs a chat request to its answer; the meter is settled or moved into the stream.
+///
+/// Tries go to the highest tier first, weighted inside it, skipping channels whose
+/// breaker is open; a failure that blames the channel moves on to another channel, a
+/// dead key moves on to the channel's next key, a failure that blames the request
+/// goes straight back to the client.
 pub async fn chat(
     deps: &ChatDeps<'_>,
     admitted: &Admitted,
@@ -51,30 +59,47 @@ pub async fn chat(
     raw: &Bytes,
     mut meter: Meter,
 ) -> Result<ChatAnswer, RelayError> {
-    let mut tried: Vec<i64> = Vec::new();
+    let mut excluded: Vec<i64> = Vec::new();
+    let mut dead_keys: Vec<i64> = Vec::new();
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut last = RelayError::NoAvailableChannel;
-    while tried.len() < deps.max_tries.max(1) {
-        let Some(channel) = deps
-            .router
-            .pick(&admitted.caller.user.group, &admitted.model, &tried)
-        else {
+    let group = &admitted.caller.user.group;
+    while attempts.len() < deps.max_tries.max(1) {
+        let Some(channel) = deps.router.pick_where(group, &admitted.model, |c| {
+            !excluded.contains(&c.id) && deps.breakers.gate(c.id) != Gate::Shut
+        }) else {
             break;
         };
-        tried.push(channel.id);
+        if deps.breakers.gate(channel.id) == Gate::Trial && !deps.breakers.claim_trial(channel.id) {
+            excluded.push(channel.id);
+            continue;
+        }
+        let Some(key) = channel.rotate_key(&dead_keys) else {
+            excluded.push(channel.id);
+            continue;
+        };
         let upstream_model = channel
             .model_mapping
             .get(&admitted.model)
             .cloned()
             .unwrap_or_else(|| admitted.model.clone());
         let started = Instant::now();
-        let result = try_channel(deps.client, &channel, head, raw, &upstream_model).await;
+        let result = try_channel(
+            deps.client,
+            &channel,
+            &key.secret,
+            head,
+            raw,
+            &upstream_model,
+        )
+        .await;
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         meter.record.channel_id = Some(channel.id);
         meter.record.provider_name = Some(channel.name.clone());
         meter.record.upstream_model = Some(upstream_model.clone());
-        match result {
+        let failure = match result {
             Ok(success) => {
+                deps.breakers.success(channel.id);
                 attempts.push(Attempt {
                     channel_id: channel.id,
                     channel: channel.name.clone(),
@@ -85,37 +110,45 @@ pub async fn chat(
                 meter.record.attempts = serde_json::to_string(&attempts).ok();
                 return Ok(answer(success, head, raw.len(), meter));
             }
-            Err(failure) => {
-                let status = match &failure {
-                    Failure::Status { status, .. } => Some(*status),
-                    _ => None,
-                };
-                tracing::warn!(channel.id = channel.id, error = %failure.class(), latency_ms, "upstream try failed");
-                attempts.push(Attempt {
-                    channel_id: channel.id,
-                    channel: channel.name.clone(),
-                    status,
-                    latency_ms,
-                    error: Some(failure.class()),
-                });
-                if failure.blames_request() {
-                    let (status, body) = match failure {
-                        Failure::Status { status, body } => (status, body),
-                        _ => (400, Bytes::new()),
-                    };
-                    last = RelayError::Rejected {
-                        status,
-                        message: upstream_message(&body, status),
-                        body: Some(body),
-                    };
-                    break;
-                }
-                last = match failure {
-                    Failure::Timeout => RelayError::UpstreamTimeout,
-                    _ => RelayError::Upstream,
-                };
-            }
+            Err(failure) => failure,
+        };
+        let status = match &failure {
+            Failure::Status { status, .. } => Some(*status),
+            _ => None,
+        };
+        tracing::warn!(channel.id = channel.id, error = %failure.class(), latency_ms, "upstream try failed");
+        attempts.push(Attempt {
+            channel_id: channel.id,
+            channel: channel.name.clone(),
+            status,
+            latency_ms,
+            error: Some(failure.class()),
+        });
+        if failure.blames_request() {
+            let (status, body) = match failure {
+                Failure::Status { status, body } => (status, body),
+                _ => (400, Bytes::new()),
+            };
+            last = RelayError::Rejected {
+                status,
+                message: upstream_message(&body, status),
+                body: Some(body),
+            };
+            break;
         }
+        if let Some(reason) = health::key_fault(&failure) {
+            // The key is dead, not the channel: its other keys may still serve.
+            deps.health.key_failed(channel.id, key.id, reason);
+            dead_keys.push(key.id);
+        } else {
+            deps.breakers.failure(channel.id);
+            deps.health.channel_failed(channel.id, failure.class());
+            excluded.push(channel.id);
+        }
+        last = match failure {
+            Failure::Timeout => RelayError::UpstreamTimeout,
+            _ => RelayError::Upstream,
+        };
     }
     meter.record.attempts = serde_json::to_string(&attempts).ok();
     meter.finish(Outcome::Failed {
@@ -142,12 +175,12 @@ struct Opened {
 async fn try_channel(
     client: &UpstreamClient,
     channel: &Arc<ChannelEntry>,
+    key: &str,
     head: &ChatHead,
     raw: &Bytes,
     upstream_model: &str,
 ) -> Result<Success, Failure> {
     let body = upstream_body(raw, head, upstream_model).map_err(|_| Failure::Malformed)?;
-    let key = pick_key(channel).ok_or(Failure::Connect)?;
     let resp = client
         .post_json(channel, key, "/v1/chat/completions", body)
         .await?;
@@ -250,15 +283,4 @@ fn answer(success: Success, head: &ChatHead, body_len: usize, mut meter: Meter) 
 /// comes (about four bytes a token).
 pub fn prompt_estimate(body_len: usize) -> i64 {
     estimate_tokens(body_len)
-}
-
-fn pick_key(channel: &ChannelEntry) -> Option<&str> {
-    match channel.keys.len() {
-        0 => None,
-        1 => Some(channel.keys[0].secret.as_str()),
-        n => {
-            use rand::Rng;
-            Some(channel.keys[rand::rng().random_range(0..n)].secret.as_str())
-        }
-    }
 }

@@ -68,14 +68,21 @@ impl Router {
     /// Picks the next channel to try: the highest tier that still has untried
     /// channels, weighted random among those.
     pub fn pick(&self, group: &str, model: &str, tried: &[i64]) -> Option<Arc<ChannelEntry>> {
+        self.pick_where(group, model, |c| !tried.contains(&c.id))
+    }
+
+    /// Like [`Router::pick`], among the channels `accept` lets through.
+    pub fn pick_where(
+        &self,
+        group: &str,
+        model: &str,
+        accept: impl Fn(&ChannelEntry) -> bool,
+    ) -> Option<Arc<ChannelEntry>> {
         let tiers = self.routes.get(&(group.to_owned(), model.to_owned()))?;
         let mut rng = rand::rng();
         for tier in tiers {
-            let open: Vec<&Arc<ChannelEntry>> = tier
-                .channels
-                .iter()
-                .filter(|c| !tried.contains(&c.id))
-                .collect();
+            let open: Vec<&Arc<ChannelEntry>> =
+                tier.channels.iter().filter(|c| accept(c)).collect();
             if open.is_empty() {
                 continue;
             }
@@ -116,6 +123,7 @@ mod tests {
                 id,
                 secret: "k".into(),
             }],
+            next_key: Default::default(),
         })
     }
 

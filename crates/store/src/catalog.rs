@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -86,6 +87,19 @@ pub struct ChannelEntry {
     pub timeout_s: u64,
     pub status: String,
     pub keys: Vec<ChannelSecret>,
+    /// Round-robin position over `keys`.
+    pub next_key: AtomicUsize,
+}
+
+impl ChannelEntry {
+    /// The next key in rotation that is not in `skip`.
+    pub fn rotate_key(&self, skip: &[i64]) -> Option<&ChannelSecret> {
+        let n = self.keys.len();
+        let start = self.next_key.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.keys[(start + i) % n])
+            .find(|k| !skip.contains(&k.id))
+    }
 }
 
 /// One usable upstream key of a channel.
@@ -138,7 +152,7 @@ impl Catalog {
                 .into_iter()
                 .map(|c| {
                     let keys = secrets_by_channel.remove(&c.id).unwrap_or_default();
-                    Arc::new(channel_entry(c, keys))
+                    Arc::new(channel_entry_from(c, keys))
                 })
                 .collect(),
             prices: prices.into_iter().map(|p| (p.model.clone(), p)).collect(),
@@ -206,7 +220,8 @@ fn user_entry(u: user::Model) -> UserEntry {
     }
 }
 
-fn channel_entry(c: channel::Model, keys: Vec<ChannelSecret>) -> ChannelEntry {
+/// A channel row and its decrypted keys as the relay uses them.
+pub fn channel_entry_from(c: channel::Model, keys: Vec<ChannelSecret>) -> ChannelEntry {
     let headers: HashMap<String, String> = serde_json::from_str(&c.headers).unwrap_or_default();
     ChannelEntry {
         id: c.id,
@@ -222,6 +237,7 @@ fn channel_entry(c: channel::Model, keys: Vec<ChannelSecret>) -> ChannelEntry {
         timeout_s: u64::try_from(c.timeout_s).unwrap_or(300),
         status: c.status,
         keys,
+        next_key: AtomicUsize::new(0),
     }
 }
 

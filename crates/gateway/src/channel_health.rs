@@ -1,0 +1,319 @@
+//! Channel health that outlives a request: keys and channels disabled by upstream
+//! answers (persisted, then every instance reloads), the admin's test button, and the
+//! job that re-tests auto-disabled channels and brings back those that pass — never a
+//! channel an admin disabled by hand.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpResponse, web};
+use admin_web::ApiError;
+use admin_web::auth::AuthUser;
+use chrono::Utc;
+use relay_core::health::HealthSink;
+use relay_core::probe::probe;
+use relay_core::upstream::UpstreamClient;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
+use serde::Deserialize;
+use store::catalog::{ChannelEntry, ChannelSecret};
+use store::entities::{channel, channel_key};
+use store::secret::SecretBox;
+
+use crate::state::{AppState, Reloader};
+
+/// Persists health changes and has every instance reload.
+pub struct GatewayHealth {
+    pub db: DatabaseConnection,
+    pub reloader: Reloader,
+    /// When each channel's `last_error` was last written (at most once a second).
+    last_written: Mutex<HashMap<i64, Instant>>,
+}
+
+impl GatewayHealth {
+    pub fn new(db: DatabaseConnection, reloader: Reloader) -> Self {
+        GatewayHealth {
+            db,
+            reloader,
+            last_written: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Marks a key auto-disabled (and its channel, when no key is left), then reloads
+/// everywhere.
+async fn disable_key(
+    db: &DatabaseConnection,
+    reloader: &Reloader,
+    channel_id: i64,
+    key_id: i64,
+    reason: String,
+) -> Result<(), sea_orm::DbErr> {
+    {
+        let changed = channel_key::Entity::update_many()
+            .col_expr(channel_key::Column::Status, Expr::value("auto_disabled"))
+            .col_expr(
+                channel_key::Column::DisabledReason,
+                Expr::value(reason.clone()),
+            )
+            .filter(channel_key::Column::Id.eq(key_id))
+            .filter(channel_key::Column::Status.eq("enabled"))
+            .exec(db)
+            .await?;
+        if changed.rows_affected == 0 {
+            return Ok(());
+        }
+        tracing::warn!(channel.id = channel_id, channel_key.id = key_id, reason = %reason, "channel key auto-disabled");
+        let left = channel_key::Entity::find()
+            .filter(channel_key::Column::ChannelId.eq(channel_id))
+            .filter(channel_key::Column::Status.eq("enabled"))
+            .count(db)
+            .await?;
+        let mut update = channel::Entity::update_many()
+            .col_expr(channel::Column::LastError, Expr::value(reason.clone()));
+        if left == 0 {
+            update = update
+                .col_expr(channel::Column::Status, Expr::value("auto_disabled"))
+                .col_expr(
+                    channel::Column::DisabledReason,
+                    Expr::value(format!("every key is disabled; last: {reason}")),
+                );
+            tracing::warn!(
+                channel.id = channel_id,
+                "channel auto-disabled: no usable key left"
+            );
+        }
+        update
+            .filter(channel::Column::Id.eq(channel_id))
+            .filter(channel::Column::Status.eq("enabled"))
+            .exec(db)
+            .await?;
+        reloader.reload_everywhere().await;
+        Ok(())
+    }
+}
+
+impl HealthSink for GatewayHealth {
+    fn key_failed(&self, channel_id: i64, key_id: i64, reason: String) {
+        let db = self.db.clone();
+        let reloader = self.reloader.clone();
+        tokio::spawn(async move {
+            if let Err(e) = disable_key(&db, &reloader, channel_id, key_id, reason).await {
+                tracing::error!(error = ?e, "could not record a disabled channel key");
+            }
+        });
+    }
+
+    fn channel_failed(&self, channel_id: i64, error: String) {
+        {
+            let mut last = self.last_written.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if last
+                .get(&channel_id)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1))
+            {
+                return;
+            }
+            last.insert(channel_id, now);
+        }
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let result = channel::Entity::update_many()
+                .col_expr(channel::Column::LastError, Expr::value(error))
+                .filter(channel::Column::Id.eq(channel_id))
+                .exec(&db)
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = ?e, "could not record a channel error");
+            }
+        });
+    }
+}
+
+/// A channel and all its keys (enabled first), decrypted, straight from the database.
+async fn load_channel(
+    db: &DatabaseConnection,
+    secrets: &SecretBox,
+    id: i64,
+) -> Result<Option<(channel::Model, ChannelEntry, Vec<channel_key::Model>)>, ApiError> {
+    let Some(row) = channel::Entity::find_by_id(id).one(db).await? else {
+        return Ok(None);
+    };
+    let mut keys = channel_key::Entity::find()
+        .filter(channel_key::Column::ChannelId.eq(id))
+        .all(db)
+        .await?;
+    keys.sort_by_key(|k| (k.status != "enabled", k.id));
+    let secrets_list = keys
+        .iter()
+        .filter_map(|k| {
+            secrets
+                .open(&k.secret)
+                .ok()
+                .map(|secret| ChannelSecret { id: k.id, secret })
+        })
+        .collect();
+    let entry = store::catalog::channel_entry_from(row.clone(), secrets_list);
+    Ok(Some((row, entry, keys)))
+}
+
+async fn record_test(
+    db: &DatabaseConnection,
+    id: i64,
+    result: &Result<u64, String>,
+) -> Result<(), sea_orm::DbErr> {
+    let mut update = channel::Entity::update_many()
+        .col_expr(channel::Column::LastTestAt, Expr::value(Utc::now()));
+    update = match result {
+        Ok(ms) => update
+            .col_expr(
+                channel::Column::ResponseMs,
+                Expr::value(i32::try_from(*ms).unwrap_or(i32::MAX)),
+            )
+            .col_expr(
+                channel::Column::LastError,
+                Expr::value(Option::<String>::None),
+            ),
+        Err(e) => update.col_expr(channel::Column::LastError, Expr::value(e.clone())),
+    };
+    update.filter(channel::Column::Id.eq(id)).exec(db).await?;
+    Ok(())
+}
+
+#[derive(Deserialize, Default)]
+pub struct TestBody {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// `POST /api/channels/{id}/test`: one small real request; latency or the error.
+pub async fn test_channel(
+    state: web::Data<AppState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+    body: Option<web::Json<TestBody>>,
+) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let id = id.into_inner();
+    let (_, entry, _) = load_channel(&state.db, &state.secrets, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let model = body
+        .and_then(|b| b.into_inner().model)
+        .or_else(|| entry.models.first().cloned())
+        .ok_or_else(|| ApiError::BadRequest("the channel serves no model".into()))?;
+    let upstream_model = entry
+        .model_mapping
+        .get(&model)
+        .cloned()
+        .unwrap_or_else(|| model.clone());
+    let result = match entry.keys.first() {
+        Some(key) => probe(&state.client, &entry, &key.secret, &upstream_model).await,
+        None => Err("the channel has no key".to_owned()),
+    };
+    record_test(&state.db, id, &result).await?;
+    state.reloader.reload_everywhere().await;
+    Ok(HttpResponse::Ok().json(match result {
+        Ok(ms) => serde_json::json!({"ok": true, "latency_ms": ms, "model": model}),
+        Err(e) => serde_json::json!({"ok": false, "latency_ms": null, "model": model, "error": e}),
+    }))
+}
+
+/// Re-tests every auto-disabled channel once; re-enables those whose test passes,
+/// with the keys that passed. Channels disabled by an admin are never touched.
+pub async fn retest_auto_disabled(
+    db: &DatabaseConnection,
+    secrets: &SecretBox,
+    client: &UpstreamClient,
+    reloader: &Reloader,
+) {
+    let Ok(channels) = channel::Entity::find()
+        .filter(channel::Column::Status.eq("auto_disabled"))
+        .all(db)
+        .await
+    else {
+        return;
+    };
+    let mut changed = false;
+    for ch in channels {
+        let Ok(Some((_, entry, keys))) = load_channel(db, secrets, ch.id).await else {
+            continue;
+        };
+        let Some(model) = entry.models.first().cloned() else {
+            continue;
+        };
+        let upstream_model = entry.model_mapping.get(&model).cloned().unwrap_or(model);
+        let mut passed = Vec::new();
+        let mut last = Err(String::from("no key"));
+        for key in &entry.keys {
+            last = probe(client, &entry, &key.secret, &upstream_model).await;
+            if last.is_ok() {
+                passed.push(key.id);
+            }
+        }
+        let _ = record_test(
+            db,
+            ch.id,
+            &last
+                .clone()
+                .or_else(|e| if passed.is_empty() { Err(e) } else { Ok(0) }),
+        )
+        .await;
+        if passed.is_empty() {
+            tracing::info!(
+                channel.id = ch.id,
+                "auto-disabled channel still failing its test"
+            );
+            continue;
+        }
+        let _ = keys;
+        let ok = channel_key::Entity::update_many()
+            .col_expr(channel_key::Column::Status, Expr::value("enabled"))
+            .col_expr(
+                channel_key::Column::DisabledReason,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(channel_key::Column::Id.is_in(passed))
+            .filter(channel_key::Column::Status.ne("disabled"))
+            .exec(db)
+            .await
+            .is_ok()
+            && channel::Entity::update_many()
+                .col_expr(channel::Column::Status, Expr::value("enabled"))
+                .col_expr(
+                    channel::Column::DisabledReason,
+                    Expr::value(Option::<String>::None),
+                )
+                .filter(channel::Column::Id.eq(ch.id))
+                .filter(channel::Column::Status.eq("auto_disabled"))
+                .exec(db)
+                .await
+                .is_ok();
+        if ok {
+            tracing::info!(
+                channel.id = ch.id,
+                "auto-disabled channel passed its test; re-enabled"
+            );
+            changed = true;
+        }
+    }
+    if changed {
+        reloader.reload_everywhere().await;
+    }
+}
+
+/// Runs [`retest_auto_disabled`] every `interval` until the process ends.
+pub fn spawn_health_job(state: web::Data<AppState>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            retest_auto_disabled(&state.db, &state.secrets, &state.client, &state.reloader).await;
+        }
+    });
+}
+
+/// Shared by the relay handlers.
+pub type Health = Arc<GatewayHealth>;

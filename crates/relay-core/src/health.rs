@@ -1,0 +1,216 @@
+//! Channel health on the hot path: a circuit breaker per channel (N failures within a
+//! window open it for a cool-down, then one trial request decides), the classification
+//! of upstream failures (whose fault, and whether the key is dead), and the sink that
+//! persists what must outlive this process (disabled keys and channels).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::upstream::Failure;
+
+/// Breaker thresholds.
+#[derive(Clone, Copy, Debug)]
+pub struct BreakerConfig {
+    /// Failures within `window` that open the breaker.
+    pub failures: u32,
+    pub window: Duration,
+    /// How long an open breaker keeps the channel out before one trial.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    window_start: Option<Instant>,
+    open_until: Option<Instant>,
+    trial_in_flight: bool,
+}
+
+/// Every channel's breaker, in this process.
+#[derive(Debug, Default)]
+pub struct Breakers {
+    config: BreakerConfig,
+    map: Mutex<HashMap<i64, Breaker>>,
+}
+
+/// What a breaker says about a channel right now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Closed: use it.
+    Open,
+    /// Cooling down: skip it.
+    Shut,
+    /// Cool-down over: one trial request may go.
+    Trial,
+}
+
+impl Breakers {
+    pub fn new(config: BreakerConfig) -> Self {
+        Breakers {
+            config,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Breaker>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `channel` may be tried now (does not claim the trial).
+    pub fn gate(&self, channel: i64) -> Gate {
+        let map = self.lock();
+        match map
+            .get(&channel)
+            .and_then(|b| b.open_until.map(|u| (u, b.trial_in_flight)))
+        {
+            None => Gate::Open,
+            Some((until, _)) if Instant::now() < until => Gate::Shut,
+            Some((_, true)) => Gate::Shut,
+            Some((_, false)) => Gate::Trial,
+        }
+    }
+
+    /// Claims the one trial of a cooled-down channel; false when another request has it.
+    pub fn claim_trial(&self, channel: i64) -> bool {
+        let mut map = self.lock();
+        let b = map.entry(channel).or_default();
+        if b.trial_in_flight {
+            return false;
+        }
+        b.trial_in_flight = true;
+        true
+    }
+
+    /// Records a success: the breaker closes.
+    pub fn success(&self, channel: i64) {
+        self.lock().remove(&channel);
+    }
+
+    /// Records a failure; returns true when this failure opened the breaker.
+    pub fn failure(&self, channel: i64) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let b = map.entry(channel).or_default();
+        if b.trial_in_flight {
+            // The trial failed: cool down again.
+            b.trial_in_flight = false;
+            b.open_until = Some(now + self.config.cooldown);
+            return true;
+        }
+        if b.window_start
+            .is_none_or(|s| now.duration_since(s) > self.config.window)
+        {
+            b.window_start = Some(now);
+            b.failures = 0;
+        }
+        b.failures += 1;
+        if b.failures >= self.config.failures && b.open_until.is_none_or(|u| u <= now) {
+            b.open_until = Some(now + self.config.cooldown);
+            b.failures = 0;
+            b.window_start = None;
+            return true;
+        }
+        false
+    }
+}
+
+/// Whether a failure means the key itself is unusable (revoked, out of credit),
+/// with the reason to show an admin.
+pub fn key_fault(failure: &Failure) -> Option<String> {
+    let Failure::Status { status, body } = failure else {
+        return None;
+    };
+    let text = String::from_utf8_lossy(body);
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/code")
+                .and_then(|c| c.as_str().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    let message = crate::error::redact(&crate::upstream::upstream_message(body, *status));
+    match status {
+        401 => Some(format!("upstream answered 401 (key rejected): {message}")),
+        402 => Some(format!("upstream answered 402 (out of credit): {message}")),
+        403 => Some(format!(
+            "upstream answered 403 (key not permitted): {message}"
+        )),
+        429 if code == "insufficient_quota" || text.contains("insufficient_quota") => Some(
+            format!("upstream answered 429 insufficient_quota (out of credit): {message}"),
+        ),
+        _ => None,
+    }
+}
+
+/// Where the relay reports what must be persisted and shared with other instances.
+pub trait HealthSink: Send + Sync {
+    /// A key is dead: disable it (and the channel, when no key is left).
+    fn key_failed(&self, channel_id: i64, key_id: i64, reason: String);
+    /// A try at a channel failed for a reason that does not kill the key.
+    fn channel_failed(&self, channel_id: i64, error: String);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast() -> Breakers {
+        Breakers::new(BreakerConfig {
+            failures: 3,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_millis(50),
+        })
+    }
+
+    #[test]
+    fn a_breaker_opens_after_n_failures_and_lets_one_trial_through_after_the_cooldown() {
+        let b = fast();
+        assert!(!b.failure(1));
+        assert!(!b.failure(1));
+        assert_eq!(b.gate(1), Gate::Open);
+        assert!(b.failure(1));
+        assert_eq!(b.gate(1), Gate::Shut);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.gate(1), Gate::Trial);
+        assert!(b.claim_trial(1));
+        assert!(!b.claim_trial(1));
+        assert_eq!(b.gate(1), Gate::Shut);
+        // The trial fails: shut again for another cool-down.
+        assert!(b.failure(1));
+        assert_eq!(b.gate(1), Gate::Shut);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.claim_trial(1));
+        b.success(1);
+        assert_eq!(b.gate(1), Gate::Open);
+    }
+
+    #[test]
+    fn only_auth_and_credit_errors_kill_a_key() {
+        let status = |s: u16, body: &'static str| Failure::Status {
+            status: s,
+            body: bytes::Bytes::from_static(body.as_bytes()),
+        };
+        assert!(key_fault(&status(401, r#"{"error":{"message":"Incorrect API key provided: sk-abc123456789","code":"invalid_api_key"}}"#)).unwrap().contains("sk-***"));
+        assert!(key_fault(&status(429, r#"{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}"#)).is_some());
+        assert!(
+            key_fault(&status(
+                429,
+                r#"{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded"}}"#
+            ))
+            .is_none()
+        );
+        assert!(key_fault(&status(500, "")).is_none());
+        assert!(key_fault(&Failure::Timeout).is_none());
+    }
+}
