@@ -4,13 +4,20 @@
 //! - `fail-500`, `fail-429`: that status with an OpenAI error body;
 //! - `bad-request`: 400 with an OpenAI error body (blames the request);
 //! - `slow`: waits 3 s before answering (for timeouts);
-//! - `cut-stream`: a stream that stops after two content chunks, no usage, no [DONE].
+//! - `cut-stream`: a stream that stops after two content chunks, no usage, no [DONE];
+//! - `fail-429` answers with `Retry-After: 1`;
+//! - `malformed`: 200 with a body that is not JSON; `empty`: 200 with no body.
+//!
+//! Keys pick failures too: `sk-revoked…` gets 401 `invalid_api_key` (until
+//! [`MockOpenAi::accept_revoked_keys`]), `sk-broke…` gets 429 `insufficient_quota`.
+//! [`reset_upstream`] starts a listener that drops every connection before answering.
 //!
 //! Streams follow OpenAI's sequence: a role chunk, content chunks, a finish chunk, and
 //! when `stream_options.include_usage` is set, `"usage": null` on every chunk and a
 //! final chunk with `"choices": []` and the usage; then `data: [DONE]`.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +37,7 @@ pub struct Received {
 pub struct MockOpenAi {
     pub base_url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    revoked_ok: Arc<AtomicBool>,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -41,11 +49,14 @@ impl MockOpenAi {
     pub async fn start() -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
         let data = web::Data::new(Arc::clone(&received));
+        let revoked_ok = Arc::new(AtomicBool::new(false));
+        let revoked_data = web::Data::new(Arc::clone(&revoked_ok));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(revoked_data.clone())
                 .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
                 .route("/v1/chat/completions", web::post().to(chat))
         })
@@ -59,8 +70,25 @@ impl MockOpenAi {
         MockOpenAi {
             base_url: format!("http://127.0.0.1:{port}"),
             received,
+            revoked_ok,
             handle,
         }
+    }
+
+    /// From now on `sk-revoked…` keys work (the provider reinstated them).
+    pub fn accept_revoked_keys(&self) {
+        self.revoked_ok.store(true, Ordering::SeqCst);
+    }
+
+    /// How many requests each upstream key made.
+    pub fn count_by_key(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for r in self.received() {
+            *counts
+                .entry(r.authorization.unwrap_or_default())
+                .or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Everything received so far.
@@ -94,6 +122,7 @@ fn usage_for(model: &str) -> Value {
 
 async fn chat(
     received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    revoked_ok: web::Data<Arc<AtomicBool>>,
     req: HttpRequest,
     body: Bytes,
 ) -> HttpResponse {
@@ -114,8 +143,36 @@ async fn chat(
             .map(str::to_owned),
         body: body.clone(),
     });
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if auth.starts_with("Bearer sk-revoked") && !revoked_ok.load(Ordering::SeqCst) {
+        return error(
+            401,
+            "Incorrect API key provided: sk-revo*****. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            "invalid_api_key",
+        );
+    }
+    if auth.starts_with("Bearer sk-broke") {
+        return error(
+            429,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            "insufficient_quota",
+        );
+    }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     match model.as_str() {
+        "malformed" => {
+            return HttpResponse::Ok()
+                .content_type("application/json")
+                .body("{\"id\": \"chatcmpl-x\", \"choices\": [");
+        }
+        "empty" => return HttpResponse::Ok().content_type("application/json").finish(),
         "fail-500" => {
             return error(
                 500,
@@ -125,12 +182,17 @@ async fn chat(
             );
         }
         "fail-429" => {
-            return error(
+            let mut resp = error(
                 429,
                 "Rate limit reached for requests",
                 "requests",
                 "rate_limit_exceeded",
             );
+            resp.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("1"),
+            );
+            return resp;
         }
         "bad-request" => {
             return error(
@@ -211,3 +273,20 @@ fn stream(model: &str, dated: &str, include_usage: bool) -> HttpResponse {
 }
 
 use futures_util::StreamExt;
+
+/// An upstream that accepts connections and drops them before answering (a
+/// connection reset before headers); returns its base URL.
+pub async fn reset_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            // Read a little so the request is on the wire, then hang up.
+            let _ = stream.set_zero_linger();
+            let mut buf = [0u8; 64];
+            let _ = stream.try_read(&mut buf);
+            drop(stream);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}

@@ -42,7 +42,13 @@ struct Breaker {
 pub struct Breakers {
     config: BreakerConfig,
     map: Mutex<HashMap<i64, Breaker>>,
+    /// Keys found dead here, kept out until the catalog no longer has them.
+    dead_keys: Mutex<HashMap<i64, Instant>>,
 }
+
+/// How long this process keeps a dead key out on its own, while the catalog reload
+/// that removes it everywhere goes through.
+const DEAD_KEY_TTL: Duration = Duration::from_secs(10);
 
 /// What a breaker says about a channel right now.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,6 +66,7 @@ impl Breakers {
         Breakers {
             config,
             map: Mutex::new(HashMap::new()),
+            dead_keys: Mutex::new(HashMap::new()),
         }
     }
 
@@ -90,6 +97,25 @@ impl Breakers {
         }
         b.trial_in_flight = true;
         true
+    }
+
+    /// Keeps a dead key out of rotation in this process at once.
+    pub fn kill_key(&self, key_id: i64) {
+        self.dead_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_id, Instant::now() + DEAD_KEY_TTL);
+    }
+
+    /// Keys recently found dead here.
+    pub fn dead_keys(&self) -> Vec<i64> {
+        let mut dead = self.dead_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if dead.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        dead.retain(|_, until| *until > now);
+        dead.keys().copied().collect()
     }
 
     /// Records a success: the breaker closes.

@@ -60,7 +60,7 @@ pub async fn chat(
     mut meter: Meter,
 ) -> Result<ChatAnswer, RelayError> {
     let mut excluded: Vec<i64> = Vec::new();
-    let mut dead_keys: Vec<i64> = Vec::new();
+    let mut dead_keys: Vec<i64> = deps.breakers.dead_keys();
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut last = RelayError::NoAvailableChannel;
     let group = &admitted.caller.user.group;
@@ -138,6 +138,7 @@ pub async fn chat(
         }
         if let Some(reason) = health::key_fault(&failure) {
             // The key is dead, not the channel: its other keys may still serve.
+            deps.breakers.kill_key(key.id);
             deps.health.key_failed(channel.id, key.id, reason);
             dead_keys.push(key.id);
         } else {
