@@ -475,3 +475,69 @@ async fn weights_share_traffic_within_a_tier() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_fails_over_before_its_first_byte_and_is_billed_once() {
+    let s = Scenario::start(1.0).await;
+    only_test_channels(&s).await;
+    let m = &s.mock.base_url;
+    s.app
+        .add_channel(
+            "dead",
+            m,
+            &["gpt-4o-mini"],
+            json!({"priority": 10, "model_mapping": {"gpt-4o-mini": "fail-500"}}),
+        )
+        .await;
+    s.app
+        .add_channel("alive", m, &["gpt-4o-mini"], json!({}))
+        .await;
+    let mut body = Scenario::body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    let r = s.app.chat(&s.key, body).await;
+    assert_eq!(r.status(), 200);
+    let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert!(!text.contains("error"), "{text}");
+    s.app.settled().await;
+    let g = s.app.generation(&gen_id).await;
+    assert_eq!(attempts(&g).len(), 2);
+    assert_eq!(g.cost, NORMAL_COST);
+    assert_eq!(s.app.balance(s.customer_id).await, START - NORMAL_COST);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_breaker_is_open_the_client_gets_503_no_available_channel() {
+    let s = Scenario::start(1.0).await;
+    only_test_channels(&s).await;
+    s.app
+        .add_channel(
+            "flaky",
+            &s.mock.base_url,
+            &["gpt-4o-mini"],
+            json!({"model_mapping": {"gpt-4o-mini": "fail-500"}}),
+        )
+        .await;
+    for _ in 0..5 {
+        assert_eq!(
+            s.app
+                .chat(&s.key, Scenario::body("gpt-4o-mini"))
+                .await
+                .status(),
+            502
+        );
+    }
+    let before = s.mock.received().len();
+    let r = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "no_available_channel"
+    );
+    assert_eq!(s.mock.received().len(), before);
+    s.app.settled().await;
+    assert_eq!(s.app.balance(s.customer_id).await, START);
+    s.stop().await;
+}
