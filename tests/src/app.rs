@@ -293,6 +293,29 @@ impl TestApp {
             );
             assert!(u.balance >= 0, "user {} is negative", u.username);
         }
+        if !self.root_token.is_empty() {
+            let (status, report) = self
+                .api("GET", "/api/ledger/verify", &self.root_token, None)
+                .await;
+            assert_eq!(status, 200, "{report}");
+            assert_eq!(report["ok"], true, "ledger verify: {report}");
+        }
+    }
+
+    /// Waits (up to 5 s) for a generation to be recorded, then returns it.
+    pub async fn wait_generation(&self, id: &str) -> generation::Model {
+        for _ in 0..100 {
+            self.settled().await;
+            if let Some(g) = generation::Entity::find_by_id(id.to_owned())
+                .one(&self.state.db)
+                .await
+                .unwrap()
+            {
+                return g;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("generation {id} not recorded within 5 s")
     }
 
     /// A generation row by id.

@@ -6,7 +6,9 @@
 //! - `slow`: waits 3 s before answering (for timeouts);
 //! - `cut-stream`: a stream that stops after two content chunks, no usage, no [DONE];
 //! - `fail-429` answers with `Retry-After: 1`;
-//! - `malformed`: 200 with a body that is not JSON; `empty`: 200 with no body.
+//! - `malformed`: 200 with a body that is not JSON; `empty`: 200 with no body;
+//! - `no-usage`: a stream that never reports usage, even when asked;
+//! - `slow-stream`: twenty `tick` chunks 100 ms apart (for clients that leave).
 //!
 //! Keys pick failures too: `sk-revoked…` gets 401 `invalid_api_key` (until
 //! [`MockOpenAi::accept_revoked_keys`]), `sk-broke…` gets 429 `insufficient_quota`.
@@ -210,7 +212,8 @@ async fn chat(
         let include_usage = body["stream_options"]["include_usage"]
             .as_bool()
             .unwrap_or(false);
-        return stream(&model, &dated, include_usage);
+        // `no-usage` plays an upstream that ignores stream_options.include_usage.
+        return stream(&model, &dated, include_usage && model != "no-usage");
     }
     HttpResponse::Ok().json(json!({
         "id": "chatcmpl-mock123",
@@ -239,7 +242,13 @@ fn stream(model: &str, dated: &str, include_usage: bool) -> HttpResponse {
         Value::Null,
     )];
     let cut = model == "cut-stream";
-    for (i, piece) in CONTENT_PIECES.iter().enumerate() {
+    let pieces: Vec<&str> = if model == "slow-stream" {
+        vec!["tick"; 20]
+    } else {
+        CONTENT_PIECES.to_vec()
+    };
+    let gap = Duration::from_millis(if model == "slow-stream" { 100 } else { 5 });
+    for (i, piece) in pieces.iter().enumerate() {
         if cut && i == 2 {
             break;
         }
@@ -259,8 +268,8 @@ fn stream(model: &str, dated: &str, include_usage: bool) -> HttpResponse {
             .into_iter()
             .map(|e| Ok::<_, actix_web::Error>(Bytes::from(e))),
     )
-    .then(|e| async move {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    .then(move |e| async move {
+        tokio::time::sleep(gap).await;
         e
     });
     let mut resp = HttpResponse::Ok();

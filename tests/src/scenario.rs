@@ -31,6 +31,8 @@ impl Scenario {
         let mock = MockOpenAi::start().await;
         let models = [
             "gpt-4o-mini",
+            "no-usage",
+            "slow-stream",
             "reasoner",
             "fail-500",
             "fail-429",

@@ -413,3 +413,35 @@ async fn pricing_is_readable_by_everyone_and_changed_only_by_admins() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_with_page_and_per_page() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.create_user(&format!("user{i}"), "customer").await;
+    }
+    let (s, v) = app
+        .api(
+            "GET",
+            "/api/users?page=2&per_page=2&role=customer",
+            &app.root_token,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["total"], 3);
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    for i in 0..3 {
+        app.create_key(&app.root_token, json!({"name": format!("k{i}")}))
+            .await;
+    }
+    let (s, v) = app
+        .api("GET", "/api/keys?page=1&per_page=2", &app.root_token, None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["total"].as_i64(), v["items"].as_array().unwrap().len()),
+        (Some(3), 2)
+    );
+    app.stop().await;
+}

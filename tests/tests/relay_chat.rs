@@ -413,3 +413,60 @@ async fn a_customer_finds_its_generation_by_either_id_and_nobody_else_does() {
     assert_eq!(resp.status(), 404);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_a_usage_report_is_charged_by_counting_its_tokens() {
+    let s = Scenario::start(1.0).await;
+    let mut body = Scenario::body("no-usage");
+    body["stream"] = json!(true);
+    let resp = s.app.chat(&s.key, body).await;
+    let gen_id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    s.app.settled().await;
+    let g = s.app.generation(&gen_id).await;
+    // Prompt: 3 priming + 3 per message + "user" (1) + "Say hello" (2) = 9 tokens.
+    // Completion: "Hello! How can I help?" = 7 tokens (cl100k).
+    assert_eq!((g.tokens_prompt, g.tokens_completion), (9, 7));
+    // 9 × 0.15 + 7 × 0.6 = 5.55 µc → 6.
+    assert_eq!(g.cost, 6);
+    assert_eq!(s.app.balance(s.customer_id).await, START - 6);
+    s.app.assert_ledger_consistent().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_pays_only_for_what_was_delivered() {
+    let s = Scenario::start(1.0).await;
+    let mut body = Scenario::body("slow-stream");
+    body["stream"] = json!(true);
+    let resp = s.app.chat(&s.key, body).await;
+    let gen_id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut stream = resp.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("tick").count() < 3 {
+        seen.push_str(&String::from_utf8_lossy(
+            &stream.next().await.unwrap().unwrap(),
+        ));
+    }
+    drop(stream);
+    // The gateway notices at its next write to the closed connection, then settles.
+    let g = s.app.wait_generation(&gen_id).await;
+    assert!(g.cancelled, "{g:?}");
+    assert!(g.streamed);
+    assert!(
+        (3..20).contains(&g.tokens_completion),
+        "completion {} (20 would be the whole stream)",
+        g.tokens_completion
+    );
+    assert!(g.cost > 0);
+    assert_eq!(s.app.balance(s.customer_id).await, START - g.cost);
+    s.app.assert_ledger_consistent().await;
+    s.stop().await;
+}

@@ -21,6 +21,8 @@ pub enum ApiError {
     UsernameTaken,
     #[error("insufficient balance")]
     InsufficientBalance,
+    #[error("this code does not exist or was already used")]
+    InvalidCode,
     #[error("too many attempts; try again later")]
     RateLimited,
     #[error("internal error")]
@@ -38,6 +40,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::UsernameTaken => "username_taken",
             ApiError::InsufficientBalance => "insufficient_balance",
+            ApiError::InvalidCode => "invalid_code",
             ApiError::RateLimited => "rate_limited",
             ApiError::Internal(_) => "internal_error",
         }
@@ -55,7 +58,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::InvalidCode => StatusCode::NOT_FOUND,
             ApiError::UsernameTaken => StatusCode::CONFLICT,
             ApiError::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,

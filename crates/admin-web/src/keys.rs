@@ -178,8 +178,6 @@ pub async fn create(
 pub struct ListKeys {
     #[serde(default)]
     pub user_id: Option<i64>,
-    #[serde(flatten)]
-    pub paging: Paging,
 }
 
 /// `GET /api/keys`
@@ -187,6 +185,7 @@ pub async fn list(
     state: web::Data<AdminState>,
     who: AuthUser,
     query: web::Query<ListKeys>,
+    paging: web::Query<Paging>,
 ) -> Result<HttpResponse, ApiError> {
     let mut find = api_key::Entity::find()
         .filter(api_key::Column::Status.ne("deleted"))
@@ -197,8 +196,8 @@ pub async fn list(
     let total = find.clone().count(&state.db).await?;
     let items = find
         .order_by_desc(api_key::Column::Id)
-        .offset(query.paging.offset())
-        .limit(query.paging.per_page())
+        .offset(paging.offset())
+        .limit(paging.per_page())
         .all(&state.db)
         .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({

@@ -2,6 +2,8 @@
 
 use actix_web::web;
 
+use crate::logs;
+use crate::redemptions;
 use crate::{ApiError, auth, channels, keys, pricing, users};
 
 /// Mounts `/api/*`.
@@ -34,6 +36,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/keys", web::get().to(keys::list))
             .route("/keys/{id}", web::patch().to(keys::patch))
             .route("/keys/{id}", web::delete().to(keys::delete))
+            .route("/redemptions", web::post().to(redemptions::create))
+            .route("/redemptions", web::get().to(redemptions::list))
+            .route("/redeem", web::post().to(redemptions::redeem))
             .route("/channels", web::post().to(channels::create))
             .route("/channels", web::get().to(channels::list))
             .route("/channels/{id}", web::get().to(channels::get))
@@ -46,6 +51,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::delete().to(pricing::delete_model),
             )
             .route("/pricing/groups/{group}", web::put().to(pricing::put_group))
+            .route("/logs", web::get().to(logs::list))
+            .route("/logs/{generation_id}", web::get().to(logs::get))
             .default_service(web::to(|| async {
                 Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
             })),

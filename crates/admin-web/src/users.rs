@@ -152,8 +152,6 @@ pub struct ListUsers {
     pub q: Option<String>,
     #[serde(default)]
     pub role: Option<String>,
-    #[serde(flatten)]
-    pub paging: Paging,
 }
 
 /// `GET /api/users`
@@ -161,6 +159,7 @@ pub async fn list(
     state: web::Data<AdminState>,
     who: AuthUser,
     query: web::Query<ListUsers>,
+    paging: web::Query<Paging>,
 ) -> Result<HttpResponse, ApiError> {
     let mut find = user::Entity::find().filter(scope_condition(&who, user::Column::Id));
     if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
@@ -172,8 +171,8 @@ pub async fn list(
     let total = find.clone().count(&state.db).await?;
     let items = find
         .order_by_asc(user::Column::Id)
-        .offset(query.paging.offset())
-        .limit(query.paging.per_page())
+        .offset(paging.offset())
+        .limit(paging.per_page())
         .all(&state.db)
         .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({

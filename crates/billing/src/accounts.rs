@@ -136,14 +136,14 @@ pub async fn transfer(
     }
 }
 
-fn after_commit(result: Result<(), BillingError>) {
+pub(crate) fn after_commit(result: Result<(), BillingError>) {
     if let Err(e) = result {
         tracing::error!(error = ?e, "wallet counter not updated after a committed movement");
     }
 }
 
 /// Changes a balance by `amount` (conditionally when negative) and appends its ledger row.
-async fn post<C: ConnectionTrait>(
+pub(crate) async fn post<C: ConnectionTrait>(
     conn: &C,
     user_id: i64,
     amount: i64,

@@ -7,6 +7,8 @@ pub mod credits;
 pub mod error;
 pub mod ledger;
 pub mod price;
+pub mod redemption;
+pub mod verify;
 pub mod wallet;
 
 pub use credits::{credits_to_micros, micros_to_credits};

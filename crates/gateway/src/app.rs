@@ -120,8 +120,13 @@ impl Application {
                     "/api/channels/{id}/test",
                     web::post().to(crate::channel_health::test_channel),
                 )
+                .route(
+                    "/api/ledger/verify",
+                    web::get().to(admin_web::ledger::verify),
+                )
                 .configure(relay::configure)
                 .configure(generation::configure)
+                .configure(crate::dashboard::configure)
                 .configure(admin_web::configure)
                 .route(
                     "/",

@@ -2,6 +2,7 @@
 //! of its generations by our id or the upstream's, in OpenRouter's shape.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use admin_web::logs::generation_json;
 use relay_core::RelayError;
 use relay_core::admission;
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
@@ -21,29 +22,6 @@ pub struct Lookup {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/generation", web::get().to(lookup))
         .route("/api/v1/generation", web::get().to(lookup));
-}
-
-/// The generation as the API shows it.
-pub fn generation_json(g: &generation::Model) -> serde_json::Value {
-    serde_json::json!({
-        "id": g.id,
-        "upstream_id": g.upstream_id,
-        "model": g.model,
-        "provider_name": g.provider_name,
-        "created_at": g.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "streamed": g.streamed,
-        "cancelled": g.cancelled,
-        "finish_reason": g.finish_reason,
-        "tokens_prompt": g.tokens_prompt,
-        "tokens_completion": g.tokens_completion,
-        "native_tokens_cached": g.tokens_cached,
-        "native_tokens_reasoning": g.tokens_reasoning,
-        "num_media_completion": g.num_media,
-        "latency": g.latency_ms,
-        "generation_time": g.generation_time_ms,
-        "total_cost": billing::micros_to_credits(g.cost),
-        "status": g.status,
-    })
 }
 
 async fn lookup(

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod channel_health;
 pub mod config;
+pub mod dashboard;
 pub mod generation;
 pub mod health;
 pub mod relay;

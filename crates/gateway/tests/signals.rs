@@ -437,3 +437,142 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_its_charge_survives_a_resta
         started.elapsed()
     );
 }
+
+/// `gateway ledger verify` on the test's database: (exit success, report).
+fn ledger_verify(dir: &Path) -> (bool, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["ledger", "verify"])
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", dir.join("t.db").display()),
+        )
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("not a report: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.success(), report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_leaves_every_balance_equal_to_its_ledger() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new();
+    let upstream = start_mock_upstream().await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut gw = Gateway::start(&dir.0, "first");
+    gw.wait_healthy(&http).await;
+    let token = login_root(&http, &gw).await;
+    let (_, me) = api(&http, &gw, reqwest::Method::GET, "/api/me", &token, None).await;
+    let root = me["id"].as_i64().unwrap();
+    let setup = [
+        (
+            reqwest::Method::POST,
+            format!("/api/users/{root}/credits"),
+            json!({"amount": 1}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/channels".to_owned(),
+            json!({"name": "mock", "type": "openai", "base_url": upstream, "keys": ["sk-up"], "models": [MODEL]}),
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/api/pricing/models/{MODEL}"),
+            json!({"input": 0.15, "output": 0.6}),
+        ),
+    ];
+    for (method, path, body) in setup {
+        let (status, v) = api(&http, &gw, method, &path, &token, Some(body)).await;
+        assert!((200..300).contains(&status), "{path}: {v}");
+    }
+    let (_, key) = api(
+        &http,
+        &gw,
+        reqwest::Method::POST,
+        "/api/keys",
+        &token,
+        Some(json!({"name": "load"})),
+    )
+    .await;
+    let key = key["key"].as_str().unwrap().to_owned();
+
+    // Eight clients streaming back to back; each stream takes about a second.
+    let url = gw.url("/v1/chat/completions");
+    let body =
+        json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, key, body) = (http.clone(), url.clone(), key.clone(), body.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok(resp) = http.post(&url).bearer_auth(&key).json(&body).send().await
+                    else {
+                        break;
+                    };
+                    let mut stream = resp.bytes_stream();
+                    while let Some(chunk) = stream.next().await {
+                        if chunk.is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    for c in clients {
+        let _ = c.await;
+    }
+
+    // The durable state is consistent, whatever was in flight.
+    let (ok, report) = ledger_verify(&dir.0);
+    assert!(ok, "ledger verify after SIGKILL: {report}");
+    assert_eq!(report["ok"], true);
+
+    // A restart rebuilds admission from the database and serves again.
+    let mut gw = Gateway::start(&dir.0, "second");
+    gw.wait_healthy(&http).await;
+    let token = login_root(&http, &gw).await;
+    let (_, tx) = api(
+        &http,
+        &gw,
+        reqwest::Method::GET,
+        &format!("/api/users/{root}/transactions?per_page=100"),
+        &token,
+        None,
+    )
+    .await;
+    let consumed = tx["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "consume")
+        .count();
+    assert!(
+        consumed >= 8,
+        "expected streams to have completed before the kill, got {consumed}"
+    );
+    let (_, me) = api(&http, &gw, reqwest::Method::GET, "/api/me", &token, None).await;
+    // Each completed stream costs 20 µc (12 × 0.15 + 30 × 0.6, rounded up).
+    assert_credits(&me["balance"], 1.0 - consumed as f64 * 0.00002, &me);
+    let resp = http
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().await;
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(40)).await.success());
+    let (ok, report) = ledger_verify(&dir.0);
+    assert!(ok, "ledger verify after restart: {report}");
+}

@@ -13,6 +13,7 @@ pub mod relay;
 pub mod router;
 pub mod sse;
 pub mod stream;
+pub mod tokens;
 pub mod upstream;
 
 pub use error::RelayError;

@@ -170,6 +170,8 @@ pub struct ChoiceSummary {
     pub finish_reason: Option<String>,
     #[serde(default)]
     pub delta: Option<Delta>,
+    #[serde(default)]
+    pub message: Option<Delta>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,7 +184,33 @@ pub struct Delta {
     pub tool_calls: Option<Value>,
 }
 
+impl Delta {
+    /// Appends the text this delta (or message) carries.
+    pub fn append_text(&self, out: &mut String) {
+        for part in [&self.content, &self.reasoning_content]
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(part);
+        }
+        if let Some(calls) = &self.tool_calls {
+            out.push_str(&calls.to_string());
+        }
+    }
+}
+
 impl ChatSummary {
+    /// The text of every choice's message (for counting when usage is missing).
+    pub fn delivered_text(&self) -> String {
+        let mut out = String::new();
+        for c in self.choices.as_deref().unwrap_or_default() {
+            if let Some(m) = &c.message {
+                m.append_text(&mut out);
+            }
+        }
+        out
+    }
+
     /// Parses a complete (non-stream) chat completion; `None` when it is not one.
     pub fn parse_completion(body: &[u8]) -> Option<Self> {
         let s: ChatSummary = serde_json::from_slice(body).ok()?;
@@ -222,7 +250,9 @@ pub struct StreamObserver {
     pub upstream_model: Option<String>,
     pub usage: Option<Usage>,
     pub finish_reason: Option<String>,
-    pub text_bytes: usize,
+    /// The text that went by (content, reasoning, tool-call arguments), for counting
+    /// tokens when no usage report comes.
+    pub delivered: String,
     pub done: bool,
     pub events: usize,
 }
@@ -256,9 +286,7 @@ impl StreamObserver {
         let choices = chunk.choices.as_deref().unwrap_or_default();
         for c in choices {
             if let Some(d) = &c.delta {
-                self.text_bytes += d.content.as_ref().map_or(0, String::len)
-                    + d.reasoning_content.as_ref().map_or(0, String::len)
-                    + d.tool_calls.as_ref().map_or(0, |t| t.to_string().len());
+                d.append_text(&mut self.delivered);
             }
         }
         if let Some(u) = &chunk.usage {

@@ -16,6 +16,7 @@ use crate::meter::{Meter, Outcome};
 use crate::openai::{ChatHead, ChatSummary, StreamObserver, estimate_tokens, upstream_body};
 use crate::sse::SseFramer;
 use crate::stream::ChatStream;
+use crate::tokens::Fallback;
 use crate::upstream::{Failure, MAX_ANSWER_BYTES, UpstreamClient, read_body, upstream_message};
 use crate::{RelayError, Router};
 
@@ -108,7 +109,7 @@ pub async fn chat(
                     error: None,
                 });
                 meter.record.attempts = serde_json::to_string(&attempts).ok();
-                return Ok(answer(success, head, raw.len(), meter));
+                return Ok(answer(success, head, raw, meter));
             }
             Err(failure) => failure,
         };
@@ -236,17 +237,21 @@ async fn try_channel(
     }
 }
 
-fn answer(success: Success, head: &ChatHead, body_len: usize, mut meter: Meter) -> ChatAnswer {
+fn answer(success: Success, head: &ChatHead, raw: &Bytes, mut meter: Meter) -> ChatAnswer {
+    let fallback = Fallback {
+        model: meter
+            .record
+            .upstream_model
+            .clone()
+            .unwrap_or_else(|| meter.record.model.clone()),
+        request: raw.clone(),
+    };
     match success {
         Success::Complete(body, summary) => {
-            let usage = summary.usage.as_ref().map_or_else(
-                || Usage {
-                    prompt_tokens: prompt_estimate(body_len),
-                    completion_tokens: estimate_tokens(body.len()),
-                    ..Usage::default()
-                },
-                Usage::from,
-            );
+            let usage = summary
+                .usage
+                .as_ref()
+                .map_or_else(|| fallback.usage(&summary.delivered_text()), Usage::from);
             meter.record.upstream_id = summary.id.clone();
             if let Some(m) = &summary.model {
                 meter.record.upstream_model = Some(m.clone());
@@ -272,7 +277,7 @@ fn answer(success: Success, head: &ChatHead, body_len: usize, mut meter: Meter) 
                 upstream,
                 idle,
                 head.wants_stream_usage(),
-                prompt_estimate(body_len),
+                fallback,
                 meter,
             );
             ChatAnswer::Stream(Box::new(stream))
@@ -280,8 +285,8 @@ fn answer(success: Success, head: &ChatHead, body_len: usize, mut meter: Meter) 
     }
 }
 
-/// Prompt tokens guessed from the request body's size, for when no usage report
-/// comes (about four bytes a token).
+/// Prompt tokens guessed from the request body's size (about four bytes a token): a
+/// cheap figure for the reservation, never for the charge.
 pub fn prompt_estimate(body_len: usize) -> i64 {
     estimate_tokens(body_len)
 }

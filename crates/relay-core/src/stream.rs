@@ -13,8 +13,9 @@ use futures_util::Stream;
 use futures_util::stream::BoxStream;
 
 use crate::meter::{Meter, Outcome};
-use crate::openai::{EventAction, StreamObserver, estimate_tokens};
+use crate::openai::{EventAction, StreamObserver};
 use crate::sse::SseFramer;
+use crate::tokens::Fallback;
 
 /// A metered SSE stream from an upstream to the client.
 pub struct ChatStream {
@@ -23,7 +24,7 @@ pub struct ChatStream {
     framer: SseFramer,
     observer: StreamObserver,
     wants_usage: bool,
-    prompt_estimate: i64,
+    fallback: Fallback,
     idle: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
     meter: Option<Meter>,
@@ -38,7 +39,7 @@ impl ChatStream {
         upstream: BoxStream<'static, reqwest::Result<Bytes>>,
         idle: Duration,
         wants_usage: bool,
-        prompt_estimate: i64,
+        fallback: Fallback,
         mut meter: Meter,
     ) -> Self {
         meter.mark_first_byte();
@@ -48,7 +49,7 @@ impl ChatStream {
             framer,
             observer,
             wants_usage,
-            prompt_estimate,
+            fallback,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             meter: Some(meter),
@@ -56,11 +57,9 @@ impl ChatStream {
     }
 
     fn usage(&self) -> Usage {
-        self.observer.usage.unwrap_or(Usage {
-            prompt_tokens: self.prompt_estimate,
-            completion_tokens: estimate_tokens(self.observer.text_bytes),
-            ..Usage::default()
-        })
+        self.observer
+            .usage
+            .unwrap_or_else(|| self.fallback.usage(&self.observer.delivered))
     }
 
     /// Settles with what was delivered. `broken` marks a stream that ended early.

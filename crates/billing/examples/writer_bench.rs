@@ -1,0 +1,118 @@
+//! How many settled generations per second the batched writer commits.
+//!
+//! `cargo run --release -p billing --example writer_bench -- <DATABASE_URL> [records] [users]`
+//! (a fresh database: it creates users and writes generations, charges and ledger
+//! rows). `bench/writer.sh` makes a throw-away Postgres database and runs it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    reason = "a benchmark binary"
+)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use billing::wallet::Account;
+use billing::{Charge, GenerationRecord, LedgerWriter, Usage, Wallet};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+use store::entities::user;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let url = args
+        .get(1)
+        .expect("usage: writer_bench <DATABASE_URL> [records] [users]");
+    let records: usize = args.get(2).map_or(50_000, |n| n.parse().unwrap());
+    let users: i64 = args.get(3).map_or(100, |n| n.parse().unwrap());
+    let db = store::db::connect(url).await.unwrap();
+    let shared = store::Shared::memory();
+    let wallet = Arc::new(Wallet::new(db.clone(), &shared));
+    let now = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for i in 0..users {
+        let u = user::ActiveModel {
+            username: Set(format!(
+                "bench-{i}-{}",
+                now.timestamp_nanos_opt().unwrap_or_default()
+            )),
+            password_hash: Set(String::new()),
+            role: Set("customer".into()),
+            group_name: Set("default".into()),
+            parent_id: Set(None),
+            status: Set("enabled".into()),
+            balance: Set(1_000_000_000_000),
+            used: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&db)
+        .await
+        .unwrap();
+        wallet
+            .set_limit(Account::User(u.id), u.balance)
+            .await
+            .unwrap();
+        ids.push(u.id);
+    }
+    let (writer, _task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
+    let started = Instant::now();
+    for i in 0..records {
+        let user_id = ids[i % ids.len()];
+        let hold = wallet.reserve(user_id, None, 40).await.unwrap();
+        let pending = wallet.settle(hold, 20).await.unwrap();
+        let record = GenerationRecord {
+            id: format!(
+                "gen-bench-{i}-{}",
+                now.timestamp_nanos_opt().unwrap_or_default()
+            ),
+            upstream_id: Some(format!("chatcmpl-{i}")),
+            user_id,
+            key_id: 1,
+            channel_id: Some(1),
+            provider_name: Some("bench".into()),
+            model: "gpt-4o-mini".into(),
+            upstream_model: Some("gpt-4o-mini-2024-07-18".into()),
+            endpoint: "/v1/chat/completions".into(),
+            streamed: false,
+            cancelled: false,
+            finish_reason: Some("stop".into()),
+            usage: Usage {
+                prompt_tokens: 12,
+                completion_tokens: 30,
+                ..Usage::default()
+            },
+            latency_ms: Some(5),
+            generation_time_ms: Some(5),
+            status: "success",
+            status_code: 200,
+            error: None,
+            client_ip: Some("127.0.0.1".into()),
+            attempts: None,
+            created_at: now,
+        };
+        writer.submit(
+            record,
+            Some(Charge {
+                user_id,
+                key_id: 1,
+                key_limited: false,
+                pending,
+            }),
+        );
+    }
+    let queued = started.elapsed();
+    writer.flush().await;
+    let total = started.elapsed();
+    let report = billing::verify::verify(&db).await.unwrap();
+    println!(
+        "writer: {records} settled generations for {users} users in {:.2} s (queued in {:.2} s) = {:.0} generations/s; ledger verify ok={}",
+        total.as_secs_f64(),
+        queued.as_secs_f64(),
+        records as f64 / total.as_secs_f64(),
+        report.ok
+    );
+}

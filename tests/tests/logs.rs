@@ -1,0 +1,367 @@
+//! Logs (`/api/logs`) and the client-app balance endpoints
+//! (`/v1/dashboard/billing/*`), end to end: what a call leaves behind, who may see it,
+//! and the numbers chat front ends read.
+
+use serde_json::{Value, json};
+use tollgate_tests::{NORMAL_COST, Scenario};
+
+/// Makes a chat call and returns its generation id.
+async fn call(s: &Scenario, key: &str, model: &str) -> String {
+    let resp = s.app.chat(key, Scenario::body(model)).await;
+    resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `GET /api/logs{query}` as `token`; asserts 200.
+async fn logs(s: &Scenario, token: &str, query: &str) -> Value {
+    let (status, v) = s
+        .app
+        .api("GET", &format!("/api/logs{query}"), token, None)
+        .await;
+    assert_eq!(status, 200, "{query}: {v}");
+    v
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A client app's `GET {path}` with an `sk-` key.
+async fn dashboard(s: &Scenario, key: &str, path: &str) -> (u16, Value) {
+    let resp = s
+        .app
+        .http
+        .get(format!("{}{path}", s.app.address))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_calls_appear_in_its_logs_newest_first_with_cost_and_tokens() {
+    let s = Scenario::start(1.0).await;
+    let first = call(&s, &s.key, "gpt-4o-mini").await;
+    let second = call(&s, &s.key, "reasoner").await;
+    s.app.settled().await;
+
+    let v = logs(&s, &s.customer_token, "").await;
+
+    assert_eq!(v["total"], 2);
+    assert_eq!(ids(&v), vec![second.clone(), first.clone()]);
+    let newest = &v["items"][0];
+    assert_eq!(newest["model"], "reasoner");
+    assert_eq!(
+        (
+            newest["tokens_prompt"].as_i64(),
+            newest["tokens_completion"].as_i64()
+        ),
+        (Some(100), Some(40))
+    );
+    assert_eq!(newest["native_tokens_cached"], 4);
+    assert_eq!(newest["native_tokens_reasoning"], 10);
+    let reasoner_cost = s.app.generation(&second).await.cost;
+    assert!(reasoner_cost > 0);
+    assert_eq!(
+        newest["total_cost"],
+        billing::micros_to_credits(reasoner_cost)
+    );
+    let oldest = &v["items"][1];
+    assert_eq!(oldest["model"], "gpt-4o-mini");
+    assert_eq!(oldest["tokens_prompt"], 12);
+    assert_eq!(oldest["tokens_completion"], 30);
+    assert_eq!(
+        oldest["total_cost"],
+        billing::micros_to_credits(NORMAL_COST)
+    );
+    assert_eq!(oldest["status"], "success");
+    assert_eq!(oldest["upstream_id"], "chatcmpl-mock123");
+    assert_eq!(oldest["provider_name"], "mock");
+    assert_eq!(oldest["user_id"], s.customer_id);
+    assert_eq!(oldest["key_id"], s.key_id);
+    assert_eq!(oldest["channel_id"], s.channel_id);
+    assert_eq!(oldest["endpoint"], "/v1/chat/completions");
+    assert_eq!(oldest["status_code"], 200);
+    assert_eq!(oldest["error"], Value::Null);
+    assert_eq!(oldest["client_ip"], "127.0.0.1");
+    // Paging: one per page, still newest first.
+    let page2 = logs(&s, &s.customer_token, "?per_page=1&page=2").await;
+    assert_eq!(page2["total"], 2);
+    assert_eq!(ids(&page2), vec![first]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_filter_by_model_status_key_and_time_window() {
+    let s = Scenario::start(1.0).await;
+    let (other_key_id, other_key) = s
+        .app
+        .create_key(&s.customer_token, json!({"name": "second"}))
+        .await;
+    let a = call(&s, &s.key, "gpt-4o-mini").await;
+    let b = call(&s, &other_key, "reasoner").await;
+    let c = call(&s, &s.key, "fail-500").await;
+    s.app.settled().await;
+    let t = &s.customer_token;
+
+    assert_eq!(ids(&logs(&s, t, "?model=reasoner").await), vec![b.clone()]);
+    assert_eq!(ids(&logs(&s, t, "?status=error").await), vec![c.clone()]);
+    assert_eq!(
+        ids(&logs(&s, t, "?status=success").await),
+        vec![b.clone(), a.clone()]
+    );
+    assert_eq!(
+        ids(&logs(&s, t, &format!("?key_id={}", s.key_id)).await),
+        vec![c.clone(), a.clone()]
+    );
+    assert_eq!(
+        ids(&logs(&s, t, &format!("?key_id={other_key_id}&model=reasoner")).await),
+        vec![b.clone()]
+    );
+    assert_eq!(
+        ids(&logs(&s, t, &format!("?user_id={}", s.customer_id)).await).len(),
+        3
+    );
+    // `from` is inclusive, `to` exclusive.
+    let all = logs(&s, t, "").await;
+    let newest_at = all["items"][0]["created_at"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ids(&logs(&s, t, &format!("?from={newest_at}")).await),
+        vec![c.clone()]
+    );
+    assert_eq!(
+        ids(&logs(&s, t, &format!("?to={newest_at}")).await),
+        vec![b.clone(), a.clone()]
+    );
+    let wide = logs(&s, t, "?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z").await;
+    assert_eq!(wide["total"], 3);
+    assert_eq!(logs(&s, t, "?from=2100-01-01T00:00:00Z").await["total"], 0);
+
+    for bad in [
+        "?from=yesterday",
+        "?to=2024-13-01",
+        "?status=ok",
+        "?key_id=abc",
+    ] {
+        let (status, v) = s.app.api("GET", &format!("/api/logs{bad}"), t, None).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_request", "{bad}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_is_logged_as_an_error_with_its_attempts_and_costs_nothing() {
+    let s = Scenario::start(1.0).await;
+    let resp = s.app.chat(&s.key, Scenario::body("fail-500")).await;
+    assert_eq!(resp.status(), 502);
+    let id = resp.headers()["x-generation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    s.app.settled().await;
+
+    let listed = logs(&s, &s.customer_token, "").await;
+    assert_eq!(ids(&listed), vec![id.clone()]);
+    let (status, g) = s
+        .app
+        .api("GET", &format!("/api/logs/{id}"), &s.customer_token, None)
+        .await;
+
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["status"], "error");
+    assert_eq!(g["total_cost"], 0.0);
+    assert_eq!(g["status_code"], 502);
+    assert_eq!(g["error"], "upstream_error");
+    assert_eq!(g["model"], "fail-500");
+    let attempts = g["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{g}");
+    assert_eq!(attempts[0]["channel_id"], s.channel_id);
+    assert_eq!(attempts[0]["status"], 500);
+    assert!(attempts[0]["error"].is_string());
+    assert_eq!(s.app.balance(s.customer_id).await, 1_000_000);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_calls_detail_shows_the_channel_it_was_served_by() {
+    let s = Scenario::start(1.0).await;
+    let id = call(&s, &s.key, "gpt-4o-mini").await;
+    s.app.settled().await;
+
+    let (status, g) = s
+        .app
+        .api("GET", &format!("/api/logs/{id}"), &s.customer_token, None)
+        .await;
+
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["id"], id.as_str());
+    assert_eq!(g["total_cost"], billing::micros_to_credits(NORMAL_COST));
+    assert_eq!(g["endpoint"], "/v1/chat/completions");
+    let attempts = g["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0]["channel_id"], s.channel_id);
+    assert_eq!(attempts[0]["channel"], "mock");
+    assert_eq!(attempts[0]["status"], 200);
+    let (status, v) = s
+        .app
+        .api("GET", "/api/logs/gen-nope", &s.customer_token, None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(v["error"]["code"], "not_found");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reseller_sees_its_customers_logs_and_nobody_else_does() {
+    let s = Scenario::start(1.0).await;
+    s.app.create_user("rita", "reseller").await;
+    s.app.create_user("rob", "reseller").await;
+    let rita = s.app.login("rita", "password-123").await;
+    let rob = s.app.login("rob", "password-123").await;
+    let (status, carl) = s
+        .app
+        .api(
+            "POST",
+            "/api/users",
+            &rita,
+            Some(json!({"username": "carl", "password": "password-123", "role": "customer"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{carl}");
+    let carl_id = carl["id"].as_i64().unwrap();
+    s.app.mint(carl_id, 1.0).await;
+    let carl_token = s.app.login("carl", "password-123").await;
+    let (_, carl_key) = s.app.create_key(&carl_token, json!({"name": "c"})).await;
+    let carls = call(&s, &carl_key, "gpt-4o-mini").await;
+    let alices = call(&s, &s.key, "gpt-4o-mini").await;
+    s.app.settled().await;
+
+    let seen_by_rita = logs(&s, &rita, "").await;
+    assert_eq!(ids(&seen_by_rita), vec![carls.clone()]);
+    assert_eq!(seen_by_rita["items"][0]["user_id"], carl_id);
+    let (status, g) = s
+        .app
+        .api("GET", &format!("/api/logs/{carls}"), &rita, None)
+        .await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["user_id"], carl_id);
+    // Asking for someone outside its scope finds nothing.
+    let (status, _) = s
+        .app
+        .api("GET", &format!("/api/logs/{alices}"), &rita, None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        logs(&s, &rita, &format!("?user_id={}", s.customer_id)).await["total"],
+        0
+    );
+
+    let seen_by_rob = logs(&s, &rob, "").await;
+    assert_eq!(seen_by_rob["total"], 0);
+    assert_eq!(seen_by_rob["items"], json!([]));
+    let (status, v) = s
+        .app
+        .api("GET", &format!("/api/logs/{carls}"), &rob, None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(v["error"]["code"], "not_found");
+
+    assert_eq!(
+        ids(&logs(&s, &s.customer_token, "").await),
+        vec![alices.clone()]
+    );
+    let (status, _) = s
+        .app
+        .api(
+            "GET",
+            &format!("/api/logs/{carls}"),
+            &s.customer_token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    assert_eq!(
+        ids(&logs(&s, &s.app.root_token, "").await),
+        vec![alices, carls]
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_endpoints_report_the_users_balance_in_openais_legacy_shapes() {
+    let s = Scenario::start(1.0).await;
+    call(&s, &s.key, "gpt-4o-mini").await;
+    s.app.settled().await;
+
+    let (status, sub) = dashboard(&s, &s.key, "/v1/dashboard/billing/subscription").await;
+    let (status2, usage) = dashboard(
+        &s,
+        &s.key,
+        "/v1/dashboard/billing/usage?start_date=2025-01-01&end_date=2025-02-01",
+    )
+    .await;
+
+    assert_eq!((status, status2), (200, 200));
+    assert_eq!(
+        sub,
+        json!({"object": "billing_subscription", "has_payment_method": true,
+               "soft_limit_usd": 1.0, "hard_limit_usd": 1.0, "system_hard_limit_usd": 1.0,
+               "access_until": 0})
+    );
+    // Hundredths of a credit: 20 µc = 0.002.
+    assert_eq!(usage, json!({"object": "list", "total_usage": 0.002}));
+    // What a front end shows as left is the balance.
+    let left =
+        sub["hard_limit_usd"].as_f64().unwrap() - usage["total_usage"].as_f64().unwrap() / 100.0;
+    let balance = billing::micros_to_credits(s.app.balance(s.customer_id).await);
+    assert!((left - balance).abs() < 1e-9, "{left} vs {balance}");
+    assert_eq!(balance, 0.99998);
+    // The same answers without `/v1` (NextChat's path), and fresh after a top-up.
+    s.app.mint(s.customer_id, 2.0).await;
+    let (_, sub) = dashboard(&s, &s.key, "/dashboard/billing/subscription").await;
+    assert_eq!(sub["hard_limit_usd"], 3.0);
+    let (_, usage) = dashboard(&s, &s.key, "/dashboard/billing/usage").await;
+    assert_eq!(usage["total_usage"], 0.002);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_a_credit_limit_reports_its_limit_its_own_usage_and_its_expiry() {
+    let s = Scenario::start(1.0).await;
+    let (_, limited) = s
+        .app
+        .create_key(
+            &s.customer_token,
+            json!({"name": "limited", "credit_limit": 0.5, "expires_at": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+    call(&s, &limited, "gpt-4o-mini").await;
+    call(&s, &s.key, "gpt-4o-mini").await;
+    s.app.settled().await;
+
+    let (_, sub) = dashboard(&s, &limited, "/v1/dashboard/billing/subscription").await;
+    let (_, usage) = dashboard(&s, &limited, "/v1/dashboard/billing/usage").await;
+    let (_, user_usage) = dashboard(&s, &s.key, "/v1/dashboard/billing/usage").await;
+
+    assert_eq!(sub["hard_limit_usd"], 0.5);
+    assert_eq!(sub["soft_limit_usd"], 0.5);
+    assert_eq!(sub["access_until"], 4_070_908_800_i64);
+    assert_eq!(usage["total_usage"], 0.002);
+    // The owner's figure counts both keys.
+    assert_eq!(user_usage["total_usage"], 0.004);
+
+    let (status, err) = dashboard(&s, "sk-nope", "/v1/dashboard/billing/subscription").await;
+    assert_eq!(status, 401);
+    assert_eq!(err["error"]["code"], "invalid_api_key");
+    s.stop().await;
+}
