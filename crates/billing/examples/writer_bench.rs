@@ -43,7 +43,7 @@ async fn main() {
             group_name: Set("default".into()),
             parent_id: Set(None),
             status: Set("enabled".into()),
-            balance: Set(1_000_000_000_000),
+            balance: Set(0),
             used: Set(0),
             created_at: Set(now),
             updated_at: Set(now),
@@ -52,8 +52,13 @@ async fn main() {
         .insert(&db)
         .await
         .unwrap();
-        wallet
-            .set_limit(Account::User(u.id), u.balance)
+        wallet.set_limit(Account::User(u.id), 0).await.unwrap();
+        let mint = billing::accounts::Entry {
+            kind: "mint",
+            note: Some("bench"),
+            reference: None,
+        };
+        billing::accounts::adjust(&db, &wallet, u.id, 1_000_000_000_000, mint)
             .await
             .unwrap();
         ids.push(u.id);

@@ -284,13 +284,15 @@ async fn commit(
     Ok(charged)
 }
 
-/// Splits rows into chunks of 64, 16, 4 and 1: a multi-row INSERT's SQL text depends on
+/// Splits rows into chunks of 16, 4 and 1: a multi-row INSERT's SQL text depends on
 /// its row count, and the driver caches prepared statements by text, so a handful of
-/// shapes are parsed once instead of a new statement for every batch size.
+/// shapes are parsed once instead of a new statement for every batch size. Chunks stay
+/// small because sqlx does not set TCP_NODELAY: 64-row generation inserts to Postgres
+/// over TCP stalled ~40 ms each on Nagle + delayed ACK (1.3k/s against 14k/s at 16).
 fn shaped_chunks<T>(rows: &[T]) -> Vec<&[T]> {
     let mut out = Vec::new();
     let mut rest = rows;
-    for size in [64, 16, 4, 1] {
+    for size in [16, 4, 1] {
         while rest.len() >= size {
             let (head, tail) = rest.split_at(size);
             out.push(head);
@@ -401,7 +403,7 @@ mod tests {
     fn rows_are_split_into_a_few_fixed_insert_shapes() {
         let rows: Vec<u32> = (0..87).collect();
         let sizes: Vec<usize> = shaped_chunks(&rows).iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, [64, 16, 4, 1, 1, 1]);
+        assert_eq!(sizes, [16, 16, 16, 16, 16, 4, 1, 1, 1]);
         assert_eq!(shaped_chunks(&rows).concat(), rows);
         assert!(shaped_chunks::<u32>(&[]).is_empty());
     }
