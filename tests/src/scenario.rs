@@ -70,7 +70,15 @@ impl Scenario {
         json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}]})
     }
 
+    /// Stops everything, after checking that the ledger verifies: every test that uses a
+    /// scenario ends with balance = Σ ledger for every user.
     pub async fn stop(self) {
+        self.app.settled().await;
+        let report = billing::verify::verify(&self.app.state.db).await.unwrap();
+        assert!(
+            report.ok,
+            "ledger verify at the end of the test: {report:?}"
+        );
         self.mock.stop().await;
         self.app.stop().await;
     }

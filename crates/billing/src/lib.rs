@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod credits;
 pub mod error;
+pub mod images;
 pub mod ledger;
 pub mod price;
 pub mod redemption;
