@@ -96,6 +96,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
             cooldown: Duration::from_secs(1),
         },
         health_interval_s: 1,
+        lease_ttl_s: 2,
     };
     adjust(&mut config);
     let has_root_password = config.root_password.is_some();

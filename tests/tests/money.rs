@@ -131,3 +131,44 @@ async fn a_raised_key_credit_limit_takes_effect_at_once_and_keeps_what_was_spent
     s.app.assert_ledger_consistent().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reservations_of_an_instance_that_dies_are_given_back() {
+    use billing::wallet::Account;
+    let s = Scenario::start(1.0).await;
+    if !backend_name().ends_with("redis") {
+        // In process, reservations die with the process and a restart rebuilds the
+        // counters from the database (the SIGKILL test in crates/gateway covers it).
+        s.stop().await;
+        return;
+    }
+    let other = s.app.second_instance().await;
+    let user = Account::User(s.customer_id);
+    assert_eq!(
+        s.app.state.wallet.available(user).await.unwrap(),
+        Some(1_000_000)
+    );
+    // The other instance reserves for a request and then dies without settling it.
+    let _hold = other
+        .state
+        .wallet
+        .reserve(s.customer_id, None, 300_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.app.state.wallet.available(user).await.unwrap(),
+        Some(700_000)
+    );
+    other.state.wallet.stop_heartbeat().await;
+    // This instance notices the silence (lease TTL 2 s in tests) and gives it back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    while s.app.state.wallet.available(user).await.unwrap() != Some(1_000_000) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead instance's hold was not given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    other.stop_gracefully().await;
+    s.stop().await;
+}

@@ -68,6 +68,7 @@ async fn main() {
     for i in 0..records {
         let user_id = ids[i % ids.len()];
         let hold = wallet.reserve(user_id, None, 40).await.unwrap();
+        let lease = hold.lease;
         let pending = wallet.settle(hold, 20).await.unwrap();
         let record = GenerationRecord {
             id: format!(
@@ -106,6 +107,7 @@ async fn main() {
                 key_id: 1,
                 key_limited: false,
                 pending,
+                lease,
             }),
         );
     }

@@ -60,7 +60,7 @@ pub async fn adjust(
         (Ok(posted), Some(hold)) => {
             after_commit(
                 wallet
-                    .flushed(user_id, None, hold.amount, hold.amount)
+                    .flushed(user_id, None, hold.lease, hold.amount, hold.amount)
                     .await,
             );
             Ok(posted)
@@ -125,7 +125,7 @@ pub async fn transfer(
     .await;
     match result {
         Ok(posted) => {
-            after_commit(wallet.flushed(from, None, amount, amount).await);
+            after_commit(wallet.flushed(from, None, hold.lease, amount, amount).await);
             after_commit(wallet.credit(to, amount).await);
             Ok(posted)
         }

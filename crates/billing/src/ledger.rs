@@ -53,6 +53,8 @@ pub struct Charge {
     /// Whether the key has a wallet account (a credit limit).
     pub key_limited: bool,
     pub pending: i64,
+    /// The hold's lease, released when the charge is committed.
+    pub lease: u64,
 }
 
 enum Msg {
@@ -185,7 +187,10 @@ async fn commit_one(db: &DatabaseConnection, item: &(GenerationRecord, Option<Ch
 async fn follow_wallet(wallet: &Wallet, item: &(GenerationRecord, Option<Charge>), charged: i64) {
     if let Some(c) = item.1 {
         let key = c.key_limited.then_some(c.key_id);
-        if let Err(e) = wallet.flushed(c.user_id, key, c.pending, charged).await {
+        if let Err(e) = wallet
+            .flushed(c.user_id, key, c.lease, c.pending, charged)
+            .await
+        {
             tracing::error!(error = ?e, user.id = c.user_id, "wallet not updated after commit");
         }
     }

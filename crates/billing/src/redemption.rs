@@ -101,7 +101,7 @@ pub async fn create_codes(
         (Ok(paid), Some(hold)) => {
             after_commit(
                 wallet
-                    .flushed(batch.created_by, None, hold.amount, hold.amount)
+                    .flushed(batch.created_by, None, hold.lease, hold.amount, hold.amount)
                     .await,
             );
             Ok(Issued { codes, paid })

@@ -7,7 +7,9 @@
 //! final guard that no balance goes below zero.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use deadpool_redis::Pool;
 use deadpool_redis::redis::{self, Script};
@@ -39,6 +41,8 @@ pub struct Hold {
     /// Set when the key has a credit limit.
     pub key_id: Option<i64>,
     pub amount: i64,
+    /// This hold's lease in Redis (what a dead instance's holds are reclaimed by).
+    pub lease: u64,
 }
 
 enum Backend {
@@ -56,12 +60,25 @@ struct Scripts {
     settle: Script,
     flushed: Script,
     credit: Script,
+    reclaim: Script,
 }
 
 /// The admission authority for every account.
 pub struct Wallet {
     db: DatabaseConnection,
     backend: Backend,
+    /// This process's name in the lease registry.
+    instance: String,
+    next_lease: AtomicU64,
+    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", std::process::id(), nanos)
 }
 
 // Redis Lua numbers are doubles, and how Redis prints one varies by version (`-0`,
@@ -69,6 +86,14 @@ pub struct Wallet {
 // number, and zero increments are skipped. `held` never goes below zero.
 const LUA_PRELUDE: &str = r"
 local function int(x) return string.format('%d', x) end
+local function lease(hash, id, amount)
+  if hash == '' then return end
+  if amount > 0 then
+    redis.call('HSET', hash, id, int(amount) .. '|' .. table.concat(KEYS, ','))
+  else
+    redis.call('HDEL', hash, id)
+  end
+end
 local function add_held(key, delta)
   if delta == 0 then return end
   local held = tonumber(redis.call('HGET', key, 'held') or '0') + delta
@@ -86,6 +111,7 @@ for i = 1, #KEYS do
   if tonumber(lim) - held < amt then return 0 end
 end
 for i = 1, #KEYS do add_held(KEYS[i], amt) end
+lease(ARGV[2], ARGV[3], amt)
 return 1
 ";
 
@@ -104,6 +130,7 @@ if charge < 0 then charge = 0 end
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then add_held(KEYS[i], charge - reserved) end
 end
+lease(ARGV[3], ARGV[4], charge)
 return charge
 ";
 
@@ -119,7 +146,25 @@ for i = 1, #KEYS do
     end
   end
 end
+lease(ARGV[3], ARGV[4], 0)
 return 1
+";
+
+/// Gives back everything a dead instance still held: each lease is `amount|accounts`.
+const RECLAIM: &str = r"
+local entries = redis.call('HGETALL', KEYS[1])
+local n = 0
+for i = 1, #entries, 2 do
+  local amount, accounts = string.match(entries[i + 1], '^(%-?%d+)|(.*)$')
+  if amount then
+    for acct in string.gmatch(accounts, '[^,]+') do
+      if redis.call('EXISTS', acct) == 1 then add_held(acct, -tonumber(amount)) end
+    end
+    n = n + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+return n
 ";
 
 const CREDIT: &str = r"
@@ -146,11 +191,139 @@ impl Wallet {
                     settle: script(SETTLE),
                     flushed: script(FLUSHED),
                     credit: script(CREDIT),
+                    reclaim: script(RECLAIM),
                 }),
             },
             None => Backend::Memory(Mutex::new(HashMap::new())),
         };
-        Wallet { db, backend }
+        Wallet {
+            db,
+            backend,
+            instance: uuid_like(),
+            next_lease: AtomicU64::new(1),
+            heartbeat: Mutex::new(None),
+        }
+    }
+
+    /// This instance's lease hash in Redis ("" in process: nothing to lease).
+    fn lease_key(&self) -> String {
+        match &self.backend {
+            Backend::Memory(_) => String::new(),
+            Backend::Redis { prefix, .. } => format!("{prefix}:lease:{}", self.instance),
+        }
+    }
+
+    /// Redis only: announces this instance every `ttl / 3`, and gives back the holds
+    /// of instances that stopped announcing themselves (crashed with requests in
+    /// flight) — what they held was never charged, so it must not stay held.
+    pub fn start_leases(self: &Arc<Self>, ttl: Duration) {
+        let Backend::Redis { .. } = &self.backend else {
+            return;
+        };
+        let me = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.heartbeat_once(ttl).await {
+                    tracing::warn!(error = ?e, "wallet lease heartbeat failed");
+                }
+            }
+        });
+        *lock(&self.heartbeat) = Some(task);
+    }
+
+    async fn heartbeat_once(&self, ttl: Duration) -> Result<(), BillingError> {
+        let Backend::Redis {
+            pool,
+            prefix,
+            scripts,
+        } = &self.backend
+        else {
+            return Ok(());
+        };
+        let mut conn = pool.get().await?;
+        let registry = format!("{prefix}:instances");
+        let () = redis::pipe()
+            .cmd("SET")
+            .arg(format!("{prefix}:alive:{}", self.instance))
+            .arg(1)
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .ignore()
+            .cmd("SADD")
+            .arg(&registry)
+            .arg(&self.instance)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        let instances: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&registry)
+            .query_async(&mut conn)
+            .await?;
+        for other in instances.iter().filter(|i| **i != self.instance) {
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(format!("{prefix}:alive:{other}"))
+                .query_async(&mut conn)
+                .await?;
+            if alive {
+                continue;
+            }
+            let reclaimed: i64 = scripts
+                .reclaim
+                .key(format!("{prefix}:lease:{other}"))
+                .invoke_async(&mut conn)
+                .await?;
+            let _: i64 = redis::cmd("SREM")
+                .arg(&registry)
+                .arg(other)
+                .query_async(&mut conn)
+                .await?;
+            if reclaimed > 0 {
+                tracing::warn!(instance = %other, holds = reclaimed, "gave back the holds of an instance that stopped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops announcing this instance (as a crash would): its holds are reclaimed by
+    /// the others once its announcement expires.
+    pub async fn stop_heartbeat(&self) {
+        if let Some(task) = lock(&self.heartbeat).take() {
+            task.abort();
+        }
+        if let Backend::Redis { pool, prefix, .. } = &self.backend
+            && let Ok(mut conn) = pool.get().await
+        {
+            let _: Result<i64, _> = redis::cmd("DEL")
+                .arg(format!("{prefix}:alive:{}", self.instance))
+                .query_async(&mut conn)
+                .await;
+        }
+    }
+
+    /// Leaves cleanly at shutdown (after the writer flushed): anything still leased
+    /// is given back, and the instance leaves the registry.
+    pub async fn leave(&self) {
+        self.stop_heartbeat().await;
+        if let Backend::Redis {
+            pool,
+            prefix,
+            scripts,
+        } = &self.backend
+            && let Ok(mut conn) = pool.get().await
+        {
+            let _: Result<i64, _> = scripts
+                .reclaim
+                .key(self.lease_key())
+                .invoke_async(&mut conn)
+                .await;
+            let _: Result<i64, _> = redis::cmd("SREM")
+                .arg(format!("{prefix}:instances"))
+                .arg(&self.instance)
+                .query_async(&mut conn)
+                .await;
+        }
     }
 
     /// Loads every account from the database. In Redis, accounts that other instances
@@ -297,13 +470,15 @@ impl Wallet {
     ) -> Result<Hold, BillingError> {
         let amount = amount.max(0);
         let accounts = accounts_of(user_id, key_id);
+        let lease = self.next_lease.fetch_add(1, Ordering::Relaxed);
         for _ in 0..3 {
-            match self.try_reserve(&accounts, amount).await? {
+            match self.try_reserve(&accounts, amount, lease).await? {
                 Reserve::Done => {
                     return Ok(Hold {
                         user_id,
                         key_id,
                         amount,
+                        lease,
                     });
                 }
                 Reserve::Short => return Err(BillingError::Insufficient),
@@ -348,6 +523,8 @@ impl Wallet {
                 let charge: i64 = inv
                     .arg(hold.amount)
                     .arg(cost)
+                    .arg(self.lease_key())
+                    .arg(hold.lease)
                     .invoke_async(&mut conn)
                     .await?;
                 Ok(charge)
@@ -358,7 +535,8 @@ impl Wallet {
     /// Gives a hold back untouched (the request failed).
     pub async fn release(&self, hold: Hold) -> Result<(), BillingError> {
         let accounts = accounts_of(hold.user_id, hold.key_id);
-        self.apply_flushed(&accounts, hold.amount, 0).await
+        self.apply_flushed(&accounts, hold.lease, hold.amount, 0)
+            .await
     }
 
     /// Records that a pending charge was committed: it leaves `held`, and what was
@@ -367,10 +545,11 @@ impl Wallet {
         &self,
         user_id: i64,
         key_id: Option<i64>,
+        lease: u64,
         pending: i64,
         charged: i64,
     ) -> Result<(), BillingError> {
-        self.apply_flushed(&accounts_of(user_id, key_id), pending, charged)
+        self.apply_flushed(&accounts_of(user_id, key_id), lease, pending, charged)
             .await
     }
 
@@ -421,6 +600,7 @@ impl Wallet {
         &self,
         accounts: &[Account],
         amount: i64,
+        lease: u64,
     ) -> Result<Reserve, BillingError> {
         match &self.backend {
             Backend::Memory(slots) => {
@@ -449,7 +629,12 @@ impl Wallet {
                 for a in accounts {
                     inv.key(redis_key(prefix, *a));
                 }
-                let r: i64 = inv.arg(amount).invoke_async(&mut conn).await?;
+                let r: i64 = inv
+                    .arg(amount)
+                    .arg(self.lease_key())
+                    .arg(lease)
+                    .invoke_async(&mut conn)
+                    .await?;
                 Ok(match r {
                     1 => Reserve::Done,
                     0 => Reserve::Short,
@@ -465,6 +650,7 @@ impl Wallet {
     async fn apply_flushed(
         &self,
         accounts: &[Account],
+        lease: u64,
         pending: i64,
         charged: i64,
     ) -> Result<(), BillingError> {
@@ -492,6 +678,8 @@ impl Wallet {
                 let _: i64 = inv
                     .arg(pending)
                     .arg(charged)
+                    .arg(self.lease_key())
+                    .arg(lease)
                     .invoke_async(&mut conn)
                     .await?;
                 Ok(())
@@ -615,7 +803,7 @@ mod tests {
         assert_eq!(w.settle(h, 500).await.unwrap(), 75);
         assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(0));
         // The commit moves pending charges from `held` to the limit.
-        w.flushed(1, None, 100, 100).await.unwrap();
+        w.flushed(1, None, 0, 100, 100).await.unwrap();
         assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(0));
         w.credit(1, 30).await.unwrap();
         assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(30));

@@ -55,6 +55,7 @@ impl Application {
             .load_all()
             .await
             .map_err(|e| anyhow::anyhow!("cannot load wallets: {e:?}"))?;
+        wallet.start_leases(std::time::Duration::from_secs(config.lease_ttl_s));
         let jwt = admin_web::bootstrap::jwt_secret(&db, config.jwt_secret.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot load the JWT secret: {e:?}"))?;
@@ -180,6 +181,7 @@ impl Application {
         self.state.tasks.close();
         self.state.tasks.wait().await;
         self.state.writer.flush().await;
+        self.state.wallet.leave().await;
         drop(self.state);
         self.writer_task.abort();
         tracing::info!("tollgate stopped; pending writes flushed");

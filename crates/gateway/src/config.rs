@@ -36,6 +36,9 @@ pub struct Config {
     pub breaker: relay_core::health::BreakerConfig,
     /// `TOLLGATE_HEALTH_INTERVAL_S`: how often auto-disabled channels are re-tested.
     pub health_interval_s: u64,
+    /// `TOLLGATE_LEASE_TTL_S` (Redis only): an instance silent this long is taken for
+    /// dead and its reservations are given back.
+    pub lease_ttl_s: u64,
 }
 
 impl Config {
@@ -77,6 +80,9 @@ impl Config {
                     u64::try_from(number("TOLLGATE_BREAKER_COOLDOWN_S", 30)?).unwrap_or(30),
                 ),
             },
+            lease_ttl_s: u64::try_from(number("TOLLGATE_LEASE_TTL_S", 15)?)
+                .unwrap_or(15)
+                .max(1),
             health_interval_s: u64::try_from(number("TOLLGATE_HEALTH_INTERVAL_S", 300)?)
                 .unwrap_or(300)
                 .max(1),

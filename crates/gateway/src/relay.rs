@@ -1,5 +1,6 @@
-//! The relay's HTTP handlers (OpenAI protocol): thin — extract, call `relay-core`,
-//! map the answer. Every answer carries `X-Generation-Id`.
+//! The relay's HTTP handlers (OpenAI chat and Anthropic messages): thin — extract, call
+//! `relay-core`, map the answer in the client's protocol. Every answer carries
+//! `X-Generation-Id`.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -14,7 +15,8 @@ use relay_core::RelayError;
 use relay_core::admission::{self, Admitted, Caller};
 use relay_core::meter::Meter;
 use relay_core::openai::ChatHead;
-use relay_core::relay::{ChatAnswer, ChatDeps, prompt_estimate};
+use relay_core::protocol::Protocol;
+use relay_core::relay::{ChatAnswer, ChatDeps, RelayRequest, prompt_estimate};
 
 use crate::state::AppState;
 
@@ -26,6 +28,7 @@ const DEFAULT_MAX_OUTPUT: i64 = 4096;
 /// Mounts the relay endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions))
+        .route("/v1/messages", web::post().to(messages))
         .route("/v1/models", web::get().to(models));
 }
 
@@ -42,6 +45,32 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
+}
+
+/// The client's key: `x-api-key` (Anthropic's SDK) or `Authorization: Bearer`.
+fn api_key(req: &HttpRequest, proto: Protocol) -> Option<&str> {
+    let header_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
+    match proto {
+        Protocol::AnthropicMessages => header_key.or_else(|| bearer(req)),
+        Protocol::OpenAiChat => bearer(req),
+    }
+}
+
+/// An error answer in the client's protocol.
+pub fn error_response(proto: Protocol, err: &RelayError, generation_id: &str) -> HttpResponse {
+    match proto {
+        Protocol::OpenAiChat => openai_error(err, generation_id),
+        Protocol::AnthropicMessages => {
+            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut resp = HttpResponse::build(status);
+            resp.insert_header((header::CONTENT_TYPE, "application/json"));
+            resp.insert_header((GENERATION_HEADER, generation_id.to_owned()));
+            if let RelayError::RateLimited(_) = err {
+                resp.insert_header((header::RETRY_AFTER, "60"));
+            }
+            resp.body(err.anthropic_body())
+        }
+    }
 }
 
 fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
@@ -93,12 +122,47 @@ pub async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
+    relay(Protocol::OpenAiChat, state, req, payload).await
+}
+
+/// `POST /v1/messages`
+pub async fn messages(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::AnthropicMessages, state, req, payload).await
+}
+
+/// Client headers that go upstream with the request.
+fn forwarded_headers(req: &HttpRequest, proto: Protocol) -> Vec<(&'static str, String)> {
+    if proto != Protocol::AnthropicMessages {
+        return Vec::new();
+    }
+    ["anthropic-version", "anthropic-beta"]
+        .into_iter()
+        .filter_map(|name| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (name, v.to_owned()))
+        })
+        .collect()
+}
+
+/// One relay request in `proto`, from the key to the answer.
+async fn relay(
+    proto: Protocol,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let started = Instant::now();
     let id = new_generation_id();
     let snap = state.snapshot.load_full();
-    let caller = match admission::authenticate(&snap.catalog, bearer(&req)) {
+    let caller = match admission::authenticate(&snap.catalog, api_key(&req, proto)) {
         Ok(c) => c,
-        Err(e) => return openai_error(&e, &id),
+        Err(e) => return error_response(proto, &e, &id),
     };
     let ip = client_ip(&req);
     let mut record = GenerationRecord {
@@ -110,7 +174,7 @@ pub async fn chat_completions(
         provider_name: None,
         model: String::new(),
         upstream_model: None,
-        endpoint: "/v1/chat/completions".to_owned(),
+        endpoint: proto.path().to_owned(),
         streamed: false,
         cancelled: false,
         finish_reason: None,
@@ -128,7 +192,13 @@ pub async fn chat_completions(
         admission::check_ip(&caller, ip)?;
         let body = read_limited(payload, &req, state.config.max_body_mb).await?;
         let head = ChatHead::parse(&body)?;
-        let admitted = admission::admit_model(&snap.catalog, &snap.router, &caller, head.model())?;
+        let admitted = admission::admit_model(
+            &snap.catalog,
+            &snap.router,
+            &caller,
+            head.model(),
+            proto.channel_kind(),
+        )?;
         check_rpm(&state, &caller).await?;
         Ok::<_, RelayError>((body, head, admitted))
     }
@@ -137,7 +207,7 @@ pub async fn chat_completions(
         Ok(p) => p,
         Err(e) => {
             reject(&state, record, &e, started);
-            return openai_error(&e, &id);
+            return error_response(proto, &e, &id);
         }
     };
     record.model = admitted.model.clone();
@@ -157,13 +227,13 @@ pub async fn chat_completions(
         Err(billing::BillingError::Insufficient) => {
             let e = RelayError::InsufficientQuota;
             reject(&state, record, &e, started);
-            return openai_error(&e, &id);
+            return error_response(proto, &e, &id);
         }
         Err(err) => {
             tracing::error!(error = ?err, "reservation failed");
             let e = RelayError::Internal;
             reject(&state, record, &e, started);
-            return openai_error(&e, &id);
+            return error_response(proto, &e, &id);
         }
     };
     let meter = Meter::new(
@@ -182,7 +252,14 @@ pub async fn chat_completions(
         health: state.health.as_ref(),
         max_tries: state.config.max_tries,
     };
-    match relay_core::relay::chat(&deps, &admitted, &head, &body, meter).await {
+    let extra = forwarded_headers(&req, proto);
+    let request = RelayRequest {
+        proto,
+        head: &head,
+        raw: &body,
+        extra: &extra,
+    };
+    match relay_core::relay::chat(&deps, &admitted, &request, meter).await {
         Ok(ChatAnswer::Complete(answer)) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "application/json"))
             .insert_header((GENERATION_HEADER, id))
@@ -197,7 +274,7 @@ pub async fn chat_completions(
             .insert_header(("x-accel-buffering", "no"))
             .insert_header((GENERATION_HEADER, id))
             .streaming(stream),
-        Err(e) => openai_error(&e, &id),
+        Err(e) => error_response(proto, &e, &id),
     }
 }
 
@@ -244,15 +321,37 @@ fn reject(state: &AppState, mut record: GenerationRecord, err: &RelayError, star
     state.writer.submit(record, None);
 }
 
-/// `GET /v1/models`: exactly the models this key may call.
+/// `GET /v1/models`: exactly the models this key may call — in Anthropic's shape when
+/// the client sends `anthropic-version` (the Anthropic SDK), else in OpenAI's.
 pub async fn models(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let id = new_generation_id();
     let snap = state.snapshot.load();
-    let caller = match admission::authenticate(&snap.catalog, bearer(&req)) {
-        Ok(c) => c,
-        Err(e) => return openai_error(&e, &id),
+    let proto = if req.headers().contains_key("anthropic-version") {
+        Protocol::AnthropicMessages
+    } else {
+        Protocol::OpenAiChat
     };
-    let data: Vec<_> = admission::visible_models(&snap.catalog, &snap.router, &caller)
+    let caller = match admission::authenticate(&snap.catalog, api_key(&req, proto)) {
+        Ok(c) => c,
+        Err(e) => return error_response(proto, &e, &id),
+    };
+    let visible =
+        admission::visible_models(&snap.catalog, &snap.router, &caller, proto.channel_kind());
+    if proto == Protocol::AnthropicMessages {
+        let data: Vec<_> = visible
+            .iter()
+            .map(|m| serde_json::json!({"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}))
+            .collect();
+        return HttpResponse::Ok()
+            .insert_header((GENERATION_HEADER, id))
+            .json(serde_json::json!({
+                "data": data,
+                "has_more": false,
+                "first_id": visible.first(),
+                "last_id": visible.last(),
+            }));
+    }
+    let data: Vec<_> = visible
         .into_iter()
         .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
         .collect();

@@ -32,7 +32,7 @@ pub fn authenticate(catalog: &Catalog, raw_key: Option<&str>) -> Result<Caller, 
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or(RelayError::InvalidApiKey(
-            "missing API key: send it as 'Authorization: Bearer sk-...'",
+            "missing API key: send it as 'Authorization: Bearer sk-...' (or 'x-api-key: sk-...')",
         ))?;
     let key = catalog
         .keys
@@ -68,24 +68,27 @@ pub fn check_ip(caller: &Caller, ip: Option<IpAddr>) -> Result<(), RelayError> {
     }
 }
 
-/// Checks that the caller may use `model` and that it is priced and served.
+/// Checks that the caller may use `model` and that it is priced and served by a
+/// channel of type `kind`.
 pub fn admit_model(
     catalog: &Catalog,
     router: &Router,
     caller: &Caller,
     model: &str,
+    kind: &str,
 ) -> Result<Admitted, RelayError> {
     if !caller.key.allows_model(model) {
         return Err(RelayError::ModelNotAllowed(model.to_owned()));
+    }
+    // A model nobody serves is unknown (404) before it is unpriced (403).
+    if !router.serves_kind(&caller.user.group, model, kind) {
+        return Err(RelayError::ModelNotFound(model.to_owned()));
     }
     let price = catalog
         .prices
         .get(model)
         .map(Price::from)
         .ok_or_else(|| RelayError::ModelNotPriced(model.to_owned()))?;
-    if !router.serves(&caller.user.group, model) {
-        return Err(RelayError::ModelNotFound(model.to_owned()));
-    }
     Ok(Admitted {
         caller: caller.clone(),
         model: model.to_owned(),
@@ -94,14 +97,16 @@ pub fn admit_model(
     })
 }
 
-/// The models a caller may call: priced, served to its group, allowed by the key.
+/// The models a caller may call through channels of type `kind`: priced, served to its
+/// group, allowed by the key.
 pub fn visible_models<'a>(
     catalog: &'a Catalog,
     router: &'a Router,
     caller: &Caller,
+    kind: &str,
 ) -> Vec<&'a str> {
     router
-        .models_for_group(&caller.user.group)
+        .models_for_group_kind(&caller.user.group, kind)
         .into_iter()
         .filter(|m| catalog.prices.contains_key(*m) && caller.key.allows_model(m))
         .collect()

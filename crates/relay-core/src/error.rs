@@ -141,6 +141,29 @@ impl RelayError {
     }
 }
 
+impl RelayError {
+    /// The Anthropic-shaped error body (`{"type":"error","error":{"type","message"}}`).
+    /// An Anthropic upstream's own rejection keeps its error type, with its message
+    /// redacted.
+    pub fn anthropic_body(&self) -> bytes::Bytes {
+        let upstream_type = match self {
+            RelayError::Rejected {
+                body: Some(body), ..
+            } => serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/type")
+                        .and_then(|t| t.as_str().map(str::to_owned))
+                }),
+            _ => None,
+        };
+        let kind =
+            upstream_type.unwrap_or_else(|| crate::anthropic::error_type(self.status()).to_owned());
+        let body = serde_json::json!({"type": "error", "error": {"type": kind, "message": redact(&self.to_string())}});
+        bytes::Bytes::from(body.to_string())
+    }
+}
+
 /// Hides URLs and key-like strings (`sk-…`, long tokens after `key=`) in a message that
 /// came from an upstream, so a client never learns a channel's address or secret.
 pub fn redact(text: &str) -> String {

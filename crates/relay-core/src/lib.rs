@@ -4,11 +4,13 @@
 //! and streams.
 
 pub mod admission;
+pub mod anthropic;
 pub mod error;
 pub mod health;
 pub mod meter;
 pub mod openai;
 pub mod probe;
+pub mod protocol;
 pub mod relay;
 pub mod router;
 pub mod sse;

@@ -79,11 +79,11 @@ impl Meter {
                     record.usage = usage;
                     record.status = "success";
                     let cost = price.cost(&usage, mult);
-                    let (user_id, key_id) = (hold.user_id, record.key_id);
+                    let (user_id, key_id, lease) = (hold.user_id, record.key_id, hold.lease);
                     match settler.wallet.settle(hold, cost).await {
                         Ok(pending) => settler.writer.submit(
                             record,
-                            Some(Charge { user_id, key_id, key_limited, pending }),
+                            Some(Charge { user_id, key_id, key_limited, pending, lease }),
                         ),
                         Err(e) => {
                             tracing::error!(error = %e, generation.id = %record.id, "settlement failed; not charged");

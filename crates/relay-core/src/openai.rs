@@ -9,6 +9,8 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 use crate::RelayError;
+use crate::anthropic::MessagesStream;
+use crate::protocol::Protocol;
 
 /// What the relay reads of a chat request; the rest of the body passes through.
 #[derive(Debug, Deserialize)]
@@ -78,11 +80,14 @@ impl ChatHead {
 /// The body to send upstream: the client's bytes untouched when nothing must change,
 /// else with the mapped model and (for streams) `stream_options.include_usage`.
 pub fn upstream_body(
+    proto: Protocol,
     raw: &Bytes,
     head: &ChatHead,
     upstream_model: &str,
 ) -> Result<Bytes, RelayError> {
-    let need_usage = head.is_stream() && !head.wants_stream_usage();
+    // Only OpenAI streams need asking for usage; Anthropic streams always carry it.
+    let need_usage =
+        proto == Protocol::OpenAiChat && head.is_stream() && !head.wants_stream_usage();
     if upstream_model == head.model() && !need_usage {
         return Ok(raw.clone());
     }
@@ -255,6 +260,11 @@ pub struct StreamObserver {
     pub delivered: String,
     pub done: bool,
     pub events: usize,
+    /// Which protocol's events these are.
+    pub proto: Protocol,
+    /// An upstream error event arrived.
+    pub upstream_error: bool,
+    anthropic: MessagesStream,
 }
 
 impl StreamObserver {
@@ -270,6 +280,9 @@ impl StreamObserver {
         }
         if data.is_empty() {
             return EventAction::Forward;
+        }
+        if self.proto == Protocol::AnthropicMessages {
+            return self.observe_anthropic(data);
         }
         let Ok(chunk) = serde_json::from_str::<ChatSummary>(data) else {
             return EventAction::Forward;
@@ -299,6 +312,49 @@ impl StreamObserver {
     }
 }
 
+impl StreamObserver {
+    /// A fresh observer for `proto`'s events.
+    pub fn new(proto: Protocol) -> Self {
+        StreamObserver {
+            proto,
+            ..StreamObserver::default()
+        }
+    }
+
+    fn observe_anthropic(&mut self, data: &str) -> EventAction {
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return EventAction::Forward;
+        };
+        let facts = self.anthropic.observe(&v, &mut self.delivered);
+        if self.id.is_none() {
+            self.id = facts.id;
+        }
+        if self.upstream_model.is_none() {
+            self.upstream_model = facts.model;
+        }
+        if facts.stop_reason.is_some() {
+            self.finish_reason = facts.stop_reason;
+        }
+        if let Some(u) = self.anthropic.usage() {
+            self.usage = Some(u);
+        }
+        if facts.error {
+            self.upstream_error = true;
+        }
+        if facts.done {
+            self.done = true;
+            return EventAction::Done;
+        }
+        EventAction::Forward
+    }
+
+    /// Prompt usage known so far (Anthropic's `message_start`), for a stream that ends
+    /// before its output count.
+    pub fn partial_prompt(&self) -> Option<(i64, i64)> {
+        self.anthropic.start.map(|s| s.prompt())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,15 +372,20 @@ mod tests {
     fn the_body_passes_untouched_when_nothing_changes() {
         let raw = Bytes::from_static(br#"{"model":"m","messages":[]}"#);
         let head = ChatHead::parse(&raw).unwrap();
-        assert_eq!(upstream_body(&raw, &head, "m").unwrap(), raw);
+        assert_eq!(
+            upstream_body(Protocol::OpenAiChat, &raw, &head, "m").unwrap(),
+            raw
+        );
     }
 
     #[test]
     fn mapping_and_stream_usage_are_the_only_edits() {
         let raw = Bytes::from_static(br#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"stream":true,"temperature":0.5}"#);
         let head = ChatHead::parse(&raw).unwrap();
-        let out: Value =
-            serde_json::from_slice(&upstream_body(&raw, &head, "real").unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(
+            &upstream_body(Protocol::OpenAiChat, &raw, &head, "real").unwrap(),
+        )
+        .unwrap();
         assert_eq!(out["model"], "real");
         assert_eq!(out["stream_options"]["include_usage"], true);
         assert_eq!(out["temperature"], 0.5);

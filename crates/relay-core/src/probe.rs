@@ -6,7 +6,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use store::catalog::ChannelEntry;
 
+use crate::anthropic::MessageSummary;
 use crate::openai::ChatSummary;
+use crate::protocol::Protocol;
 use crate::upstream::{Failure, UpstreamClient, read_body, upstream_message};
 
 /// Sends a one-token chat to `channel` with `key`; the latency in ms, or why it failed.
@@ -21,6 +23,7 @@ pub async fn probe(
         "messages": [{"role": "user", "content": "ping"}],
         "max_tokens": 1,
     });
+    let proto = Protocol::of_channel(&channel.kind).unwrap_or_default();
     let started = Instant::now();
     let idle = std::time::Duration::from_secs(channel.timeout_s.max(1));
     let result = async {
@@ -28,8 +31,9 @@ pub async fn probe(
             .post_json(
                 channel,
                 key,
-                "/v1/chat/completions",
+                proto.path(),
                 Bytes::from(body.to_string()),
+                &[],
             )
             .await?;
         let status = resp.status().as_u16();
@@ -37,7 +41,13 @@ pub async fn probe(
         if !(200..300).contains(&status) {
             return Err(Failure::Status { status, body });
         }
-        ChatSummary::parse_completion(&body).ok_or(Failure::Malformed)?;
+        let understood = match proto {
+            Protocol::OpenAiChat => ChatSummary::parse_completion(&body).is_some(),
+            Protocol::AnthropicMessages => MessageSummary::parse(&body).is_some(),
+        };
+        if !understood {
+            return Err(Failure::Malformed);
+        }
         Ok(())
     }
     .await;

@@ -11,9 +11,11 @@ use serde::Serialize;
 use store::catalog::ChannelEntry;
 
 use crate::admission::Admitted;
+use crate::anthropic::MessageSummary;
 use crate::health::{self, Breakers, Gate, HealthSink};
 use crate::meter::{Meter, Outcome};
 use crate::openai::{ChatHead, ChatSummary, StreamObserver, estimate_tokens, upstream_body};
+use crate::protocol::Protocol;
 use crate::sse::SseFramer;
 use crate::stream::ChatStream;
 use crate::tokens::Fallback;
@@ -56,10 +58,10 @@ pub struct ChatDeps<'a> {
 pub async fn chat(
     deps: &ChatDeps<'_>,
     admitted: &Admitted,
-    head: &ChatHead,
-    raw: &Bytes,
+    req: &RelayRequest<'_>,
     mut meter: Meter,
 ) -> Result<ChatAnswer, RelayError> {
+    let kind = req.proto.channel_kind();
     let mut excluded: Vec<i64> = Vec::new();
     let mut dead_keys: Vec<i64> = deps.breakers.dead_keys();
     let mut attempts: Vec<Attempt> = Vec::new();
@@ -67,7 +69,7 @@ pub async fn chat(
     let group = &admitted.caller.user.group;
     while attempts.len() < deps.max_tries.max(1) {
         let Some(channel) = deps.router.pick_where(group, &admitted.model, |c| {
-            !excluded.contains(&c.id) && deps.breakers.gate(c.id) != Gate::Shut
+            c.kind == kind && !excluded.contains(&c.id) && deps.breakers.gate(c.id) != Gate::Shut
         }) else {
             break;
         };
@@ -85,15 +87,7 @@ pub async fn chat(
             .cloned()
             .unwrap_or_else(|| admitted.model.clone());
         let started = Instant::now();
-        let result = try_channel(
-            deps.client,
-            &channel,
-            &key.secret,
-            head,
-            raw,
-            &upstream_model,
-        )
-        .await;
+        let result = try_channel(deps.client, &channel, &key.secret, req, &upstream_model).await;
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         meter.record.channel_id = Some(channel.id);
         meter.record.provider_name = Some(channel.name.clone());
@@ -109,7 +103,7 @@ pub async fn chat(
                     error: None,
                 });
                 meter.record.attempts = serde_json::to_string(&attempts).ok();
-                return Ok(answer(success, head, raw, meter));
+                return Ok(answer(success, req, meter));
             }
             Err(failure) => failure,
         };
@@ -160,8 +154,53 @@ pub async fn chat(
     Err(last)
 }
 
+/// One request as the relay forwards it.
+pub struct RelayRequest<'a> {
+    /// The client's protocol (channels of the same kind serve it).
+    pub proto: Protocol,
+    pub head: &'a ChatHead,
+    /// The client's body, read once and reused for every try.
+    pub raw: &'a Bytes,
+    /// Client headers the upstream must see (`anthropic-version`, `anthropic-beta`).
+    pub extra: &'a [(&'static str, String)],
+}
+
+/// What the relay reads of a complete answer, whatever the protocol.
+struct Completion {
+    id: Option<String>,
+    model: Option<String>,
+    usage: Option<Usage>,
+    finish_reason: Option<String>,
+    delivered: String,
+}
+
+fn parse_completion(proto: Protocol, body: &[u8]) -> Option<Completion> {
+    match proto {
+        Protocol::OpenAiChat => {
+            let s = ChatSummary::parse_completion(body)?;
+            Some(Completion {
+                usage: s.usage.as_ref().map(Usage::from),
+                finish_reason: s.finish_reason(),
+                delivered: s.delivered_text(),
+                id: s.id,
+                model: s.model,
+            })
+        }
+        Protocol::AnthropicMessages => {
+            let m = MessageSummary::parse(body)?;
+            Some(Completion {
+                usage: m.usage.map(|u| u.to_usage()),
+                delivered: m.delivered_text(),
+                finish_reason: m.stop_reason,
+                id: m.id,
+                model: m.model,
+            })
+        }
+    }
+}
+
 enum Success {
-    Complete(Bytes, ChatSummary),
+    Complete(Bytes, Completion),
     Stream(Box<Opened>),
 }
 
@@ -178,13 +217,14 @@ async fn try_channel(
     client: &UpstreamClient,
     channel: &Arc<ChannelEntry>,
     key: &str,
-    head: &ChatHead,
-    raw: &Bytes,
+    req: &RelayRequest<'_>,
     upstream_model: &str,
 ) -> Result<Success, Failure> {
-    let body = upstream_body(raw, head, upstream_model).map_err(|_| Failure::Malformed)?;
+    let head = req.head;
+    let body =
+        upstream_body(req.proto, req.raw, head, upstream_model).map_err(|_| Failure::Malformed)?;
     let resp = client
-        .post_json(channel, key, "/v1/chat/completions", body)
+        .post_json(channel, key, req.proto.path(), body, req.extra)
         .await?;
     let idle = Duration::from_secs(channel.timeout_s.max(1));
     let status = resp.status().as_u16();
@@ -194,13 +234,13 @@ async fn try_channel(
     }
     if !head.is_stream() {
         let body = read_body(resp, idle, MAX_ANSWER_BYTES).await?;
-        let summary = ChatSummary::parse_completion(&body).ok_or(Failure::Malformed)?;
+        let summary = parse_completion(req.proto, &body).ok_or(Failure::Malformed)?;
         return Ok(Success::Complete(body, summary));
     }
     // A stream: wait for its first whole event before the client gets a 200, so a
     // channel that fails at once can still be swapped for another.
     let mut framer = SseFramer::default();
-    let mut observer = StreamObserver::default();
+    let mut observer = StreamObserver::new(req.proto);
     let mut resp = resp;
     let wants_usage = head.wants_stream_usage();
     loop {
@@ -226,6 +266,9 @@ async fn try_channel(
             if observer.observe(&ev, wants_usage) != crate::openai::EventAction::Swallow {
                 first.push(ev);
             }
+            if observer.upstream_error && !observer.done && first.len() <= 1 {
+                return Err(Failure::Malformed);
+            }
         }
         return Ok(Success::Stream(Box::new(Opened {
             first,
@@ -237,7 +280,8 @@ async fn try_channel(
     }
 }
 
-fn answer(success: Success, head: &ChatHead, raw: &Bytes, mut meter: Meter) -> ChatAnswer {
+fn answer(success: Success, req: &RelayRequest<'_>, mut meter: Meter) -> ChatAnswer {
+    let (head, raw) = (req.head, req.raw);
     let fallback = Fallback {
         model: meter
             .record
@@ -250,13 +294,12 @@ fn answer(success: Success, head: &ChatHead, raw: &Bytes, mut meter: Meter) -> C
         Success::Complete(body, summary) => {
             let usage = summary
                 .usage
-                .as_ref()
-                .map_or_else(|| fallback.usage(&summary.delivered_text()), Usage::from);
+                .unwrap_or_else(|| fallback.usage(&summary.delivered));
             meter.record.upstream_id = summary.id.clone();
             if let Some(m) = &summary.model {
                 meter.record.upstream_model = Some(m.clone());
             }
-            meter.record.finish_reason = summary.finish_reason();
+            meter.record.finish_reason = summary.finish_reason.clone();
             meter.mark_first_byte();
             meter.finish(Outcome::Served(usage));
             ChatAnswer::Complete(body)

@@ -50,6 +50,31 @@ impl Router {
         Router { routes }
     }
 
+    /// Whether an enabled channel of type `kind` serves `model` to `group`.
+    pub fn serves_kind(&self, group: &str, model: &str, kind: &str) -> bool {
+        self.routes
+            .get(&(group.to_owned(), model.to_owned()))
+            .is_some_and(|tiers| {
+                tiers
+                    .iter()
+                    .any(|t| t.channels.iter().any(|c| c.kind == kind))
+            })
+    }
+
+    /// Every model channels of type `kind` serve to `group`, sorted.
+    pub fn models_for_group_kind(&self, group: &str, kind: &str) -> BTreeSet<&str> {
+        self.routes
+            .iter()
+            .filter(|((g, _), tiers)| {
+                g == group
+                    && tiers
+                        .iter()
+                        .any(|t| t.channels.iter().any(|c| c.kind == kind))
+            })
+            .map(|((_, m), _)| m.as_str())
+            .collect()
+    }
+
     /// Whether any enabled channel serves `model` to `group`.
     pub fn serves(&self, group: &str, model: &str) -> bool {
         self.routes

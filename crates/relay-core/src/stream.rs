@@ -14,6 +14,7 @@ use futures_util::stream::BoxStream;
 
 use crate::meter::{Meter, Outcome};
 use crate::openai::{EventAction, StreamObserver};
+use crate::protocol::Protocol;
 use crate::sse::SseFramer;
 use crate::tokens::Fallback;
 
@@ -57,9 +58,15 @@ impl ChatStream {
     }
 
     fn usage(&self) -> Usage {
-        self.observer
-            .usage
-            .unwrap_or_else(|| self.fallback.usage(&self.observer.delivered))
+        self.observer.usage.unwrap_or_else(|| {
+            let mut usage = self.fallback.usage(&self.observer.delivered);
+            // A stream cut after Anthropic's message_start still told us the prompt.
+            if let Some((prompt, cached)) = self.observer.partial_prompt() {
+                usage.prompt_tokens = prompt;
+                usage.cached_tokens = cached;
+            }
+            usage
+        })
     }
 
     /// Settles with what was delivered. `broken` marks a stream that ended early.
@@ -106,9 +113,17 @@ impl ChatStream {
         if let Some(reason) = broken
             && !self.observer.done
         {
-            let err = serde_json::json!({"error": {"message": "the upstream stream ended early", "type": "api_error", "code": reason, "param": null}});
-            self.ready
-                .push_back(Bytes::from(format!("data: {err}\n\n")));
+            let event = match self.observer.proto {
+                Protocol::OpenAiChat => {
+                    let err = serde_json::json!({"error": {"message": "the upstream stream ended early", "type": "api_error", "code": reason, "param": null}});
+                    format!("data: {err}\n\n")
+                }
+                Protocol::AnthropicMessages => {
+                    let err = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": format!("the upstream stream ended early ({reason})")}});
+                    format!("event: error\ndata: {err}\n\n")
+                }
+            };
+            self.ready.push_back(Bytes::from(event));
         }
         self.settle(broken, false);
     }

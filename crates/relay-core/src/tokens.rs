@@ -59,6 +59,9 @@ impl Fallback {
 
 #[derive(Deserialize)]
 struct Prompt {
+    /// Anthropic's top-level system prompt (a string or text blocks).
+    #[serde(default)]
+    system: Option<Value>,
     #[serde(default)]
     messages: Vec<Message>,
     #[serde(default)]
@@ -85,6 +88,18 @@ pub fn count_prompt(model: &str, body: &[u8]) -> i64 {
         return i64::try_from(body.len().div_ceil(4)).unwrap_or(i64::MAX);
     };
     let mut total = 3;
+    match &prompt.system {
+        Some(Value::String(s)) => total += count_text(model, s),
+        Some(Value::Array(blocks)) => {
+            for b in blocks {
+                total += count_text(
+                    model,
+                    b.get("text").and_then(Value::as_str).unwrap_or_default(),
+                );
+            }
+        }
+        _ => {}
+    }
     for m in &prompt.messages {
         total += 3 + count_text(model, &m.role);
         if let Some(name) = &m.name {

@@ -78,13 +78,26 @@ impl UpstreamClient {
         key: &str,
         path: &str,
         body: Bytes,
+        extra: &[(&'static str, String)],
     ) -> Result<reqwest::Response, Failure> {
         let mut req = self
             .http
             .post(endpoint_url(&channel.base_url, path))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .bearer_auth(key)
             .body(body);
+        req = if channel.kind == "anthropic" {
+            let version = extra
+                .iter()
+                .find(|(n, _)| *n == "anthropic-version")
+                .map_or("2023-06-01", |(_, v)| v.as_str());
+            req.header("x-api-key", key)
+                .header("anthropic-version", version)
+        } else {
+            req.bearer_auth(key)
+        };
+        for (name, value) in extra.iter().filter(|(n, _)| *n != "anthropic-version") {
+            req = req.header(*name, value.as_str());
+        }
         for (name, value) in &channel.headers {
             req = req.header(name.as_str(), value.as_str());
         }
