@@ -16,7 +16,7 @@ use crate::auth::AuthUser;
 use crate::{AdminState, ApiError};
 
 /// Channel types the relay can serve today.
-const SERVED_TYPES: &[&str] = &["openai", "anthropic"];
+const SERVED_TYPES: &[&str] = &["openai", "anthropic", "gemini"];
 /// Channel types API.md names; the others arrive with their protocol adapters.
 const KNOWN_TYPES: &[&str] = &["openai", "azure", "anthropic", "gemini"];
 

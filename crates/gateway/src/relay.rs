@@ -29,6 +29,8 @@ const DEFAULT_MAX_OUTPUT: i64 = 4096;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions))
         .route("/v1/messages", web::post().to(messages))
+        .route("/v1beta/models", web::get().to(gemini_models))
+        .route("/v1beta/models/{target}", web::post().to(gemini_generate))
         .route("/v1/models", web::get().to(models));
 }
 
@@ -47,13 +49,25 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
         })
 }
 
-/// The client's key: `x-api-key` (Anthropic's SDK) or `Authorization: Bearer`.
-fn api_key(req: &HttpRequest, proto: Protocol) -> Option<&str> {
-    let header_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
-    match proto {
-        Protocol::AnthropicMessages => header_key.or_else(|| bearer(req)),
-        Protocol::OpenAiChat => bearer(req),
-    }
+/// The client's key: `x-api-key` (Anthropic's SDK), `x-goog-api-key` or `?key=`
+/// (Gemini's), or `Authorization: Bearer` (everyone).
+fn api_key(req: &HttpRequest, proto: Protocol) -> Option<String> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let found = match proto {
+        Protocol::AnthropicMessages => header("x-api-key"),
+        Protocol::GeminiGenerate => header("x-goog-api-key").or_else(|| {
+            web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+                .ok()
+                .and_then(|q| q.get("key").cloned())
+        }),
+        Protocol::OpenAiChat => None,
+    };
+    found.or_else(|| bearer(req).map(str::to_owned))
 }
 
 /// An error answer in the client's protocol.
@@ -69,6 +83,16 @@ pub fn error_response(proto: Protocol, err: &RelayError, generation_id: &str) ->
                 resp.insert_header((header::RETRY_AFTER, "60"));
             }
             resp.body(err.anthropic_body())
+        }
+        Protocol::GeminiGenerate => {
+            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut resp = HttpResponse::build(status);
+            resp.insert_header((header::CONTENT_TYPE, "application/json"));
+            resp.insert_header((GENERATION_HEADER, generation_id.to_owned()));
+            if let RelayError::RateLimited(_) = err {
+                resp.insert_header((header::RETRY_AFTER, "60"));
+            }
+            resp.body(err.google_body())
         }
     }
 }
@@ -122,7 +146,7 @@ pub async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    relay(Protocol::OpenAiChat, state, req, payload).await
+    relay(Protocol::OpenAiChat, state, req, payload, None).await
 }
 
 /// `POST /v1/messages`
@@ -131,7 +155,52 @@ pub async fn messages(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    relay(Protocol::AnthropicMessages, state, req, payload).await
+    relay(Protocol::AnthropicMessages, state, req, payload, None).await
+}
+
+/// Where a Gemini request's model and method come from: the path.
+pub struct GeminiRoute {
+    pub model: String,
+    pub stream: bool,
+}
+
+/// `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse`
+pub async fn gemini_generate(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+    target: web::Path<String>,
+) -> HttpResponse {
+    let id = new_generation_id();
+    let (model, method) = target.split_once(':').unwrap_or((target.as_str(), ""));
+    let stream = match method {
+        "generateContent" => false,
+        "streamGenerateContent" => {
+            let sse = web::Query::<std::collections::HashMap<String, String>>::from_query(
+                req.query_string(),
+            )
+            .ok()
+            .is_some_and(|q| q.get("alt").is_some_and(|a| a == "sse"));
+            if !sse {
+                let e = RelayError::InvalidRequest(
+                    "streamGenerateContent is served as server-sent events: add ?alt=sse".into(),
+                );
+                return error_response(Protocol::GeminiGenerate, &e, &id);
+            }
+            true
+        }
+        other => {
+            let e = RelayError::InvalidRequest(format!(
+                "unknown method '{other}': use generateContent or streamGenerateContent"
+            ));
+            return error_response(Protocol::GeminiGenerate, &e, &id);
+        }
+    };
+    let route = GeminiRoute {
+        model: model.to_owned(),
+        stream,
+    };
+    relay(Protocol::GeminiGenerate, state, req, payload, Some(route)).await
 }
 
 /// Client headers that go upstream with the request.
@@ -156,11 +225,12 @@ async fn relay(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
+    gemini: Option<GeminiRoute>,
 ) -> HttpResponse {
     let started = Instant::now();
     let id = new_generation_id();
     let snap = state.snapshot.load_full();
-    let caller = match admission::authenticate(&snap.catalog, api_key(&req, proto)) {
+    let caller = match admission::authenticate(&snap.catalog, api_key(&req, proto).as_deref()) {
         Ok(c) => c,
         Err(e) => return error_response(proto, &e, &id),
     };
@@ -191,7 +261,10 @@ async fn relay(
     let prepared = async {
         admission::check_ip(&caller, ip)?;
         let body = read_limited(payload, &req, state.config.max_body_mb).await?;
-        let head = ChatHead::parse(&body)?;
+        let head = match &gemini {
+            Some(route) => ChatHead::gemini(&body, &route.model, route.stream)?,
+            None => ChatHead::parse(&body)?,
+        };
         let admitted = admission::admit_model(
             &snap.catalog,
             &snap.router,
@@ -331,7 +404,7 @@ pub async fn models(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
     } else {
         Protocol::OpenAiChat
     };
-    let caller = match admission::authenticate(&snap.catalog, api_key(&req, proto)) {
+    let caller = match admission::authenticate(&snap.catalog, api_key(&req, proto).as_deref()) {
         Ok(c) => c,
         Err(e) => return error_response(proto, &e, &id),
     };
@@ -358,4 +431,30 @@ pub async fn models(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
     HttpResponse::Ok()
         .insert_header((GENERATION_HEADER, id))
         .json(serde_json::json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1beta/models`: the Gemini models this key may call, in Google's shape.
+pub async fn gemini_models(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let id = new_generation_id();
+    let proto = Protocol::GeminiGenerate;
+    let snap = state.snapshot.load();
+    let caller = match admission::authenticate(&snap.catalog, api_key(&req, proto).as_deref()) {
+        Ok(c) => c,
+        Err(e) => return error_response(proto, &e, &id),
+    };
+    let models: Vec<_> = admission::visible_models(&snap.catalog, &snap.router, &caller, proto.channel_kind())
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": format!("models/{m}"),
+                "baseModelId": m,
+                "version": "001",
+                "displayName": m,
+                "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+            })
+        })
+        .collect();
+    HttpResponse::Ok()
+        .insert_header((GENERATION_HEADER, id))
+        .json(serde_json::json!({"models": models}))
 }

@@ -164,6 +164,28 @@ impl RelayError {
     }
 }
 
+impl RelayError {
+    /// The Google-shaped error body (`{"error":{"code","message","status"}}`); a
+    /// Gemini upstream's own rejection keeps its status, with its message redacted.
+    pub fn google_body(&self) -> bytes::Bytes {
+        let upstream_status = match self {
+            RelayError::Rejected {
+                body: Some(body), ..
+            } => serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/status")
+                        .and_then(|t| t.as_str().map(str::to_owned))
+                }),
+            _ => None,
+        };
+        let status = upstream_status
+            .unwrap_or_else(|| crate::gemini::error_status(self.status()).to_owned());
+        let body = serde_json::json!({"error": {"code": self.status(), "message": redact(&self.to_string()), "status": status}});
+        bytes::Bytes::from(body.to_string())
+    }
+}
+
 /// Hides URLs and key-like strings (`sk-…`, long tokens after `key=`) in a message that
 /// came from an upstream, so a client never learns a channel's address or secret.
 pub fn redact(text: &str) -> String {

@@ -168,6 +168,9 @@ pub fn key_fault(failure: &Failure) -> Option<String> {
     let message = crate::error::redact(&crate::upstream::upstream_message(body, *status));
     match status {
         401 => Some(format!("upstream answered 401 (key rejected): {message}")),
+        400 if crate::upstream::rejects_key(body) => {
+            Some(format!("upstream answered 400 (key not valid): {message}"))
+        }
         402 => Some(format!("upstream answered 402 (out of credit): {message}")),
         403 => Some(format!(
             "upstream answered 403 (key not permitted): {message}"

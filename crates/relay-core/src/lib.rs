@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod anthropic;
 pub mod error;
+pub mod gemini;
 pub mod health;
 pub mod meter;
 pub mod openai;

@@ -69,6 +69,48 @@ impl ChatHead {
             .unwrap_or(false)
     }
 
+    /// A Gemini request's head: the model and the method come from the path, the
+    /// output limit from `generationConfig.maxOutputTokens`.
+    pub fn gemini(body: &[u8], model: &str, stream: bool) -> Result<Self, RelayError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body {
+            #[serde(default)]
+            contents: Option<IgnoredAny>,
+            #[serde(default)]
+            generation_config: Option<GenerationConfig>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct GenerationConfig {
+            #[serde(default)]
+            max_output_tokens: Option<i64>,
+            #[serde(default)]
+            candidate_count: Option<i64>,
+        }
+        let b: Body = serde_json::from_slice(body).map_err(|e| {
+            RelayError::InvalidRequest(format!("request body is not valid JSON: {e}"))
+        })?;
+        if b.contents.is_none() {
+            return Err(RelayError::InvalidRequest("'contents' is required".into()));
+        }
+        if model.is_empty() {
+            return Err(RelayError::InvalidRequest(
+                "the model is missing from the path".into(),
+            ));
+        }
+        let config = b.generation_config;
+        Ok(ChatHead {
+            model: Some(model.to_owned()),
+            stream: Some(stream),
+            max_tokens: config.as_ref().and_then(|c| c.max_output_tokens),
+            max_completion_tokens: None,
+            stream_options: None,
+            n: config.as_ref().and_then(|c| c.candidate_count),
+            messages: None,
+        })
+    }
+
     /// The most output tokens the client allows, if it said.
     pub fn max_output(&self) -> Option<i64> {
         self.max_completion_tokens
@@ -85,6 +127,10 @@ pub fn upstream_body(
     head: &ChatHead,
     upstream_model: &str,
 ) -> Result<Bytes, RelayError> {
+    if proto == Protocol::GeminiGenerate {
+        // The model is named in the path; the body goes as the client sent it.
+        return Ok(raw.clone());
+    }
     // Only OpenAI streams need asking for usage; Anthropic streams always carry it.
     let need_usage =
         proto == Protocol::OpenAiChat && head.is_stream() && !head.wants_stream_usage();
@@ -284,6 +330,9 @@ impl StreamObserver {
         if self.proto == Protocol::AnthropicMessages {
             return self.observe_anthropic(data);
         }
+        if self.proto == Protocol::GeminiGenerate {
+            return self.observe_gemini(data);
+        }
         let Ok(chunk) = serde_json::from_str::<ChatSummary>(data) else {
             return EventAction::Forward;
         };
@@ -319,6 +368,31 @@ impl StreamObserver {
             proto,
             ..StreamObserver::default()
         }
+    }
+
+    fn observe_gemini(&mut self, data: &str) -> EventAction {
+        let Some(chunk) = crate::gemini::GenerateSummary::parse(data.as_bytes()) else {
+            if data.trim_start().starts_with("{\"error\"") {
+                self.upstream_error = true;
+            }
+            return EventAction::Forward;
+        };
+        if self.id.is_none() {
+            self.id = chunk.response_id.clone();
+        }
+        if self.upstream_model.is_none() {
+            self.upstream_model = chunk.model_version.clone();
+        }
+        if let Some(f) = chunk.finish_reason() {
+            self.finish_reason = Some(f);
+        }
+        chunk.append_text(&mut self.delivered);
+        if let Some(u) = &chunk.usage_metadata
+            && u.candidates_token_count.is_some()
+        {
+            self.usage = Some(Usage::from(u));
+        }
+        EventAction::Forward
     }
 
     fn observe_anthropic(&mut self, data: &str) -> EventAction {

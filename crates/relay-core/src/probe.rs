@@ -44,6 +44,7 @@ pub async fn probe(
         let understood = match proto {
             Protocol::OpenAiChat => ChatSummary::parse_completion(&body).is_some(),
             Protocol::AnthropicMessages => MessageSummary::parse(&body).is_some(),
+            Protocol::GeminiGenerate => crate::gemini::GenerateSummary::parse(&body).is_some(),
         };
         if !understood {
             return Err(Failure::Malformed);

@@ -10,6 +10,8 @@ pub enum Protocol {
     OpenAiChat,
     /// `POST /v1/messages`
     AnthropicMessages,
+    /// `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent`)
+    GeminiGenerate,
 }
 
 impl Protocol {
@@ -18,6 +20,19 @@ impl Protocol {
         match self {
             Protocol::OpenAiChat => "/v1/chat/completions",
             Protocol::AnthropicMessages => "/v1/messages",
+            Protocol::GeminiGenerate => "/v1beta/models/{model}:generateContent",
+        }
+    }
+
+    /// The upstream path for one request: Gemini names the model and the streaming
+    /// method in the path, the others in the body.
+    pub fn upstream_path(self, upstream_model: &str, stream: bool) -> String {
+        match self {
+            Protocol::GeminiGenerate if stream => {
+                format!("/v1beta/models/{upstream_model}:streamGenerateContent?alt=sse")
+            }
+            Protocol::GeminiGenerate => format!("/v1beta/models/{upstream_model}:generateContent"),
+            other => other.path().to_owned(),
         }
     }
 
@@ -26,6 +41,7 @@ impl Protocol {
         match self {
             Protocol::OpenAiChat => "openai",
             Protocol::AnthropicMessages => "anthropic",
+            Protocol::GeminiGenerate => "gemini",
         }
     }
 
@@ -34,6 +50,7 @@ impl Protocol {
         match kind {
             "openai" => Some(Protocol::OpenAiChat),
             "anthropic" => Some(Protocol::AnthropicMessages),
+            "gemini" => Some(Protocol::GeminiGenerate),
             _ => None,
         }
     }

@@ -186,6 +186,18 @@ fn parse_completion(proto: Protocol, body: &[u8]) -> Option<Completion> {
                 model: s.model,
             })
         }
+        Protocol::GeminiGenerate => {
+            let g = crate::gemini::GenerateSummary::parse(body)?;
+            let mut delivered = String::new();
+            g.append_text(&mut delivered);
+            Some(Completion {
+                usage: g.usage_metadata.as_ref().map(Usage::from),
+                finish_reason: g.finish_reason(),
+                delivered,
+                id: g.response_id,
+                model: g.model_version,
+            })
+        }
         Protocol::AnthropicMessages => {
             let m = MessageSummary::parse(body)?;
             Some(Completion {
@@ -224,7 +236,13 @@ async fn try_channel(
     let body =
         upstream_body(req.proto, req.raw, head, upstream_model).map_err(|_| Failure::Malformed)?;
     let resp = client
-        .post_json(channel, key, req.proto.path(), body, req.extra)
+        .post_json(
+            channel,
+            key,
+            &req.proto.upstream_path(upstream_model, head.is_stream()),
+            body,
+            req.extra,
+        )
         .await?;
     let idle = Duration::from_secs(channel.timeout_s.max(1));
     let status = resp.status().as_u16();

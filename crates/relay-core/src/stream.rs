@@ -122,6 +122,10 @@ impl ChatStream {
                     let err = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": format!("the upstream stream ended early ({reason})")}});
                     format!("event: error\ndata: {err}\n\n")
                 }
+                Protocol::GeminiGenerate => {
+                    let err = serde_json::json!({"error": {"code": 502, "message": format!("the upstream stream ended early ({reason})"), "status": "UNAVAILABLE"}});
+                    format!("data: {err}\n\n")
+                }
             };
             self.ready.push_back(Bytes::from(event));
         }

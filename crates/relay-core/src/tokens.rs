@@ -64,6 +64,11 @@ struct Prompt {
     system: Option<Value>,
     #[serde(default)]
     messages: Vec<Message>,
+    /// Gemini's turns and system instruction (`parts` of text).
+    #[serde(default)]
+    contents: Vec<Value>,
+    #[serde(default, rename = "systemInstruction")]
+    system_instruction: Option<Value>,
     #[serde(default)]
     tools: Option<Value>,
 }
@@ -99,6 +104,23 @@ pub fn count_prompt(model: &str, body: &[u8]) -> i64 {
             }
         }
         _ => {}
+    }
+    for turn in prompt
+        .contents
+        .iter()
+        .chain(prompt.system_instruction.iter())
+    {
+        total += 3;
+        let parts = turn.get("parts").and_then(Value::as_array);
+        for p in parts.map(Vec::as_slice).unwrap_or_default() {
+            match p.get("text").and_then(Value::as_str) {
+                Some(t) => total += count_text(model, t),
+                None if p.get("inlineData").is_some() || p.get("fileData").is_some() => {
+                    total += 258
+                }
+                None => total += count_text(model, &p.to_string()),
+            }
+        }
     }
     for m in &prompt.messages {
         total += 3 + count_text(model, &m.role);

@@ -36,15 +36,10 @@ impl Failure {
         }
     }
 
-    /// The upstream blamed the request: retrying elsewhere will not help.
+    /// The upstream blamed the request: retrying elsewhere will not help. (Gemini
+    /// answers a bad API key with 400; that blames the key, not the request.)
     pub fn blames_request(&self) -> bool {
-        matches!(
-            self,
-            Failure::Status {
-                status: 400 | 404 | 413 | 422,
-                ..
-            }
-        )
+        matches!(self, Failure::Status { status: 400 | 404 | 413 | 422, body } if !rejects_key(body))
     }
 }
 
@@ -85,7 +80,9 @@ impl UpstreamClient {
             .post(endpoint_url(&channel.base_url, path))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        req = if channel.kind == "anthropic" {
+        req = if channel.kind == "gemini" {
+            req.header("x-goog-api-key", key)
+        } else if channel.kind == "anthropic" {
             let version = extra
                 .iter()
                 .find(|(n, _)| *n == "anthropic-version")
@@ -140,11 +137,23 @@ pub async fn read_body(
     }
 }
 
+/// Whether an error body says the API key itself is invalid (Gemini's 400
+/// `API_KEY_INVALID`).
+pub fn rejects_key(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("API_KEY_INVALID")
+        || text.contains("API key not valid")
+        || text.contains("API key expired")
+}
+
 /// Joins a channel's base URL (origin, optionally with a path; a trailing `/v1` is
 /// tolerated) and an API path starting with `/v1/`.
 pub fn endpoint_url(base: &str, path: &str) -> String {
     let base = base.trim_end_matches('/');
-    let base = base.strip_suffix("/v1").unwrap_or(base);
+    let base = base
+        .strip_suffix("/v1")
+        .or_else(|| base.strip_suffix("/v1beta"))
+        .unwrap_or(base);
     format!("{base}{path}")
 }
 
