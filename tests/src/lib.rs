@@ -1,16 +1,18 @@
-//! Test support for Tollgate's end-to-end tests: mock OpenAI and Anthropic upstreams that
-//! speak their protocols as the providers do (answers, SSE chunks, usage, failures), and
-//! `spawn_app`, which starts the real gateway on port 0 on a fresh database — SQLite
-//! and in-process cache by default, Postgres and Redis when `TEST_DATABASE_URL` and
-//! `TEST_REDIS_URL` are set.
+//! Test support for Tollgate's end-to-end tests: mock OpenAI, Anthropic and Gemini
+//! upstreams that speak their protocols as the providers do (answers, SSE chunks, usage,
+//! failures), and `spawn_app`, which starts the real gateway on port 0 on a fresh
+//! database — SQLite and in-process cache by default, Postgres and Redis when
+//! `TEST_DATABASE_URL` and `TEST_REDIS_URL` are set.
 
 pub mod app;
 pub mod mock_anthropic;
+pub mod mock_gemini;
 pub mod mock_openai;
 pub mod python;
 pub mod scenario;
 
 pub use app::{TestApp, spawn_app};
 pub use mock_anthropic::MockAnthropic;
+pub use mock_gemini::MockGemini;
 pub use mock_openai::MockOpenAi;
 pub use scenario::{NORMAL_COST, Scenario};

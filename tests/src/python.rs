@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 /// The PyPI packages the venv holds. Adding an SDK is one line here.
-pub const PACKAGES: &[&str] = &["openai", "anthropic"];
+pub const PACKAGES: &[&str] = &["openai", "anthropic", "google-genai"];
 
 /// The marker file, inside the venv, listing the packages installed.
 const MARKER: &str = "tollgate-packages.txt";

@@ -31,6 +31,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/messages", web::post().to(messages))
         .route("/v1beta/models", web::get().to(gemini_models))
         .route("/v1beta/models/{target}", web::post().to(gemini_generate))
+        // google-genai defaults to API version v1: same request, other prefix.
+        .route("/v1/models/{target}", web::post().to(gemini_generate))
         .route("/v1/models", web::get().to(models));
 }
 
@@ -397,6 +399,12 @@ fn reject(state: &AppState, mut record: GenerationRecord, err: &RelayError, star
 /// `GET /v1/models`: exactly the models this key may call — in Anthropic's shape when
 /// the client sends `anthropic-version` (the Anthropic SDK), else in OpenAI's.
 pub async fn models(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let gemini_client = req.headers().contains_key("x-goog-api-key")
+        || req.query_string().split('&').any(|p| p.starts_with("key="));
+    if gemini_client {
+        // google-genai's default API version lists models at /v1/models.
+        return gemini_models(state, req).await;
+    }
     let id = new_generation_id();
     let snap = state.snapshot.load();
     let proto = if req.headers().contains_key("anthropic-version") {

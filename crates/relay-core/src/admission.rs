@@ -32,7 +32,7 @@ pub fn authenticate(catalog: &Catalog, raw_key: Option<&str>) -> Result<Caller, 
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or(RelayError::InvalidApiKey(
-            "missing API key: send it as 'Authorization: Bearer sk-...' (or 'x-api-key: sk-...')",
+            "missing API key: send your sk- key as 'Authorization: Bearer', 'x-api-key' or 'x-goog-api-key'",
         ))?;
     let key = catalog
         .keys
@@ -82,7 +82,18 @@ pub fn admit_model(
     }
     // A model nobody serves is unknown (404) before it is unpriced (403).
     if !router.serves_kind(&caller.user.group, model, kind) {
-        return Err(RelayError::ModelNotFound(model.to_owned()));
+        // Served, but only by channels that are out of service right now: 503, not 404.
+        let resting = catalog.channels.iter().any(|c| {
+            c.kind == kind
+                && c.status == "auto_disabled"
+                && c.groups.contains(&caller.user.group)
+                && (c.models.iter().any(|m| m == model) || c.model_mapping.contains_key(model))
+        });
+        return Err(if resting {
+            RelayError::NoAvailableChannel
+        } else {
+            RelayError::ModelNotFound(model.to_owned())
+        });
     }
     let price = catalog
         .prices
