@@ -61,6 +61,9 @@ impl MockOpenAi {
                 .app_data(revoked_data.clone())
                 .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
                 .route("/v1/chat/completions", web::post().to(chat))
+                .route("/v1/completions", web::post().to(completions))
+                .route("/v1/embeddings", web::post().to(embeddings))
+                .route("/v1/images/generations", web::post().to(images))
         })
         .workers(1)
         .disable_signals()
@@ -298,4 +301,94 @@ pub async fn reset_upstream() -> String {
         }
     });
     format!("http://127.0.0.1:{port}")
+}
+
+fn record(received: &Mutex<Vec<Received>>, req: &HttpRequest, body: &Value) {
+    received.lock().unwrap().push(Received {
+        path: req.path().to_owned(),
+        authorization: req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: body.clone(),
+    });
+}
+
+/// `/v1/embeddings`: one float vector per input, 8 prompt tokens.
+async fn embeddings(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    record(&received, &req, &body);
+    HttpResponse::Ok().json(json!({
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.0023, -0.0093, 0.0158]}],
+        "model": body["model"],
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }))
+}
+
+/// `/v1/completions`: "Hello there" for 5 prompt and 7 completion tokens, streamed
+/// as text chunks (with the usage chunk when asked) or whole.
+async fn completions(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    record(&received, &req, &body);
+    let usage = json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12});
+    if body["stream"].as_bool().unwrap_or(false) {
+        let mut events: Vec<String> = ["Hello", " there"]
+            .iter()
+            .map(|t| format!("data: {}\n\n", json!({"id": "cmpl-mock", "object": "text_completion", "created": 1, "model": body["model"], "choices": [{"text": t, "index": 0, "logprobs": null, "finish_reason": null}]})))
+            .collect();
+        events.push(format!("data: {}\n\n", json!({"id": "cmpl-mock", "object": "text_completion", "created": 1, "model": body["model"], "choices": [{"text": "", "index": 0, "logprobs": null, "finish_reason": "stop"}]})));
+        if body["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false)
+        {
+            events.push(format!("data: {}\n\n", json!({"id": "cmpl-mock", "object": "text_completion", "created": 1, "model": body["model"], "choices": [], "usage": usage})));
+        }
+        events.push("data: [DONE]\n\n".to_owned());
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .body(events.concat());
+    }
+    HttpResponse::Ok().json(json!({
+        "id": "cmpl-mock", "object": "text_completion", "created": 1, "model": body["model"],
+        "choices": [{"text": "Hello there", "index": 0, "logprobs": null, "finish_reason": "stop"}],
+        "usage": usage,
+    }))
+}
+
+/// `/v1/images/generations`: `n` images by URL; `image-partial` returns one usable
+/// image and one empty; `image-empty` none; `image-fail` a 500.
+async fn images(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    record(&received, &req, &body);
+    let n = body["n"].as_u64().unwrap_or(1);
+    let data: Vec<Value> = match body["model"].as_str().unwrap_or_default() {
+        "image-fail" => {
+            return error(
+                500,
+                "The server had an error while processing your request.",
+                "server_error",
+                "server_error",
+            );
+        }
+        "image-empty" => vec![],
+        "image-partial" => vec![
+            json!({"url": "https://images.example/1.png", "revised_prompt": "a cat"}),
+            json!({"url": ""}),
+        ],
+        _ => (0..n)
+            .map(|i| json!({"url": format!("https://images.example/{i}.png")}))
+            .collect(),
+    };
+    HttpResponse::Ok().json(json!({"created": 1_732_000_000, "data": data}))
 }

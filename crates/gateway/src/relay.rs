@@ -29,6 +29,9 @@ const DEFAULT_MAX_OUTPUT: i64 = 4096;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions))
         .route("/v1/messages", web::post().to(messages))
+        .route("/v1/completions", web::post().to(completions))
+        .route("/v1/embeddings", web::post().to(embeddings))
+        .route("/v1/images/generations", web::post().to(image_generations))
         .route("/v1beta/models", web::get().to(gemini_models))
         .route("/v1beta/models/{target}", web::post().to(gemini_generate))
         // google-genai defaults to API version v1: same request, other prefix.
@@ -67,7 +70,10 @@ fn api_key(req: &HttpRequest, proto: Protocol) -> Option<String> {
                 .ok()
                 .and_then(|q| q.get("key").cloned())
         }),
-        Protocol::OpenAiChat => None,
+        Protocol::OpenAiChat
+        | Protocol::OpenAiCompletions
+        | Protocol::OpenAiEmbeddings
+        | Protocol::OpenAiImages => None,
     };
     found.or_else(|| bearer(req).map(str::to_owned))
 }
@@ -75,7 +81,10 @@ fn api_key(req: &HttpRequest, proto: Protocol) -> Option<String> {
 /// An error answer in the client's protocol.
 pub fn error_response(proto: Protocol, err: &RelayError, generation_id: &str) -> HttpResponse {
     match proto {
-        Protocol::OpenAiChat => openai_error(err, generation_id),
+        Protocol::OpenAiChat
+        | Protocol::OpenAiCompletions
+        | Protocol::OpenAiEmbeddings
+        | Protocol::OpenAiImages => openai_error(err, generation_id),
         Protocol::AnthropicMessages => {
             let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
             let mut resp = HttpResponse::build(status);
@@ -149,6 +158,33 @@ pub async fn chat_completions(
     payload: web::Payload,
 ) -> HttpResponse {
     relay(Protocol::OpenAiChat, state, req, payload, None).await
+}
+
+/// `POST /v1/completions`
+pub async fn completions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiCompletions, state, req, payload, None).await
+}
+
+/// `POST /v1/embeddings`
+pub async fn embeddings(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiEmbeddings, state, req, payload, None).await
+}
+
+/// `POST /v1/images/generations`: charged per image returned with data.
+pub async fn image_generations(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiImages, state, req, payload, None).await
 }
 
 /// `POST /v1/messages`
@@ -265,8 +301,14 @@ async fn relay(
         let body = read_limited(payload, &req, state.config.max_body_mb).await?;
         let head = match &gemini {
             Some(route) => ChatHead::gemini(&body, &route.model, route.stream)?,
-            None => ChatHead::parse(&body)?,
+            None => ChatHead::parse_for(proto, &body)?,
         };
+        if head.is_stream() && matches!(proto, Protocol::OpenAiEmbeddings | Protocol::OpenAiImages)
+        {
+            return Err(RelayError::InvalidRequest(
+                "'stream' is not supported on this endpoint".into(),
+            ));
+        }
         let admitted = admission::admit_model(
             &snap.catalog,
             &snap.router,
@@ -287,7 +329,7 @@ async fn relay(
     };
     record.model = admitted.model.clone();
     record.streamed = head.is_stream();
-    let estimate = reservation(&admitted, &head, body.len());
+    let estimate = reservation(proto, &admitted, &head, body.len());
     let limited_key = admitted
         .caller
         .key
@@ -354,14 +396,24 @@ async fn relay(
 }
 
 /// The most this request can cost: prompt estimate plus the allowed output.
-fn reservation(admitted: &Admitted, head: &ChatHead, body_len: usize) -> i64 {
+fn reservation(proto: Protocol, admitted: &Admitted, head: &ChatHead, body_len: usize) -> i64 {
     let choices = head.n.unwrap_or(1).clamp(1, 128);
-    let usage = Usage {
-        prompt_tokens: prompt_estimate(body_len),
-        completion_tokens: head
+    let output = match proto {
+        Protocol::OpenAiEmbeddings | Protocol::OpenAiImages => 0,
+        _ => head
             .max_output()
             .unwrap_or(DEFAULT_MAX_OUTPUT)
             .saturating_mul(choices),
+    };
+    let usage = Usage {
+        prompt_tokens: prompt_estimate(body_len),
+        completion_tokens: output,
+        // An image request may return `n` images.
+        images: if proto == Protocol::OpenAiImages {
+            choices
+        } else {
+            0
+        },
         ..Usage::default()
     };
     admitted.price.cost(&usage, admitted.multiplier_ppm)

@@ -29,6 +29,10 @@ pub struct ChatHead {
     pub n: Option<i64>,
     #[serde(default)]
     messages: Option<IgnoredAny>,
+    #[serde(default)]
+    prompt: Option<IgnoredAny>,
+    #[serde(default)]
+    input: Option<IgnoredAny>,
 }
 
 /// `stream_options` of a chat request.
@@ -41,14 +45,27 @@ pub struct StreamOptions {
 impl ChatHead {
     /// Parses and validates a chat request body.
     pub fn parse(body: &[u8]) -> Result<Self, RelayError> {
+        Self::parse_for(Protocol::OpenAiChat, body)
+    }
+
+    /// Parses and validates a request body of `proto` (model and its required field).
+    pub fn parse_for(proto: Protocol, body: &[u8]) -> Result<Self, RelayError> {
         let head: ChatHead = serde_json::from_slice(body).map_err(|e| {
             RelayError::InvalidRequest(format!("request body is not valid JSON: {e}"))
         })?;
         if head.model.as_deref().is_none_or(str::is_empty) {
             return Err(RelayError::InvalidRequest("'model' is required".into()));
         }
-        if head.messages.is_none() {
-            return Err(RelayError::InvalidRequest("'messages' is required".into()));
+        let present = match proto.required_field() {
+            "prompt" => head.prompt.is_some(),
+            "input" => head.input.is_some(),
+            _ => head.messages.is_some(),
+        };
+        if !present {
+            return Err(RelayError::InvalidRequest(format!(
+                "'{}' is required",
+                proto.required_field()
+            )));
         }
         Ok(head)
     }
@@ -108,6 +125,8 @@ impl ChatHead {
             stream_options: None,
             n: config.as_ref().and_then(|c| c.candidate_count),
             messages: None,
+            prompt: None,
+            input: None,
         })
     }
 
@@ -132,8 +151,8 @@ pub fn upstream_body(
         return Ok(raw.clone());
     }
     // Only OpenAI streams need asking for usage; Anthropic streams always carry it.
-    let need_usage =
-        proto == Protocol::OpenAiChat && head.is_stream() && !head.wants_stream_usage();
+    let streams_usage = matches!(proto, Protocol::OpenAiChat | Protocol::OpenAiCompletions);
+    let need_usage = streams_usage && head.is_stream() && !head.wants_stream_usage();
     if upstream_model == head.model() && !need_usage {
         return Ok(raw.clone());
     }
@@ -223,6 +242,9 @@ pub struct ChoiceSummary {
     pub delta: Option<Delta>,
     #[serde(default)]
     pub message: Option<Delta>,
+    /// Legacy completions carry their text here.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +279,9 @@ impl ChatSummary {
         for c in self.choices.as_deref().unwrap_or_default() {
             if let Some(m) = &c.message {
                 m.append_text(&mut out);
+            }
+            if let Some(t) = &c.text {
+                out.push_str(t);
             }
         }
         out
@@ -349,6 +374,9 @@ impl StreamObserver {
         for c in choices {
             if let Some(d) = &c.delta {
                 d.append_text(&mut self.delivered);
+            }
+            if let Some(t) = &c.text {
+                self.delivered.push_str(t);
             }
         }
         if let Some(u) = &chunk.usage {

@@ -42,7 +42,10 @@ pub async fn probe(
             return Err(Failure::Status { status, body });
         }
         let understood = match proto {
-            Protocol::OpenAiChat => ChatSummary::parse_completion(&body).is_some(),
+            Protocol::OpenAiChat
+            | Protocol::OpenAiCompletions
+            | Protocol::OpenAiEmbeddings
+            | Protocol::OpenAiImages => ChatSummary::parse_completion(&body).is_some(),
             Protocol::AnthropicMessages => MessageSummary::parse(&body).is_some(),
             Protocol::GeminiGenerate => crate::gemini::GenerateSummary::parse(&body).is_some(),
         };

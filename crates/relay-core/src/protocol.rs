@@ -8,6 +8,12 @@ pub enum Protocol {
     /// `POST /v1/chat/completions`
     #[default]
     OpenAiChat,
+    /// `POST /v1/completions` (legacy text completions, streams too)
+    OpenAiCompletions,
+    /// `POST /v1/embeddings`
+    OpenAiEmbeddings,
+    /// `POST /v1/images/generations`, charged per image returned with data
+    OpenAiImages,
     /// `POST /v1/messages`
     AnthropicMessages,
     /// `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent`)
@@ -19,6 +25,9 @@ impl Protocol {
     pub fn path(self) -> &'static str {
         match self {
             Protocol::OpenAiChat => "/v1/chat/completions",
+            Protocol::OpenAiCompletions => "/v1/completions",
+            Protocol::OpenAiEmbeddings => "/v1/embeddings",
+            Protocol::OpenAiImages => "/v1/images/generations",
             Protocol::AnthropicMessages => "/v1/messages",
             Protocol::GeminiGenerate => "/v1beta/models/{model}:generateContent",
         }
@@ -39,9 +48,27 @@ impl Protocol {
     /// The channel type that speaks this protocol.
     pub fn channel_kind(self) -> &'static str {
         match self {
-            Protocol::OpenAiChat => "openai",
+            Protocol::OpenAiChat
+            | Protocol::OpenAiCompletions
+            | Protocol::OpenAiEmbeddings
+            | Protocol::OpenAiImages => "openai",
             Protocol::AnthropicMessages => "anthropic",
             Protocol::GeminiGenerate => "gemini",
+        }
+    }
+
+    /// Whether errors and streams use OpenAI's shapes.
+    pub fn is_openai(self) -> bool {
+        self.channel_kind() == "openai"
+    }
+
+    /// The body field a request of this protocol cannot do without.
+    pub fn required_field(self) -> &'static str {
+        match self {
+            Protocol::OpenAiChat | Protocol::AnthropicMessages => "messages",
+            Protocol::OpenAiCompletions | Protocol::OpenAiImages => "prompt",
+            Protocol::OpenAiEmbeddings => "input",
+            Protocol::GeminiGenerate => "contents",
         }
     }
 

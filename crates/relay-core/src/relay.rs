@@ -176,7 +176,39 @@ struct Completion {
 
 fn parse_completion(proto: Protocol, body: &[u8]) -> Option<Completion> {
     match proto {
-        Protocol::OpenAiChat => {
+        Protocol::OpenAiEmbeddings => {
+            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+            v.get("data")?.as_array()?;
+            let usage: crate::openai::OpenAiUsage =
+                serde_json::from_value(v.get("usage")?.clone()).unwrap_or_default();
+            Some(Completion {
+                usage: Some(Usage {
+                    prompt_tokens: usage.prompt_tokens,
+                    ..Usage::default()
+                }),
+                finish_reason: None,
+                delivered: String::new(),
+                id: None,
+                model: v.get("model").and_then(|m| m.as_str()).map(str::to_owned),
+            })
+        }
+        Protocol::OpenAiImages => {
+            // Charged per image that came back with data; none usable costs nothing.
+            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+            v.get("data")?.as_array()?;
+            let images = billing::images::usable_images(&v);
+            Some(Completion {
+                usage: Some(Usage {
+                    images,
+                    ..Usage::default()
+                }),
+                finish_reason: None,
+                delivered: String::new(),
+                id: None,
+                model: None,
+            })
+        }
+        Protocol::OpenAiChat | Protocol::OpenAiCompletions => {
             let s = ChatSummary::parse_completion(body)?;
             Some(Completion {
                 usage: s.usage.as_ref().map(Usage::from),

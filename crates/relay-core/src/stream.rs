@@ -114,7 +114,10 @@ impl ChatStream {
             && !self.observer.done
         {
             let event = match self.observer.proto {
-                Protocol::OpenAiChat => {
+                Protocol::OpenAiChat
+                | Protocol::OpenAiCompletions
+                | Protocol::OpenAiEmbeddings
+                | Protocol::OpenAiImages => {
                     let err = serde_json::json!({"error": {"message": "the upstream stream ended early", "type": "api_error", "code": reason, "param": null}});
                     format!("data: {err}\n\n")
                 }
