@@ -102,3 +102,57 @@ fn run(cmd: &mut Command, what: &str) {
         );
     }
 }
+
+/// Runs `tests/python/<script>` with the venv's Python against the gateway at
+/// `base_url` with the customer `key`, with no proxy and no SDK settings from the
+/// environment; fails the test unless it exits 0 having printed `all checks passed`.
+/// Returns what it printed.
+pub async fn run_sdk_script(script: &str, base_url: &str, key: &str) -> String {
+    let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
+    let script = workspace_root().join("tests").join("python").join(script);
+    let (base_url, key) = (base_url.to_owned(), key.to_owned());
+    let output = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(python);
+        cmd.arg(&script)
+            .env("TOLLGATE_BASE_URL", base_url)
+            .env("TOLLGATE_KEY", key)
+            .env("PYTHONUNBUFFERED", "1");
+        for var in SDK_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.output()
+    })
+    .await
+    .unwrap()
+    .expect("run the SDK script with the venv's python");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("all checks passed"),
+        "the SDK script failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
+/// Environment an SDK would read instead of what the test passes.
+const SDK_ENV: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_GENAI_USE_VERTEXAI",
+    "GOOGLE_GENAI_API_VERSION",
+    "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_CLOUD_LOCATION",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+];

@@ -3,13 +3,10 @@
 //! the cached price), errors in Anthropic's shape, and the official `anthropic` Python
 //! SDK; the money after every call.
 
-use std::path::Path;
-use std::process::Command;
-
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tollgate_tests::mock_anthropic::{MESSAGE_ID, answer_text, dated};
-use tollgate_tests::python::venv_python;
+use tollgate_tests::python::run_sdk_script;
 use tollgate_tests::{MockAnthropic, TestApp, spawn_app};
 
 const START: i64 = 1_000_000; // 1 credit in µc
@@ -647,50 +644,9 @@ const SDK_CHARGED_CALLS: i64 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_anthropic_python_sdk_works_through_the_gateway_and_is_charged_exactly() {
-    let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
     let s = Claude::start().await;
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join("anthropic_sdk_check.py");
-    let (address, key) = (s.app.address.clone(), s.key.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new(python);
-        cmd.arg(&script)
-            .env("TOLLGATE_BASE_URL", address)
-            .env("TOLLGATE_KEY", key)
-            .env("PYTHONUNBUFFERED", "1");
-        // The script only talks to 127.0.0.1: no proxy, and no SDK settings from the
-        // environment.
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-            "ANTHROPIC_BASE_URL",
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_AUTH_TOKEN",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.output()
-    })
-    .await
-    .unwrap()
-    .expect("run the SDK script with the venv's python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the anthropic SDK script failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    assert!(
-        stdout.contains("all checks passed"),
-        "the script ended early:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_sdk_script("anthropic_sdk_check.py", &s.app.address, &s.key).await;
     eprintln!("{stdout}");
 
     // The upstream saw exactly the three messages, one of them streamed, each with the

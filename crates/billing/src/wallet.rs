@@ -374,16 +374,7 @@ impl Wallet {
                 lock(slots).entry(acct).or_default().limit = limit;
             }
             Backend::Redis { pool, prefix, .. } => {
-                let mut conn = pool.get().await?;
-                let k = redis_key(prefix, acct);
-                let () = redis::pipe()
-                    .atomic()
-                    .hset(&k, "limit", limit)
-                    .ignore()
-                    .hset_nx(&k, "held", 0)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await?;
+                init_slot(pool, prefix, acct, limit, true).await?;
             }
         }
         Ok(())
@@ -429,14 +420,8 @@ impl Wallet {
                         .invoke_async(&mut conn)
                         .await?;
                 } else {
-                    let () = redis::pipe()
-                        .atomic()
-                        .hset_nx(&k, "limit", create_with)
-                        .ignore()
-                        .hset_nx(&k, "held", 0)
-                        .ignore()
-                        .query_async(&mut conn)
-                        .await?;
+                    drop(conn);
+                    init_slot(pool, prefix, acct, create_with, false).await?;
                 }
             }
         }
@@ -707,16 +692,7 @@ impl Wallet {
                 lock(slots).entry(acct).or_insert(Slot { limit, held: 0 });
             }
             Backend::Redis { pool, prefix, .. } => {
-                let mut conn = pool.get().await?;
-                let k = redis_key(prefix, acct);
-                let () = redis::pipe()
-                    .atomic()
-                    .hset_nx(&k, "limit", limit)
-                    .ignore()
-                    .hset_nx(&k, "held", 0)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await?;
+                init_slot(pool, prefix, acct, limit, false).await?;
             }
         }
         Ok(())
@@ -735,6 +711,32 @@ fn accounts_of(user_id: i64, key_id: Option<i64>) -> Vec<Account> {
         v.push(Account::Key(k));
     }
     v
+}
+
+/// Creates an account in Redis with `held` 0; its `limit` is set, or (with
+/// `overwrite` false) only set when the account has none yet.
+async fn init_slot(
+    pool: &Pool,
+    prefix: &str,
+    acct: Account,
+    limit: i64,
+    overwrite: bool,
+) -> Result<(), BillingError> {
+    let mut conn = pool.get().await?;
+    let k = redis_key(prefix, acct);
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    if overwrite {
+        pipe.hset(&k, "limit", limit).ignore();
+    } else {
+        pipe.hset_nx(&k, "limit", limit).ignore();
+    }
+    let () = pipe
+        .hset_nx(&k, "held", 0)
+        .ignore()
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
 }
 
 fn redis_key(prefix: &str, acct: Account) -> String {

@@ -85,27 +85,22 @@ pub fn error_response(proto: Protocol, err: &RelayError, generation_id: &str) ->
         | Protocol::OpenAiCompletions
         | Protocol::OpenAiEmbeddings
         | Protocol::OpenAiImages => openai_error(err, generation_id),
-        Protocol::AnthropicMessages => {
-            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut resp = HttpResponse::build(status);
-            resp.insert_header((header::CONTENT_TYPE, "application/json"));
-            resp.insert_header((GENERATION_HEADER, generation_id.to_owned()));
-            if let RelayError::RateLimited(_) = err {
-                resp.insert_header((header::RETRY_AFTER, "60"));
-            }
-            resp.body(err.anthropic_body())
-        }
-        Protocol::GeminiGenerate => {
-            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut resp = HttpResponse::build(status);
-            resp.insert_header((header::CONTENT_TYPE, "application/json"));
-            resp.insert_header((GENERATION_HEADER, generation_id.to_owned()));
-            if let RelayError::RateLimited(_) = err {
-                resp.insert_header((header::RETRY_AFTER, "60"));
-            }
-            resp.body(err.google_body())
-        }
+        Protocol::AnthropicMessages => error_with_body(err, generation_id, err.anthropic_body()),
+        Protocol::GeminiGenerate => error_with_body(err, generation_id, err.google_body()),
     }
+}
+
+/// The status, headers (`X-Generation-Id`, `Retry-After` for rate limits) and `body`
+/// of an error answer.
+fn error_with_body(err: &RelayError, generation_id: &str, body: Bytes) -> HttpResponse {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header((header::CONTENT_TYPE, "application/json"));
+    resp.insert_header((GENERATION_HEADER, generation_id.to_owned()));
+    if let RelayError::RateLimited(_) = err {
+        resp.insert_header((header::RETRY_AFTER, "60"));
+    }
+    resp.body(body)
 }
 
 fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
@@ -114,14 +109,7 @@ fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
 
 /// An OpenAI-shaped error answer.
 pub fn openai_error(err: &RelayError, generation_id: &str) -> HttpResponse {
-    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut resp = HttpResponse::build(status);
-    resp.insert_header((header::CONTENT_TYPE, "application/json"));
-    resp.insert_header((GENERATION_HEADER, generation_id.to_owned()));
-    if let RelayError::RateLimited(_) = err {
-        resp.insert_header((header::RETRY_AFTER, "60"));
-    }
-    resp.body(err.openai_body())
+    error_with_body(err, generation_id, err.openai_body())
 }
 
 /// Reads the request body up to the configured limit.
