@@ -19,8 +19,18 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
         ensure_sqlite_dir(url)?;
     }
     let mut options = ConnectOptions::new(url.to_owned());
+    if sqlite {
+        // Every pooled connection: WAL, a bounded page cache (1 MiB, not SQLite's 2 MiB
+        // default) and a busy timeout instead of immediate "database is locked".
+        options.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .pragma("cache_size", "-1024")
+        });
+    }
     options
-        .max_connections(if sqlite { 8 } else { 16 })
+        .max_connections(if sqlite { 4 } else { 16 })
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
