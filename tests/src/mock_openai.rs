@@ -64,6 +64,7 @@ impl MockOpenAi {
                 .route("/v1/completions", web::post().to(completions))
                 .route("/v1/embeddings", web::post().to(embeddings))
                 .route("/v1/images/generations", web::post().to(images))
+                .route("/v1/moderations", web::post().to(moderations))
         })
         .workers(1)
         .disable_signals()
@@ -391,4 +392,18 @@ async fn images(
             .collect(),
     };
     HttpResponse::Ok().json(json!({"created": 1_732_000_000, "data": data}))
+}
+
+/// `/v1/moderations`: one unflagged result per input, and (like OpenAI) no usage.
+async fn moderations(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    record(&received, &req, &body);
+    HttpResponse::Ok().json(json!({
+        "id": "modr-mock",
+        "model": body["model"].as_str().unwrap_or("omni-moderation-latest"),
+        "results": [{"flagged": false, "categories": {"violence": false}, "category_scores": {"violence": 0.0001}}],
+    }))
 }

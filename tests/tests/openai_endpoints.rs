@@ -19,6 +19,7 @@ async fn post(s: &Scenario, path: &str, body: Value) -> reqwest::Response {
 
 async fn channel_and_prices(s: &Scenario) {
     let models = [
+        "omni-moderation-latest",
         "text-embedding-3-small",
         "gpt-3.5-turbo-instruct",
         "dall-e-3",
@@ -30,6 +31,7 @@ async fn channel_and_prices(s: &Scenario) {
         .add_channel("endpoints", &s.mock.base_url, &models, json!({}))
         .await;
     s.app.set_price("text-embedding-3-small", 1.0, 0.0).await;
+    s.app.set_price("omni-moderation-latest", 1.0, 0.0).await;
     s.app.set_price("gpt-3.5-turbo-instruct", 1.5, 2.0).await;
     for m in ["dall-e-3", "image-partial", "image-empty", "image-fail"] {
         let (st, v) = s
@@ -156,5 +158,31 @@ async fn images_are_charged_per_image_returned_with_data_and_an_empty_answer_cos
         .find(|r| r.path == "/v1/images/generations")
         .unwrap();
     assert_eq!(sent.body["size"], "1024x1024");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderations_without_a_usage_report_are_charged_by_counting_their_input() {
+    let s = Scenario::start(1.0).await;
+    channel_and_prices(&s).await;
+    // No model: OpenAI's default is used (and priced).
+    let r = post(
+        &s,
+        "/v1/moderations",
+        json!({"input": "I want to hug everyone"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["results"][0]["flagged"],
+        false
+    );
+    s.app.settled().await;
+    let g = s.app.generation(&gen_id).await;
+    assert_eq!(g.model, "omni-moderation-latest");
+    assert!(g.tokens_prompt > 3, "input counted: {}", g.tokens_prompt);
+    assert_eq!(g.cost, g.tokens_prompt);
+    assert_eq!(s.app.balance(s.customer_id).await, START - g.cost);
     s.stop().await;
 }

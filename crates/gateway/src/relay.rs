@@ -32,6 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/completions", web::post().to(completions))
         .route("/v1/embeddings", web::post().to(embeddings))
         .route("/v1/images/generations", web::post().to(image_generations))
+        .route("/v1/moderations", web::post().to(moderations))
         .route("/v1beta/models", web::get().to(gemini_models))
         .route("/v1beta/models/{target}", web::post().to(gemini_generate))
         // google-genai defaults to API version v1: same request, other prefix.
@@ -73,7 +74,8 @@ fn api_key(req: &HttpRequest, proto: Protocol) -> Option<String> {
         Protocol::OpenAiChat
         | Protocol::OpenAiCompletions
         | Protocol::OpenAiEmbeddings
-        | Protocol::OpenAiImages => None,
+        | Protocol::OpenAiImages
+        | Protocol::OpenAiModerations => None,
     };
     found.or_else(|| bearer(req).map(str::to_owned))
 }
@@ -84,7 +86,8 @@ pub fn error_response(proto: Protocol, err: &RelayError, generation_id: &str) ->
         Protocol::OpenAiChat
         | Protocol::OpenAiCompletions
         | Protocol::OpenAiEmbeddings
-        | Protocol::OpenAiImages => openai_error(err, generation_id),
+        | Protocol::OpenAiImages
+        | Protocol::OpenAiModerations => openai_error(err, generation_id),
         Protocol::AnthropicMessages => error_with_body(err, generation_id, err.anthropic_body()),
         Protocol::GeminiGenerate => error_with_body(err, generation_id, err.google_body()),
     }
@@ -173,6 +176,15 @@ pub async fn image_generations(
     payload: web::Payload,
 ) -> HttpResponse {
     relay(Protocol::OpenAiImages, state, req, payload, None).await
+}
+
+/// `POST /v1/moderations`
+pub async fn moderations(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiModerations, state, req, payload, None).await
 }
 
 /// `POST /v1/messages`
@@ -291,7 +303,11 @@ async fn relay(
             Some(route) => ChatHead::gemini(&body, &route.model, route.stream)?,
             None => ChatHead::parse_for(proto, &body)?,
         };
-        if head.is_stream() && matches!(proto, Protocol::OpenAiEmbeddings | Protocol::OpenAiImages)
+        if head.is_stream()
+            && matches!(
+                proto,
+                Protocol::OpenAiEmbeddings | Protocol::OpenAiImages | Protocol::OpenAiModerations
+            )
         {
             return Err(RelayError::InvalidRequest(
                 "'stream' is not supported on this endpoint".into(),
@@ -387,7 +403,7 @@ async fn relay(
 fn reservation(proto: Protocol, admitted: &Admitted, head: &ChatHead, body_len: usize) -> i64 {
     let choices = head.n.unwrap_or(1).clamp(1, 128);
     let output = match proto {
-        Protocol::OpenAiEmbeddings | Protocol::OpenAiImages => 0,
+        Protocol::OpenAiEmbeddings | Protocol::OpenAiImages | Protocol::OpenAiModerations => 0,
         _ => head
             .max_output()
             .unwrap_or(DEFAULT_MAX_OUTPUT)

@@ -50,9 +50,13 @@ impl ChatHead {
 
     /// Parses and validates a request body of `proto` (model and its required field).
     pub fn parse_for(proto: Protocol, body: &[u8]) -> Result<Self, RelayError> {
-        let head: ChatHead = serde_json::from_slice(body).map_err(|e| {
+        let mut head: ChatHead = serde_json::from_slice(body).map_err(|e| {
             RelayError::InvalidRequest(format!("request body is not valid JSON: {e}"))
         })?;
+        if proto == Protocol::OpenAiModerations && head.model.as_deref().is_none_or(str::is_empty) {
+            // OpenAI's default when a moderation request names no model.
+            head.model = Some("omni-moderation-latest".to_owned());
+        }
         if head.model.as_deref().is_none_or(str::is_empty) {
             return Err(RelayError::InvalidRequest("'model' is required".into()));
         }

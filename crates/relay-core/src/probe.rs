@@ -45,7 +45,8 @@ pub async fn probe(
             Protocol::OpenAiChat
             | Protocol::OpenAiCompletions
             | Protocol::OpenAiEmbeddings
-            | Protocol::OpenAiImages => ChatSummary::parse_completion(&body).is_some(),
+            | Protocol::OpenAiImages
+            | Protocol::OpenAiModerations => ChatSummary::parse_completion(&body).is_some(),
             Protocol::AnthropicMessages => MessageSummary::parse(&body).is_some(),
             Protocol::GeminiGenerate => crate::gemini::GenerateSummary::parse(&body).is_some(),
         };

@@ -14,6 +14,8 @@ pub enum Protocol {
     OpenAiEmbeddings,
     /// `POST /v1/images/generations`, charged per image returned with data
     OpenAiImages,
+    /// `POST /v1/moderations` (no usage report: its input is counted locally)
+    OpenAiModerations,
     /// `POST /v1/messages`
     AnthropicMessages,
     /// `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent`)
@@ -28,6 +30,7 @@ impl Protocol {
             Protocol::OpenAiCompletions => "/v1/completions",
             Protocol::OpenAiEmbeddings => "/v1/embeddings",
             Protocol::OpenAiImages => "/v1/images/generations",
+            Protocol::OpenAiModerations => "/v1/moderations",
             Protocol::AnthropicMessages => "/v1/messages",
             Protocol::GeminiGenerate => "/v1beta/models/{model}:generateContent",
         }
@@ -51,7 +54,8 @@ impl Protocol {
             Protocol::OpenAiChat
             | Protocol::OpenAiCompletions
             | Protocol::OpenAiEmbeddings
-            | Protocol::OpenAiImages => "openai",
+            | Protocol::OpenAiImages
+            | Protocol::OpenAiModerations => "openai",
             Protocol::AnthropicMessages => "anthropic",
             Protocol::GeminiGenerate => "gemini",
         }
@@ -67,7 +71,7 @@ impl Protocol {
         match self {
             Protocol::OpenAiChat | Protocol::AnthropicMessages => "messages",
             Protocol::OpenAiCompletions | Protocol::OpenAiImages => "prompt",
-            Protocol::OpenAiEmbeddings => "input",
+            Protocol::OpenAiEmbeddings | Protocol::OpenAiModerations => "input",
             Protocol::GeminiGenerate => "contents",
         }
     }

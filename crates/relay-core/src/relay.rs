@@ -192,6 +192,18 @@ fn parse_completion(proto: Protocol, body: &[u8]) -> Option<Completion> {
                 model: v.get("model").and_then(|m| m.as_str()).map(str::to_owned),
             })
         }
+        Protocol::OpenAiModerations => {
+            // No usage report: the settlement counts the input locally.
+            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+            v.get("results")?.as_array()?;
+            Some(Completion {
+                usage: None,
+                finish_reason: None,
+                delivered: String::new(),
+                id: v.get("id").and_then(|m| m.as_str()).map(str::to_owned),
+                model: v.get("model").and_then(|m| m.as_str()).map(str::to_owned),
+            })
+        }
         Protocol::OpenAiImages => {
             // Charged per image that came back with data; none usable costs nothing.
             let v: serde_json::Value = serde_json::from_slice(body).ok()?;

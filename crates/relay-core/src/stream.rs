@@ -117,7 +117,8 @@ impl ChatStream {
                 Protocol::OpenAiChat
                 | Protocol::OpenAiCompletions
                 | Protocol::OpenAiEmbeddings
-                | Protocol::OpenAiImages => {
+                | Protocol::OpenAiImages
+                | Protocol::OpenAiModerations => {
                     let err = serde_json::json!({"error": {"message": "the upstream stream ended early", "type": "api_error", "code": reason, "param": null}});
                     format!("data: {err}\n\n")
                 }

@@ -64,6 +64,9 @@ struct Prompt {
     system: Option<Value>,
     #[serde(default)]
     messages: Vec<Message>,
+    /// Embeddings' and moderations' input: a string or a list of strings.
+    #[serde(default)]
+    input: Option<Value>,
     /// Gemini's turns and system instruction (`parts` of text).
     #[serde(default)]
     contents: Vec<Value>,
@@ -121,6 +124,15 @@ pub fn count_prompt(model: &str, body: &[u8]) -> i64 {
                 None => total += count_text(model, &p.to_string()),
             }
         }
+    }
+    match &prompt.input {
+        Some(Value::String(s)) => total += count_text(model, s),
+        Some(Value::Array(items)) => {
+            for item in items {
+                total += item.as_str().map_or(0, |s| count_text(model, s));
+            }
+        }
+        _ => {}
     }
     for m in &prompt.messages {
         total += 3 + count_text(model, &m.role);
