@@ -25,6 +25,10 @@ pub struct TestApp {
     pub root_id: i64,
     /// The configuration it was started with (a second instance can share it).
     pub config: Config,
+    /// A pool of the test's own on the app's database. The app's pool may hold
+    /// connections made on the server's worker runtimes, which die with the server; the
+    /// checks after a stop must not depend on them.
+    pub db: sea_orm::DatabaseConnection,
     handle: actix_web::dev::ServerHandle,
     postgres: Option<(String, String)>,
 }
@@ -117,6 +121,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         state,
         root_token: String::new(),
         root_id: 0,
+        db: store::db::connect(&config.database_url)
+            .await
+            .expect("the test's own connection to the app's database"),
         config,
         handle,
         postgres,
@@ -266,7 +273,7 @@ impl TestApp {
     /// A user's durable balance in micro-credits.
     pub async fn balance(&self, user_id: i64) -> i64 {
         user::Entity::find_by_id(user_id)
-            .one(&self.state.db)
+            .one(&self.db)
             .await
             .unwrap()
             .unwrap()
@@ -278,14 +285,14 @@ impl TestApp {
         transaction::Entity::find()
             .filter(transaction::Column::UserId.eq(user_id))
             .order_by_asc(transaction::Column::Id)
-            .all(&self.state.db)
+            .all(&self.db)
             .await
             .unwrap()
     }
 
     /// Asserts balance = Σ ledger for every user, and no balance below zero.
     pub async fn assert_ledger_consistent(&self) {
-        for u in user::Entity::find().all(&self.state.db).await.unwrap() {
+        for u in user::Entity::find().all(&self.db).await.unwrap() {
             let sum: i64 = self.ledger(u.id).await.iter().map(|t| t.amount).sum();
             assert_eq!(
                 u.balance, sum,
@@ -308,7 +315,7 @@ impl TestApp {
         for _ in 0..100 {
             self.settled().await;
             if let Some(g) = generation::Entity::find_by_id(id.to_owned())
-                .one(&self.state.db)
+                .one(&self.db)
                 .await
                 .unwrap()
             {
@@ -322,7 +329,7 @@ impl TestApp {
     /// A generation row by id.
     pub async fn generation(&self, id: &str) -> generation::Model {
         generation::Entity::find_by_id(id.to_owned())
-            .one(&self.state.db)
+            .one(&self.db)
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("generation {id} not recorded"))

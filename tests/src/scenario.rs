@@ -74,7 +74,7 @@ impl Scenario {
     /// scenario ends with balance = Σ ledger for every user.
     pub async fn stop(self) {
         self.app.settled().await;
-        let report = billing::verify::verify(&self.app.state.db).await.unwrap();
+        let report = billing::verify::verify(&self.app.db).await.unwrap();
         assert!(
             report.ok,
             "ledger verify at the end of the test: {report:?}"

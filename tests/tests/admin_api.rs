@@ -332,7 +332,7 @@ async fn channel_keys_are_never_returned_and_only_admins_manage_channels() {
     assert_eq!(list["items"][0]["keys_preview"][0]["last4"], "1234");
     assert_eq!(list["items"][0]["type"], "openai");
     // Stored encrypted, too.
-    let raw = store::entities::channel_key::Entity::find_all_secrets(&s.app.state.db).await;
+    let raw = store::entities::channel_key::Entity::find_all_secrets(&s.app.db).await;
     assert!(raw.iter().all(|k| !k.contains("sk-upstream")));
     let (st, _) = s
         .app

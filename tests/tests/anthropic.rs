@@ -111,7 +111,7 @@ impl Claude {
     async fn stop(self) {
         self.app.settled().await;
         self.app.assert_ledger_consistent().await;
-        let report = billing::verify::verify(&self.app.state.db).await.unwrap();
+        let report = billing::verify::verify(&self.app.db).await.unwrap();
         assert!(
             report.ok,
             "ledger verify at the end of the test: {report:?}"

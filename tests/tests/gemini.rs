@@ -202,7 +202,7 @@ impl Gemini {
     async fn stop(self) {
         self.app.settled().await;
         self.app.assert_ledger_consistent().await;
-        let report = billing::verify::verify(&self.app.state.db).await.unwrap();
+        let report = billing::verify::verify(&self.app.db).await.unwrap();
         assert!(
             report.ok,
             "ledger verify at the end of the test: {report:?}"

@@ -160,7 +160,7 @@ async fn ten_concurrent_redemptions_of_one_code_credit_exactly_once() {
     assert_eq!(total, 5_000_000);
     let credits = transaction::Entity::find()
         .filter(transaction::Column::Kind.eq("redeem"))
-        .count(&app.state.db)
+        .count(&app.db)
         .await
         .unwrap();
     assert_eq!(credits, 1);
@@ -196,7 +196,7 @@ async fn a_resellers_codes_are_paid_up_front_and_listed_only_to_it() {
         (402, Some("insufficient_balance"))
     );
     let stored = redemption_code::Entity::find()
-        .count(&app.state.db)
+        .count(&app.db)
         .await
         .unwrap();
     assert_eq!(stored, 2, "a refused batch creates nothing");
@@ -256,7 +256,7 @@ async fn batches_outside_the_limits_are_refused_and_the_largest_one_is_accepted(
         assert_eq!(s, 400, "{body}: {v}");
     }
     let stored = redemption_code::Entity::find()
-        .count(&app.state.db)
+        .count(&app.db)
         .await
         .unwrap();
     assert_eq!(stored, 0);
@@ -311,10 +311,7 @@ async fn codes_appear_only_in_the_creation_answer_and_are_stored_as_hashes() {
         assert!(codes.iter().all(|c| !text.contains(c.as_str())), "{text}");
         assert!(!text.contains("code_hash"));
     }
-    let stored = redemption_code::Entity::find()
-        .all(&app.state.db)
-        .await
-        .unwrap();
+    let stored = redemption_code::Entity::find().all(&app.db).await.unwrap();
     for code in &codes {
         assert!(stored.iter().all(|r| r.code_hash != *code));
         assert!(
