@@ -310,6 +310,43 @@ impl TestApp {
         }
     }
 
+    /// Root prices `model` with the fields of `body` (credits per 1M tokens / per unit).
+    pub async fn set_price_with(&self, model: &str, body: Value) {
+        let (st, v) = self
+            .api(
+                "PUT",
+                &format!("/api/pricing/models/{model}"),
+                &self.root_token,
+                Some(body),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+
+    /// Asserts that `user_id`, which started with `start` µc and one mint, was charged
+    /// exactly once, `cost` µc, for the generation `gen_id`.
+    pub async fn assert_charged_once(&self, user_id: i64, start: i64, gen_id: &str, cost: i64) {
+        self.settled().await;
+        assert_eq!(self.balance(user_id).await, start - cost);
+        let ledger = self.ledger(user_id).await;
+        assert_eq!(ledger.len(), 2, "{ledger:?}");
+        assert_eq!(ledger[1].kind, "consume");
+        assert_eq!(ledger[1].amount, -cost);
+        assert_eq!(ledger[1].balance_after, start - cost);
+        assert_eq!(ledger[1].reference.as_deref(), Some(gen_id));
+    }
+
+    /// Settles, then checks balance = Σ ledger for every user (through the test's own
+    /// pool, so it also works after the server stopped).
+    pub async fn verify_ledger(&self) {
+        self.settled().await;
+        let report = billing::verify::verify(&self.db).await.unwrap();
+        assert!(
+            report.ok,
+            "ledger verify at the end of the test: {report:?}"
+        );
+    }
+
     /// Waits (up to 5 s) for a generation to be recorded, then returns it.
     pub async fn wait_generation(&self, id: &str) -> generation::Model {
         for _ in 0..100 {
@@ -387,4 +424,17 @@ async fn drop_database(admin_url: &str, name: &str) {
             .execute_raw(Statement::from_string(admin.get_database_backend(), drop))
             .await;
     }
+}
+
+/// The `X-Generation-Id` of an answer (every relay answer has one).
+pub fn generation_id(resp: &reqwest::Response) -> String {
+    let id = resp
+        .headers()
+        .get("x-generation-id")
+        .unwrap_or_else(|| panic!("no x-generation-id on a {} answer", resp.status()))
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(id.starts_with("gen-"), "{id}");
+    id
 }

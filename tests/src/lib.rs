@@ -8,6 +8,7 @@ pub mod app;
 pub mod mock_anthropic;
 pub mod mock_gemini;
 pub mod mock_openai;
+pub mod mock_server;
 pub mod python;
 pub mod scenario;
 

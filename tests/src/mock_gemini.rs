@@ -22,11 +22,10 @@
 //! (with `finishReason` `STOP`) the full usage. There is no `[DONE]`: the stream ends
 //! when the connection's body ends.
 
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -148,26 +147,14 @@ impl MockGemini {
     pub async fn start() -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
         let data = web::Data::new(Arc::clone(&received));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
-                .route(
-                    "/v1beta/models/{model_and_method}",
-                    web::post().to(generate),
-                )
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        let (base_url, handle) = crate::mock_server::serve(move |cfg| {
+            cfg.app_data(data.clone()).route(
+                "/v1beta/models/{model_and_method}",
+                web::post().to(generate),
+            );
+        });
         MockGemini {
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url,
             received,
             handle,
         }

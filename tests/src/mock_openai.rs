@@ -18,12 +18,11 @@
 //! when `stream_options.include_usage` is set, `"usage": null` on every chunk and a
 //! final chunk with `"choices": []` and the usage; then `data: [DONE]`.
 
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -53,28 +52,17 @@ impl MockOpenAi {
         let data = web::Data::new(Arc::clone(&received));
         let revoked_ok = Arc::new(AtomicBool::new(false));
         let revoked_data = web::Data::new(Arc::clone(&revoked_ok));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
+        let (base_url, handle) = crate::mock_server::serve(move |cfg| {
+            cfg.app_data(data.clone())
                 .app_data(revoked_data.clone())
-                .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
                 .route("/v1/chat/completions", web::post().to(chat))
                 .route("/v1/completions", web::post().to(completions))
                 .route("/v1/embeddings", web::post().to(embeddings))
                 .route("/v1/images/generations", web::post().to(images))
-                .route("/v1/moderations", web::post().to(moderations))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+                .route("/v1/moderations", web::post().to(moderations));
+        });
         MockOpenAi {
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url,
             received,
             revoked_ok,
             handle,

@@ -73,12 +73,7 @@ impl Scenario {
     /// Stops everything, after checking that the ledger verifies: every test that uses a
     /// scenario ends with balance = Σ ledger for every user.
     pub async fn stop(self) {
-        self.app.settled().await;
-        let report = billing::verify::verify(&self.app.db).await.unwrap();
-        assert!(
-            report.ok,
-            "ledger verify at the end of the test: {report:?}"
-        );
+        self.app.verify_ledger().await;
         self.mock.stop().await;
         self.app.stop().await;
     }

@@ -7,6 +7,7 @@
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tollgate_tests::app::generation_id;
 use tollgate_tests::mock_gemini::{RESPONSE_ID, TEXT_PIECES, answer_text, model_version};
 use tollgate_tests::python::run_sdk_script;
 use tollgate_tests::{MockGemini, TestApp, spawn_app};
@@ -161,14 +162,9 @@ impl Gemini {
 
     /// Asserts one charge of `cost` for the generation `gen_id`, and nothing else.
     async fn assert_charged_once(&self, gen_id: &str, cost: i64) {
-        self.app.settled().await;
-        assert_eq!(self.app.balance(self.customer_id).await, START - cost);
-        let ledger = self.app.ledger(self.customer_id).await;
-        assert_eq!(ledger.len(), 2, "{ledger:?}");
-        assert_eq!(ledger[1].kind, "consume");
-        assert_eq!(ledger[1].amount, -cost);
-        assert_eq!(ledger[1].balance_after, START - cost);
-        assert_eq!(ledger[1].reference.as_deref(), Some(gen_id));
+        self.app
+            .assert_charged_once(self.customer_id, START, gen_id, cost)
+            .await;
     }
 
     /// Asserts the customer was charged nothing: the mint alone in the ledger.
@@ -200,13 +196,8 @@ impl Gemini {
 
     /// Stops everything after checking that the ledger verifies.
     async fn stop(self) {
-        self.app.settled().await;
+        self.app.verify_ledger().await;
         self.app.assert_ledger_consistent().await;
-        let report = billing::verify::verify(&self.app.db).await.unwrap();
-        assert!(
-            report.ok,
-            "ledger verify at the end of the test: {report:?}"
-        );
         self.mock.stop().await;
         self.app.stop().await;
     }
@@ -214,27 +205,11 @@ impl Gemini {
 
 /// Root prices `model` (credits per 1M tokens), with a price for cached input.
 async fn price(app: &TestApp, model: &str, input: f64, output: f64, cached_input: f64) {
-    let (st, v) = app
-        .api(
-            "PUT",
-            &format!("/api/pricing/models/{model}"),
-            &app.root_token,
-            Some(json!({"input": input, "output": output, "cached_input": cached_input})),
-        )
-        .await;
-    assert_eq!(st, 200, "{v}");
-}
-
-fn generation_id(resp: &reqwest::Response) -> String {
-    let id = resp
-        .headers()
-        .get("x-generation-id")
-        .unwrap_or_else(|| panic!("no x-generation-id on a {} answer", resp.status()))
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(id.starts_with("gen-"), "{id}");
-    id
+    app.set_price_with(
+        model,
+        json!({"input": input, "output": output, "cached_input": cached_input}),
+    )
+    .await;
 }
 
 /// Asserts a Google-shaped error body (`{"error":{"code","message","status"}}`, `code`
