@@ -313,13 +313,8 @@ async fn relay(
                 "'stream' is not supported on this endpoint".into(),
             ));
         }
-        let admitted = admission::admit_model(
-            &snap.catalog,
-            &snap.router,
-            &caller,
-            head.model(),
-            proto.channel_kind(),
-        )?;
+        let admitted =
+            admission::admit_model(&snap.catalog, &snap.router, &caller, head.model(), proto)?;
         check_rpm(&state, &caller).await?;
         Ok::<_, RelayError>((body, head, admitted))
     }
@@ -472,8 +467,7 @@ pub async fn models(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
         Ok(c) => c,
         Err(e) => return error_response(proto, &e, &id),
     };
-    let visible =
-        admission::visible_models(&snap.catalog, &snap.router, &caller, proto.channel_kind());
+    let visible = admission::visible_models(&snap.catalog, &snap.router, &caller, proto);
     if proto == Protocol::AnthropicMessages {
         let data: Vec<_> = visible
             .iter()
@@ -506,7 +500,7 @@ pub async fn gemini_models(state: web::Data<AppState>, req: HttpRequest) -> Http
         Ok(c) => c,
         Err(e) => return error_response(proto, &e, &id),
     };
-    let models: Vec<_> = admission::visible_models(&snap.catalog, &snap.router, &caller, proto.channel_kind())
+    let models: Vec<_> = admission::visible_models(&snap.catalog, &snap.router, &caller, proto)
         .into_iter()
         .map(|m| {
             serde_json::json!({

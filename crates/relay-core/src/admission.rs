@@ -8,6 +8,7 @@ use billing::Price;
 use chrono::Utc;
 use store::catalog::{Catalog, KeyEntry, UserEntry};
 
+use crate::protocol::Protocol;
 use crate::{RelayError, Router};
 
 /// A caller that passed authentication.
@@ -69,22 +70,22 @@ pub fn check_ip(caller: &Caller, ip: Option<IpAddr>) -> Result<(), RelayError> {
 }
 
 /// Checks that the caller may use `model` and that it is priced and served by a
-/// channel of type `kind`.
+/// channel that can serve `proto`.
 pub fn admit_model(
     catalog: &Catalog,
     router: &Router,
     caller: &Caller,
     model: &str,
-    kind: &str,
+    proto: Protocol,
 ) -> Result<Admitted, RelayError> {
     if !caller.key.allows_model(model) {
         return Err(RelayError::ModelNotAllowed(model.to_owned()));
     }
     // A model nobody serves is unknown (404) before it is unpriced (403).
-    if !router.serves_kind(&caller.user.group, model, kind) {
+    if !router.serves_where(&caller.user.group, model, |k| proto.served_by(k)) {
         // Served, but only by channels that are out of service right now: 503, not 404.
         let resting = catalog.channels.iter().any(|c| {
-            c.kind == kind
+            proto.served_by(&c.kind)
                 && c.status == "auto_disabled"
                 && c.groups.contains(&caller.user.group)
                 && (c.models.iter().any(|m| m == model) || c.model_mapping.contains_key(model))
@@ -108,16 +109,16 @@ pub fn admit_model(
     })
 }
 
-/// The models a caller may call through channels of type `kind`: priced, served to its
-/// group, allowed by the key.
+/// The models a caller may call in `proto`: priced, served to its group by a channel
+/// that can serve `proto`, allowed by the key.
 pub fn visible_models<'a>(
     catalog: &'a Catalog,
     router: &'a Router,
     caller: &Caller,
-    kind: &str,
+    proto: Protocol,
 ) -> Vec<&'a str> {
     router
-        .models_for_group_kind(&caller.user.group, kind)
+        .models_for_group_where(&caller.user.group, |k| proto.served_by(k))
         .into_iter()
         .filter(|m| catalog.prices.contains_key(*m) && caller.key.allows_model(m))
         .collect()

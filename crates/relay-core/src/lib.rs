@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod anthropic;
+pub mod convert;
 pub mod error;
 pub mod gemini;
 pub mod health;

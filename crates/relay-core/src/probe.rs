@@ -23,18 +23,20 @@ pub async fn probe(
         "messages": [{"role": "user", "content": "ping"}],
         "max_tokens": 1,
     });
-    let proto = Protocol::of_channel(&channel.kind).unwrap_or_default();
+    let proto = Protocol::OpenAiChat.for_channel(&channel.kind);
+    let body = Bytes::from(body.to_string());
+    let body = if proto == Protocol::OpenAiChat {
+        body
+    } else {
+        crate::convert::request(Protocol::OpenAiChat, proto, &body, model, false)
+            .map_err(|e| e.to_string())?
+    };
     let started = Instant::now();
     let idle = std::time::Duration::from_secs(channel.timeout_s.max(1));
     let result = async {
+        let path = proto.upstream_path(model, false);
         let resp = client
-            .post_json(
-                channel,
-                key,
-                proto.path(),
-                Bytes::from(body.to_string()),
-                &[],
-            )
+            .post_json(channel, key, (&path, model), body, &[])
             .await?;
         let status = resp.status().as_u16();
         let body = read_body(resp, idle, 4 * 1024 * 1024).await?;

@@ -76,10 +76,32 @@ impl Protocol {
         }
     }
 
+    /// Whether a channel of type `kind` can serve this protocol: its own kind, any
+    /// chat-speaking kind for the chat protocols (by conversion), and Azure wherever
+    /// OpenAI serves.
+    pub fn served_by(self, kind: &str) -> bool {
+        let native = self.channel_kind();
+        kind == native
+            || (native == "openai" && kind == "azure")
+            || (crate::convert::converts(self) && Protocol::of_channel(kind).is_some())
+    }
+
+    /// What to speak to a channel of type `kind` for a client of this protocol: the
+    /// client's own protocol when the channel speaks it, else the channel's chat
+    /// protocol (the request is converted).
+    pub fn for_channel(self, kind: &str) -> Protocol {
+        let kind = if kind == "azure" { "openai" } else { kind };
+        if kind == self.channel_kind() {
+            self
+        } else {
+            Protocol::of_channel(kind).unwrap_or(self)
+        }
+    }
+
     /// The protocol a channel type speaks.
     pub fn of_channel(kind: &str) -> Option<Protocol> {
         match kind {
-            "openai" => Some(Protocol::OpenAiChat),
+            "openai" | "azure" => Some(Protocol::OpenAiChat),
             "anthropic" => Some(Protocol::AnthropicMessages),
             "gemini" => Some(Protocol::GeminiGenerate),
             _ => None,

@@ -12,6 +12,7 @@ use store::catalog::ChannelEntry;
 
 use crate::admission::Admitted;
 use crate::anthropic::MessageSummary;
+use crate::convert::{self, StreamConverter};
 use crate::health::{self, Breakers, Gate, HealthSink};
 use crate::meter::{Meter, Outcome};
 use crate::openai::{ChatHead, ChatSummary, StreamObserver, estimate_tokens, upstream_body};
@@ -61,7 +62,6 @@ pub async fn chat(
     req: &RelayRequest<'_>,
     mut meter: Meter,
 ) -> Result<ChatAnswer, RelayError> {
-    let kind = req.proto.channel_kind();
     let mut excluded: Vec<i64> = Vec::new();
     let mut dead_keys: Vec<i64> = deps.breakers.dead_keys();
     let mut attempts: Vec<Attempt> = Vec::new();
@@ -69,7 +69,9 @@ pub async fn chat(
     let group = &admitted.caller.user.group;
     while attempts.len() < deps.max_tries.max(1) {
         let Some(channel) = deps.router.pick_where(group, &admitted.model, |c| {
-            c.kind == kind && !excluded.contains(&c.id) && deps.breakers.gate(c.id) != Gate::Shut
+            req.proto.served_by(&c.kind)
+                && !excluded.contains(&c.id)
+                && deps.breakers.gate(c.id) != Gate::Shut
         }) else {
             break;
         };
@@ -120,14 +122,14 @@ pub async fn chat(
             error: Some(failure.class()),
         });
         if failure.blames_request() {
-            let (status, body) = match failure {
-                Failure::Status { status, body } => (status, body),
-                _ => (400, Bytes::new()),
-            };
-            last = RelayError::Rejected {
-                status,
-                message: upstream_message(&body, status),
-                body: Some(body),
+            last = match failure {
+                Failure::Status { status, body } => RelayError::Rejected {
+                    status,
+                    message: upstream_message(&body, status),
+                    body: Some(body),
+                },
+                Failure::Unconvertible(message) => RelayError::InvalidRequest(message),
+                _ => RelayError::InvalidRequest("the upstream rejected the request".into()),
             };
             break;
         }
@@ -265,6 +267,7 @@ struct Opened {
     first: Vec<Bytes>,
     framer: SseFramer,
     observer: StreamObserver,
+    converter: Option<StreamConverter>,
     resp: reqwest::Response,
     idle: Duration,
 }
@@ -277,16 +280,21 @@ async fn try_channel(
     upstream_model: &str,
 ) -> Result<Success, Failure> {
     let head = req.head;
-    let body =
-        upstream_body(req.proto, req.raw, head, upstream_model).map_err(|_| Failure::Malformed)?;
+    // The protocol the channel speaks; a client of another one is converted.
+    let proto = req.proto.for_channel(&channel.kind);
+    let converting = proto != req.proto;
+    let (body, extra) = if converting {
+        let body = convert::request(req.proto, proto, req.raw, upstream_model, head.is_stream())
+            .map_err(|e| Failure::Unconvertible(e.0))?;
+        (body, &[][..])
+    } else {
+        let body = upstream_body(req.proto, req.raw, head, upstream_model)
+            .map_err(|_| Failure::Malformed)?;
+        (body, req.extra)
+    };
+    let path = proto.upstream_path(upstream_model, head.is_stream());
     let resp = client
-        .post_json(
-            channel,
-            key,
-            &req.proto.upstream_path(upstream_model, head.is_stream()),
-            body,
-            req.extra,
-        )
+        .post_json(channel, key, (&path, upstream_model), body, extra)
         .await?;
     let idle = Duration::from_secs(channel.timeout_s.max(1));
     let status = resp.status().as_u16();
@@ -296,13 +304,18 @@ async fn try_channel(
     }
     if !head.is_stream() {
         let body = read_body(resp, idle, MAX_ANSWER_BYTES).await?;
-        let summary = parse_completion(req.proto, &body).ok_or(Failure::Malformed)?;
+        let summary = parse_completion(proto, &body).ok_or(Failure::Malformed)?;
+        let body = if converting {
+            convert::response(proto, req.proto, &body).map_err(|_| Failure::Malformed)?
+        } else {
+            body
+        };
         return Ok(Success::Complete(body, summary));
     }
     // A stream: wait for its first whole event before the client gets a 200, so a
     // channel that fails at once can still be swapped for another.
     let mut framer = SseFramer::default();
-    let mut observer = StreamObserver::new(req.proto);
+    let mut observer = StreamObserver::new(proto);
     let mut resp = resp;
     let wants_usage = head.wants_stream_usage();
     loop {
@@ -325,7 +338,8 @@ async fn try_channel(
             {
                 return Err(Failure::Malformed);
             }
-            if observer.observe(&ev, wants_usage) != crate::openai::EventAction::Swallow {
+            let action = observer.observe(&ev, wants_usage);
+            if converting || action != crate::openai::EventAction::Swallow {
                 first.push(ev);
             }
             if observer.upstream_error && !observer.done && first.len() <= 1 {
@@ -336,6 +350,7 @@ async fn try_channel(
             first,
             framer,
             observer,
+            converter: converting.then(|| StreamConverter::new(proto, req.proto, wants_usage)),
             resp,
             idle,
         })));
@@ -371,16 +386,21 @@ fn answer(success: Success, req: &RelayRequest<'_>, mut meter: Meter) -> ChatAns
                 first,
                 framer,
                 observer,
+                converter,
                 resp,
                 idle,
             } = *opened;
             let upstream = resp.bytes_stream().boxed();
             let stream = ChatStream::new(
-                first,
-                framer,
-                observer,
-                upstream,
-                idle,
+                crate::stream::Upstream {
+                    first,
+                    framer,
+                    observer,
+                    converter,
+                    body: upstream,
+                    idle,
+                },
+                req.proto,
                 head.wants_stream_usage(),
                 fallback,
                 meter,

@@ -51,25 +51,29 @@ impl Router {
     }
 
     /// Whether an enabled channel of type `kind` serves `model` to `group`.
-    pub fn serves_kind(&self, group: &str, model: &str, kind: &str) -> bool {
+    pub fn serves_where(&self, group: &str, model: &str, kind: impl Fn(&str) -> bool) -> bool {
         self.routes
             .get(&(group.to_owned(), model.to_owned()))
             .is_some_and(|tiers| {
                 tiers
                     .iter()
-                    .any(|t| t.channels.iter().any(|c| c.kind == kind))
+                    .any(|t| t.channels.iter().any(|c| kind(&c.kind)))
             })
     }
 
     /// Every model channels of type `kind` serve to `group`, sorted.
-    pub fn models_for_group_kind(&self, group: &str, kind: &str) -> BTreeSet<&str> {
+    pub fn models_for_group_where(
+        &self,
+        group: &str,
+        kind: impl Fn(&str) -> bool,
+    ) -> BTreeSet<&str> {
         self.routes
             .iter()
             .filter(|((g, _), tiers)| {
                 g == group
                     && tiers
                         .iter()
-                        .any(|t| t.channels.iter().any(|c| c.kind == kind))
+                        .any(|t| t.channels.iter().any(|c| kind(&c.kind)))
             })
             .map(|((_, m), _)| m.as_str())
             .collect()

@@ -12,11 +12,24 @@ use bytes::Bytes;
 use futures_util::Stream;
 use futures_util::stream::BoxStream;
 
+use crate::convert::StreamConverter;
 use crate::meter::{Meter, Outcome};
 use crate::openai::{EventAction, StreamObserver};
 use crate::protocol::Protocol;
 use crate::sse::SseFramer;
 use crate::tokens::Fallback;
+
+/// The upstream side of a stream whose first events arrived.
+pub(crate) struct Upstream {
+    /// Events already read (and observed), not yet converted.
+    pub first: Vec<Bytes>,
+    pub framer: SseFramer,
+    pub observer: StreamObserver,
+    /// Set when the client speaks another protocol than the channel.
+    pub converter: Option<StreamConverter>,
+    pub body: BoxStream<'static, reqwest::Result<Bytes>>,
+    pub idle: Duration,
+}
 
 /// A metered SSE stream from an upstream to the client.
 pub struct ChatStream {
@@ -24,6 +37,9 @@ pub struct ChatStream {
     upstream: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
     framer: SseFramer,
     observer: StreamObserver,
+    converter: Option<StreamConverter>,
+    /// The client's protocol (for the error event of a broken stream).
+    client: Protocol,
     wants_usage: bool,
     fallback: Fallback,
     idle: Duration,
@@ -32,23 +48,33 @@ pub struct ChatStream {
 }
 
 impl ChatStream {
-    #[expect(clippy::too_many_arguments, reason = "one constructor, called once")]
     pub(crate) fn new(
-        first: Vec<Bytes>,
-        framer: SseFramer,
-        observer: StreamObserver,
-        upstream: BoxStream<'static, reqwest::Result<Bytes>>,
-        idle: Duration,
+        upstream: Upstream,
+        client: Protocol,
         wants_usage: bool,
         fallback: Fallback,
         mut meter: Meter,
     ) -> Self {
         meter.mark_first_byte();
-        ChatStream {
-            ready: first.into(),
-            upstream: Some(upstream),
+        let Upstream {
+            first,
             framer,
             observer,
+            mut converter,
+            body,
+            idle,
+        } = upstream;
+        let ready = match converter.as_mut() {
+            Some(c) => first.iter().flat_map(|ev| c.push(ev)).collect(),
+            None => first.into(),
+        };
+        ChatStream {
+            ready,
+            upstream: Some(body),
+            framer,
+            observer,
+            converter,
+            client,
             wants_usage,
             fallback,
             idle,
@@ -94,26 +120,37 @@ impl ChatStream {
         }
     }
 
+    /// Observes one upstream event and queues what the client gets of it.
+    fn take_event(&mut self, ev: Bytes) {
+        let action = self.observer.observe(&ev, self.wants_usage);
+        if let Some(c) = self.converter.as_mut() {
+            self.ready.extend(c.push(&ev));
+            return;
+        }
+        match action {
+            EventAction::Forward | EventAction::Done => self.ready.push_back(ev),
+            EventAction::Swallow => {}
+        }
+    }
+
     fn take_events(&mut self, chunk: &[u8]) {
         for ev in self.framer.push(chunk) {
-            match self.observer.observe(&ev, self.wants_usage) {
-                EventAction::Forward | EventAction::Done => self.ready.push_back(ev),
-                EventAction::Swallow => {}
-            }
+            self.take_event(ev);
         }
     }
 
     fn end(&mut self, broken: Option<&str>) {
         self.upstream = None;
-        if let Some(rest) = self.framer.finish()
-            && self.observer.observe(&rest, self.wants_usage) != EventAction::Swallow
-        {
-            self.ready.push_back(rest);
+        if let Some(rest) = self.framer.finish() {
+            self.take_event(rest);
+        }
+        if let Some(c) = self.converter.as_mut() {
+            self.ready.extend(c.finish());
         }
         if let Some(reason) = broken
             && !self.observer.done
         {
-            let event = match self.observer.proto {
+            let event = match self.client {
                 Protocol::OpenAiChat
                 | Protocol::OpenAiCompletions
                 | Protocol::OpenAiEmbeddings

@@ -23,6 +23,9 @@ pub enum Failure {
     Status { status: u16, body: Bytes },
     /// A success status with a body that is not what the protocol promises.
     Malformed,
+    /// The request cannot be expressed in the channel's protocol (a 400 for the
+    /// client, whatever channel is tried).
+    Unconvertible(String),
 }
 
 impl Failure {
@@ -33,13 +36,20 @@ impl Failure {
             Failure::Timeout => "timeout".into(),
             Failure::Status { status, .. } => format!("status_{status}"),
             Failure::Malformed => "malformed".into(),
+            Failure::Unconvertible(_) => "unconvertible".into(),
         }
     }
 
     /// The upstream blamed the request: retrying elsewhere will not help. (Gemini
     /// answers a bad API key with 400; that blames the key, not the request.)
     pub fn blames_request(&self) -> bool {
-        matches!(self, Failure::Status { status: 400 | 404 | 413 | 422, body } if !rejects_key(body))
+        match self {
+            Failure::Status { status, body } => {
+                matches!(status, 400 | 404 | 413 | 422) && !rejects_key(body)
+            }
+            Failure::Unconvertible(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -66,21 +76,23 @@ impl UpstreamClient {
     }
 
     /// POSTs a JSON body to `path` on `channel` with `key`, waiting at most the
-    /// channel's timeout for the response head.
+    /// channel's timeout for the response head. `model` names an Azure deployment.
     pub async fn post_json(
         &self,
         channel: &ChannelEntry,
         key: &str,
-        path: &str,
+        (path, model): (&str, &str),
         body: Bytes,
         extra: &[(&'static str, String)],
     ) -> Result<reqwest::Response, Failure> {
         let mut req = self
             .http
-            .post(endpoint_url(&channel.base_url, path))
+            .post(channel_url(channel, path, model))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        req = if channel.kind == "gemini" {
+        req = if channel.kind == "azure" {
+            req.header("api-key", key)
+        } else if channel.kind == "gemini" {
             req.header("x-goog-api-key", key)
         } else if channel.kind == "anthropic" {
             let version = extra
@@ -155,6 +167,30 @@ pub fn endpoint_url(base: &str, path: &str) -> String {
         .or_else(|| base.strip_suffix("/v1beta"))
         .unwrap_or(base);
     format!("{base}{path}")
+}
+
+/// The `api-version` an Azure channel uses when its base URL names none.
+pub const AZURE_API_VERSION: &str = "2024-10-21";
+
+/// The URL of `path` (an OpenAI-style `/v1/...` path) on `channel`. An Azure channel's
+/// base URL is its resource endpoint, optionally with `?api-version=`; the model is
+/// the deployment's name.
+pub fn channel_url(channel: &ChannelEntry, path: &str, model: &str) -> String {
+    if channel.kind != "azure" {
+        return endpoint_url(&channel.base_url, path);
+    }
+    let (origin, query) = channel
+        .base_url
+        .split_once('?')
+        .unwrap_or((channel.base_url.as_str(), ""));
+    let version = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("api-version="))
+        .unwrap_or(AZURE_API_VERSION);
+    let origin = origin.trim_end_matches('/');
+    let origin = origin.strip_suffix("/openai").unwrap_or(origin);
+    let rest = path.strip_prefix("/v1").unwrap_or(path);
+    format!("{origin}/openai/deployments/{model}{rest}?api-version={version}")
 }
 
 /// An upstream error message safe to show the client: the upstream's own

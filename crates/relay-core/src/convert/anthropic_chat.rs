@@ -1,0 +1,1016 @@
+//! Anthropic Messages ⇄ OpenAI chat: requests, whole answers and streams, both ways.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::chat::{
+    self, ChatChunk, ChatCompletion, ChatRequest, ChatUsage, Choice, Content, Delta, FunctionCall,
+    FunctionDef, FunctionDelta, Image, Message, Part, ResponseFormat, Tool, ToolCall,
+    ToolCallDelta, ToolChoice,
+};
+use super::{ConvertError, Events, Piece};
+
+/// Output tokens Anthropic requires a request to name; used when the client set none.
+pub const DEFAULT_MAX_TOKENS: i64 = 4096;
+
+/// A Messages request.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct MessagesRequest {
+    #[serde(default)]
+    pub model: String,
+    pub messages: Vec<AMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<System>,
+    #[serde(default)]
+    pub max_tokens: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_sequences: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<ATool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<AToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<Thinking>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum System {
+    Text(String),
+    Blocks(Vec<Block>),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AMessage {
+    pub role: String,
+    pub content: AContent,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum AContent {
+    Text(String),
+    Blocks(Vec<Block>),
+}
+
+impl AContent {
+    fn into_blocks(self) -> Vec<Block> {
+        match self {
+            AContent::Text(text) => vec![Block::Text { text }],
+            AContent::Blocks(b) => b,
+        }
+    }
+}
+
+/// A content block.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block {
+    Text {
+        text: String,
+    },
+    Image {
+        source: ImageSource,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<AContent>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        is_error: Option<bool>,
+    },
+    Thinking {
+        thinking: String,
+        #[serde(default)]
+        signature: String,
+    },
+    RedactedThinking {
+        data: String,
+    },
+    Document {
+        source: Value,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ImageSource {
+    Base64 { media_type: String, data: String },
+    Url { url: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ATool {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub input_schema: Value,
+    /// Server tools (web search, …) carry a type and no schema.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AToolChoice {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Thinking {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<i64>,
+}
+
+/// A whole Messages answer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct MessageResponse {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub role: String,
+    pub model: String,
+    pub content: Vec<Block>,
+    pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
+    pub usage: AUsage,
+}
+
+/// Anthropic's usage: input excludes cache reads and writes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct AUsage {
+    #[serde(default)]
+    pub input_tokens: i64,
+    #[serde(default)]
+    pub output_tokens: i64,
+    #[serde(default)]
+    pub cache_creation_input_tokens: i64,
+    #[serde(default)]
+    pub cache_read_input_tokens: i64,
+}
+
+impl AUsage {
+    pub fn to_chat(self) -> ChatUsage {
+        let prompt =
+            self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens;
+        ChatUsage::new(prompt, self.output_tokens, self.cache_read_input_tokens, 0)
+    }
+
+    pub fn from_chat(u: &ChatUsage) -> AUsage {
+        AUsage {
+            input_tokens: u.prompt_tokens - u.cached(),
+            output_tokens: u.completion_tokens,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: u.cached(),
+        }
+    }
+}
+
+/// Anthropic's stop reason for OpenAI's finish reason.
+pub fn stop_reason(finish: &str) -> &'static str {
+    match finish {
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// OpenAI's finish reason for Anthropic's stop reason.
+pub fn finish_reason(stop: &str) -> &'static str {
+    match stop {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+fn budget_for_effort(effort: &str) -> Result<i64, ConvertError> {
+    match effort {
+        "minimal" | "low" => Ok(1024),
+        "medium" => Ok(4096),
+        "high" => Ok(16384),
+        other => Err(ConvertError::new(format!(
+            "unknown reasoning_effort '{other}'"
+        ))),
+    }
+}
+
+/// OpenAI's reasoning effort for a thinking budget.
+pub fn effort_for_budget(budget: i64) -> &'static str {
+    match budget {
+        ..=2048 => "low",
+        2049..=8192 => "medium",
+        _ => "high",
+    }
+}
+
+// ---- requests -------------------------------------------------------------------
+
+/// An OpenAI chat request as a Messages request for `model`.
+pub fn request_from_chat(req: ChatRequest, model: &str) -> Result<MessagesRequest, ConvertError> {
+    req.refuse_openai_only("Anthropic")?;
+    if let Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. }) =
+        &req.response_format
+    {
+        return Err(ConvertError::new(
+            "'response_format' (structured output) cannot be expressed for an Anthropic model",
+        ));
+    }
+    let mut max_tokens = req.max_output().unwrap_or(DEFAULT_MAX_TOKENS);
+    let mut system: Vec<String> = Vec::new();
+    let mut messages: Vec<AMessage> = Vec::new();
+    for m in req.messages {
+        match m.role.as_str() {
+            "system" | "developer" => {
+                if let Some(c) = m.content {
+                    system.push(c.text());
+                }
+            }
+            "user" => {
+                let blocks = user_blocks(m.content)?;
+                push_message(&mut messages, "user", blocks);
+            }
+            "assistant" => {
+                let mut blocks = Vec::new();
+                if let Some(c) = m.content {
+                    let text = c.text();
+                    if !text.is_empty() {
+                        blocks.push(Block::Text { text });
+                    }
+                }
+                for call in m.tool_calls.unwrap_or_default() {
+                    blocks.push(Block::ToolUse {
+                        id: call.id,
+                        name: call.function.name,
+                        input: chat::parse_arguments(&call.function.arguments),
+                    });
+                }
+                if blocks.is_empty() {
+                    continue;
+                }
+                push_message(&mut messages, "assistant", blocks);
+            }
+            "tool" | "function" => {
+                let id = m
+                    .tool_call_id
+                    .ok_or_else(|| ConvertError::new("a tool message has no tool_call_id"))?;
+                let text = m.content.map(|c| c.text()).unwrap_or_default();
+                let block = Block::ToolResult {
+                    tool_use_id: id,
+                    content: Some(AContent::Text(text)),
+                    is_error: None,
+                };
+                push_message(&mut messages, "user", vec![block]);
+            }
+            other => {
+                return Err(ConvertError::new(format!("unknown message role '{other}'")));
+            }
+        }
+    }
+    let thinking = match req.reasoning_effort.as_deref() {
+        None | Some("none") => None,
+        Some(effort) => {
+            let budget = budget_for_effort(effort)?;
+            // Anthropic wants the budget below max_tokens.
+            if max_tokens <= budget {
+                max_tokens = budget + max_tokens.max(1024);
+            }
+            Some(Thinking {
+                kind: "enabled".into(),
+                budget_tokens: Some(budget),
+            })
+        }
+    };
+    let tools = req.tools.map(|tools| {
+        tools
+            .into_iter()
+            .map(|t| ATool {
+                name: t.function.name,
+                description: t.function.description,
+                input_schema: t
+                    .function
+                    .parameters
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                kind: None,
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut tool_choice = match req.tool_choice.as_ref() {
+        None => None,
+        Some(v) => Some(match ToolChoice::from_openai(v)? {
+            ToolChoice::Auto => AToolChoice {
+                kind: "auto".into(),
+                name: None,
+                disable_parallel_tool_use: None,
+            },
+            ToolChoice::None => AToolChoice {
+                kind: "none".into(),
+                name: None,
+                disable_parallel_tool_use: None,
+            },
+            ToolChoice::Required => AToolChoice {
+                kind: "any".into(),
+                name: None,
+                disable_parallel_tool_use: None,
+            },
+            ToolChoice::Function(name) => AToolChoice {
+                kind: "tool".into(),
+                name: Some(name),
+                disable_parallel_tool_use: None,
+            },
+        }),
+    };
+    if req.parallel_tool_calls == Some(false) && tools.is_some() {
+        let choice = tool_choice.get_or_insert_with(|| AToolChoice {
+            kind: "auto".into(),
+            name: None,
+            disable_parallel_tool_use: None,
+        });
+        choice.disable_parallel_tool_use = Some(true);
+    }
+    Ok(MessagesRequest {
+        model: model.to_owned(),
+        messages,
+        system: (!system.is_empty()).then(|| System::Text(system.join("\n\n"))),
+        max_tokens,
+        temperature: req.temperature.map(|t| t.min(1.0)),
+        top_p: req.top_p,
+        top_k: req.top_k,
+        stop_sequences: req.stop.map(chat::Stop::into_vec),
+        stream: req.stream,
+        tools,
+        tool_choice,
+        thinking,
+        metadata: req.user.map(|u| json!({"user_id": u})),
+    })
+}
+
+fn user_blocks(content: Option<Content>) -> Result<Vec<Block>, ConvertError> {
+    let mut blocks = Vec::new();
+    for part in content.map(Content::into_parts).unwrap_or_default() {
+        match part {
+            Part::Text { text } => blocks.push(Block::Text { text }),
+            Part::ImageUrl { image_url } => {
+                let source = match Image::from_url(&image_url.url)? {
+                    Image::Inline { media_type, data } => ImageSource::Base64 { media_type, data },
+                    Image::Url(url) => ImageSource::Url { url },
+                };
+                blocks.push(Block::Image { source });
+            }
+            Part::InputAudio { .. } => {
+                return Err(ConvertError::new(
+                    "audio input cannot be expressed for an Anthropic model",
+                ));
+            }
+            Part::File { .. } => {
+                return Err(ConvertError::new(
+                    "file parts cannot be expressed for an Anthropic model",
+                ));
+            }
+        }
+    }
+    Ok(blocks)
+}
+
+/// Appends blocks, merging into the last message when it has the same role (Anthropic
+/// wants user and assistant turns to alternate; tool results join the user turn).
+fn push_message(messages: &mut Vec<AMessage>, role: &str, blocks: Vec<Block>) {
+    if let Some(last) = messages.last_mut()
+        && last.role == role
+    {
+        let mut merged =
+            std::mem::replace(&mut last.content, AContent::Blocks(Vec::new())).into_blocks();
+        merged.extend(blocks);
+        last.content = AContent::Blocks(merged);
+        return;
+    }
+    messages.push(AMessage {
+        role: role.to_owned(),
+        content: AContent::Blocks(blocks),
+    });
+}
+
+/// A Messages request as an OpenAI chat request for `model`.
+pub fn request_to_chat(req: MessagesRequest, model: &str) -> Result<ChatRequest, ConvertError> {
+    let mut messages = Vec::new();
+    match req.system {
+        Some(System::Text(text)) => messages.push(text_message("system", text)),
+        Some(System::Blocks(blocks)) => {
+            let text = blocks
+                .into_iter()
+                .map(|b| match b {
+                    Block::Text { text } => Ok(text),
+                    _ => Err(ConvertError::new("a system prompt may only hold text")),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join("\n");
+            messages.push(text_message("system", text));
+        }
+        None => {}
+    }
+    for m in req.messages {
+        match m.role.as_str() {
+            "user" => user_to_chat(m.content, &mut messages)?,
+            "assistant" => messages.push(assistant_to_chat(m.content)?),
+            other => {
+                return Err(ConvertError::new(format!("unknown message role '{other}'")));
+            }
+        }
+    }
+    let mut tools = Vec::new();
+    for t in req.tools.unwrap_or_default() {
+        if t.kind.as_deref().is_some_and(|k| k != "custom") {
+            return Err(ConvertError::new(format!(
+                "the server tool '{}' cannot be expressed for this model",
+                t.name
+            )));
+        }
+        tools.push(Tool {
+            kind: "function".into(),
+            function: FunctionDef {
+                name: t.name,
+                description: t.description,
+                parameters: Some(t.input_schema),
+                strict: None,
+            },
+        });
+    }
+    let (tool_choice, parallel) = match req.tool_choice {
+        None => (None, None),
+        Some(c) => {
+            let choice = match c.kind.as_str() {
+                "auto" => ToolChoice::Auto,
+                "any" => ToolChoice::Required,
+                "none" => ToolChoice::None,
+                "tool" => ToolChoice::Function(c.name.unwrap_or_default()),
+                other => {
+                    return Err(ConvertError::new(format!("unknown tool_choice '{other}'")));
+                }
+            };
+            (
+                Some(choice.to_openai()),
+                c.disable_parallel_tool_use.map(|d| !d),
+            )
+        }
+    };
+    let reasoning_effort = match req.thinking {
+        Some(t) if t.kind == "enabled" => {
+            Some(effort_for_budget(t.budget_tokens.unwrap_or(DEFAULT_MAX_TOKENS)).to_owned())
+        }
+        _ => None,
+    };
+    let stream = req.stream.unwrap_or(false);
+    Ok(ChatRequest {
+        model: model.to_owned(),
+        messages,
+        max_tokens: None,
+        max_completion_tokens: Some(req.max_tokens).filter(|n| *n > 0),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        stop: req.stop_sequences.map(chat::Stop::Many),
+        stream: Some(stream),
+        stream_options: stream.then(|| json!({"include_usage": true})),
+        tools: (!tools.is_empty()).then_some(tools),
+        tool_choice,
+        parallel_tool_calls: parallel,
+        reasoning_effort,
+        user: req
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("user_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        ..ChatRequest::default()
+    })
+}
+
+fn text_message(role: &str, text: String) -> Message {
+    Message {
+        role: role.to_owned(),
+        content: Some(Content::Text(text)),
+        ..Message::default()
+    }
+}
+
+fn user_to_chat(content: AContent, out: &mut Vec<Message>) -> Result<(), ConvertError> {
+    let mut parts = Vec::new();
+    for block in content.into_blocks() {
+        match block {
+            Block::Text { text } => parts.push(Part::Text { text }),
+            Block::Image { source } => {
+                let image = match source {
+                    ImageSource::Base64 { media_type, data } => Image::Inline { media_type, data },
+                    ImageSource::Url { url } => Image::Url(url),
+                };
+                parts.push(image.into_part());
+            }
+            Block::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => {
+                let mut text = match content {
+                    None => String::new(),
+                    Some(AContent::Text(t)) => t,
+                    Some(AContent::Blocks(blocks)) => {
+                        let mut t = String::new();
+                        for b in blocks {
+                            match b {
+                                Block::Text { text } => t.push_str(&text),
+                                _ => {
+                                    return Err(ConvertError::new(
+                                        "a tool result may only hold text for this model",
+                                    ));
+                                }
+                            }
+                        }
+                        t
+                    }
+                };
+                if is_error == Some(true) {
+                    text = format!("Error: {text}");
+                }
+                out.push(Message {
+                    role: "tool".into(),
+                    content: Some(Content::Text(text)),
+                    tool_call_id: Some(tool_use_id),
+                    ..Message::default()
+                });
+            }
+            Block::Document { .. } => {
+                return Err(ConvertError::new(
+                    "document blocks cannot be expressed for this model",
+                ));
+            }
+            Block::ToolUse { .. } | Block::Thinking { .. } | Block::RedactedThinking { .. } => {
+                return Err(ConvertError::new(
+                    "a user message cannot hold tool_use or thinking blocks",
+                ));
+            }
+        }
+    }
+    if !parts.is_empty() {
+        let content = match parts.as_slice() {
+            [Part::Text { text }] => Content::Text(text.clone()),
+            _ => Content::Parts(parts),
+        };
+        out.push(Message {
+            role: "user".into(),
+            content: Some(content),
+            ..Message::default()
+        });
+    }
+    Ok(())
+}
+
+fn assistant_to_chat(content: AContent) -> Result<Message, ConvertError> {
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut calls = Vec::new();
+    for block in content.into_blocks() {
+        match block {
+            Block::Text { text: t } => text.push_str(&t),
+            Block::Thinking { thinking, .. } => reasoning.push_str(&thinking),
+            Block::RedactedThinking { .. } => {}
+            Block::ToolUse { id, name, input } => calls.push(ToolCall {
+                id,
+                kind: "function".into(),
+                function: FunctionCall {
+                    name,
+                    arguments: input.to_string(),
+                },
+            }),
+            _ => {
+                return Err(ConvertError::new(
+                    "an assistant message may only hold text, thinking and tool_use",
+                ));
+            }
+        }
+    }
+    Ok(Message {
+        role: "assistant".into(),
+        content: (!text.is_empty() || calls.is_empty()).then_some(Content::Text(text)),
+        tool_calls: (!calls.is_empty()).then_some(calls),
+        reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+        ..Message::default()
+    })
+}
+
+// ---- whole answers --------------------------------------------------------------
+
+/// A Messages answer as a chat completion.
+pub fn response_to_chat(m: MessageResponse) -> ChatCompletion {
+    let stop = m.stop_reason.as_deref().map(finish_reason);
+    let message = assistant_to_chat(AContent::Blocks(m.content)).unwrap_or_default();
+    ChatCompletion {
+        id: m.id,
+        object: "chat.completion".into(),
+        created: chat::now(),
+        model: m.model,
+        choices: vec![Choice {
+            index: 0,
+            message,
+            finish_reason: stop.map(str::to_owned),
+        }],
+        usage: Some(m.usage.to_chat()),
+    }
+}
+
+/// A chat completion as a Messages answer.
+pub fn response_from_chat(c: ChatCompletion) -> MessageResponse {
+    let choice = c.choices.into_iter().next().unwrap_or_default();
+    let mut content = Vec::new();
+    if let Some(r) = choice.message.reasoning_content.filter(|r| !r.is_empty()) {
+        content.push(Block::Thinking {
+            thinking: r,
+            signature: String::new(),
+        });
+    }
+    let text = choice
+        .message
+        .content
+        .map(|c| c.text())
+        .or(choice.message.refusal)
+        .unwrap_or_default();
+    if !text.is_empty() {
+        content.push(Block::Text { text });
+    }
+    for call in choice.message.tool_calls.unwrap_or_default() {
+        content.push(Block::ToolUse {
+            id: call.id,
+            name: call.function.name,
+            input: chat::parse_arguments(&call.function.arguments),
+        });
+    }
+    MessageResponse {
+        id: anthropic_id(&c.id),
+        kind: "message".into(),
+        role: "assistant".into(),
+        model: c.model,
+        content,
+        stop_reason: Some(stop_reason(choice.finish_reason.as_deref().unwrap_or("stop")).into()),
+        stop_sequence: None,
+        usage: c.usage.as_ref().map(AUsage::from_chat).unwrap_or_default(),
+    }
+}
+
+fn anthropic_id(id: &str) -> String {
+    if id.starts_with("msg_") {
+        id.to_owned()
+    } else {
+        format!("msg_{}", id.trim_start_matches("chatcmpl-"))
+    }
+}
+
+// ---- streams --------------------------------------------------------------------
+
+/// Messages stream events → chat chunks.
+#[derive(Debug, Default)]
+pub struct AnthropicToChat {
+    id: String,
+    model: String,
+    created: i64,
+    usage: AUsage,
+    /// Content block index → tool call index.
+    tools: HashMap<i64, i64>,
+    finish: Option<String>,
+    done: bool,
+}
+
+impl AnthropicToChat {
+    pub fn new() -> Self {
+        AnthropicToChat {
+            created: chat::now(),
+            ..Self::default()
+        }
+    }
+
+    fn chunk(&self, delta: Delta) -> ChatChunk {
+        ChatChunk::delta(&self.id, &self.model, self.created, delta)
+    }
+
+    /// Converts one event's JSON data.
+    pub fn push(&mut self, data: &Value, out: &mut Vec<Piece>) {
+        match data.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                let msg = data.get("message");
+                let field = |k: &str| {
+                    msg.and_then(|m| m.get(k))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                self.id = field("id");
+                self.model = field("model");
+                if let Some(u) = msg.and_then(|m| m.get("usage")) {
+                    self.usage = serde_json::from_value(u.clone()).unwrap_or_default();
+                }
+                out.push(Piece::Chunk(self.chunk(Delta {
+                    role: Some("assistant".into()),
+                    content: Some(String::new()),
+                    ..Delta::default()
+                })));
+            }
+            Some("content_block_start") => {
+                let index = data.get("index").and_then(Value::as_i64).unwrap_or(0);
+                let block = data.get("content_block");
+                if block.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("tool_use") {
+                    let tool_index = i64::try_from(self.tools.len()).unwrap_or(0);
+                    self.tools.insert(index, tool_index);
+                    let text = |k: &str| {
+                        block
+                            .and_then(|b| b.get(k))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    };
+                    out.push(Piece::Chunk(self.chunk(Delta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index: tool_index,
+                            id: text("id"),
+                            kind: Some("function".into()),
+                            function: Some(FunctionDelta {
+                                name: text("name"),
+                                arguments: Some(String::new()),
+                            }),
+                        }]),
+                        ..Delta::default()
+                    })));
+                }
+            }
+            Some("content_block_delta") => {
+                let index = data.get("index").and_then(Value::as_i64).unwrap_or(0);
+                let delta = data.get("delta");
+                let text = |k: &str| {
+                    delta
+                        .and_then(|d| d.get(k))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                match delta.and_then(|d| d.get("type")).and_then(Value::as_str) {
+                    Some("text_delta") => out.push(Piece::Chunk(self.chunk(Delta {
+                        content: text("text"),
+                        ..Delta::default()
+                    }))),
+                    Some("thinking_delta") => out.push(Piece::Chunk(self.chunk(Delta {
+                        reasoning_content: text("thinking"),
+                        ..Delta::default()
+                    }))),
+                    Some("input_json_delta") => {
+                        let tool_index = self.tools.get(&index).copied().unwrap_or(0);
+                        out.push(Piece::Chunk(self.chunk(Delta {
+                            tool_calls: Some(vec![ToolCallDelta {
+                                index: tool_index,
+                                function: Some(FunctionDelta {
+                                    name: None,
+                                    arguments: text("partial_json"),
+                                }),
+                                ..ToolCallDelta::default()
+                            }]),
+                            ..Delta::default()
+                        })));
+                    }
+                    _ => {}
+                }
+            }
+            Some("message_delta") => {
+                if let Some(u) = data.get("usage") {
+                    let u: AUsage = serde_json::from_value(u.clone()).unwrap_or_default();
+                    self.usage.output_tokens = u.output_tokens;
+                    if u.input_tokens > 0 {
+                        self.usage.input_tokens = u.input_tokens;
+                    }
+                    if u.cache_read_input_tokens > 0 {
+                        self.usage.cache_read_input_tokens = u.cache_read_input_tokens;
+                    }
+                    if u.cache_creation_input_tokens > 0 {
+                        self.usage.cache_creation_input_tokens = u.cache_creation_input_tokens;
+                    }
+                }
+                let stop = data.pointer("/delta/stop_reason").and_then(Value::as_str);
+                let finish = finish_reason(stop.unwrap_or("end_turn")).to_owned();
+                self.finish = Some(finish.clone());
+                let mut chunk = self.chunk(Delta::default());
+                if let Some(c) = chunk.choices.first_mut() {
+                    c.finish_reason = Some(finish);
+                }
+                out.push(Piece::Chunk(chunk));
+            }
+            Some("message_stop") => self.close(out),
+            Some("error") => {
+                let message = data
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the upstream failed");
+                out.push(Piece::Error(crate::error::redact(message)));
+            }
+            _ => {}
+        }
+    }
+
+    fn close(&mut self, out: &mut Vec<Piece>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let mut chunk = self.chunk(Delta::default());
+        chunk.choices.clear();
+        chunk.usage = Some(self.usage.to_chat());
+        out.push(Piece::Chunk(chunk));
+        out.push(Piece::Done);
+    }
+
+    /// The upstream ended: a stream that stopped properly but sent no
+    /// `message_stop` still gets its last chunks.
+    pub fn finish(&mut self, out: &mut Vec<Piece>) {
+        if self.finish.is_some() {
+            self.close(out);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Text,
+    Thinking,
+    Tool(i64),
+}
+
+/// Chat chunks → Messages stream events.
+#[derive(Debug, Default)]
+pub struct ChatToAnthropic {
+    started: bool,
+    /// The open content block and its index.
+    open: Option<(Open, i64)>,
+    next_index: i64,
+    finish: Option<String>,
+    usage: Option<ChatUsage>,
+    done: bool,
+}
+
+impl ChatToAnthropic {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn start(&mut self, chunk: &ChatChunk, out: &mut Events) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let message = json!({
+            "id": anthropic_id(&chunk.id),
+            "type": "message",
+            "role": "assistant",
+            "model": chunk.model,
+            "content": [],
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        });
+        out.event(
+            "message_start",
+            &json!({"type": "message_start", "message": message}),
+        );
+    }
+
+    fn open(&mut self, kind: Open, block: Value, out: &mut Events) -> i64 {
+        if let Some((open, index)) = self.open
+            && open == kind
+        {
+            return index;
+        }
+        self.close_block(out);
+        let index = self.next_index;
+        self.next_index += 1;
+        self.open = Some((kind, index));
+        out.event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+        );
+        index
+    }
+
+    fn close_block(&mut self, out: &mut Events) {
+        if let Some((_, index)) = self.open.take() {
+            out.event(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
+        }
+    }
+
+    fn delta(index: i64, delta: Value, out: &mut Events) {
+        out.event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        );
+    }
+
+    /// Converts one piece of the pivot stream.
+    pub fn push(&mut self, piece: Piece, out: &mut Events) {
+        match piece {
+            Piece::Chunk(chunk) => self.push_chunk(chunk, out),
+            Piece::Done => self.finish(out),
+            Piece::Error(message) => out.event(
+                "error",
+                &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+            ),
+        }
+    }
+
+    fn push_chunk(&mut self, chunk: ChatChunk, out: &mut Events) {
+        self.start(&chunk, out);
+        if let Some(u) = chunk.usage {
+            self.usage = Some(u);
+        }
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            let d = choice.delta;
+            if let Some(r) = d.reasoning_content.filter(|r| !r.is_empty()) {
+                let i = self.open(
+                    Open::Thinking,
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    out,
+                );
+                Self::delta(i, json!({"type": "thinking_delta", "thinking": r}), out);
+            }
+            if let Some(t) = d.content.or(d.refusal).filter(|t| !t.is_empty()) {
+                let i = self.open(Open::Text, json!({"type": "text", "text": ""}), out);
+                Self::delta(i, json!({"type": "text_delta", "text": t}), out);
+            }
+            for call in d.tool_calls.unwrap_or_default() {
+                let f = call.function.unwrap_or_default();
+                let i = match (self.open, call.id) {
+                    (Some((Open::Tool(t), i)), None) if t == call.index => i,
+                    (_, id) => {
+                        // A new call: a block with its id and name.
+                        self.close_block(out);
+                        self.open(
+                            Open::Tool(call.index),
+                            json!({"type": "tool_use", "id": id.unwrap_or_default(), "name": f.name.clone().unwrap_or_default(), "input": {}}),
+                            out,
+                        )
+                    }
+                };
+                if let Some(args) = f.arguments.filter(|a| !a.is_empty()) {
+                    Self::delta(
+                        i,
+                        json!({"type": "input_json_delta", "partial_json": args}),
+                        out,
+                    );
+                }
+            }
+            if let Some(f) = choice.finish_reason {
+                self.finish = Some(f);
+            }
+        }
+    }
+
+    /// `[DONE]` or the end of the upstream: close the message.
+    pub fn finish(&mut self, out: &mut Events) {
+        if self.done || !self.started || (self.finish.is_none() && self.usage.is_none()) {
+            return;
+        }
+        self.done = true;
+        self.close_block(out);
+        let usage = self
+            .usage
+            .as_ref()
+            .map(AUsage::from_chat)
+            .unwrap_or_default();
+        let stop = stop_reason(self.finish.as_deref().unwrap_or("stop"));
+        out.event(
+            "message_delta",
+            &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": usage}),
+        );
+        out.event("message_stop", &json!({"type": "message_stop"}));
+    }
+}
