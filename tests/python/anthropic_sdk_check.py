@@ -14,7 +14,7 @@ import os
 
 import anthropic
 
-MODEL = "claude-3-7-sonnet"
+MODEL = os.environ.get("TOLLGATE_MODEL", "claude-3-7-sonnet")
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 EXPECTED = "Hello! How can I help?"
 

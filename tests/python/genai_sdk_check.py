@@ -16,7 +16,7 @@ import os
 from google import genai
 from google.genai import errors, types
 
-MODEL = "gemini-2.0-flash"
+MODEL = os.environ.get("TOLLGATE_MODEL", "gemini-2.0-flash")
 PROMPT = "Say hello"
 EXPECTED = "Hello! How can I help?"
 

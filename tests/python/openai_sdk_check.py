@@ -13,7 +13,7 @@ import os
 
 import openai
 
-MODEL = "gpt-4o-mini"
+MODEL = os.environ.get("TOLLGATE_MODEL", "gpt-4o-mini")
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 EXPECTED = "Hello! How can I help?"
 

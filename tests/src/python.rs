@@ -108,9 +108,23 @@ fn run(cmd: &mut Command, what: &str) {
 /// environment; fails the test unless it exits 0 having printed `all checks passed`.
 /// Returns what it printed.
 pub async fn run_sdk_script(script: &str, base_url: &str, key: &str) -> String {
+    run_sdk_script_with(script, base_url, key, &[]).await
+}
+
+/// [`run_sdk_script`] with more environment for the script (`TOLLGATE_MODEL`, …).
+pub async fn run_sdk_script_with(
+    script: &str,
+    base_url: &str,
+    key: &str,
+    env: &[(&str, &str)],
+) -> String {
     let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
     let script = workspace_root().join("tests").join("python").join(script);
     let (base_url, key) = (base_url.to_owned(), key.to_owned());
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let output = tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new(python);
         cmd.arg(&script)
@@ -120,6 +134,7 @@ pub async fn run_sdk_script(script: &str, base_url: &str, key: &str) -> String {
         for var in SDK_ENV {
             cmd.env_remove(var);
         }
+        cmd.envs(env);
         cmd.output()
     })
     .await

@@ -1,0 +1,255 @@
+//! Every official SDK against every channel type it does not speak: the request is
+//! converted to the channel's protocol, the answer (whole or streamed) back to the
+//! SDK's, and the customer pays exactly what the upstream's usage says.
+
+use serde_json::{Value, json};
+use tollgate_tests::python::run_sdk_script_with;
+use tollgate_tests::scenario::{INPUT_PRICE, OUTPUT_PRICE};
+use tollgate_tests::{MockAnthropic, MockGemini, MockOpenAi, NORMAL_COST, TestApp, spawn_app};
+
+const START: i64 = 1_000_000;
+const OPENAI_MODEL: &str = "gpt-4o-mini";
+const ANTHROPIC_MODEL: &str = "claude-3-7-sonnet";
+const GEMINI_MODEL: &str = "gemini-2.0-flash";
+const UPSTREAM_KEY: &str = "sk-upstream-conv-1234";
+
+/// An upstream of one protocol, behind one channel of its type.
+enum Upstream {
+    OpenAi(MockOpenAi),
+    Anthropic(MockAnthropic),
+    Gemini(MockGemini),
+}
+
+/// One request as the upstream saw it: whether it was streamed, and its body.
+struct Seen {
+    streamed: bool,
+    key: Option<String>,
+    body: Value,
+}
+
+impl Upstream {
+    async fn start(kind: &str) -> Self {
+        match kind {
+            "openai" => Upstream::OpenAi(MockOpenAi::start().await),
+            "anthropic" => Upstream::Anthropic(MockAnthropic::start().await),
+            _ => Upstream::Gemini(MockGemini::start().await),
+        }
+    }
+
+    fn base_url(&self) -> &str {
+        match self {
+            Upstream::OpenAi(m) => &m.base_url,
+            Upstream::Anthropic(m) => &m.base_url,
+            Upstream::Gemini(m) => &m.base_url,
+        }
+    }
+
+    fn model(&self) -> &'static str {
+        match self {
+            Upstream::OpenAi(_) => OPENAI_MODEL,
+            Upstream::Anthropic(_) => ANTHROPIC_MODEL,
+            Upstream::Gemini(_) => GEMINI_MODEL,
+        }
+    }
+
+    /// Every request, checked to be in the upstream's own protocol.
+    fn seen(&self) -> Vec<Seen> {
+        match self {
+            Upstream::OpenAi(m) => m
+                .received()
+                .into_iter()
+                .map(|r| {
+                    assert_eq!(r.path, "/v1/chat/completions");
+                    assert!(r.body["messages"].is_array(), "{}", r.body);
+                    let streamed = r.body["stream"] == true;
+                    if streamed {
+                        assert_eq!(r.body["stream_options"]["include_usage"], true);
+                    }
+                    Seen {
+                        streamed,
+                        key: r
+                            .authorization
+                            .map(|a| a.trim_start_matches("Bearer ").to_owned()),
+                        body: r.body,
+                    }
+                })
+                .collect(),
+            Upstream::Anthropic(m) => m
+                .received()
+                .into_iter()
+                .map(|r| {
+                    assert_eq!(r.path, "/v1/messages");
+                    assert!(r.body["max_tokens"].as_i64().unwrap() > 0, "{}", r.body);
+                    assert_eq!(r.anthropic_version.as_deref(), Some("2023-06-01"));
+                    assert!(r.authorization.is_none(), "the customer's key leaked");
+                    Seen {
+                        streamed: r.body["stream"] == true,
+                        key: r.x_api_key,
+                        body: r.body,
+                    }
+                })
+                .collect(),
+            Upstream::Gemini(m) => m
+                .received()
+                .into_iter()
+                .map(|r| {
+                    assert_eq!(r.model, GEMINI_MODEL);
+                    assert!(r.body["contents"].is_array(), "{}", r.body);
+                    let streamed = r.method == "streamGenerateContent";
+                    if streamed {
+                        assert_eq!(r.query, "alt=sse");
+                    } else {
+                        assert_eq!(r.method, "generateContent");
+                    }
+                    assert!(r.authorization.is_none(), "the customer's key leaked");
+                    Seen {
+                        streamed,
+                        key: r.x_goog_api_key,
+                        body: r.body,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    async fn stop(&self) {
+        match self {
+            Upstream::OpenAi(m) => m.stop().await,
+            Upstream::Anthropic(m) => m.stop().await,
+            Upstream::Gemini(m) => m.stop().await,
+        }
+    }
+}
+
+/// A gateway with one channel of `kind`, its model priced, and a customer with a key.
+struct Pair {
+    app: TestApp,
+    upstream: Upstream,
+    customer_id: i64,
+    key: String,
+}
+
+impl Pair {
+    async fn start(kind: &str) -> Self {
+        let app = spawn_app().await;
+        let upstream = Upstream::start(kind).await;
+        let model = upstream.model();
+        app.add_channel(
+            kind,
+            upstream.base_url(),
+            &[model],
+            json!({"type": kind, "keys": [UPSTREAM_KEY]}),
+        )
+        .await;
+        app.set_price(model, INPUT_PRICE, OUTPUT_PRICE).await;
+        let customer_id = app.create_user("carol", "customer").await;
+        app.mint(customer_id, 1.0).await;
+        let token = app.login("carol", "password-123").await;
+        let (_, key) = app.create_key(&token, json!({"name": "sdk"})).await;
+        Pair {
+            app,
+            upstream,
+            customer_id,
+            key,
+        }
+    }
+
+    /// Runs an SDK script against the channel's model, then checks the upstream saw
+    /// `charged` requests in its own protocol (one streamed) with the channel's key, and
+    /// that exactly those were charged, each at the normal answer's price.
+    async fn run(self, script: &str, charged: i64, client_path: &str) {
+        let model = self.upstream.model();
+        let stdout = run_sdk_script_with(
+            script,
+            &self.app.address,
+            &self.key,
+            &[("TOLLGATE_MODEL", model)],
+        )
+        .await;
+        eprintln!("{stdout}");
+
+        let seen = self.upstream.seen();
+        assert_eq!(seen.len() as i64, charged, "{} requests", seen.len());
+        assert_eq!(seen.iter().filter(|s| s.streamed).count(), 1);
+        for s in &seen {
+            assert_eq!(s.key.as_deref(), Some(UPSTREAM_KEY), "{}", s.body);
+        }
+
+        self.app.settled().await;
+        assert_eq!(
+            self.app.balance(self.customer_id).await,
+            START - charged * NORMAL_COST
+        );
+        let ledger = self.app.ledger(self.customer_id).await;
+        let consumes: Vec<_> = ledger.iter().filter(|t| t.kind == "consume").collect();
+        assert_eq!(consumes.len() as i64, charged, "{ledger:?}");
+        assert!(consumes.iter().all(|t| t.amount == -NORMAL_COST));
+        assert_eq!(ledger.len() as i64, 1 + charged, "{ledger:?}");
+        // Each charge names a generation served on the client's endpoint.
+        for t in consumes {
+            let id = t.reference.clone().expect("a charge names its generation");
+            let g = self.app.generation(&id).await;
+            assert_eq!(g.status, "success", "{g:?}");
+            assert!(g.endpoint.starts_with(client_path), "{}", g.endpoint);
+            assert_eq!(g.model, model);
+            assert_eq!((g.tokens_prompt, g.tokens_completion), (12, 30));
+            assert_eq!(g.cost, NORMAL_COST);
+        }
+        self.app.verify_ledger().await;
+        self.upstream.stop().await;
+        self.app.stop().await;
+    }
+}
+
+/// Successful calls each script makes (see the scripts' docstrings).
+const OPENAI_CALLS: i64 = 3;
+const ANTHROPIC_CALLS: i64 = 3;
+const GENAI_CALLS: i64 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_works_against_an_anthropic_channel_and_pays_the_anthropic_usage() {
+    Pair::start("anthropic")
+        .await
+        .run("openai_sdk_check.py", OPENAI_CALLS, "/v1/chat/completions")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_works_against_a_gemini_channel_and_pays_the_gemini_usage() {
+    Pair::start("gemini")
+        .await
+        .run("openai_sdk_check.py", OPENAI_CALLS, "/v1/chat/completions")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_sdk_works_against_an_openai_channel_and_pays_the_openai_usage() {
+    Pair::start("openai")
+        .await
+        .run("anthropic_sdk_check.py", ANTHROPIC_CALLS, "/v1/messages")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_sdk_works_against_a_gemini_channel_and_pays_the_gemini_usage() {
+    Pair::start("gemini")
+        .await
+        .run("anthropic_sdk_check.py", ANTHROPIC_CALLS, "/v1/messages")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_genai_sdk_works_against_an_openai_channel_and_pays_the_openai_usage() {
+    Pair::start("openai")
+        .await
+        .run("genai_sdk_check.py", GENAI_CALLS, "/v1")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_genai_sdk_works_against_an_anthropic_channel_and_pays_the_anthropic_usage() {
+    Pair::start("anthropic")
+        .await
+        .run("genai_sdk_check.py", GENAI_CALLS, "/v1")
+        .await;
+}
