@@ -24,8 +24,11 @@ impl AnthropicUsage {
     /// Prompt tokens (input + cache reads + cache writes) and the cached part.
     pub fn prompt(&self) -> (i64, i64) {
         let read = self.cache_read_input_tokens.unwrap_or(0);
-        let prompt =
-            self.input_tokens.unwrap_or(0) + read + self.cache_creation_input_tokens.unwrap_or(0);
+        let prompt = self
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(read)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
         (prompt, read)
     }
 

@@ -26,9 +26,14 @@ impl From<&UsageMetadata> for Usage {
     fn from(u: &UsageMetadata) -> Self {
         let thoughts = u.thoughts_token_count.unwrap_or(0);
         Usage {
-            prompt_tokens: u.prompt_token_count.unwrap_or(0)
-                + u.tool_use_prompt_token_count.unwrap_or(0),
-            completion_tokens: u.candidates_token_count.unwrap_or(0) + thoughts,
+            prompt_tokens: u
+                .prompt_token_count
+                .unwrap_or(0)
+                .saturating_add(u.tool_use_prompt_token_count.unwrap_or(0)),
+            completion_tokens: u
+                .candidates_token_count
+                .unwrap_or(0)
+                .saturating_add(thoughts),
             cached_tokens: u.cached_content_token_count.unwrap_or(0),
             reasoning_tokens: thoughts,
             ..Usage::default()

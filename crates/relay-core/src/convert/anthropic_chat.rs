@@ -177,14 +177,16 @@ pub struct AUsage {
 
 impl AUsage {
     pub fn to_chat(self) -> ChatUsage {
-        let prompt =
-            self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens;
+        let prompt = self
+            .input_tokens
+            .saturating_add(self.cache_read_input_tokens)
+            .saturating_add(self.cache_creation_input_tokens);
         ChatUsage::new(prompt, self.output_tokens, self.cache_read_input_tokens, 0)
     }
 
     pub fn from_chat(u: &ChatUsage) -> AUsage {
         AUsage {
-            input_tokens: u.prompt_tokens - u.cached(),
+            input_tokens: u.prompt_tokens.saturating_sub(u.cached()),
             output_tokens: u.completion_tokens,
             cache_creation_input_tokens: 0,
             cache_read_input_tokens: u.cached(),

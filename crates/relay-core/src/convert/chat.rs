@@ -386,7 +386,7 @@ impl ChatUsage {
         ChatUsage {
             prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: prompt + completion,
+            total_tokens: prompt.saturating_add(completion),
             prompt_tokens_details: Some(PromptTokensDetails {
                 cached_tokens: cached,
             }),

@@ -227,7 +227,8 @@ impl GUsage {
     pub fn to_chat(self) -> ChatUsage {
         ChatUsage::new(
             self.prompt_token_count,
-            self.candidates_token_count + self.thoughts_token_count,
+            self.candidates_token_count
+                .saturating_add(self.thoughts_token_count),
             self.cached_content_token_count,
             self.thoughts_token_count,
         )
@@ -236,8 +237,8 @@ impl GUsage {
     pub fn from_chat(u: &ChatUsage) -> GUsage {
         GUsage {
             prompt_token_count: u.prompt_tokens,
-            candidates_token_count: u.completion_tokens - u.reasoning(),
-            total_token_count: u.prompt_tokens + u.completion_tokens,
+            candidates_token_count: u.completion_tokens.saturating_sub(u.reasoning()),
+            total_token_count: u.prompt_tokens.saturating_add(u.completion_tokens),
             cached_content_token_count: u.cached(),
             thoughts_token_count: u.reasoning(),
         }
