@@ -57,6 +57,8 @@ impl MockOpenAi {
                 .app_data(revoked_data.clone())
                 .route("/v1/chat/completions", web::post().to(chat))
                 .route("/v1/completions", web::post().to(completions))
+                .route("/beta/completions", web::post().to(completions))
+                .route("/v1/responses", web::post().to(responses))
                 .route("/v1/embeddings", web::post().to(embeddings))
                 .route("/v1/images/generations", web::post().to(images))
                 .route("/v1/moderations", web::post().to(moderations));
@@ -321,6 +323,92 @@ async fn embeddings(
 
 /// `/v1/completions`: "Hello there" for 5 prompt and 7 completion tokens, streamed
 /// as text chunks (with the usage chunk when asked) or whole.
+/// The Responses object the mock answers with (12 input, 4 of them cached; 30 output,
+/// 10 of them reasoning), in state `status`, with `output`.
+fn response_object(model: &Value, status: &str, output: Value, usage: bool) -> Value {
+    json!({
+        "id": "resp_mock123", "object": "response", "created_at": 1_732_000_000, "status": status,
+        "error": null, "incomplete_details": null, "instructions": null, "max_output_tokens": null,
+        "model": model, "output": output, "parallel_tool_calls": true, "previous_response_id": null,
+        "reasoning": {"effort": null, "summary": null}, "store": true, "temperature": 1.0,
+        "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [], "top_p": 1.0,
+        "truncation": "disabled", "metadata": {},
+        "usage": if usage { json!({"input_tokens": 12, "input_tokens_details": {"cached_tokens": 4},
+            "output_tokens": 30, "output_tokens_details": {"reasoning_tokens": 10}, "total_tokens": 42}) } else { Value::Null },
+    })
+}
+
+/// `POST /v1/responses`, as OpenAI answers it: a Responses object, or its stream of
+/// named lifecycle events ending with `response.completed` (which carries the usage).
+async fn responses(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    record(&received, &req, &body);
+    let text = CONTENT_PIECES.concat();
+    let item = |status: &str, text: &str| {
+        json!({"id": "msg_mock1", "type": "message", "status": status, "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    };
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return HttpResponse::Ok().json(response_object(
+            &body["model"],
+            "completed",
+            json!([item("completed", &text)]),
+            true,
+        ));
+    }
+    let mut seq = 0;
+    let mut events = Vec::new();
+    let mut push = |kind: &str, mut data: Value| {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        events.push(format!("event: {kind}\ndata: {data}\n\n"));
+    };
+    let start = response_object(&body["model"], "in_progress", json!([]), false);
+    push("response.created", json!({"response": start}));
+    push("response.in_progress", json!({"response": start}));
+    let mut added = item("in_progress", "");
+    added["content"] = json!([]);
+    push(
+        "response.output_item.added",
+        json!({"output_index": 0, "item": added}),
+    );
+    push(
+        "response.content_part.added",
+        json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0,
+        "part": {"type": "output_text", "text": "", "annotations": []}}),
+    );
+    for piece in CONTENT_PIECES {
+        push(
+            "response.output_text.delta",
+            json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0, "delta": piece, "logprobs": []}),
+        );
+    }
+    push(
+        "response.output_text.done",
+        json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+    );
+    push(
+        "response.content_part.done",
+        json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0,
+        "part": {"type": "output_text", "text": text, "annotations": []}}),
+    );
+    push(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": item("completed", &text)}),
+    );
+    push(
+        "response.completed",
+        json!({"response": response_object(&body["model"], "completed", json!([item("completed", &text)]), true)}),
+    );
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .body(events.concat())
+}
+
 async fn completions(
     received: web::Data<Arc<Mutex<Vec<Received>>>>,
     req: HttpRequest,

@@ -59,10 +59,16 @@ impl Upstream {
                 .received()
                 .into_iter()
                 .map(|r| {
-                    assert_eq!(r.path, "/v1/chat/completions");
-                    assert!(r.body["messages"].is_array(), "{}", r.body);
+                    // Chat, or Responses served natively.
+                    let native_responses = r.path == "/v1/responses";
+                    if native_responses {
+                        assert!(r.body["input"].is_string(), "{}", r.body);
+                    } else {
+                        assert_eq!(r.path, "/v1/chat/completions");
+                        assert!(r.body["messages"].is_array(), "{}", r.body);
+                    }
                     let streamed = r.body["stream"] == true;
-                    if streamed {
+                    if streamed && !native_responses {
                         assert_eq!(r.body["stream_options"]["include_usage"], true);
                     }
                     Seen {
@@ -158,6 +164,11 @@ impl Pair {
     /// `charged` requests in its own protocol (one streamed) with the channel's key, and
     /// that exactly those were charged, each at the normal answer's price.
     async fn run(self, script: &str, charged: i64, client_path: &str) {
+        self.run_streaming(script, charged, 1, client_path).await;
+    }
+
+    /// [`Pair::run`] for a script that streams `streamed` of its calls.
+    async fn run_streaming(self, script: &str, charged: i64, streamed: usize, client_path: &str) {
         let model = self.upstream.model();
         let stdout = run_sdk_script_with(
             script,
@@ -170,7 +181,7 @@ impl Pair {
 
         let seen = self.upstream.seen();
         assert_eq!(seen.len() as i64, charged, "{} requests", seen.len());
-        assert_eq!(seen.iter().filter(|s| s.streamed).count(), 1);
+        assert_eq!(seen.iter().filter(|s| s.streamed).count(), streamed);
         for s in &seen {
             assert_eq!(s.key.as_deref(), Some(UPSTREAM_KEY), "{}", s.body);
         }
@@ -251,5 +262,48 @@ async fn the_genai_sdk_works_against_an_anthropic_channel_and_pays_the_anthropic
     Pair::start("anthropic")
         .await
         .run("genai_sdk_check.py", GENAI_CALLS, "/v1")
+        .await;
+}
+
+/// Successful calls `openai_responses_check.py` makes, and how many of them stream.
+const RESPONSES_CALLS: i64 = 3;
+const RESPONSES_STREAMED: usize = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_responses_api_is_served_natively_by_an_openai_channel() {
+    Pair::start("openai")
+        .await
+        .run_streaming(
+            "openai_responses_check.py",
+            RESPONSES_CALLS,
+            RESPONSES_STREAMED,
+            "/v1/responses",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_responses_api_works_against_an_anthropic_channel() {
+    Pair::start("anthropic")
+        .await
+        .run_streaming(
+            "openai_responses_check.py",
+            RESPONSES_CALLS,
+            RESPONSES_STREAMED,
+            "/v1/responses",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_responses_api_works_against_a_gemini_channel() {
+    Pair::start("gemini")
+        .await
+        .run_streaming(
+            "openai_responses_check.py",
+            RESPONSES_CALLS,
+            RESPONSES_STREAMED,
+            "/v1/responses",
+        )
         .await;
 }

@@ -30,6 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions))
         .route("/v1/messages", web::post().to(messages))
         .route("/v1/completions", web::post().to(completions))
+        .route("/beta/completions", web::post().to(fim_completions))
+        .route("/v1/responses", web::post().to(responses))
         .route("/v1/embeddings", web::post().to(embeddings))
         .route("/v1/images/generations", web::post().to(image_generations))
         .route("/v1/moderations", web::post().to(moderations))
@@ -71,11 +73,7 @@ fn api_key(req: &HttpRequest, proto: Protocol) -> Option<String> {
                 .ok()
                 .and_then(|q| q.get("key").cloned())
         }),
-        Protocol::OpenAiChat
-        | Protocol::OpenAiCompletions
-        | Protocol::OpenAiEmbeddings
-        | Protocol::OpenAiImages
-        | Protocol::OpenAiModerations => None,
+        _ => None,
     };
     found.or_else(|| bearer(req).map(str::to_owned))
 }
@@ -83,13 +81,9 @@ fn api_key(req: &HttpRequest, proto: Protocol) -> Option<String> {
 /// An error answer in the client's protocol.
 pub fn error_response(proto: Protocol, err: &RelayError, generation_id: &str) -> HttpResponse {
     match proto {
-        Protocol::OpenAiChat
-        | Protocol::OpenAiCompletions
-        | Protocol::OpenAiEmbeddings
-        | Protocol::OpenAiImages
-        | Protocol::OpenAiModerations => openai_error(err, generation_id),
         Protocol::AnthropicMessages => error_with_body(err, generation_id, err.anthropic_body()),
         Protocol::GeminiGenerate => error_with_body(err, generation_id, err.google_body()),
+        _ => openai_error(err, generation_id),
     }
 }
 
@@ -158,6 +152,24 @@ pub async fn completions(
     payload: web::Payload,
 ) -> HttpResponse {
     relay(Protocol::OpenAiCompletions, state, req, payload, None).await
+}
+
+/// `POST /beta/completions` (DeepSeek FIM: `prompt` and `suffix`)
+pub async fn fim_completions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiFim, state, req, payload, None).await
+}
+
+/// `POST /v1/responses`
+pub async fn responses(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiResponses, state, req, payload, None).await
 }
 
 /// `POST /v1/embeddings`

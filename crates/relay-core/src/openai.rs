@@ -23,6 +23,9 @@ pub struct ChatHead {
     pub max_tokens: Option<i64>,
     #[serde(default)]
     pub max_completion_tokens: Option<i64>,
+    /// The Responses API's output limit.
+    #[serde(default)]
+    pub max_output_tokens: Option<i64>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
@@ -126,6 +129,7 @@ impl ChatHead {
             stream: Some(stream),
             max_tokens: config.as_ref().and_then(|c| c.max_output_tokens),
             max_completion_tokens: None,
+            max_output_tokens: None,
             stream_options: None,
             n: config.as_ref().and_then(|c| c.candidate_count),
             messages: None,
@@ -137,6 +141,7 @@ impl ChatHead {
     /// The most output tokens the client allows, if it said.
     pub fn max_output(&self) -> Option<i64> {
         self.max_completion_tokens
+            .or(self.max_output_tokens)
             .or(self.max_tokens)
             .filter(|n| *n > 0)
     }
@@ -155,7 +160,10 @@ pub fn upstream_body(
         return Ok(raw.clone());
     }
     // Only OpenAI streams need asking for usage; Anthropic streams always carry it.
-    let streams_usage = matches!(proto, Protocol::OpenAiChat | Protocol::OpenAiCompletions);
+    let streams_usage = matches!(
+        proto,
+        Protocol::OpenAiChat | Protocol::OpenAiCompletions | Protocol::OpenAiFim
+    );
     let need_usage = streams_usage && head.is_stream() && !head.wants_stream_usage();
     if upstream_model == head.model() && !need_usage {
         return Ok(raw.clone());
@@ -222,6 +230,87 @@ impl From<&OpenAiUsage> for Usage {
                 .unwrap_or(0),
             ..Usage::default()
         }
+    }
+}
+
+/// The Responses API's `usage` object.
+#[derive(Debug, Default, Deserialize)]
+pub struct ResponsesUsage {
+    #[serde(default)]
+    pub input_tokens: i64,
+    #[serde(default)]
+    pub output_tokens: i64,
+    #[serde(default)]
+    pub input_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub output_tokens_details: Option<CompletionDetails>,
+}
+
+impl From<&ResponsesUsage> for Usage {
+    fn from(u: &ResponsesUsage) -> Self {
+        Usage {
+            prompt_tokens: u.input_tokens,
+            completion_tokens: u.output_tokens,
+            cached_tokens: u
+                .input_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            reasoning_tokens: u
+                .output_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+            ..Usage::default()
+        }
+    }
+}
+
+/// What the relay reads of a Responses object (an answer, or the `response` of a
+/// stream's lifecycle events).
+#[derive(Debug, Default, Deserialize)]
+pub struct ResponseSummary {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub object: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub usage: Option<ResponsesUsage>,
+    #[serde(default)]
+    pub output: Option<Vec<Value>>,
+}
+
+impl ResponseSummary {
+    /// Parses a Responses object; `None` when it is not one.
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        let r: ResponseSummary = serde_json::from_slice(body).ok()?;
+        (r.object.as_deref() == Some("response")).then_some(r)
+    }
+
+    /// The text of every output item (messages, reasoning summaries, call arguments).
+    pub fn delivered_text(&self) -> String {
+        let mut out = String::new();
+        for item in self.output.as_deref().unwrap_or_default() {
+            for part in item
+                .get("content")
+                .or_else(|| item.get("summary"))
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                if let Some(t) = part.get("text").and_then(Value::as_str) {
+                    out.push_str(t);
+                }
+            }
+            if let Some(a) = item.get("arguments").and_then(Value::as_str) {
+                out.push_str(a);
+            }
+        }
+        out
     }
 }
 
@@ -362,6 +451,9 @@ impl StreamObserver {
         if self.proto == Protocol::GeminiGenerate {
             return self.observe_gemini(data);
         }
+        if self.proto == Protocol::OpenAiResponses {
+            return self.observe_responses(data);
+        }
         let Ok(chunk) = serde_json::from_str::<ChatSummary>(data) else {
             return EventAction::Forward;
         };
@@ -423,6 +515,50 @@ impl StreamObserver {
             && u.candidates_token_count.is_some()
         {
             self.usage = Some(Usage::from(u));
+        }
+        EventAction::Forward
+    }
+
+    /// A Responses stream: text deltas as they come, the whole response (with usage) on
+    /// `response.completed`, `.incomplete` or `.failed`.
+    fn observe_responses(&mut self, data: &str) -> EventAction {
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return EventAction::Forward;
+        };
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
+        match kind {
+            "response.output_text.delta"
+            | "response.function_call_arguments.delta"
+            | "response.reasoning_summary_text.delta"
+            | "response.reasoning_text.delta" => {
+                if let Some(d) = v.get("delta").and_then(Value::as_str) {
+                    self.delivered.push_str(d);
+                }
+            }
+            "error" => self.upstream_error = true,
+            _ => {}
+        }
+        if let Some(r) = v
+            .get("response")
+            .and_then(|r| serde_json::from_value::<ResponseSummary>(r.clone()).ok())
+        {
+            if self.id.is_none() {
+                self.id = r.id.clone();
+            }
+            if self.upstream_model.is_none() {
+                self.upstream_model = r.model.clone();
+            }
+            if let Some(u) = &r.usage {
+                self.usage = Some(Usage::from(u));
+            }
+            if matches!(
+                kind,
+                "response.completed" | "response.incomplete" | "response.failed"
+            ) {
+                self.finish_reason = r.status;
+                self.done = true;
+                return EventAction::Done;
+            }
         }
         EventAction::Forward
     }

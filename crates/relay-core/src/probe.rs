@@ -44,13 +44,9 @@ pub async fn probe(
             return Err(Failure::Status { status, body });
         }
         let understood = match proto {
-            Protocol::OpenAiChat
-            | Protocol::OpenAiCompletions
-            | Protocol::OpenAiEmbeddings
-            | Protocol::OpenAiImages
-            | Protocol::OpenAiModerations => ChatSummary::parse_completion(&body).is_some(),
             Protocol::AnthropicMessages => MessageSummary::parse(&body).is_some(),
             Protocol::GeminiGenerate => crate::gemini::GenerateSummary::parse(&body).is_some(),
+            _ => ChatSummary::parse_completion(&body).is_some(),
         };
         if !understood {
             return Err(Failure::Malformed);

@@ -10,6 +10,12 @@ pub enum Protocol {
     OpenAiChat,
     /// `POST /v1/completions` (legacy text completions, streams too)
     OpenAiCompletions,
+    /// `POST /beta/completions` (DeepSeek's fill-in-the-middle: a completion with a
+    /// `suffix`)
+    OpenAiFim,
+    /// `POST /v1/responses` (native on OpenAI channels, converted through chat for the
+    /// others)
+    OpenAiResponses,
     /// `POST /v1/embeddings`
     OpenAiEmbeddings,
     /// `POST /v1/images/generations`, charged per image returned with data
@@ -28,6 +34,8 @@ impl Protocol {
         match self {
             Protocol::OpenAiChat => "/v1/chat/completions",
             Protocol::OpenAiCompletions => "/v1/completions",
+            Protocol::OpenAiFim => "/beta/completions",
+            Protocol::OpenAiResponses => "/v1/responses",
             Protocol::OpenAiEmbeddings => "/v1/embeddings",
             Protocol::OpenAiImages => "/v1/images/generations",
             Protocol::OpenAiModerations => "/v1/moderations",
@@ -53,6 +61,8 @@ impl Protocol {
         match self {
             Protocol::OpenAiChat
             | Protocol::OpenAiCompletions
+            | Protocol::OpenAiFim
+            | Protocol::OpenAiResponses
             | Protocol::OpenAiEmbeddings
             | Protocol::OpenAiImages
             | Protocol::OpenAiModerations => "openai",
@@ -70,8 +80,10 @@ impl Protocol {
     pub fn required_field(self) -> &'static str {
         match self {
             Protocol::OpenAiChat | Protocol::AnthropicMessages => "messages",
-            Protocol::OpenAiCompletions | Protocol::OpenAiImages => "prompt",
-            Protocol::OpenAiEmbeddings | Protocol::OpenAiModerations => "input",
+            Protocol::OpenAiCompletions | Protocol::OpenAiFim | Protocol::OpenAiImages => "prompt",
+            Protocol::OpenAiEmbeddings
+            | Protocol::OpenAiModerations
+            | Protocol::OpenAiResponses => "input",
             Protocol::GeminiGenerate => "contents",
         }
     }

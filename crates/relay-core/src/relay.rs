@@ -222,7 +222,17 @@ fn parse_completion(proto: Protocol, body: &[u8]) -> Option<Completion> {
                 model: None,
             })
         }
-        Protocol::OpenAiChat | Protocol::OpenAiCompletions => {
+        Protocol::OpenAiResponses => {
+            let r = crate::openai::ResponseSummary::parse(body)?;
+            Some(Completion {
+                usage: r.usage.as_ref().map(Usage::from),
+                finish_reason: r.status.clone(),
+                delivered: r.delivered_text(),
+                id: r.id,
+                model: r.model,
+            })
+        }
+        Protocol::OpenAiChat | Protocol::OpenAiCompletions | Protocol::OpenAiFim => {
             let s = ChatSummary::parse_completion(body)?;
             Some(Completion {
                 usage: s.usage.as_ref().map(Usage::from),

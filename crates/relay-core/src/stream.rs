@@ -151,8 +151,13 @@ impl ChatStream {
             && !self.observer.done
         {
             let event = match self.client {
+                Protocol::OpenAiResponses => {
+                    let err = serde_json::json!({"type": "error", "code": reason, "message": "the upstream stream ended early", "param": null, "sequence_number": self.observer.events});
+                    format!("event: error\ndata: {err}\n\n")
+                }
                 Protocol::OpenAiChat
                 | Protocol::OpenAiCompletions
+                | Protocol::OpenAiFim
                 | Protocol::OpenAiEmbeddings
                 | Protocol::OpenAiImages
                 | Protocol::OpenAiModerations => {

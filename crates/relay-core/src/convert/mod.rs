@@ -7,6 +7,7 @@
 pub mod anthropic_chat;
 pub mod chat;
 pub mod gemini_chat;
+pub mod responses_chat;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -16,6 +17,7 @@ use crate::protocol::Protocol;
 use anthropic_chat::{AnthropicToChat, ChatToAnthropic, MessageResponse, MessagesRequest};
 use chat::{ChatChunk, ChatCompletion, ChatRequest};
 use gemini_chat::{ChatToGemini, GeminiToChat, GenerateRequest, GenerateResponse};
+use responses_chat::{ChatToResponses, ResponsesRequest};
 
 /// A request (or answer) the other side cannot express: a 400 with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +40,10 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, C
 pub fn converts(proto: Protocol) -> bool {
     matches!(
         proto,
-        Protocol::OpenAiChat | Protocol::AnthropicMessages | Protocol::GeminiGenerate
+        Protocol::OpenAiChat
+            | Protocol::OpenAiResponses
+            | Protocol::AnthropicMessages
+            | Protocol::GeminiGenerate
     )
 }
 
@@ -59,6 +64,10 @@ pub fn request(
         Protocol::GeminiGenerate => {
             let req: GenerateRequest = parse(raw, "generateContent request")?;
             gemini_chat::request_to_chat(req, model, stream)?
+        }
+        Protocol::OpenAiResponses => {
+            let req: ResponsesRequest = parse(raw, "responses request")?;
+            responses_chat::request_to_chat(req, model)?
         }
         other => return Err(unsupported(other)),
     };
@@ -108,6 +117,7 @@ pub fn response(channel: Protocol, client: Protocol, body: &[u8]) -> Result<Byte
             serde_json::to_vec(&anthropic_chat::response_from_chat(chat))
         }
         Protocol::GeminiGenerate => serde_json::to_vec(&gemini_chat::response_from_chat(chat)),
+        Protocol::OpenAiResponses => serde_json::to_vec(&responses_chat::response_from_chat(chat)),
         other => return Err(unsupported(other)),
     };
     out.map(Bytes::from)
@@ -171,6 +181,7 @@ enum Encoder {
     Chat { wants_usage: bool, done: bool },
     Anthropic(ChatToAnthropic),
     Gemini(ChatToGemini),
+    Responses(ChatToResponses),
 }
 
 /// Converts a stream of `channel`'s events into `client`'s, event by event.
@@ -191,6 +202,7 @@ impl StreamConverter {
         let encoder = match client {
             Protocol::AnthropicMessages => Encoder::Anthropic(ChatToAnthropic::new()),
             Protocol::GeminiGenerate => Encoder::Gemini(ChatToGemini::new()),
+            Protocol::OpenAiResponses => Encoder::Responses(ChatToResponses::new()),
             _ => Encoder::Chat {
                 wants_usage,
                 done: false,
@@ -249,6 +261,7 @@ impl StreamConverter {
             Encoder::Chat { .. } => {}
             Encoder::Anthropic(e) => e.finish(&mut events),
             Encoder::Gemini(e) => e.finish(&mut events),
+            Encoder::Responses(e) => e.finish(&mut events),
         }
         out.extend(events.0);
         out
@@ -277,6 +290,7 @@ impl StreamConverter {
                 },
                 Encoder::Anthropic(e) => e.push(piece, &mut events),
                 Encoder::Gemini(e) => e.push(piece, &mut events),
+                Encoder::Responses(e) => e.push(piece, &mut events),
             }
         }
         events.0
