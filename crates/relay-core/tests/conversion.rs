@@ -663,3 +663,189 @@ fn reasoning_effort_becomes_a_thinking_budget_below_max_tokens() {
         true
     );
 }
+
+#[test]
+fn thinking_is_left_out_where_anthropic_would_refuse_it_and_sampling_follows_its_rules() {
+    let forced = json!({"model": "m", "reasoning_effort": "high", "temperature": 0.3, "top_p": 0.9,
+        "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let a = convert_request(OPENAI, ANTHROPIC, &forced, false).unwrap();
+    assert!(a.get("thinking").is_none(), "{a}");
+    assert_eq!(a["temperature"], 0.3);
+    assert!(
+        a.get("top_p").is_none(),
+        "temperature and top_p are not sent together"
+    );
+
+    let mut loop_turn = openai_conversation();
+    loop_turn["tool_choice"] = json!("auto");
+    loop_turn["reasoning_effort"] = json!("low");
+    let a = convert_request(OPENAI, ANTHROPIC, &loop_turn, false).unwrap();
+    assert!(
+        a.get("thinking").is_none(),
+        "a tool loop without signed thinking: {a}"
+    );
+
+    let plain = json!({"model": "m", "reasoning_effort": "low", "temperature": 0.3, "top_k": 5,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let a = convert_request(OPENAI, ANTHROPIC, &plain, false);
+    // top_k reaches Anthropic only without thinking; here it is dropped with temperature.
+    let a = a.unwrap();
+    assert_eq!(a["thinking"]["type"], "enabled");
+    assert!(
+        a.get("temperature").is_none() && a.get("top_k").is_none(),
+        "{a}"
+    );
+}
+
+#[test]
+fn a_tool_call_whose_id_repeats_on_every_piece_stays_one_block() {
+    let chunk = |delta: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+        )
+    };
+    let mut c = StreamConverter::new(OPENAI, ANTHROPIC, false);
+    let mut out = Vec::new();
+    for piece in ["{\"a\"", ":1}"] {
+        let ev = chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_9", "type": "function", "function": {"name": "f", "arguments": piece}}]}),
+        );
+        out.extend(c.push(ev.as_bytes()));
+    }
+    out.extend(c.push(format!("data: {}\n\n", json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})).as_bytes()));
+    out.extend(c.push(b"data: [DONE]\n\n"));
+    let events: Vec<Event> = out
+        .iter()
+        .map(|ev| {
+            let text = String::from_utf8(ev.to_vec()).unwrap();
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .map(str::to_owned);
+            (name, serde_json::from_str(&event_data(ev)).unwrap())
+        })
+        .collect();
+    let m = read_anthropic(&events);
+    assert_eq!(m["content"].as_array().unwrap().len(), 1, "{m}");
+    assert_eq!(m["content"][0]["input"], json!({"a": 1}));
+}
+
+#[test]
+fn gemini_requests_written_in_snake_case_are_read_too() {
+    let g = json!({
+        "system_instruction": {"parts": [{"text": "Be brief."}]},
+        "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "generation_config": {"max_output_tokens": 77, "stop_sequences": ["X"]},
+        "tools": [{"function_declarations": [{"name": "f", "parameters": {"type": "OBJECT", "properties": {"type": {"type": "STRING"}}}}]}]
+    });
+    let o = convert_request(GEMINI, OPENAI, &g, false).unwrap();
+    assert_eq!(o["messages"][0]["content"], "Be brief.");
+    assert_eq!(o["max_completion_tokens"], 77);
+    assert_eq!(o["stop"], json!(["X"]));
+    // A property named "type" is a schema, not a type name: its own type is lowered.
+    assert_eq!(
+        o["tools"][0]["function"]["parameters"]["properties"]["type"]["type"],
+        "string"
+    );
+}
+
+#[test]
+fn null_token_counts_read_as_zero_and_a_blocked_gemini_prompt_ends_the_stream() {
+    let body = json!({"id": "x", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": null, "prompt_tokens_details": {"cached_tokens": null}}});
+    let a = convert::response(OPENAI, ANTHROPIC, body.to_string().as_bytes()).unwrap();
+    let a: Value = serde_json::from_slice(&a).unwrap();
+    assert_eq!(
+        (
+            a["usage"]["input_tokens"].as_i64(),
+            a["usage"]["output_tokens"].as_i64()
+        ),
+        (Some(3), Some(2))
+    );
+
+    let blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 7}});
+    let mut c = StreamConverter::new(GEMINI, OPENAI, true);
+    let mut out = c.push(format!("data: {blocked}\n\n").as_bytes());
+    out.extend(c.finish());
+    let events: Vec<Event> = out
+        .iter()
+        .map(|ev| {
+            (
+                None,
+                serde_json::from_str(&event_data(ev)).unwrap_or(Value::String(event_data(ev))),
+            )
+        })
+        .collect();
+    let t = read_openai(&events);
+    assert_eq!(t.finish.as_deref(), Some("content_filter"));
+    assert!(t.done);
+    assert_eq!(t.usage.unwrap()["prompt_tokens"], 7);
+}
+
+#[test]
+fn a_responses_request_with_calls_and_their_outputs_becomes_chat_and_the_stream_comes_back_in_order()
+ {
+    let r = json!({
+        "model": "m",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "weather?"}, {"type": "input_image", "image_url": "https://example.com/a.png"}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "{\"temp\":21}"}
+        ],
+        "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
+        "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}}},
+        "max_output_tokens": 50
+    });
+    let c = convert_request(Protocol::OpenAiResponses, OPENAI, &r, false).unwrap();
+    let roles: Vec<_> = c["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "tool"]);
+    assert_eq!(c["messages"][2]["tool_calls"][0]["id"], "call_1");
+    assert_eq!(c["messages"][3]["tool_call_id"], "call_1");
+    assert_eq!(c["response_format"]["json_schema"]["name"], "w");
+    assert_eq!(c["max_completion_tokens"], 50);
+    let hosted = json!({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]});
+    assert!(
+        convert_request(Protocol::OpenAiResponses, ANTHROPIC, &hosted, false)
+            .unwrap_err()
+            .contains("web_search")
+    );
+
+    let events = convert_stream(
+        ANTHROPIC,
+        Protocol::OpenAiResponses,
+        "anthropic/stream_tool_use.sse",
+        false,
+    );
+    let kinds: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"response.created"));
+    assert_eq!(kinds.last(), Some(&"response.completed"));
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"], name.as_deref().unwrap());
+        assert_eq!(data["sequence_number"], i, "sequence numbers count up");
+    }
+    let done = &events.last().unwrap().1["response"];
+    assert_eq!(
+        done["output"][0]["content"][0]["text"],
+        "Okay, let me check the weather."
+    );
+    assert_eq!(done["output"][1]["type"], "function_call");
+    assert_eq!(
+        done["output"][1]["call_id"],
+        "toolu_01T1x1fJ34qAmk2tNTrN7Up6"
+    );
+    assert_eq!(
+        done["output"][1]["arguments"],
+        "{\"location\": \"San Francisco, CA\"}"
+    );
+    assert_eq!(done["usage"]["input_tokens"], 472);
+    assert_eq!(done["usage"]["output_tokens"], 89);
+}

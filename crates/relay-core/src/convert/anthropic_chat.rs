@@ -165,13 +165,13 @@ pub struct MessageResponse {
 /// Anthropic's usage: input excludes cache reads and writes.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct AUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
     pub input_tokens: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
     pub output_tokens: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
     pub cache_creation_input_tokens: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
     pub cache_read_input_tokens: i64,
 }
 
@@ -297,7 +297,25 @@ pub fn request_from_chat(req: ChatRequest, model: &str) -> Result<MessagesReques
             }
         }
     }
-    let thinking = match req.reasoning_effort.as_deref() {
+    // Anthropic refuses thinking with a forced tool, and in a tool loop whose last
+    // assistant turn has no signed thinking block (which only Anthropic can make).
+    let forced_tool = req
+        .tool_choice
+        .as_ref()
+        .is_some_and(|c| c.as_str().is_none_or(|s| s == "required"));
+    let in_tool_loop = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "assistant")
+        .is_some_and(|m| match &m.content {
+            AContent::Blocks(b) => b.iter().any(|b| matches!(b, Block::ToolUse { .. })),
+            AContent::Text(_) => false,
+        });
+    let effort = req
+        .reasoning_effort
+        .as_deref()
+        .filter(|_| !forced_tool && !in_tool_loop);
+    let thinking = match effort {
         None | Some("none") => None,
         Some(effort) => {
             let budget = budget_for_effort(effort)?;
@@ -363,9 +381,17 @@ pub fn request_from_chat(req: ChatRequest, model: &str) -> Result<MessagesReques
         messages,
         system: (!system.is_empty()).then(|| System::Text(system.join("\n\n"))),
         max_tokens,
-        temperature: req.temperature.map(|t| t.min(1.0)),
-        top_p: req.top_p,
-        top_k: req.top_k,
+        // With thinking Anthropic takes no temperature but 1, no top_k, and top_p only
+        // from 0.95; recent models refuse temperature and top_p together.
+        temperature: req
+            .temperature
+            .map(|t| t.min(1.0))
+            .filter(|t| thinking.is_none() || *t == 1.0),
+        top_p: req
+            .top_p
+            .filter(|_| req.temperature.is_none())
+            .filter(|p| thinking.is_none() || *p >= 0.95),
+        top_k: req.top_k.filter(|_| thinking.is_none()),
         stop_sequences: req.stop.map(chat::Stop::into_vec),
         stream: req.stream,
         tools,
@@ -379,6 +405,7 @@ fn user_blocks(content: Option<Content>) -> Result<Vec<Block>, ConvertError> {
     let mut blocks = Vec::new();
     for part in content.map(Content::into_parts).unwrap_or_default() {
         match part {
+            Part::Text { text } if text.is_empty() => {}
             Part::Text { text } => blocks.push(Block::Text { text }),
             Part::ImageUrl { image_url } => {
                 let source = match Image::from_url(&image_url.url)? {
@@ -398,6 +425,9 @@ fn user_blocks(content: Option<Content>) -> Result<Vec<Block>, ConvertError> {
                 ));
             }
         }
+    }
+    if blocks.is_empty() {
+        return Err(ConvertError::new("a user message has no content"));
     }
     Ok(blocks)
 }
@@ -970,8 +1000,11 @@ impl ChatToAnthropic {
             }
             for call in d.tool_calls.unwrap_or_default() {
                 let f = call.function.unwrap_or_default();
-                let i = match (self.open, call.id) {
-                    (Some((Open::Tool(t), i)), None) if t == call.index => i,
+                // Some upstreams repeat the id on every piece: a new block starts only
+                // with a new index.
+                let id = call.id.filter(|id| !id.is_empty());
+                let i = match (self.open, id) {
+                    (Some((Open::Tool(t), i)), _) if t == call.index => i,
                     (_, id) => {
                         // A new call: a block with its id and name.
                         self.close_block(out);

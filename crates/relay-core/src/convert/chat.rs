@@ -356,11 +356,11 @@ pub struct Choice {
 /// OpenAI's usage with its details (cached prompt tokens, reasoning output tokens).
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct ChatUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "zero_if_null")]
     pub prompt_tokens: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "zero_if_null")]
     pub completion_tokens: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "zero_if_null")]
     pub total_tokens: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
@@ -370,13 +370,13 @@ pub struct ChatUsage {
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct PromptTokensDetails {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "zero_if_null")]
     pub cached_tokens: i64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct CompletionTokensDetails {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "zero_if_null")]
     pub reasoning_tokens: i64,
 }
 
@@ -491,6 +491,11 @@ impl ChatChunk {
             usage: None,
         }
     }
+}
+
+/// A token count that some upstreams send as `null`: read as 0.
+pub fn zero_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Option::<i64>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 /// Seconds since the epoch, for `created`.

@@ -19,16 +19,21 @@ use super::{ConvertError, Events, Piece};
 pub struct GenerateRequest {
     pub contents: Vec<GContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "system_instruction")]
     pub system_instruction: Option<GContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<GTool>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "tool_config")]
     pub tool_config: Option<ToolConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "generation_config")]
     pub generation_config: Option<GenerationConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "safety_settings")]
     pub safety_settings: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "cached_content")]
     pub cached_content: Option<String>,
 }
 
@@ -49,24 +54,32 @@ pub struct GPart {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thought: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "thought_signature")]
     pub thought_signature: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "inline_data")]
     pub inline_data: Option<Blob>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "file_data")]
     pub file_data: Option<FileData>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "function_call")]
     pub function_call: Option<GFunctionCall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "function_response")]
     pub function_response: Option<GFunctionResponse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "executable_code")]
     pub executable_code: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "code_execution_result")]
     pub code_execution_result: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Blob {
+    #[serde(alias = "mime_type")]
     pub mime_type: String,
     pub data: String,
 }
@@ -75,7 +88,9 @@ pub struct Blob {
 #[serde(rename_all = "camelCase")]
 pub struct FileData {
     #[serde(default)]
+    #[serde(alias = "mime_type")]
     pub mime_type: Option<String>,
+    #[serde(alias = "file_uri")]
     pub file_uri: String,
 }
 
@@ -101,6 +116,7 @@ pub struct GFunctionResponse {
 #[serde(rename_all = "camelCase")]
 pub struct GTool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "function_declarations")]
     pub function_declarations: Option<Vec<FunctionDeclaration>>,
     /// Built-in tools (search, code execution, …) have no chat equivalent.
     #[serde(flatten)]
@@ -116,6 +132,7 @@ pub struct FunctionDeclaration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "parameters_json_schema")]
     pub parameters_json_schema: Option<Value>,
 }
 
@@ -123,6 +140,7 @@ pub struct FunctionDeclaration {
 #[serde(rename_all = "camelCase")]
 pub struct ToolConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "function_calling_config")]
     pub function_calling_config: Option<FunctionCallingConfig>,
 }
 
@@ -132,6 +150,7 @@ pub struct FunctionCallingConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "allowed_function_names")]
     pub allowed_function_names: Option<Vec<String>>,
 }
 
@@ -141,32 +160,45 @@ pub struct GenerationConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "top_p")]
     pub top_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "top_k")]
     pub top_k: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "max_output_tokens")]
     pub max_output_tokens: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "stop_sequences")]
     pub stop_sequences: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "candidate_count")]
     pub candidate_count: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "response_mime_type")]
     pub response_mime_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "response_schema")]
     pub response_schema: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "response_json_schema")]
     pub response_json_schema: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "thinking_config")]
     pub thinking_config: Option<ThinkingConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "presence_penalty")]
     pub presence_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "frequency_penalty")]
     pub frequency_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "response_modalities")]
     pub response_modalities: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "response_logprobs")]
     pub response_logprobs: Option<bool>,
 }
 
@@ -174,10 +206,13 @@ pub struct GenerationConfig {
 #[serde(rename_all = "camelCase")]
 pub struct ThinkingConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "thinking_budget")]
     pub thinking_budget: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "include_thoughts")]
     pub include_thoughts: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "thinking_level")]
     pub thinking_level: Option<String>,
 }
 
@@ -188,11 +223,41 @@ pub struct GenerateResponse {
     #[serde(default)]
     pub candidates: Vec<Candidate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "usage_metadata")]
     pub usage_metadata: Option<GUsage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "model_version")]
     pub model_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "response_id")]
     pub response_id: Option<String>,
+    /// Set when the prompt itself was blocked (then there are no candidates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "prompt_feedback")]
+    pub prompt_feedback: Option<Value>,
+}
+
+impl GenerateResponse {
+    /// Why the prompt was blocked, if it was.
+    fn blocked(&self) -> bool {
+        self.candidates.is_empty()
+            && self
+                .prompt_feedback
+                .as_ref()
+                .and_then(|f| f.get("blockReason"))
+                .is_some_and(|r| !r.is_null())
+    }
+}
+
+/// A tool-call id for a Gemini call that has none, unique across answers.
+fn call_id(response_id: Option<&str>, n: usize) -> String {
+    let tag: String = response_id
+        .unwrap_or("gemini")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect();
+    format!("call_{tag}_{n}")
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -201,6 +266,7 @@ pub struct Candidate {
     #[serde(default)]
     pub content: GContent,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(alias = "finish_reason")]
     pub finish_reason: Option<String>,
     #[serde(default)]
     pub index: i64,
@@ -211,15 +277,20 @@ pub struct Candidate {
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct GUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    #[serde(alias = "prompt_token_count")]
     pub prompt_token_count: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    #[serde(alias = "candidates_token_count")]
     pub candidates_token_count: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    #[serde(alias = "total_token_count")]
     pub total_token_count: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    #[serde(alias = "cached_content_token_count")]
     pub cached_content_token_count: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    #[serde(alias = "thoughts_token_count")]
     pub thoughts_token_count: i64,
 }
 
@@ -304,7 +375,7 @@ pub fn request_from_chat(req: ChatRequest) -> Result<GenerateRequest, ConvertErr
                 if let Some(text) = m.content.map(|c| c.text()).filter(|t| !t.is_empty()) {
                     parts.push(text_part(text));
                 }
-                for call in m.tool_calls.unwrap_or_default() {
+                for (i, call) in m.tool_calls.unwrap_or_default().into_iter().enumerate() {
                     names.insert(call.id.clone(), call.function.name.clone());
                     parts.push(GPart {
                         function_call: Some(GFunctionCall {
@@ -312,6 +383,10 @@ pub fn request_from_chat(req: ChatRequest) -> Result<GenerateRequest, ConvertErr
                             name: call.function.name,
                             args: chat::parse_arguments(&call.function.arguments),
                         }),
+                        // Gemini 3 wants the signature of its own calls back; a call
+                        // made elsewhere has none, and this value tells it so.
+                        thought_signature: (i == 0)
+                            .then(|| "skip_thought_signature_validator".to_owned()),
                         ..GPart::default()
                     });
                 }
@@ -386,8 +461,11 @@ pub fn request_from_chat(req: ChatRequest) -> Result<GenerateRequest, ConvertErr
             (Some("application/json".to_owned()), json_schema.schema)
         }
     };
+    // Pro models cannot turn thinking off: "none" leaves them at their default.
+    let pro = req.model.contains("pro");
     let thinking_config = match req.reasoning_effort.as_deref() {
         None => None,
+        Some("none") if pro => None,
         Some(effort) => Some(ThinkingConfig {
             thinking_budget: Some(budget_for_effort(effort)?),
             include_thoughts: Some(effort != "none"),
@@ -436,6 +514,7 @@ fn user_parts(content: Option<Content>) -> Result<Vec<GPart>, ConvertError> {
     let mut parts = Vec::new();
     for part in content.map(Content::into_parts).unwrap_or_default() {
         match part {
+            Part::Text { text } if text.is_empty() => {}
             Part::Text { text } => parts.push(text_part(text)),
             Part::ImageUrl { image_url } => match Image::from_url(&image_url.url)? {
                 Image::Inline { media_type, data } => parts.push(GPart {
@@ -473,6 +552,9 @@ fn user_parts(content: Option<Content>) -> Result<Vec<GPart>, ConvertError> {
                 ));
             }
         }
+    }
+    if parts.is_empty() {
+        return Err(ConvertError::new("a user message has no content"));
     }
     Ok(parts)
 }
@@ -678,17 +760,21 @@ pub fn request_to_chat(
             )));
         }
     };
-    let reasoning_effort = config
-        .thinking_config
-        .and_then(|t| t.thinking_budget)
-        .map(|b| {
-            if b == 0 {
-                "none"
-            } else {
-                super::anthropic_chat::effort_for_budget(b)
-            }
-            .to_owned()
-        });
+    // A budget of -1 is "dynamic" (the model decides): no effort is named.
+    let reasoning_effort = config.thinking_config.and_then(|t| {
+        let effort = match (t.thinking_level.as_deref(), t.thinking_budget) {
+            (Some(level), _) => match level.to_ascii_lowercase().as_str() {
+                "minimal" => "minimal",
+                "low" => "low",
+                "medium" => "medium",
+                _ => "high",
+            },
+            (None, Some(0)) => "none",
+            (None, Some(b)) if b > 0 => super::anthropic_chat::effort_for_budget(b),
+            _ => return None,
+        };
+        Some(effort.to_owned())
+    });
     Ok(ChatRequest {
         model: model.to_owned(),
         messages,
@@ -715,6 +801,17 @@ fn part_to_chat(p: GPart) -> Result<Part, ConvertError> {
         return Ok(Part::Text { text });
     }
     if let Some(blob) = p.inline_data {
+        if let Some(format) = blob.mime_type.strip_prefix("audio/") {
+            return Ok(Part::InputAudio {
+                input_audio: json!({"data": blob.data, "format": format}),
+            });
+        }
+        if !blob.mime_type.starts_with("image/") {
+            return Err(ConvertError::new(format!(
+                "inline data of type '{}' cannot be expressed for this model",
+                blob.mime_type
+            )));
+        }
         return Ok(Image::Inline {
             media_type: blob.mime_type,
             data: blob.data,
@@ -722,6 +819,15 @@ fn part_to_chat(p: GPart) -> Result<Part, ConvertError> {
         .into_part());
     }
     if let Some(file) = p.file_data {
+        let image = file
+            .mime_type
+            .as_deref()
+            .is_none_or(|m| m.starts_with("image/"));
+        if !image || file.file_uri.contains("generativelanguage.googleapis.com") {
+            return Err(ConvertError::new(
+                "files uploaded to Google (or other than images) cannot be read by this model: send the image inline",
+            ));
+        }
         return Image::from_url(&file.file_uri).map(Image::into_part);
     }
     Err(ConvertError::new(
@@ -735,10 +841,8 @@ fn lowercase_types(mut v: Value) -> Value {
     match &mut v {
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
-                if k == "type" {
-                    if let Value::String(s) = child {
-                        *s = s.to_ascii_lowercase();
-                    }
+                if let (true, Value::String(s)) = (k == "type", &mut *child) {
+                    *s = s.to_ascii_lowercase();
                 } else {
                     *child = lowercase_types(std::mem::take(child));
                 }
@@ -758,6 +862,8 @@ fn lowercase_types(mut v: Value) -> Value {
 
 /// A Gemini answer as a chat completion.
 pub fn response_to_chat(r: GenerateResponse) -> ChatCompletion {
+    let blocked = r.blocked();
+    let response_id = r.response_id.clone();
     let candidate = r.candidates.into_iter().next().unwrap_or_default();
     let mut text = String::new();
     let mut reasoning = String::new();
@@ -766,7 +872,7 @@ pub fn response_to_chat(r: GenerateResponse) -> ChatCompletion {
         if let Some(call) = p.function_call {
             let id = call
                 .id
-                .unwrap_or_else(|| format!("call_{}", calls.len() + 1));
+                .unwrap_or_else(|| call_id(response_id.as_deref(), calls.len() + 1));
             calls.push(ToolCall {
                 id,
                 kind: "function".into(),
@@ -783,10 +889,14 @@ pub fn response_to_chat(r: GenerateResponse) -> ChatCompletion {
             }
         }
     }
-    let finish = candidate
-        .finish_reason
-        .as_deref()
-        .map(|f| finish_reason(f, !calls.is_empty()).to_owned());
+    let finish = if blocked {
+        Some("content_filter".to_owned())
+    } else {
+        candidate
+            .finish_reason
+            .as_deref()
+            .map(|f| finish_reason(f, !calls.is_empty()).to_owned())
+    };
     ChatCompletion {
         id: r.response_id.map_or_else(
             || "chatcmpl-gemini".to_owned(),
@@ -851,6 +961,7 @@ pub fn response_from_chat(c: ChatCompletion) -> GenerateResponse {
         usage_metadata: c.usage.as_ref().map(GUsage::from_chat),
         model_version: Some(c.model),
         response_id: Some(c.id),
+        prompt_feedback: None,
     }
 }
 
@@ -917,6 +1028,17 @@ impl GeminiToChat {
         if let Some(u) = r.usage_metadata {
             self.usage = Some(u);
         }
+        if r.blocked() {
+            // The prompt was refused before any output: the stream ends here.
+            self.finish = Some("content_filter".to_owned());
+            let mut chunk = self.chunk(Delta::default());
+            if let Some(c) = chunk.choices.first_mut() {
+                c.finish_reason = Some("content_filter".to_owned());
+            }
+            out.push(Piece::Chunk(chunk));
+            return;
+        }
+        let response_id = r.response_id.clone();
         let Some(candidate) = r.candidates.into_iter().next() else {
             return;
         };
@@ -927,7 +1049,12 @@ impl GeminiToChat {
                 out.push(Piece::Chunk(self.chunk(Delta {
                     tool_calls: Some(vec![ToolCallDelta {
                         index,
-                        id: Some(call.id.unwrap_or_else(|| format!("call_{}", index + 1))),
+                        id: Some(call.id.unwrap_or_else(|| {
+                            call_id(
+                                response_id.as_deref(),
+                                usize::try_from(index + 1).unwrap_or(0),
+                            )
+                        })),
                         kind: Some("function".into()),
                         function: Some(FunctionDelta {
                             name: Some(call.name),
@@ -1006,6 +1133,7 @@ impl ChatToGemini {
             usage_metadata: self.usage.as_ref().map(GUsage::from_chat),
             model_version: Some(self.model.clone()),
             response_id: Some(self.id.clone()),
+            prompt_feedback: None,
         };
         out.json(&r);
     }
