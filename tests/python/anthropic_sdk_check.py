@@ -61,6 +61,11 @@ def main() -> None:
     assert final.usage.output_tokens == 30, f"usage {final.usage}"
     check("messages.stream: text_stream and get_final_message match, usage 12/30")
 
+    # (b') Counting tokens is free (the Rust test checks nothing more was charged).
+    counted = client.messages.count_tokens(model=MODEL, messages=MESSAGES)
+    assert counted.input_tokens > 0, f"count_tokens {counted}"
+    check(f"messages.count_tokens: {counted.input_tokens} input tokens")
+
     # (c) A wrong key is the SDK's AuthenticationError, status 401.
     bad = anthropic.Anthropic(
         base_url=base_url, api_key="sk-not-a-real-key-0000", max_retries=0, timeout=30

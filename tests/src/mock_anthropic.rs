@@ -66,7 +66,8 @@ impl MockAnthropic {
         let data = web::Data::new(Arc::clone(&received));
         let (base_url, handle) = crate::mock_server::serve(move |cfg| {
             cfg.app_data(data.clone())
-                .route("/v1/messages", web::post().to(messages));
+                .route("/v1/messages", web::post().to(messages))
+                .route("/v1/messages/count_tokens", web::post().to(count_tokens));
         });
         MockAnthropic {
             base_url,
@@ -115,6 +116,20 @@ fn header(req: &HttpRequest, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// What the mock's `count_tokens` answers (not recorded in `received`).
+pub const COUNTED_TOKENS: i64 = 14;
+
+/// `POST /v1/messages/count_tokens`: Anthropic's free token count.
+async fn count_tokens(req: HttpRequest, body: web::Json<Value>) -> HttpResponse {
+    if header(&req, "x-api-key").is_none_or(|k| k.starts_with("sk-ant-revoked")) {
+        return error(401, "authentication_error", "invalid x-api-key");
+    }
+    if !body["messages"].is_array() {
+        return error(400, "invalid_request_error", "messages: Field required");
+    }
+    HttpResponse::Ok().json(json!({"input_tokens": COUNTED_TOKENS}))
 }
 
 async fn messages(

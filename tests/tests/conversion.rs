@@ -307,3 +307,52 @@ async fn the_openai_sdk_responses_api_works_against_a_gemini_channel() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_tokens_is_free_exact_through_an_anthropic_channel_and_local_elsewhere() {
+    for kind in ["anthropic", "openai"] {
+        let p = Pair::start(kind).await;
+        let model = p.upstream.model();
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "Say hello to everyone in the room"}]});
+        let resp = p
+            .app
+            .http
+            .post(format!("{}/v1/messages/count_tokens", p.app.address))
+            .header("x-api-key", &p.key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        let n = v["input_tokens"].as_i64().unwrap();
+        if kind == "anthropic" {
+            assert_eq!(
+                n,
+                tollgate_tests::mock_anthropic::COUNTED_TOKENS,
+                "the channel counts"
+            );
+        } else {
+            assert!((8..40).contains(&n), "counted locally: {n}");
+        }
+        // An unknown model is a 404 in Anthropic's shape; nothing is charged either way.
+        let resp = p
+            .app
+            .http
+            .post(format!("{}/v1/messages/count_tokens", p.app.address))
+            .header("x-api-key", &p.key)
+            .json(&json!({"model": "nope", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], "error");
+        p.app.settled().await;
+        assert_eq!(p.app.balance(p.customer_id).await, START);
+        assert_eq!(p.app.ledger(p.customer_id).await.len(), 1);
+        p.upstream.stop().await;
+        p.app.stop().await;
+    }
+}

@@ -29,6 +29,7 @@ const DEFAULT_MAX_OUTPUT: i64 = 4096;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/completions", web::post().to(chat_completions))
         .route("/v1/messages", web::post().to(messages))
+        .route("/v1/messages/count_tokens", web::post().to(count_tokens))
         .route("/v1/completions", web::post().to(completions))
         .route("/beta/completions", web::post().to(fim_completions))
         .route("/v1/responses", web::post().to(responses))
@@ -206,6 +207,35 @@ pub async fn messages(
     payload: web::Payload,
 ) -> HttpResponse {
     relay(Protocol::AnthropicMessages, state, req, payload, None).await
+}
+
+/// `POST /v1/messages/count_tokens`: free; counted by an Anthropic channel when one
+/// serves the model, else locally.
+pub async fn count_tokens(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let id = new_generation_id();
+    let proto = Protocol::AnthropicMessages;
+    let snap = state.snapshot.load_full();
+    let counted = async {
+        let caller = admission::authenticate(&snap.catalog, api_key(&req, proto).as_deref())?;
+        admission::check_ip(&caller, client_ip(&req))?;
+        let body = read_limited(payload, &req, state.config.max_body_mb).await?;
+        let head = ChatHead::parse_for(proto, &body)?;
+        let admitted =
+            admission::admit_model(&snap.catalog, &snap.router, &caller, head.model(), proto)?;
+        relay_core::count::count_tokens(&snap.router, &state.client, &admitted, &body).await
+    }
+    .await;
+    match counted {
+        Ok(answer) => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .insert_header((GENERATION_HEADER, id))
+            .body(answer),
+        Err(e) => error_response(proto, &e, &id),
+    }
 }
 
 /// Where a Gemini request's model and method come from: the path.

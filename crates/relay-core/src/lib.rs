@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod anthropic;
 pub mod convert;
+pub mod count;
 pub mod error;
 pub mod gemini;
 pub mod health;

@@ -1,0 +1,59 @@
+//! `POST /v1/messages/count_tokens`: free, uncharged. An Anthropic channel serving the
+//! model counts exactly; otherwise (or if it fails) the tokens are counted locally with
+//! the model's BPE encoding, which is close but not Anthropic's own tokenizer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::admission::Admitted;
+use crate::upstream::{UpstreamClient, read_body};
+use crate::{RelayError, Router};
+
+/// Counts the input tokens of a Messages request; returns Anthropic's answer body.
+pub async fn count_tokens(
+    router: &Router,
+    client: &UpstreamClient,
+    admitted: &Admitted,
+    raw: &Bytes,
+) -> Result<Bytes, RelayError> {
+    let group = &admitted.caller.user.group;
+    if let Some(channel) = router.pick_where(group, &admitted.model, |c| c.kind == "anthropic")
+        && let Some(key) = channel.rotate_key(&[])
+    {
+        let upstream_model = channel
+            .model_mapping
+            .get(&admitted.model)
+            .cloned()
+            .unwrap_or_else(|| admitted.model.clone());
+        let mut body: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
+            RelayError::InvalidRequest(format!("request body is not a JSON object: {e}"))
+        })?;
+        body.insert("model".into(), Value::from(upstream_model.as_str()));
+        let body = Bytes::from(serde_json::to_vec(&body).map_err(|_| RelayError::Internal)?);
+        let path = "/v1/messages/count_tokens";
+        if let Ok(resp) = client
+            .post_json(&channel, &key.secret, (path, &upstream_model), body, &[])
+            .await
+        {
+            let ok = resp.status().is_success();
+            let idle = Duration::from_secs(channel.timeout_s.max(1));
+            if let Ok(answer) = read_body(resp, idle, 64 * 1024).await
+                && ok
+                && serde_json::from_slice::<Value>(&answer)
+                    .ok()
+                    .and_then(|v| v.get("input_tokens").and_then(Value::as_i64))
+                    .is_some()
+            {
+                return Ok(answer);
+            }
+        }
+        tracing::warn!(
+            channel.id = channel.id,
+            "count_tokens upstream failed; counting locally"
+        );
+    }
+    let tokens = crate::tokens::count_prompt(&admitted.model, raw);
+    Ok(Bytes::from(json!({"input_tokens": tokens}).to_string()))
+}
