@@ -59,6 +59,10 @@ impl MockOpenAi {
                 .route("/v1/completions", web::post().to(completions))
                 .route("/beta/completions", web::post().to(completions))
                 .route("/v1/responses", web::post().to(responses))
+                .route(
+                    "/openai/deployments/{deployment}/chat/completions",
+                    web::post().to(azure_chat),
+                )
                 .route("/v1/embeddings", web::post().to(embeddings))
                 .route("/v1/images/generations", web::post().to(images))
                 .route("/v1/moderations", web::post().to(moderations));
@@ -323,6 +327,52 @@ async fn embeddings(
 
 /// `/v1/completions`: "Hello there" for 5 prompt and 7 completion tokens, streamed
 /// as text chunks (with the usage chunk when asked) or whole.
+/// Azure OpenAI's chat: the deployment in the path, `api-version` in the query, the
+/// key in `api-key`. Recorded with the query in `path` and the key as `api-key …`.
+async fn azure_chat(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    let key = req
+        .headers()
+        .get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    received.lock().unwrap().push(Received {
+        path: format!("{}?{}", req.path(), req.query_string()),
+        authorization: key.as_ref().map(|k| format!("api-key {k}")),
+        body: body.0.clone(),
+    });
+    if key.is_none() {
+        return error(
+            401,
+            "Access denied due to invalid subscription key.",
+            "invalid_request_error",
+            "401",
+        );
+    }
+    if !req.query_string().contains("api-version=") {
+        return error(404, "Resource not found", "invalid_request_error", "404");
+    }
+    let deployment = req
+        .match_info()
+        .get("deployment")
+        .unwrap_or_default()
+        .to_owned();
+    if body["stream"].as_bool().unwrap_or(false) {
+        let usage = body["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false);
+        return stream(&deployment, &deployment, usage);
+    }
+    HttpResponse::Ok().json(json!({
+        "id": "chatcmpl-azure1", "object": "chat.completion", "created": 1_732_000_000, "model": deployment,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": CONTENT_PIECES.concat()}, "finish_reason": "stop"}],
+        "usage": usage_for(&deployment),
+    }))
+}
+
 /// The Responses object the mock answers with (12 input, 4 of them cached; 30 output,
 /// 10 of them reasoning), in state `status`, with `output`.
 fn response_object(model: &Value, status: &str, output: Value, usage: bool) -> Value {

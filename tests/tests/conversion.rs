@@ -356,3 +356,54 @@ async fn count_tokens_is_free_exact_through_an_anthropic_channel_and_local_elsew
         p.app.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_channel_gets_its_deployment_url_api_version_and_api_key() {
+    let app = spawn_app().await;
+    let mock = MockOpenAi::start().await;
+    // The model the customer names maps to the deployment's name.
+    app.add_channel(
+        "azure",
+        &format!("{}/?api-version=2024-06-01", mock.base_url),
+        &["gpt-4o"],
+        json!({"type": "azure", "keys": ["azure-key-5678"], "model_mapping": {"gpt-4o": "my-gpt4o-deploy"}}),
+    )
+    .await;
+    app.set_price("gpt-4o", INPUT_PRICE, OUTPUT_PRICE).await;
+    let customer_id = app.create_user("dave", "customer").await;
+    app.mint(customer_id, 1.0).await;
+    let token = app.login("dave", "password-123").await;
+    let (_, key) = app.create_key(&token, json!({"name": "k"})).await;
+
+    let resp = app
+        .chat(
+            &key,
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "Hello! How can I help?"
+    );
+    let resp = app.chat(&key, json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    let seen = mock.received();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(
+            r.path,
+            "/openai/deployments/my-gpt4o-deploy/chat/completions?api-version=2024-06-01"
+        );
+        assert_eq!(r.authorization.as_deref(), Some("api-key azure-key-5678"));
+    }
+    app.settled().await;
+    assert_eq!(app.balance(customer_id).await, START - 2 * NORMAL_COST);
+    app.verify_ledger().await;
+    mock.stop().await;
+    app.stop().await;
+}
