@@ -65,7 +65,12 @@ impl MockOpenAi {
                 )
                 .route("/v1/embeddings", web::post().to(embeddings))
                 .route("/v1/images/generations", web::post().to(images))
-                .route("/v1/moderations", web::post().to(moderations));
+                .route("/v1/moderations", web::post().to(moderations))
+                .route("/v1/images/edits", web::post().to(image_form))
+                .route("/v1/images/variations", web::post().to(image_form))
+                .route("/v1/audio/speech", web::post().to(speech))
+                .route("/v1/audio/transcriptions", web::post().to(transcription))
+                .route("/v1/audio/translations", web::post().to(transcription));
         });
         MockOpenAi {
             base_url,
@@ -457,6 +462,119 @@ async fn responses(
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .body(events.concat())
+}
+
+/// The text every transcription and translation returns.
+pub const TRANSCRIPT: &str = "Hello from the recording.";
+/// Bytes of audio `/v1/audio/speech` answers with (an MP3 header and silence).
+pub const SPEECH_BYTES: usize = 2003;
+
+/// A form upload, as the mock records it: the text fields, and each file as
+/// `{"field", "filename", "bytes"}` under `files`.
+fn form(req: &HttpRequest, body: &[u8]) -> Result<Value, Box<HttpResponse>> {
+    use relay_core::multipart;
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let bad = || {
+        error(
+            400,
+            "Expected multipart/form-data",
+            "invalid_request_error",
+            "invalid_form",
+        )
+    };
+    let boundary = multipart::boundary(ct).ok_or_else(bad)?;
+    let fields = multipart::fields(body, &boundary).map_err(|_| bad())?;
+    let mut out = json!({"files": []});
+    for f in &fields {
+        match &f.filename {
+            Some(name) => out["files"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"field": f.name, "filename": name, "bytes": f.len()})),
+            None => out[f.name.as_str()] = json!(f.text(body).unwrap_or_default()),
+        }
+    }
+    Ok(out)
+}
+
+/// `POST /v1/images/edits` and `/variations`: `n` images as base64 (model
+/// `image-empty`: one image with no data, which costs nothing).
+async fn image_form(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: Bytes,
+) -> HttpResponse {
+    let fields = match form(&req, &body) {
+        Ok(f) => f,
+        Err(resp) => return *resp,
+    };
+    record(&received, &req, &fields);
+    let n: usize = fields["n"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let data: Vec<Value> = if fields["model"] == "image-empty" {
+        vec![json!({"b64_json": ""})]
+    } else {
+        (0..n)
+            .map(|_| json!({"b64_json": "iVBORw0KGgo="}))
+            .collect()
+    };
+    HttpResponse::Ok().json(json!({"created": 1_732_000_000, "data": data}))
+}
+
+/// `POST /v1/audio/speech`: audio bytes, streamed in pieces.
+async fn speech(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> HttpResponse {
+    record(&received, &req, &body);
+    if body["input"].as_str().is_none_or(str::is_empty) {
+        return error(
+            400,
+            "input is required",
+            "invalid_request_error",
+            "invalid_value",
+        );
+    }
+    let mut audio = b"ID3".to_vec();
+    audio.resize(SPEECH_BYTES, 0);
+    let pieces: Vec<Result<Bytes, actix_web::Error>> = audio
+        .chunks(500)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    HttpResponse::Ok()
+        .content_type("audio/mpeg")
+        .streaming(futures_util::stream::iter(pieces))
+}
+
+/// `POST /v1/audio/transcriptions` and `/translations`: `json` carries usage of 7
+/// seconds on transcriptions (none on translations, as OpenAI's), `verbose_json` a
+/// duration of 7.2 s, `text` only the words.
+async fn transcription(
+    received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    req: HttpRequest,
+    body: Bytes,
+) -> HttpResponse {
+    let fields = match form(&req, &body) {
+        Ok(f) => f,
+        Err(resp) => return *resp,
+    };
+    record(&received, &req, &fields);
+    match fields["response_format"].as_str().unwrap_or("json") {
+        "text" => HttpResponse::Ok().content_type("text/plain").body(TRANSCRIPT),
+        "verbose_json" => HttpResponse::Ok().json(json!({
+            "task": "transcribe", "language": "english", "duration": 7.2, "text": TRANSCRIPT, "segments": []})),
+        _ if req.path().ends_with("/translations") => {
+            HttpResponse::Ok().json(json!({"text": TRANSCRIPT}))
+        }
+        _ => HttpResponse::Ok().json(json!({"text": TRANSCRIPT, "usage": {"type": "duration", "seconds": 7}})),
+    }
 }
 
 async fn completions(

@@ -186,3 +186,129 @@ async fn moderations_without_a_usage_report_are_charged_by_counting_their_input(
     assert_eq!(s.app.balance(s.customer_id).await, START - g.cost);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fim_completions_go_to_beta_completions_with_their_suffix_and_are_charged_by_usage() {
+    let s = Scenario::start(1.0).await;
+    s.app
+        .add_channel("deepseek", &s.mock.base_url, &["deepseek-chat"], json!({}))
+        .await;
+    s.app.set_price("deepseek-chat", 1.0, 2.0).await;
+    let resp = post(
+        &s,
+        "/beta/completions",
+        json!({"model": "deepseek-chat", "prompt": "def fib(a):", "suffix": "    return fib(a-1) + fib(a-2)", "max_tokens": 64}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let gen_id = tollgate_tests::app::generation_id(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["choices"][0]["text"], "Hello there");
+    let r = s.mock.received().pop().unwrap();
+    assert_eq!(r.path, "/beta/completions");
+    assert_eq!(r.body["suffix"], "    return fib(a-1) + fib(a-2)");
+    // 5 prompt tokens at 1 credit/1M and 7 completion tokens at 2 credits/1M.
+    s.app
+        .assert_charged_once(s.customer_id, START, &gen_id, 5 + 14)
+        .await;
+    s.stop().await;
+}
+
+/// What each call of `tests/python/openai_media_check.py` costs, in µc, in order.
+const MEDIA_COSTS: [(&str, i64); 6] = [
+    ("/v1/images/edits", 2 * 40_000),      // two images at 0.04
+    ("/v1/images/variations", 20_000),     // one image at 0.02
+    ("/v1/audio/speech", 11 * 15),         // 11 characters at 15 per 1M
+    ("/v1/audio/transcriptions", 7 * 100), // the 7 s the answer reports
+    ("/v1/audio/transcriptions", 8 * 100), // 7.2 s, rounded up
+    ("/v1/audio/translations", 3 * 100),   // 48 000 bytes at 128 kbit/s
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_uploads_files_and_gets_audio_through_the_gateway_charged_by_natural_unit() {
+    let s = Scenario::start(1.0).await;
+    let models = ["gpt-image-1", "dall-e-2", "tts-1", "whisper-1"];
+    s.app
+        .add_channel("media", &s.mock.base_url, &models, json!({}))
+        .await;
+    for (model, price) in [
+        ("gpt-image-1", json!({"per_image": 0.04})),
+        ("dall-e-2", json!({"per_image": 0.02})),
+        ("tts-1", json!({"input": 15.0, "output": 0.0})),
+        ("whisper-1", json!({"per_second": 0.0001})),
+    ] {
+        s.app.set_price_with(model, price).await;
+    }
+    let stdout =
+        tollgate_tests::python::run_sdk_script("openai_media_check.py", &s.app.address, &s.key)
+            .await;
+    eprintln!("{stdout}");
+
+    // The upstream saw each upload whole: the edit's two images and its mask.
+    let seen = s.mock.received();
+    let paths: Vec<&str> = seen.iter().map(|r| r.path.as_str()).collect();
+    let expected: Vec<&str> = MEDIA_COSTS.iter().map(|(p, _)| *p).collect();
+    assert_eq!(paths, expected);
+    let files = seen[0].body["files"].as_array().unwrap();
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files[2]["field"], "mask");
+    assert!(files.iter().all(|f| f["bytes"] == 72));
+    assert_eq!(seen[0].body["prompt"], "Add a hat");
+    assert_eq!(seen[3].body["files"][0]["bytes"], 20_000);
+
+    s.app.settled().await;
+    let ledger = s.app.ledger(s.customer_id).await;
+    let charges: Vec<i64> = ledger
+        .iter()
+        .filter(|t| t.kind == "consume")
+        .map(|t| -t.amount)
+        .collect();
+    let costs: Vec<i64> = MEDIA_COSTS.iter().map(|(_, c)| *c).collect();
+    assert_eq!(charges, costs, "{ledger:?}");
+    let total: i64 = costs.iter().sum();
+    assert_eq!(s.app.balance(s.customer_id).await, START - total);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_image_edit_costs_nothing_and_a_form_without_a_file_is_a_400() {
+    let s = Scenario::start(1.0).await;
+    s.app
+        .add_channel("media", &s.mock.base_url, &["image-empty"], json!({}))
+        .await;
+    s.app
+        .set_price_with("image-empty", json!({"per_image": 0.04}))
+        .await;
+    let form = |with_file: bool| {
+        let mut f = reqwest::multipart::Form::new()
+            .text("model", "image-empty")
+            .text("prompt", "a hat");
+        if with_file {
+            f = f.part(
+                "image",
+                reqwest::multipart::Part::bytes(vec![0u8; 32]).file_name("a.png"),
+            );
+        }
+        f
+    };
+    let send = |f: reqwest::multipart::Form| {
+        s.app
+            .http
+            .post(format!("{}/v1/images/edits", s.app.address))
+            .bearer_auth(&s.key)
+            .multipart(f)
+            .send()
+    };
+    let resp = send(form(true)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = send(form(false)).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("file"),
+        "{v}"
+    );
+    s.app.settled().await;
+    assert_eq!(s.app.balance(s.customer_id).await, START);
+    s.stop().await;
+}

@@ -24,6 +24,8 @@ use crate::state::AppState;
 pub const GENERATION_HEADER: &str = "x-generation-id";
 /// Output tokens reserved when the client sets no limit.
 const DEFAULT_MAX_OUTPUT: i64 = 4096;
+/// Audio input tokens a second, held for a token-priced transcription model.
+const AUDIO_TOKENS_PER_SECOND: i64 = 50;
 
 /// Mounts the relay endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -36,6 +38,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/embeddings", web::post().to(embeddings))
         .route("/v1/images/generations", web::post().to(image_generations))
         .route("/v1/moderations", web::post().to(moderations))
+        .route("/v1/images/edits", web::post().to(image_edits))
+        .route("/v1/images/variations", web::post().to(image_variations))
+        .route("/v1/audio/speech", web::post().to(speech))
+        .route("/v1/audio/transcriptions", web::post().to(transcriptions))
+        .route("/v1/audio/translations", web::post().to(translations))
         .route("/v1beta/models", web::get().to(gemini_models))
         .route("/v1beta/models/{target}", web::post().to(gemini_generate))
         // google-genai defaults to API version v1: same request, other prefix.
@@ -191,6 +198,51 @@ pub async fn image_generations(
     relay(Protocol::OpenAiImages, state, req, payload, None).await
 }
 
+/// `POST /v1/images/edits` (multipart): charged per image returned with data.
+pub async fn image_edits(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiImageEdits, state, req, payload, None).await
+}
+
+/// `POST /v1/images/variations` (multipart): charged per image returned with data.
+pub async fn image_variations(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiImageVariations, state, req, payload, None).await
+}
+
+/// `POST /v1/audio/speech`: audio bytes back, charged per input character.
+pub async fn speech(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiSpeech, state, req, payload, None).await
+}
+
+/// `POST /v1/audio/transcriptions` (multipart)
+pub async fn transcriptions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiTranscriptions, state, req, payload, None).await
+}
+
+/// `POST /v1/audio/translations` (multipart)
+pub async fn translations(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay(Protocol::OpenAiTranslations, state, req, payload, None).await
+}
+
 /// `POST /v1/moderations`
 pub async fn moderations(
     state: web::Data<AppState>,
@@ -343,14 +395,10 @@ async fn relay(
         let body = read_limited(payload, &req, state.config.max_body_mb).await?;
         let head = match &gemini {
             Some(route) => ChatHead::gemini(&body, &route.model, route.stream)?,
+            None if proto.is_multipart() => ChatHead::form(content_type(&req), &body)?,
             None => ChatHead::parse_for(proto, &body)?,
         };
-        if head.is_stream()
-            && matches!(
-                proto,
-                Protocol::OpenAiEmbeddings | Protocol::OpenAiImages | Protocol::OpenAiModerations
-            )
-        {
+        if head.is_stream() && proto.never_streams() {
             return Err(RelayError::InvalidRequest(
                 "'stream' is not supported on this endpoint".into(),
             ));
@@ -416,6 +464,7 @@ async fn relay(
         head: &head,
         raw: &body,
         extra: &extra,
+        content_type: proto.is_multipart().then(|| content_type(&req)).flatten(),
     };
     match relay_core::relay::chat(&deps, &admitted, &request, meter).await {
         Ok(ChatAnswer::Complete(answer)) => HttpResponse::Ok()
@@ -432,30 +481,64 @@ async fn relay(
             .insert_header(("x-accel-buffering", "no"))
             .insert_header((GENERATION_HEADER, id))
             .streaming(stream),
+        Ok(ChatAnswer::Binary { content_type, body }) => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .insert_header((GENERATION_HEADER, id))
+            .streaming(body),
         Err(e) => error_response(proto, &e, &id),
     }
+}
+
+/// The request's `Content-Type`.
+fn content_type(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// The most this request can cost: prompt estimate plus the allowed output.
 fn reservation(proto: Protocol, admitted: &Admitted, head: &ChatHead, body_len: usize) -> i64 {
     let choices = head.n.unwrap_or(1).clamp(1, 128);
-    let output = match proto {
-        Protocol::OpenAiEmbeddings | Protocol::OpenAiImages | Protocol::OpenAiModerations => 0,
-        _ => head
-            .max_output()
-            .unwrap_or(DEFAULT_MAX_OUTPUT)
-            .saturating_mul(choices),
-    };
-    let usage = Usage {
-        prompt_tokens: prompt_estimate(body_len),
-        completion_tokens: output,
-        // An image request may return `n` images.
-        images: if proto == Protocol::OpenAiImages {
-            choices
-        } else {
-            0
+    let usage = match proto {
+        Protocol::OpenAiEmbeddings | Protocol::OpenAiModerations => Usage {
+            prompt_tokens: prompt_estimate(body_len),
+            ..Usage::default()
         },
-        ..Usage::default()
+        // An image request may return `n` images.
+        Protocol::OpenAiImages | Protocol::OpenAiImageEdits | Protocol::OpenAiImageVariations => {
+            Usage {
+                prompt_tokens: if proto == Protocol::OpenAiImages {
+                    prompt_estimate(body_len)
+                } else {
+                    0
+                },
+                images: choices,
+                ..Usage::default()
+            }
+        }
+        // Characters of input (at most the body's bytes).
+        Protocol::OpenAiSpeech => Usage {
+            prompt_tokens: i64::try_from(body_len).unwrap_or(i64::MAX),
+            ..Usage::default()
+        },
+        // The duration from the upload's size, or tokens for a token-priced model.
+        Protocol::OpenAiTranscriptions | Protocol::OpenAiTranslations => {
+            let seconds = relay_core::media::estimated_seconds(body_len);
+            Usage {
+                seconds,
+                prompt_tokens: seconds.saturating_mul(AUDIO_TOKENS_PER_SECOND),
+                completion_tokens: DEFAULT_MAX_OUTPUT,
+                ..Usage::default()
+            }
+        }
+        _ => Usage {
+            prompt_tokens: prompt_estimate(body_len),
+            completion_tokens: head
+                .max_output()
+                .unwrap_or(DEFAULT_MAX_OUTPUT)
+                .saturating_mul(choices),
+            ..Usage::default()
+        },
     };
     admitted.price.cost(&usage, admitted.multiplier_ppm)
 }

@@ -138,6 +138,45 @@ impl ChatHead {
         })
     }
 
+    /// A form upload's head, from its `model` and `n` fields.
+    pub fn form(content_type: Option<&str>, body: &[u8]) -> Result<Self, RelayError> {
+        let boundary = content_type
+            .and_then(crate::multipart::boundary)
+            .ok_or_else(|| {
+                RelayError::InvalidRequest("this endpoint takes multipart/form-data".into())
+            })?;
+        let fields = crate::multipart::fields(body, &boundary)?;
+        let text = |name: &str| crate::multipart::text_field(body, &fields, name);
+        let model = text("model")
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| RelayError::InvalidRequest("'model' is required".into()))?;
+        if !fields.iter().any(|f| f.filename.is_some()) {
+            return Err(RelayError::InvalidRequest(
+                "the form has no file to work on".into(),
+            ));
+        }
+        let n =
+            match text("n") {
+                None => None,
+                Some(n) => Some(n.trim().parse::<i64>().map_err(|_| {
+                    RelayError::InvalidRequest("'n' must be a whole number".into())
+                })?),
+            };
+        Ok(ChatHead {
+            model: Some(model.to_owned()),
+            stream: None,
+            max_tokens: None,
+            max_completion_tokens: None,
+            max_output_tokens: None,
+            stream_options: None,
+            n,
+            messages: None,
+            prompt: None,
+            input: None,
+        })
+    }
+
     /// The most output tokens the client allows, if it said.
     pub fn max_output(&self) -> Option<i64> {
         self.max_completion_tokens

@@ -22,6 +22,16 @@ pub enum Protocol {
     OpenAiImages,
     /// `POST /v1/moderations` (no usage report: its input is counted locally)
     OpenAiModerations,
+    /// `POST /v1/images/edits` (multipart), charged per image like generations
+    OpenAiImageEdits,
+    /// `POST /v1/images/variations` (multipart), charged per image
+    OpenAiImageVariations,
+    /// `POST /v1/audio/speech`: JSON in, audio bytes out; charged per character
+    OpenAiSpeech,
+    /// `POST /v1/audio/transcriptions` (multipart): per second of audio, or tokens
+    OpenAiTranscriptions,
+    /// `POST /v1/audio/translations` (multipart): per second of audio
+    OpenAiTranslations,
     /// `POST /v1/messages`
     AnthropicMessages,
     /// `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent`)
@@ -39,6 +49,11 @@ impl Protocol {
             Protocol::OpenAiEmbeddings => "/v1/embeddings",
             Protocol::OpenAiImages => "/v1/images/generations",
             Protocol::OpenAiModerations => "/v1/moderations",
+            Protocol::OpenAiImageEdits => "/v1/images/edits",
+            Protocol::OpenAiImageVariations => "/v1/images/variations",
+            Protocol::OpenAiSpeech => "/v1/audio/speech",
+            Protocol::OpenAiTranscriptions => "/v1/audio/transcriptions",
+            Protocol::OpenAiTranslations => "/v1/audio/translations",
             Protocol::AnthropicMessages => "/v1/messages",
             Protocol::GeminiGenerate => "/v1beta/models/{model}:generateContent",
         }
@@ -65,7 +80,12 @@ impl Protocol {
             | Protocol::OpenAiResponses
             | Protocol::OpenAiEmbeddings
             | Protocol::OpenAiImages
-            | Protocol::OpenAiModerations => "openai",
+            | Protocol::OpenAiModerations
+            | Protocol::OpenAiImageEdits
+            | Protocol::OpenAiImageVariations
+            | Protocol::OpenAiSpeech
+            | Protocol::OpenAiTranscriptions
+            | Protocol::OpenAiTranslations => "openai",
             Protocol::AnthropicMessages => "anthropic",
             Protocol::GeminiGenerate => "gemini",
         }
@@ -83,7 +103,12 @@ impl Protocol {
             Protocol::OpenAiCompletions | Protocol::OpenAiFim | Protocol::OpenAiImages => "prompt",
             Protocol::OpenAiEmbeddings
             | Protocol::OpenAiModerations
-            | Protocol::OpenAiResponses => "input",
+            | Protocol::OpenAiResponses
+            | Protocol::OpenAiSpeech => "input",
+            Protocol::OpenAiImageEdits
+            | Protocol::OpenAiImageVariations
+            | Protocol::OpenAiTranscriptions
+            | Protocol::OpenAiTranslations => "file",
             Protocol::GeminiGenerate => "contents",
         }
     }
@@ -108,6 +133,33 @@ impl Protocol {
         } else {
             Protocol::of_channel(kind).unwrap_or(self)
         }
+    }
+
+    /// Whether the request body is `multipart/form-data` (a file upload).
+    pub fn is_multipart(self) -> bool {
+        matches!(
+            self,
+            Protocol::OpenAiImageEdits
+                | Protocol::OpenAiImageVariations
+                | Protocol::OpenAiTranscriptions
+                | Protocol::OpenAiTranslations
+        )
+    }
+
+    /// Whether the answer is one whole JSON object or file that cannot stream (the
+    /// media and vector endpoints).
+    pub fn never_streams(self) -> bool {
+        matches!(
+            self,
+            Protocol::OpenAiEmbeddings
+                | Protocol::OpenAiImages
+                | Protocol::OpenAiModerations
+                | Protocol::OpenAiImageEdits
+                | Protocol::OpenAiImageVariations
+                | Protocol::OpenAiSpeech
+                | Protocol::OpenAiTranscriptions
+                | Protocol::OpenAiTranslations
+        )
     }
 
     /// The protocol a channel type speaks.

@@ -39,6 +39,11 @@ pub enum ChatAnswer {
     Complete(Bytes),
     /// An SSE stream that settles when it ends or is dropped.
     Stream(Box<ChatStream>),
+    /// Bytes of another kind (audio), already settled, passed on as they arrive.
+    Binary {
+        content_type: String,
+        body: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
+    },
 }
 
 /// Everything a chat request needs from the process.
@@ -165,6 +170,8 @@ pub struct RelayRequest<'a> {
     pub raw: &'a Bytes,
     /// Client headers the upstream must see (`anthropic-version`, `anthropic-beta`).
     pub extra: &'a [(&'static str, String)],
+    /// A multipart body's content type (with its boundary); `None` means JSON.
+    pub content_type: Option<&'a str>,
 }
 
 /// What the relay reads of a complete answer, whatever the protocol.
@@ -176,8 +183,20 @@ struct Completion {
     delivered: String,
 }
 
-fn parse_completion(proto: Protocol, body: &[u8]) -> Option<Completion> {
+fn parse_completion(proto: Protocol, body: &[u8], request_len: usize) -> Option<Completion> {
     match proto {
+        Protocol::OpenAiTranscriptions | Protocol::OpenAiTranslations => {
+            let (usage, text) = crate::media::transcription_usage(body, request_len);
+            Some(Completion {
+                usage: Some(usage),
+                finish_reason: None,
+                delivered: text,
+                id: None,
+                model: None,
+            })
+        }
+        // Audio comes back as bytes and is charged by its input (see `answer`).
+        Protocol::OpenAiSpeech => None,
         Protocol::OpenAiEmbeddings => {
             let v: serde_json::Value = serde_json::from_slice(body).ok()?;
             v.get("data")?.as_array()?;
@@ -206,7 +225,7 @@ fn parse_completion(proto: Protocol, body: &[u8]) -> Option<Completion> {
                 model: v.get("model").and_then(|m| m.as_str()).map(str::to_owned),
             })
         }
-        Protocol::OpenAiImages => {
+        Protocol::OpenAiImages | Protocol::OpenAiImageEdits | Protocol::OpenAiImageVariations => {
             // Charged per image that came back with data; none usable costs nothing.
             let v: serde_json::Value = serde_json::from_slice(body).ok()?;
             v.get("data")?.as_array()?;
@@ -269,6 +288,8 @@ fn parse_completion(proto: Protocol, body: &[u8]) -> Option<Completion> {
 
 enum Success {
     Complete(Bytes, Completion),
+    /// A binary answer (speech) passed through as it arrives.
+    Binary(reqwest::Response),
     Stream(Box<Opened>),
 }
 
@@ -297,14 +318,27 @@ async fn try_channel(
         let body = convert::request(req.proto, proto, req.raw, upstream_model, head.is_stream())
             .map_err(|e| Failure::Unconvertible(e.0))?;
         (body, &[][..])
+    } else if let Some(content_type) = req.content_type {
+        // A form upload goes as received, with the mapped model if it differs.
+        let body =
+            crate::media::form_with_model(req.raw, content_type, head.model(), upstream_model)
+                .map_err(|e| Failure::Unconvertible(e.to_string()))?;
+        (body, req.extra)
     } else {
         let body = upstream_body(req.proto, req.raw, head, upstream_model)
             .map_err(|_| Failure::Malformed)?;
         (body, req.extra)
     };
     let path = proto.upstream_path(upstream_model, head.is_stream());
+    let content_type = req.content_type.unwrap_or("application/json");
     let resp = client
-        .post_json(channel, key, (&path, upstream_model), body, extra)
+        .post(
+            channel,
+            key,
+            (&path, upstream_model),
+            (body, content_type),
+            extra,
+        )
         .await?;
     let idle = Duration::from_secs(channel.timeout_s.max(1));
     let status = resp.status().as_u16();
@@ -312,9 +346,17 @@ async fn try_channel(
         let body = read_body(resp, idle, 1024 * 1024).await.unwrap_or_default();
         return Err(Failure::Status { status, body });
     }
+    if proto == Protocol::OpenAiSpeech {
+        return Ok(Success::Binary(resp));
+    }
     if !head.is_stream() {
         let body = read_body(resp, idle, MAX_ANSWER_BYTES).await?;
-        let summary = parse_completion(proto, &body).ok_or(Failure::Malformed)?;
+        let summary = parse_completion(
+            proto,
+            &body,
+            crate::media::upload_len(req.raw, req.content_type),
+        )
+        .ok_or(Failure::Malformed)?;
         let body = if converting {
             convert::response(proto, req.proto, &body).map_err(|_| Failure::Malformed)?
         } else {
@@ -378,6 +420,23 @@ fn answer(success: Success, req: &RelayRequest<'_>, mut meter: Meter) -> ChatAns
         request: raw.clone(),
     };
     match success {
+        Success::Binary(resp) => {
+            // The cost is known from the input: settle now, then pass the audio on.
+            let usage = crate::media::speech_usage(raw);
+            let content_type = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            meter.mark_first_byte();
+            meter.finish(Outcome::Served(usage));
+            let body = resp
+                .bytes_stream()
+                .map(|r| r.map_err(std::io::Error::other))
+                .boxed();
+            ChatAnswer::Binary { content_type, body }
+        }
         Success::Complete(body, summary) => {
             let usage = summary
                 .usage

@@ -155,21 +155,16 @@ impl ChatStream {
                     let err = serde_json::json!({"type": "error", "code": reason, "message": "the upstream stream ended early", "param": null, "sequence_number": self.observer.events});
                     format!("event: error\ndata: {err}\n\n")
                 }
-                Protocol::OpenAiChat
-                | Protocol::OpenAiCompletions
-                | Protocol::OpenAiFim
-                | Protocol::OpenAiEmbeddings
-                | Protocol::OpenAiImages
-                | Protocol::OpenAiModerations => {
-                    let err = serde_json::json!({"error": {"message": "the upstream stream ended early", "type": "api_error", "code": reason, "param": null}});
-                    format!("data: {err}\n\n")
-                }
                 Protocol::AnthropicMessages => {
                     let err = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": format!("the upstream stream ended early ({reason})")}});
                     format!("event: error\ndata: {err}\n\n")
                 }
                 Protocol::GeminiGenerate => {
                     let err = serde_json::json!({"error": {"code": 502, "message": format!("the upstream stream ended early ({reason})"), "status": "UNAVAILABLE"}});
+                    format!("data: {err}\n\n")
+                }
+                _ => {
+                    let err = serde_json::json!({"error": {"message": "the upstream stream ended early", "type": "api_error", "code": reason, "param": null}});
                     format!("data: {err}\n\n")
                 }
             };

@@ -81,14 +81,27 @@ impl UpstreamClient {
         &self,
         channel: &ChannelEntry,
         key: &str,
-        (path, model): (&str, &str),
+        target: (&str, &str),
         body: Bytes,
+        extra: &[(&'static str, String)],
+    ) -> Result<reqwest::Response, Failure> {
+        self.post(channel, key, target, (body, "application/json"), extra)
+            .await
+    }
+
+    /// Like [`UpstreamClient::post_json`], for a body of any content type.
+    pub async fn post(
+        &self,
+        channel: &ChannelEntry,
+        key: &str,
+        (path, model): (&str, &str),
+        (body, content_type): (Bytes, &str),
         extra: &[(&'static str, String)],
     ) -> Result<reqwest::Response, Failure> {
         let mut req = self
             .http
             .post(channel_url(channel, path, model))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
         req = if channel.kind == "azure" {
             req.header("api-key", key)
