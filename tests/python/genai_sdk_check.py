@@ -82,6 +82,11 @@ def main() -> None:
     assert last_usage.candidates_token_count == 30, f"usage {last_usage}"
     check(f"generate_content_stream: {len(pieces)} pieces, usage 12/30")
 
+    # (b') Counting tokens is free.
+    counted = client.models.count_tokens(model=MODEL, contents=PROMPT)
+    assert counted.total_tokens and counted.total_tokens > 0, f"count_tokens {counted}"
+    check(f"models.count_tokens: {counted.total_tokens}")
+
     # (c) The model list: Google's shape, the served model among them. Free.
     names = [m.name for m in client.models.list()]
     assert f"models/{MODEL}" in names or MODEL in names, f"models {names!r}"

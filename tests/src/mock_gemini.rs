@@ -54,6 +54,9 @@ pub struct MockGemini {
     handle: actix_web::dev::ServerHandle,
 }
 
+/// What `:countTokens` answers.
+pub const COUNTED_TOKENS: i64 = 9;
+
 /// The `responseId` of every answer the mock gives.
 pub const RESPONSE_ID: &str = "resp-mock-1";
 
@@ -228,6 +231,13 @@ async fn generate(
     };
     let parsed = serde_json::from_slice::<Value>(&body);
     let x_goog_api_key = header(&req, "x-goog-api-key");
+    if method == "countTokens" {
+        // Free and not recorded: `received` holds the billable calls.
+        if x_goog_api_key.is_none() {
+            return error(403, "PERMISSION_DENIED", "no API key", None);
+        }
+        return HttpResponse::Ok().json(json!({"totalTokens": COUNTED_TOKENS}));
+    }
     let query = req.query_string().to_owned();
     received.lock().unwrap().push(Received {
         path: req.path().to_owned(),

@@ -310,9 +310,27 @@ async fn the_openai_sdk_responses_api_works_against_a_gemini_channel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_tokens_is_free_exact_through_an_anthropic_channel_and_local_elsewhere() {
-    for kind in ["anthropic", "openai"] {
+    for kind in ["anthropic", "gemini", "openai"] {
         let p = Pair::start(kind).await;
         let model = p.upstream.model();
+        // Gemini's countTokens: exact through a Gemini channel, local elsewhere.
+        let resp = p
+            .app
+            .http
+            .post(format!("{}/v1beta/models/{model}:countTokens", p.app.address))
+            .header("x-goog-api-key", &p.key)
+            .json(&json!({"contents": [{"role": "user", "parts": [{"text": "Say hello to everyone in the room"}]}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        let n = v["totalTokens"].as_i64().unwrap();
+        if kind == "gemini" {
+            assert_eq!(n, tollgate_tests::mock_gemini::COUNTED_TOKENS);
+        } else {
+            assert!((8..40).contains(&n), "counted locally: {n}");
+        }
         let body = json!({"model": model, "messages": [{"role": "user", "content": "Say hello to everyone in the room"}]});
         let resp = p
             .app

@@ -268,17 +268,30 @@ pub async fn count_tokens(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
+    count(Protocol::AnthropicMessages, None, state, req, payload).await
+}
+
+/// Counts tokens for a client of `proto` (Gemini names the model in the path).
+async fn count(
+    proto: Protocol,
+    gemini_model: Option<String>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let id = new_generation_id();
-    let proto = Protocol::AnthropicMessages;
     let snap = state.snapshot.load_full();
     let counted = async {
         let caller = admission::authenticate(&snap.catalog, api_key(&req, proto).as_deref())?;
         admission::check_ip(&caller, client_ip(&req))?;
         let body = read_limited(payload, &req, state.config.max_body_mb).await?;
-        let head = ChatHead::parse_for(proto, &body)?;
+        let head = match &gemini_model {
+            Some(model) => ChatHead::gemini(&body, model, false)?,
+            None => ChatHead::parse_for(proto, &body)?,
+        };
         let admitted =
             admission::admit_model(&snap.catalog, &snap.router, &caller, head.model(), proto)?;
-        relay_core::count::count_tokens(&snap.router, &state.client, &admitted, &body).await
+        relay_core::count::count_tokens(&snap.router, &state.client, &admitted, proto, &body).await
     }
     .await;
     match counted {
@@ -307,6 +320,10 @@ pub async fn gemini_generate(
     let (model, method) = target.split_once(':').unwrap_or((target.as_str(), ""));
     let stream = match method {
         "generateContent" => false,
+        "countTokens" => {
+            let model = model.to_owned();
+            return count(Protocol::GeminiGenerate, Some(model), state, req, payload).await;
+        }
         "streamGenerateContent" => {
             let sse = web::Query::<std::collections::HashMap<String, String>>::from_query(
                 req.query_string(),
@@ -323,7 +340,7 @@ pub async fn gemini_generate(
         }
         other => {
             let e = RelayError::InvalidRequest(format!(
-                "unknown method '{other}': use generateContent or streamGenerateContent"
+                "unknown method '{other}': use generateContent, streamGenerateContent or countTokens"
             ));
             return error_response(Protocol::GeminiGenerate, &e, &id);
         }

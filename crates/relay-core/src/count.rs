@@ -1,6 +1,7 @@
-//! `POST /v1/messages/count_tokens`: free, uncharged. An Anthropic channel serving the
-//! model counts exactly; otherwise (or if it fails) the tokens are counted locally with
-//! the model's BPE encoding, which is close but not Anthropic's own tokenizer.
+//! `POST /v1/messages/count_tokens` and Gemini's `:countTokens`: free, uncharged. A
+//! channel of the client's own protocol serving the model counts exactly; otherwise (or
+//! if it fails) the tokens are counted locally with the model's BPE encoding, which is
+//! close but not the provider's own tokenizer.
 
 use std::time::Duration;
 
@@ -8,18 +9,25 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::admission::Admitted;
+use crate::protocol::Protocol;
 use crate::upstream::{UpstreamClient, read_body};
 use crate::{RelayError, Router};
 
-/// Counts the input tokens of a Messages request; returns Anthropic's answer body.
+/// Counts the input tokens of a request in `proto` (Anthropic's `count_tokens` or
+/// Gemini's `countTokens`); returns the answer body in that protocol's shape.
 pub async fn count_tokens(
     router: &Router,
     client: &UpstreamClient,
     admitted: &Admitted,
+    proto: Protocol,
     raw: &Bytes,
 ) -> Result<Bytes, RelayError> {
+    let (kind, field) = match proto {
+        Protocol::GeminiGenerate => ("gemini", "totalTokens"),
+        _ => ("anthropic", "input_tokens"),
+    };
     let group = &admitted.caller.user.group;
-    if let Some(channel) = router.pick_where(group, &admitted.model, |c| c.kind == "anthropic")
+    if let Some(channel) = router.pick_where(group, &admitted.model, |c| c.kind == kind)
         && let Some(key) = channel.rotate_key(&[])
     {
         let upstream_model = channel
@@ -30,11 +38,15 @@ pub async fn count_tokens(
         let mut body: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
             RelayError::InvalidRequest(format!("request body is not a JSON object: {e}"))
         })?;
-        body.insert("model".into(), Value::from(upstream_model.as_str()));
+        let path = if kind == "gemini" {
+            format!("/v1beta/models/{upstream_model}:countTokens")
+        } else {
+            body.insert("model".into(), Value::from(upstream_model.as_str()));
+            "/v1/messages/count_tokens".to_owned()
+        };
         let body = Bytes::from(serde_json::to_vec(&body).map_err(|_| RelayError::Internal)?);
-        let path = "/v1/messages/count_tokens";
         if let Ok(resp) = client
-            .post_json(&channel, &key.secret, (path, &upstream_model), body, &[])
+            .post_json(&channel, &key.secret, (&path, &upstream_model), body, &[])
             .await
         {
             let ok = resp.status().is_success();
@@ -43,7 +55,7 @@ pub async fn count_tokens(
                 && ok
                 && serde_json::from_slice::<Value>(&answer)
                     .ok()
-                    .and_then(|v| v.get("input_tokens").and_then(Value::as_i64))
+                    .and_then(|v| v.get(field).and_then(Value::as_i64))
                     .is_some()
             {
                 return Ok(answer);
@@ -55,5 +67,5 @@ pub async fn count_tokens(
         );
     }
     let tokens = crate::tokens::count_prompt(&admitted.model, raw);
-    Ok(Bytes::from(json!({"input_tokens": tokens}).to_string()))
+    Ok(Bytes::from(json!({ field: tokens }).to_string()))
 }
