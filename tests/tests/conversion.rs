@@ -425,3 +425,73 @@ async fn an_azure_channel_gets_its_deployment_url_api_version_and_api_key() {
     mock.stop().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_from_a_channel_of_another_protocol_reach_the_client_in_its_own_shape_and_cost_nothing()
+ {
+    // An Anthropic channel that rejects the request, behind an OpenAI client.
+    let p = Pair::start("anthropic").await;
+    p.app
+        .add_channel(
+            "anthropic-bad",
+            p.upstream.base_url(),
+            &["bad-request"],
+            json!({"type": "anthropic", "keys": [UPSTREAM_KEY]}),
+        )
+        .await;
+    p.app
+        .set_price("bad-request", INPUT_PRICE, OUTPUT_PRICE)
+        .await;
+    let resp = p
+        .app
+        .chat(
+            &p.key,
+            json!({"model": "bad-request", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "max_tokens: Field required");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+
+    // What Claude cannot do is refused before any upstream sees it.
+    let before = p.upstream.seen().len();
+    let resp = p
+        .app
+        .chat(&p.key, json!({"model": ANTHROPIC_MODEL, "n": 2, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("'n'"),
+        "{v}"
+    );
+    assert_eq!(v["error"]["code"], "invalid_request");
+    assert_eq!(p.upstream.seen().len(), before, "nothing went upstream");
+
+    // A Gemini client gets Google's shape for the same rejection.
+    let resp = p
+        .app
+        .http
+        .post(format!(
+            "{}/v1beta/models/bad-request:generateContent",
+            p.app.address
+        ))
+        .header("x-goog-api-key", &p.key)
+        .json(&json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], 400);
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(v["error"]["message"], "max_tokens: Field required");
+
+    p.app.settled().await;
+    assert_eq!(p.app.balance(p.customer_id).await, START);
+    assert_eq!(p.app.ledger(p.customer_id).await.len(), 1);
+    p.app.verify_ledger().await;
+    p.upstream.stop().await;
+    p.app.stop().await;
+}
