@@ -5,6 +5,7 @@
 //! `TEST_DATABASE_URL` and `TEST_REDIS_URL` are set.
 
 pub mod app;
+pub mod console;
 pub mod mock_anthropic;
 pub mod mock_gemini;
 pub mod mock_openai;

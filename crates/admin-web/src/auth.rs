@@ -116,8 +116,9 @@ pub async fn verify_password(password: String, hash: String) -> bool {
 /// Checks a new password is acceptable.
 pub fn check_password_rules(password: &str) -> Result<(), ApiError> {
     if password.chars().count() < 8 || password.len() > 256 {
-        return Err(ApiError::BadRequest(
-            "password must be 8 to 256 characters".into(),
+        return Err(ApiError::invalid(
+            "password",
+            "password must be 8 to 256 characters",
         ));
     }
     Ok(())
@@ -138,7 +139,8 @@ fn issue(state: &AdminState, u: &user::Model) -> Result<(String, i64), ApiError>
     Ok((token, exp))
 }
 
-fn client_id(req: &HttpRequest) -> String {
+/// Who is logging in, for the login rate limit: the peer address.
+pub fn client_id(req: &HttpRequest) -> String {
     req.peer_addr()
         .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
 }
@@ -149,19 +151,28 @@ pub struct LoginBody {
     pub password: String,
 }
 
-/// `POST /api/auth/login`
-pub async fn login(
-    state: web::Data<AdminState>,
-    req: HttpRequest,
-    body: web::Json<LoginBody>,
-) -> Result<HttpResponse, ApiError> {
-    let limiter = format!("login:{}", client_id(&req));
+/// A session just opened by [`open_session`].
+pub struct Session {
+    pub user: user::Model,
+    pub token: String,
+    /// Unix seconds.
+    pub exp: i64,
+}
+
+/// Checks a username and password (rate-limited per `client`, same answer for an
+/// unknown user and a wrong password) and issues a session token.
+pub async fn open_session(
+    state: &AdminState,
+    client: &str,
+    username: &str,
+    password: String,
+) -> Result<Session, ApiError> {
+    let limiter = format!("login:{client}");
     if state.shared.count(&limiter).await? >= MAX_FAILED_LOGINS {
         return Err(ApiError::RateLimited);
     }
-    let body = body.into_inner();
     let found = user::Entity::find()
-        .filter(user::Column::Username.eq(body.username.trim()))
+        .filter(user::Column::Username.eq(username.trim()))
         .one(&state.db)
         .await?;
     // Verify against a hash even for unknown users, so timing does not tell them apart.
@@ -169,34 +180,65 @@ pub async fn login(
         Some(u) => (u.password_hash.clone(), Some(u)),
         None => (DUMMY_HASH.to_owned(), None),
     };
-    let ok = verify_password(body.password, hash).await;
+    let ok = verify_password(password, hash).await;
     let Some(u) = u.filter(|u| ok && u.status == "enabled") else {
         state.shared.incr(&limiter, LOGIN_WINDOW).await?;
         return Err(ApiError::InvalidCredentials);
     };
-    let (token, exp) = issue(&state, &u)?;
-    let expires_at = chrono::DateTime::from_timestamp(exp, 0).unwrap_or_default();
-    let cookie = Cookie::build(SESSION_COOKIE, token.clone())
+    let (token, exp) = issue(state, &u)?;
+    tracing::info!(user.id = u.id, "login");
+    Ok(Session {
+        user: u,
+        token,
+        exp,
+    })
+}
+
+/// The HttpOnly, SameSite=Lax session cookie (Secure when the request came over TLS).
+pub fn session_cookie(state: &AdminState, req: &HttpRequest, token: String) -> Cookie<'static> {
+    Cookie::build(SESSION_COOKIE, token)
         .path("/")
         .http_only(true)
+        .secure(req.connection_info().scheme() == "https")
         .same_site(SameSite::Lax)
         .max_age(actix_web::cookie::time::Duration::seconds(
             state.session_hours * 3600,
         ))
+        .finish()
+}
+
+/// A cookie that removes the session cookie.
+pub fn removal_cookie() -> Cookie<'static> {
+    let mut gone = Cookie::build(SESSION_COOKIE, "")
+        .path("/")
+        .http_only(true)
         .finish();
-    tracing::info!(user.id = u.id, "login");
+    gone.make_removal();
+    gone
+}
+
+/// `POST /api/auth/login`
+pub async fn login(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let s = open_session(&state, &client_id(&req), &body.username, body.password).await?;
+    let expires_at = chrono::DateTime::from_timestamp(s.exp, 0).unwrap_or_default();
+    let cookie = session_cookie(&state, &req, s.token.clone());
     Ok(HttpResponse::Ok().cookie(cookie).json(serde_json::json!({
-        "token": token,
+        "token": s.token,
         "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "user": {"id": u.id, "username": u.username, "role": u.role},
+        "user": {"id": s.user.id, "username": s.user.username, "role": s.user.role},
     })))
 }
 
 /// A valid argon2id hash of a random password, for constant-time unknown-user logins.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$M0WZ2qQeLq0QvN3fWd6h0m6g1N0S0y8yq0D2m7Xk0qY";
 
-/// `POST /api/auth/logout`: the session's token stops working on every instance.
-pub async fn logout(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
+/// Ends the caller's session on every instance (its token is revoked until it expires).
+pub async fn close_session(state: &AdminState, who: &AuthUser) -> Result<(), ApiError> {
     let ttl = (who.exp - Utc::now().timestamp()).max(1);
     state
         .shared
@@ -205,27 +247,55 @@ pub async fn logout(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpR
             Duration::from_secs(u64::try_from(ttl).unwrap_or(1)),
         )
         .await?;
-    let mut gone = Cookie::build(SESSION_COOKIE, "")
-        .path("/")
-        .http_only(true)
-        .finish();
-    gone.make_removal();
-    Ok(HttpResponse::NoContent().cookie(gone).finish())
+    Ok(())
+}
+
+/// `POST /api/auth/logout`: the session's token stops working on every instance.
+pub async fn logout(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
+    close_session(&state, &who).await?;
+    Ok(HttpResponse::NoContent().cookie(removal_cookie()).finish())
 }
 
 /// `GET /api/me`
 pub async fn me(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
-    let u = user::Entity::find_by_id(who.id)
+    let u = current_user(&state, &who).await?;
+    Ok(HttpResponse::Ok().json(user_json(&u)))
+}
+
+/// The caller's own row, fresh from the database.
+pub async fn current_user(state: &AdminState, who: &AuthUser) -> Result<user::Model, ApiError> {
+    user::Entity::find_by_id(who.id)
         .one(&state.db)
         .await?
-        .ok_or(ApiError::Unauthorized)?;
-    Ok(HttpResponse::Ok().json(user_json(&u)))
+        .ok_or(ApiError::Unauthorized)
 }
 
 #[derive(Deserialize)]
 pub struct PatchMe {
     pub password: Option<String>,
     pub current_password: String,
+}
+
+/// Changes one's own password, proving the current one.
+pub async fn change_password(
+    state: &AdminState,
+    who: &AuthUser,
+    current_password: String,
+    password: Option<String>,
+) -> Result<user::Model, ApiError> {
+    let u = current_user(state, who).await?;
+    if !verify_password(current_password, u.password_hash.clone()).await {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let mut active: user::ActiveModel = u.into();
+    if let Some(p) = password {
+        check_password_rules(&p)?;
+        active.password_hash = Set(hash_password(p).await?);
+    }
+    active.updated_at = Set(Utc::now());
+    let u = active.update(&state.db).await?;
+    tracing::info!(user.id = who.id, "password changed");
+    Ok(u)
 }
 
 /// `PATCH /api/me`: change one's own password, proving the current one.
@@ -235,21 +305,40 @@ pub async fn patch_me(
     body: web::Json<PatchMe>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let u = user::Entity::find_by_id(who.id)
+    let u = change_password(&state, &who, body.current_password, body.password).await?;
+    Ok(HttpResponse::Ok().json(user_json(&u)))
+}
+
+/// The caller a session token belongs to: signature, expiry, revocation and the user's
+/// status are all checked.
+pub async fn authorize_token(state: &AdminState, token: &str) -> Result<AuthUser, ApiError> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 5;
+    let claims = jsonwebtoken::decode::<Claims>(token, &state.jwt_decoding, &validation)
+        .map_err(|_| ApiError::Unauthorized)?
+        .claims;
+    if state
+        .shared
+        .count(&format!("revoked:{}", claims.jti))
+        .await?
+        > 0
+    {
+        return Err(ApiError::Unauthorized);
+    }
+    let u = user::Entity::find_by_id(claims.sub)
         .one(&state.db)
         .await?
+        .filter(|u| u.status == "enabled")
         .ok_or(ApiError::Unauthorized)?;
-    if !verify_password(body.current_password, u.password_hash.clone()).await {
-        return Err(ApiError::InvalidCredentials);
-    }
-    let mut active: user::ActiveModel = u.into();
-    if let Some(p) = body.password {
-        check_password_rules(&p)?;
-        active.password_hash = Set(hash_password(p).await?);
-    }
-    active.updated_at = Set(Utc::now());
-    let u = active.update(&state.db).await?;
-    Ok(HttpResponse::Ok().json(user_json(&u)))
+    let role = Role::parse(&u.role).ok_or(ApiError::Unauthorized)?;
+    Ok(AuthUser {
+        id: u.id,
+        username: u.username,
+        role,
+        group: u.group_name,
+        jti: claims.jti,
+        exp: claims.exp,
+    })
 }
 
 fn token_of(req: &HttpRequest) -> Option<String> {
@@ -276,33 +365,7 @@ impl FromRequest for AuthUser {
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("admin state missing"))?;
             let token = token.ok_or(ApiError::Unauthorized)?;
-            let mut validation = Validation::new(Algorithm::HS256);
-            validation.leeway = 5;
-            let claims = jsonwebtoken::decode::<Claims>(&token, &state.jwt_decoding, &validation)
-                .map_err(|_| ApiError::Unauthorized)?
-                .claims;
-            if state
-                .shared
-                .count(&format!("revoked:{}", claims.jti))
-                .await?
-                > 0
-            {
-                return Err(ApiError::Unauthorized);
-            }
-            let u = user::Entity::find_by_id(claims.sub)
-                .one(&state.db)
-                .await?
-                .filter(|u| u.status == "enabled")
-                .ok_or(ApiError::Unauthorized)?;
-            let role = Role::parse(&u.role).ok_or(ApiError::Unauthorized)?;
-            Ok(AuthUser {
-                id: u.id,
-                username: u.username,
-                role,
-                group: u.group_name,
-                jti: claims.jti,
-                exp: claims.exp,
-            })
+            authorize_token(&state, &token).await
         })
     }
 }

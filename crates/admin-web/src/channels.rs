@@ -13,6 +13,7 @@ use serde::Deserialize;
 use store::entities::{channel, channel_key};
 
 use crate::auth::AuthUser;
+use crate::state::ChannelTest;
 use crate::{AdminState, ApiError};
 
 /// Channel types API.md names (task platforms arrive with their own adapters).
@@ -46,7 +47,7 @@ pub fn channel_json(c: &channel::Model, keys: &[channel_key::Model]) -> serde_js
 }
 
 /// The body of create and patch; every field optional so one struct serves both.
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 pub struct ChannelBody {
     pub name: Option<String>,
     #[serde(rename = "type")]
@@ -63,15 +64,16 @@ pub struct ChannelBody {
     pub status: Option<String>,
 }
 
-fn bad(msg: &str) -> ApiError {
-    ApiError::BadRequest(msg.to_owned())
+fn bad(field: &'static str, msg: &str) -> ApiError {
+    ApiError::invalid(field, msg)
 }
 
-fn names(list: &[String], what: &str) -> Result<String, ApiError> {
+fn names(list: &[String], what: &'static str) -> Result<String, ApiError> {
     if list.is_empty() || list.iter().any(|s| s.trim().is_empty() || s.len() > 200) {
-        return Err(ApiError::BadRequest(format!(
-            "{what} must be a non-empty list of names"
-        )));
+        return Err(ApiError::invalid(
+            what,
+            format!("{what} must be a non-empty list of names"),
+        ));
     }
     serde_json::to_string(list).map_err(ApiError::internal)
 }
@@ -81,42 +83,49 @@ fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Re
     if let Some(name) = &body.name {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 100 {
-            return Err(bad("name must be 1 to 100 characters"));
+            return Err(bad("name", "name must be 1 to 100 characters"));
         }
         m.name = Set(name.to_owned());
     } else if creating {
-        return Err(bad("'name' is required"));
+        return Err(bad("name", "'name' is required"));
     }
     if let Some(kind) = &body.kind {
         if !KNOWN_TYPES.contains(&kind.as_str()) {
-            return Err(bad("type must be one of openai, azure, anthropic, gemini"));
+            return Err(bad(
+                "type",
+                "type must be one of openai, azure, anthropic, gemini",
+            ));
         }
         m.kind = Set(kind.clone());
     } else if creating {
-        return Err(bad("'type' is required"));
+        return Err(bad("type", "'type' is required"));
     }
     if let Some(url) = &body.base_url {
         let url = url.trim().trim_end_matches('/');
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
             return Err(bad(
+                "base_url",
                 "base_url must be an http(s) URL such as https://api.openai.com",
             ));
         }
         m.base_url = Set(url.to_owned());
     } else if creating {
-        return Err(bad("'base_url' is required"));
+        return Err(bad("base_url", "'base_url' is required"));
     }
     if let Some(models) = &body.models {
         m.models = Set(names(models, "models")?);
     } else if creating {
-        return Err(bad("'models' is required"));
+        return Err(bad("models", "'models' is required"));
     }
     if let Some(mapping) = &body.model_mapping {
         if mapping
             .iter()
             .any(|(a, b)| a.trim().is_empty() || b.trim().is_empty())
         {
-            return Err(bad("model_mapping must map names to names"));
+            return Err(bad(
+                "model_mapping",
+                "model_mapping must map names to names",
+            ));
         }
         m.model_mapping = Set(serde_json::to_string(mapping).map_err(ApiError::internal)?);
     } else if creating {
@@ -134,7 +143,7 @@ fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Re
     }
     if let Some(w) = body.weight {
         if !(1..=10_000).contains(&w) {
-            return Err(bad("weight must be 1 to 10000"));
+            return Err(bad("weight", "weight must be 1 to 10000"));
         }
         m.weight = Set(w);
     } else if creating {
@@ -147,7 +156,7 @@ fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Re
     }
     if let Some(t) = body.timeout_s {
         if !(1..=3600).contains(&t) {
-            return Err(bad("timeout_s must be 1 to 3600"));
+            return Err(bad("timeout_s", "timeout_s must be 1 to 3600"));
         }
         m.timeout_s = Set(t);
     } else if creating {
@@ -155,7 +164,7 @@ fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Re
     }
     if let Some(s) = &body.status {
         if s != "enabled" && s != "disabled" {
-            return Err(bad("status must be enabled or disabled"));
+            return Err(bad("status", "status must be enabled or disabled"));
         }
         m.status = Set(s.clone());
         m.disabled_reason = Set(None);
@@ -171,7 +180,10 @@ fn key_rows(
     keys: &[String],
 ) -> Result<Vec<channel_key::ActiveModel>, ApiError> {
     if keys.is_empty() || keys.iter().any(|k| k.trim().is_empty()) {
-        return Err(bad("keys must be a non-empty list of upstream keys"));
+        return Err(bad(
+            "keys",
+            "keys must be a non-empty list of upstream keys",
+        ));
     }
     keys.iter()
         .map(|k| {
@@ -205,50 +217,96 @@ async fn keys_of(state: &AdminState, id: i64) -> Result<Vec<channel_key::Model>,
         .await?)
 }
 
+/// A channel with its keys (for their previews and statuses, never their secrets).
+pub type ChannelWithKeys = (channel::Model, Vec<channel_key::Model>);
+
+/// Creates a channel with its keys (encrypted at rest).
+pub async fn create_channel(
+    state: &AdminState,
+    who: &AuthUser,
+    body: &ChannelBody,
+) -> Result<ChannelWithKeys, ApiError> {
+    who.require_admin()?;
+    let mut m = channel::ActiveModel {
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    };
+    apply(body, &mut m, true)?;
+    let keys = body
+        .keys
+        .as_deref()
+        .ok_or_else(|| bad("keys", "'keys' is required"))?;
+    let txn = state.db.begin().await?;
+    let c = m.insert(&txn).await?;
+    for k in key_rows(state, c.id, keys)? {
+        k.insert(&txn).await?;
+    }
+    txn.commit().await?;
+    state.reload().await;
+    tracing::info!(user.id = who.id, channel.id = c.id, "channel created");
+    let keys = keys_of(state, c.id).await?;
+    Ok((c, keys))
+}
+
 /// `POST /api/channels`
 pub async fn create(
     state: web::Data<AdminState>,
     who: AuthUser,
     body: web::Json<ChannelBody>,
 ) -> Result<HttpResponse, ApiError> {
-    who.require_admin()?;
-    let keys = body.keys.clone().ok_or_else(|| bad("'keys' is required"))?;
-    let mut m = channel::ActiveModel {
-        created_at: Set(Utc::now()),
-        ..Default::default()
-    };
-    apply(&body, &mut m, true)?;
-    let txn = state.db.begin().await?;
-    let c = m.insert(&txn).await?;
-    for k in key_rows(&state, c.id, &keys)? {
-        k.insert(&txn).await?;
-    }
-    txn.commit().await?;
-    state.reload().await;
-    let keys = keys_of(&state, c.id).await?;
+    let (c, keys) = create_channel(&state, &who, &body).await?;
     Ok(HttpResponse::Created().json(channel_json(&c, &keys)))
 }
 
-/// `GET /api/channels`
-pub async fn list(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
+/// Every channel with its keys, oldest first.
+pub async fn list_channels(
+    state: &AdminState,
+    who: &AuthUser,
+) -> Result<Vec<ChannelWithKeys>, ApiError> {
     who.require_admin()?;
     let channels = channel::Entity::find()
         .order_by_asc(channel::Column::Id)
         .all(&state.db)
         .await?;
-    let keys = channel_key::Entity::find().all(&state.db).await?;
-    let items: Vec<_> = channels
-        .iter()
+    let keys = channel_key::Entity::find()
+        .order_by_asc(channel_key::Column::Id)
+        .all(&state.db)
+        .await?;
+    Ok(channels
+        .into_iter()
         .map(|c| {
             let mine: Vec<_> = keys
                 .iter()
                 .filter(|k| k.channel_id == c.id)
                 .cloned()
                 .collect();
-            channel_json(c, &mine)
+            (c, mine)
         })
+        .collect())
+}
+
+/// `GET /api/channels`
+pub async fn list(state: web::Data<AdminState>, who: AuthUser) -> Result<HttpResponse, ApiError> {
+    let items: Vec<_> = list_channels(&state, &who)
+        .await?
+        .iter()
+        .map(|(c, keys)| channel_json(c, keys))
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({"total": items.len(), "items": items})))
+}
+
+/// One channel with its keys.
+pub async fn get_channel(
+    state: &AdminState,
+    who: &AuthUser,
+    id: i64,
+) -> Result<ChannelWithKeys, ApiError> {
+    who.require_admin()?;
+    let c = channel::Entity::find_by_id(id)
+        .one(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok((c, keys_of(state, id).await?))
 }
 
 /// `GET /api/channels/{id}`
@@ -257,34 +315,32 @@ pub async fn get(
     who: AuthUser,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    who.require_admin()?;
-    let id = id.into_inner();
-    let c = channel::Entity::find_by_id(id)
-        .one(&state.db)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    Ok(HttpResponse::Ok().json(channel_json(&c, &keys_of(&state, id).await?)))
+    let (c, keys) = get_channel(&state, &who, id.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(channel_json(&c, &keys)))
 }
 
-/// `PATCH /api/channels/{id}`: any creation field; `keys` replaces all keys.
-pub async fn patch(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    id: web::Path<i64>,
-    body: web::Json<ChannelBody>,
-) -> Result<HttpResponse, ApiError> {
+/// Changes any creation field; `keys` replaces all keys.
+pub async fn update_channel(
+    state: &AdminState,
+    who: &AuthUser,
+    id: i64,
+    body: &ChannelBody,
+) -> Result<ChannelWithKeys, ApiError> {
     who.require_admin()?;
-    let id = id.into_inner();
     let c = channel::Entity::find_by_id(id)
         .one(&state.db)
         .await?
         .ok_or(ApiError::NotFound)?;
     let mut m: channel::ActiveModel = c.into();
-    apply(&body, &mut m, false)?;
+    apply(body, &mut m, false)?;
+    let new_keys = body
+        .keys
+        .as_deref()
+        .map(|keys| key_rows(state, id, keys))
+        .transpose()?;
     let txn = state.db.begin().await?;
     let c = m.update(&txn).await?;
-    if let Some(keys) = &body.keys {
-        let rows = key_rows(&state, id, keys)?;
+    if let Some(rows) = new_keys {
         channel_key::Entity::delete_many()
             .filter(channel_key::Column::ChannelId.eq(id))
             .exec(&txn)
@@ -295,17 +351,24 @@ pub async fn patch(
     }
     txn.commit().await?;
     state.reload().await;
-    Ok(HttpResponse::Ok().json(channel_json(&c, &keys_of(&state, id).await?)))
+    tracing::info!(user.id = who.id, channel.id = id, "channel changed");
+    Ok((c, keys_of(state, id).await?))
 }
 
-/// `DELETE /api/channels/{id}`
-pub async fn delete(
+/// `PATCH /api/channels/{id}`: any creation field; `keys` replaces all keys.
+pub async fn patch(
     state: web::Data<AdminState>,
     who: AuthUser,
     id: web::Path<i64>,
+    body: web::Json<ChannelBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let (c, keys) = update_channel(&state, &who, id.into_inner(), &body).await?;
+    Ok(HttpResponse::Ok().json(channel_json(&c, &keys)))
+}
+
+/// Deletes a channel and its keys.
+pub async fn delete_channel(state: &AdminState, who: &AuthUser, id: i64) -> Result<(), ApiError> {
     who.require_admin()?;
-    let id = id.into_inner();
     let txn = state.db.begin().await?;
     let gone = channel::Entity::delete_by_id(id).exec(&txn).await?;
     if gone.rows_affected == 0 {
@@ -317,5 +380,36 @@ pub async fn delete(
         .await?;
     txn.commit().await?;
     state.reload().await;
+    tracing::info!(user.id = who.id, channel.id = id, "channel deleted");
+    Ok(())
+}
+
+/// `DELETE /api/channels/{id}`
+pub async fn delete(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    delete_channel(&state, &who, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Sends one small real request through the channel (the gateway does it, see
+/// [`crate::state::ChannelTester`]) and records the latency or the error.
+pub async fn test_channel(
+    state: &AdminState,
+    who: &AuthUser,
+    id: i64,
+    model: Option<String>,
+) -> Result<ChannelTest, ApiError> {
+    who.require_admin()?;
+    let model = model.filter(|m| !m.trim().is_empty());
+    let result = state.tester.test(id, model).await?;
+    tracing::info!(
+        user.id = who.id,
+        channel.id = id,
+        ok = result.ok,
+        "channel tested"
+    );
+    Ok(result)
 }

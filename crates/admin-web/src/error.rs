@@ -9,12 +9,24 @@ use actix_web::{HttpResponse, ResponseError};
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// A request field is wrong; `field` names it (the console shows the message next
+    /// to that field, the API adds `"field"` to the error body).
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("invalid username or password")]
     InvalidCredentials,
     #[error("authentication required")]
     Unauthorized,
     #[error("not allowed for your role")]
     Forbidden,
+    /// A console form arrived without the token of the session that showed it.
+    #[error(
+        "this form has expired or did not come from the console; reload the page and try again"
+    )]
+    CsrfRejected,
     #[error("not found")]
     NotFound,
     #[error("username is already taken")]
@@ -33,16 +45,33 @@ impl ApiError {
     /// The stable code clients match on.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) => "invalid_request",
+            ApiError::BadRequest(_) | ApiError::Invalid { .. } => "invalid_request",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
+            ApiError::CsrfRejected => "csrf_rejected",
             ApiError::NotFound => "not_found",
             ApiError::UsernameTaken => "username_taken",
             ApiError::InsufficientBalance => "insufficient_balance",
             ApiError::InvalidCode => "invalid_code",
             ApiError::RateLimited => "rate_limited",
             ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// A wrong value in the request field `field`.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The request field this error is about, if any.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Invalid { field, .. } => Some(field),
+            _ => None,
         }
     }
 
@@ -55,9 +84,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidCredentials | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::CsrfRejected => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::InvalidCode => StatusCode::NOT_FOUND,
             ApiError::UsernameTaken => StatusCode::CONFLICT,
             ApiError::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
@@ -70,7 +99,11 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(cause) = self {
             tracing::error!(cause = %cause, "admin API internal error");
         }
-        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut body =
+            serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        if let Some(field) = self.field() {
+            body["error"]["field"] = serde_json::Value::from(field);
+        }
         HttpResponse::build(self.status_code()).json(body)
     }
 }

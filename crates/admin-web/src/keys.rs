@@ -13,7 +13,7 @@ use store::entities::api_key;
 
 use crate::auth::AuthUser;
 use crate::users::{scope_condition, visible_user};
-use crate::util::{Paging, credits, nullable};
+use crate::util::{Page, Paging, credits, micros_of, nullable};
 use crate::{AdminState, ApiError};
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -27,7 +27,8 @@ pub fn generate_key() -> String {
     format!("sk-{body}")
 }
 
-fn preview(key: &str) -> String {
+/// `sk-abcd…wxyz`: enough to recognise a key, never enough to use it.
+pub fn preview(key: &str) -> String {
     let body = key.strip_prefix("sk-").unwrap_or(key);
     let head: String = body.chars().take(4).collect();
     let tail: String = body
@@ -39,6 +40,11 @@ fn preview(key: &str) -> String {
         .rev()
         .collect();
     format!("sk-{head}…{tail}")
+}
+
+/// A stored JSON list of names (models, IPs) as a list, or `None` for "no limit".
+pub fn stored_list(text: Option<&str>) -> Option<Vec<String>> {
+    text.and_then(|t| serde_json::from_str(t).ok())
 }
 
 fn json_list(text: Option<&str>) -> serde_json::Value {
@@ -68,9 +74,7 @@ pub fn key_json(k: &api_key::Model) -> serde_json::Value {
 fn check_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 64 {
-        return Err(ApiError::BadRequest(
-            "name must be 1 to 64 characters".into(),
-        ));
+        return Err(ApiError::invalid("name", "name must be 1 to 64 characters"));
     }
     Ok(name.to_owned())
 }
@@ -78,10 +82,11 @@ fn check_name(name: &str) -> Result<String, ApiError> {
 fn parse_limit(limit: Option<f64>) -> Result<Option<i64>, ApiError> {
     limit
         .map(|l| {
-            let m = billing::credits_to_micros(l)?;
+            let m = micros_of("credit_limit", l)?;
             if m < 0 {
-                return Err(ApiError::BadRequest(
-                    "credit_limit must not be negative".into(),
+                return Err(ApiError::invalid(
+                    "credit_limit",
+                    "credit_limit must not be negative",
                 ));
             }
             Ok(m)
@@ -93,8 +98,9 @@ fn parse_models(models: Option<Vec<String>>) -> Result<Option<String>, ApiError>
     models
         .map(|m| {
             if m.iter().any(|s| s.trim().is_empty()) {
-                return Err(ApiError::BadRequest(
-                    "models must be non-empty names".into(),
+                return Err(ApiError::invalid(
+                    "models",
+                    "models must be non-empty names",
                 ));
             }
             serde_json::to_string(&m).map_err(ApiError::internal)
@@ -104,7 +110,7 @@ fn parse_models(models: Option<Vec<String>>) -> Result<Option<String>, ApiError>
 
 fn parse_ips(ips: Option<Vec<String>>) -> Result<Option<String>, ApiError> {
     ips.map(|list| {
-        store::catalog::parse_ip_list(&list).map_err(ApiError::BadRequest)?;
+        store::catalog::parse_ip_list(&list).map_err(|m| ApiError::invalid("allow_ips", m))?;
         serde_json::to_string(&list).map_err(ApiError::internal)
     })
     .transpose()
@@ -115,12 +121,12 @@ fn parse_rpm(rpm: Option<i64>) -> Result<Option<i32>, ApiError> {
         i32::try_from(r)
             .ok()
             .filter(|r| *r > 0)
-            .ok_or_else(|| ApiError::BadRequest("rpm must be a positive whole number".into()))
+            .ok_or_else(|| ApiError::invalid("rpm", "rpm must be a positive whole number"))
     })
     .transpose()
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct CreateKey {
     pub name: String,
     #[serde(default)]
@@ -137,14 +143,14 @@ pub struct CreateKey {
     pub rpm: Option<i64>,
 }
 
-/// `POST /api/keys`
-pub async fn create(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    body: web::Json<CreateKey>,
-) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let owner = visible_user(&state, &who, body.user_id.unwrap_or(who.id)).await?;
+/// Creates a key for a user in the caller's scope (the caller by default). Answers
+/// the row and the key itself, which is never available again.
+pub async fn create_key(
+    state: &AdminState,
+    who: &AuthUser,
+    body: CreateKey,
+) -> Result<(api_key::Model, String), ApiError> {
+    let owner = visible_user(state, who, body.user_id.unwrap_or(who.id)).await?;
     let key = generate_key();
     let credit_limit = parse_limit(body.credit_limit)?;
     let row = api_key::ActiveModel {
@@ -169,6 +175,22 @@ pub async fn create(
         state.wallet.set_limit(Account::Key(row.id), limit).await?;
     }
     state.reload().await;
+    tracing::info!(
+        user.id = who.id,
+        key.id = row.id,
+        owner.id = owner.id,
+        "key created"
+    );
+    Ok((row, key))
+}
+
+/// `POST /api/keys`
+pub async fn create(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    body: web::Json<CreateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let (row, key) = create_key(&state, &who, body.into_inner()).await?;
     let mut out = key_json(&row);
     out["key"] = serde_json::Value::from(key);
     Ok(HttpResponse::Created().json(out))
@@ -180,17 +202,18 @@ pub struct ListKeys {
     pub user_id: Option<i64>,
 }
 
-/// `GET /api/keys`
-pub async fn list(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    query: web::Query<ListKeys>,
-    paging: web::Query<Paging>,
-) -> Result<HttpResponse, ApiError> {
+/// The caller's keys and those of users in its scope (one user's with `user_id`),
+/// newest first; deleted keys are gone.
+pub async fn list_keys(
+    state: &AdminState,
+    who: &AuthUser,
+    user_id: Option<i64>,
+    paging: &Paging,
+) -> Result<Page<api_key::Model>, ApiError> {
     let mut find = api_key::Entity::find()
         .filter(api_key::Column::Status.ne("deleted"))
-        .filter(scope_condition(&who, api_key::Column::UserId));
-    if let Some(uid) = query.user_id {
+        .filter(scope_condition(who, api_key::Column::UserId));
+    if let Some(uid) = user_id {
         find = find.filter(api_key::Column::UserId.eq(uid));
     }
     let total = find.clone().count(&state.db).await?;
@@ -200,13 +223,25 @@ pub async fn list(
         .limit(paging.per_page())
         .all(&state.db)
         .await?;
+    Ok((items, total))
+}
+
+/// `GET /api/keys`
+pub async fn list(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    query: web::Query<ListKeys>,
+    paging: web::Query<Paging>,
+) -> Result<HttpResponse, ApiError> {
+    let (items, total) = list_keys(&state, &who, query.user_id, &paging).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "items": items.iter().map(key_json).collect::<Vec<_>>(),
         "total": total,
     })))
 }
 
-async fn visible_key(
+/// A key the caller may see (not deleted), or 404.
+pub async fn visible_key(
     state: &AdminState,
     who: &AuthUser,
     id: i64,
@@ -220,7 +255,7 @@ async fn visible_key(
     Ok(key)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct PatchKey {
     #[serde(default)]
     pub name: Option<String>,
@@ -238,23 +273,23 @@ pub struct PatchKey {
     pub rpm: Option<Option<i64>>,
 }
 
-/// `PATCH /api/keys/{id}`: takes effect on the next request, on every instance.
-pub async fn patch(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    id: web::Path<i64>,
-    body: web::Json<PatchKey>,
-) -> Result<HttpResponse, ApiError> {
-    let key = visible_key(&state, &who, id.into_inner()).await?;
-    let body = body.into_inner();
+/// Changes a key; takes effect on the next request, on every instance.
+pub async fn update_key(
+    state: &AdminState,
+    who: &AuthUser,
+    id: i64,
+    body: PatchKey,
+) -> Result<api_key::Model, ApiError> {
+    let key = visible_key(state, who, id).await?;
     let mut active: api_key::ActiveModel = key.clone().into();
     if let Some(name) = body.name {
         active.name = Set(check_name(&name)?);
     }
     if let Some(status) = body.status {
         if status != "enabled" && status != "disabled" {
-            return Err(ApiError::BadRequest(
-                "status must be enabled or disabled".into(),
+            return Err(ApiError::invalid(
+                "status",
+                "status must be enabled or disabled",
             ));
         }
         active.status = Set(status);
@@ -297,23 +332,40 @@ pub async fn patch(
         _ => {}
     }
     state.reload().await;
+    Ok(updated)
+}
+
+/// `PATCH /api/keys/{id}`
+pub async fn patch(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+    body: web::Json<PatchKey>,
+) -> Result<HttpResponse, ApiError> {
+    let updated = update_key(&state, &who, id.into_inner(), body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(key_json(&updated)))
 }
 
-/// `DELETE /api/keys/{id}`: the key stops working at once; its history stays.
+/// Deletes a key: it stops working at once; its history stays.
+pub async fn delete_key(state: &AdminState, who: &AuthUser, id: i64) -> Result<(), ApiError> {
+    let key = visible_key(state, who, id).await?;
+    let mut active: api_key::ActiveModel = key.into();
+    active.status = Set("deleted".to_owned());
+    active.update(&state.db).await?;
+    state.reload().await;
+    tracing::info!(user.id = who.id, key.id = id, "key deleted");
+    Ok(())
+}
+
+/// `DELETE /api/keys/{id}`
 pub async fn delete(
     state: web::Data<AdminState>,
     who: AuthUser,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = visible_key(&state, &who, id.into_inner()).await?;
-    let mut active: api_key::ActiveModel = key.into();
-    active.status = Set("deleted".to_owned());
-    active.update(&state.db).await?;
-    state.reload().await;
+    delete_key(&state, &who, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,17 +4,21 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod channels;
+pub mod console;
 pub mod error;
 pub mod keys;
 pub mod ledger;
 pub mod logs;
+pub mod ops;
 pub mod pricing;
 pub mod redemptions;
 pub mod routes;
+pub mod settings;
 pub mod state;
+pub mod stats;
 pub mod users;
-mod util;
+pub mod util;
 
 pub use error::ApiError;
 pub use routes::configure;
-pub use state::{AdminState, Reload};
+pub use state::{AdminState, ChannelTest, ChannelTester, Reload};

@@ -10,7 +10,7 @@ use store::entities::generation;
 
 use crate::auth::AuthUser;
 use crate::users::scope_condition;
-use crate::util::{Paging, credits};
+use crate::util::{Page, Paging, credits};
 use crate::{AdminState, ApiError};
 
 /// A generation in OpenRouter's shape, as `GET /v1/generation` answers it in `data`.
@@ -64,7 +64,7 @@ fn with_fields(
 }
 
 /// `GET /api/logs` filters; paging comes separately (`util::Paging`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct LogFilter {
     #[serde(default)]
     pub user_id: Option<i64>,
@@ -82,39 +82,59 @@ pub struct LogFilter {
     pub to: Option<String>,
 }
 
-fn parse_time(name: &str, text: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    text.filter(|t| !t.is_empty())
+/// RFC 3339; also, in UTC, what a browser's date and time fields send
+/// (`2025-01-31T08:30`, `2025-01-31`).
+fn parse_time(name: &'static str, text: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    text.map(str::trim)
+        .filter(|t| !t.is_empty())
         .map(|t| {
             DateTime::parse_from_rfc3339(t)
                 .map(|d| d.with_timezone(&Utc))
-                .map_err(|_| {
-                    ApiError::BadRequest(format!(
-                        "'{name}' must be an RFC 3339 time, like 2025-01-31T00:00:00Z"
-                    ))
+                .ok()
+                .or_else(|| {
+                    chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M")
+                        .ok()
+                        .or_else(|| {
+                            chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                                .ok()
+                                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                        })
+                        .map(|n| n.and_utc())
+                })
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        name,
+                        format!("'{name}' must be an RFC 3339 time, like 2025-01-31T00:00:00Z"),
+                    )
                 })
         })
         .transpose()
 }
 
-/// `GET /api/logs`: newest first; `from` is inclusive and `to` exclusive, so
-/// consecutive windows neither overlap nor leave gaps.
-pub async fn list(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    filter: web::Query<LogFilter>,
-    paging: web::Query<Paging>,
-) -> Result<HttpResponse, ApiError> {
+/// The generations in the caller's scope matching `filter`, newest first; `from` is
+/// inclusive and `to` exclusive, so consecutive windows neither overlap nor leave gaps.
+pub async fn list_logs(
+    state: &AdminState,
+    who: &AuthUser,
+    filter: &LogFilter,
+    paging: &Paging,
+) -> Result<Page<generation::Model>, ApiError> {
     let from = parse_time("from", filter.from.as_deref())?;
     let to = parse_time("to", filter.to.as_deref())?;
     let mut find =
-        generation::Entity::find().filter(scope_condition(&who, generation::Column::UserId));
+        generation::Entity::find().filter(scope_condition(who, generation::Column::UserId));
     if let Some(uid) = filter.user_id {
         find = find.filter(generation::Column::UserId.eq(uid));
     }
     if let Some(kid) = filter.key_id {
         find = find.filter(generation::Column::KeyId.eq(kid));
     }
-    if let Some(model) = filter.model.as_deref().filter(|m| !m.is_empty()) {
+    if let Some(model) = filter
+        .model
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
         find = find.filter(generation::Column::Model.eq(model));
     }
     match filter.status.as_deref().filter(|s| !s.is_empty()) {
@@ -123,8 +143,9 @@ pub async fn list(
             find = find.filter(generation::Column::Status.eq(status));
         }
         Some(_) => {
-            return Err(ApiError::BadRequest(
-                "'status' must be success or error".into(),
+            return Err(ApiError::invalid(
+                "status",
+                "'status' must be success or error",
             ));
         }
     }
@@ -142,10 +163,42 @@ pub async fn list(
         .limit(paging.per_page())
         .all(&state.db)
         .await?;
+    Ok((items, total))
+}
+
+/// `GET /api/logs`
+pub async fn list(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    filter: web::Query<LogFilter>,
+    paging: web::Query<Paging>,
+) -> Result<HttpResponse, ApiError> {
+    let (items, total) = list_logs(&state, &who, &filter, &paging).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "items": items.iter().map(log_json).collect::<Vec<_>>(),
         "total": total,
     })))
+}
+
+/// One generation in the caller's scope, or 404.
+pub async fn find_log(
+    state: &AdminState,
+    who: &AuthUser,
+    id: &str,
+) -> Result<generation::Model, ApiError> {
+    generation::Entity::find_by_id(id.to_owned())
+        .filter(scope_condition(who, generation::Column::UserId))
+        .one(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// A generation's tries, one per channel tried, in order (an empty list when none).
+pub fn attempts_of(g: &generation::Model) -> serde_json::Value {
+    g.attempts
+        .as_deref()
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_else(|| serde_json::json!([]))
 }
 
 /// `GET /api/logs/{generation_id}`: the log entry with its tries (`attempts`, one per
@@ -155,15 +208,6 @@ pub async fn get(
     who: AuthUser,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let g = generation::Entity::find_by_id(id.into_inner())
-        .filter(scope_condition(&who, generation::Column::UserId))
-        .one(&state.db)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let attempts = g
-        .attempts
-        .as_deref()
-        .and_then(|a| serde_json::from_str(a).ok())
-        .unwrap_or_else(|| serde_json::json!([]));
-    Ok(HttpResponse::Ok().json(with_fields(log_json(&g), [("attempts", attempts)])))
+    let g = find_log(&state, &who, &id).await?;
+    Ok(HttpResponse::Ok().json(with_fields(log_json(&g), [("attempts", attempts_of(&g))])))
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use store::entities::{group_multiplier, model_price};
 
 use crate::auth::AuthUser;
-use crate::util::credits;
+use crate::util::{credits, micros_of};
 use crate::{AdminState, ApiError};
 
 fn price_json(p: &model_price::Model) -> serde_json::Value {
@@ -26,10 +26,20 @@ fn price_json(p: &model_price::Model) -> serde_json::Value {
     v
 }
 
+/// Every model price (by name) and every group multiplier, as stored.
+pub async fn pricing_table(
+    state: &AdminState,
+) -> Result<(Vec<model_price::Model>, Vec<group_multiplier::Model>), ApiError> {
+    let mut prices = model_price::Entity::find().all(&state.db).await?;
+    prices.sort_by(|a, b| a.model.cmp(&b.model));
+    let mut groups = group_multiplier::Entity::find().all(&state.db).await?;
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((prices, groups))
+}
+
 /// `GET /api/pricing`
 pub async fn get(state: web::Data<AdminState>, _who: AuthUser) -> Result<HttpResponse, ApiError> {
-    let prices = model_price::Entity::find().all(&state.db).await?;
-    let groups = group_multiplier::Entity::find().all(&state.db).await?;
+    let (prices, groups) = pricing_table(&state).await?;
     let mut models = serde_json::Map::new();
     for p in &prices {
         models.insert(p.model.clone(), price_json(p));
@@ -43,7 +53,7 @@ pub async fn get(state: web::Data<AdminState>, _who: AuthUser) -> Result<HttpRes
         .json(serde_json::json!({"currency": "USD", "models": models, "groups": gs})))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct PriceBody {
     pub input: Option<f64>,
     pub output: Option<f64>,
@@ -57,19 +67,20 @@ pub struct PriceBody {
     pub per_second: Option<Option<f64>>,
 }
 
-fn amount(v: f64, field: &str) -> Result<i64, ApiError> {
-    let m = billing::credits_to_micros(v)?;
+fn amount(v: f64, field: &'static str) -> Result<i64, ApiError> {
+    let m = micros_of(field, v)?;
     if m < 0 {
-        return Err(ApiError::BadRequest(format!(
-            "{field} must not be negative"
-        )));
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must not be negative"),
+        ));
     }
     Ok(m)
 }
 
 fn optional(
     v: Option<Option<f64>>,
-    field: &str,
+    field: &'static str,
     current: Option<i64>,
 ) -> Result<Option<i64>, ApiError> {
     match v {
@@ -79,21 +90,21 @@ fn optional(
     }
 }
 
-/// `PUT /api/pricing/models/{model}`: creates or updates; absent fields keep their value.
-pub async fn put_model(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    model: web::Path<String>,
-    body: web::Json<PriceBody>,
-) -> Result<HttpResponse, ApiError> {
+/// Creates or updates a model's price (admin only); absent fields keep their value.
+pub async fn set_model_price(
+    state: &AdminState,
+    who: &AuthUser,
+    model: &str,
+    body: PriceBody,
+) -> Result<model_price::Model, ApiError> {
     who.require_admin()?;
-    let model = model.into_inner();
-    if model.trim().is_empty() || model.len() > 200 {
-        return Err(ApiError::BadRequest(
-            "model name must be 1 to 200 characters".into(),
+    let model = model.trim().to_owned();
+    if model.is_empty() || model.len() > 200 {
+        return Err(ApiError::invalid(
+            "model",
+            "model name must be 1 to 200 characters",
         ));
     }
-    let body = body.into_inner();
     let existing = model_price::Entity::find_by_id(model.clone())
         .one(&state.db)
         .await?;
@@ -144,9 +155,39 @@ pub async fn put_model(
         active.insert(&state.db).await?
     };
     state.reload().await;
+    tracing::info!(user.id = who.id, model = %saved.model, "price set");
+    Ok(saved)
+}
+
+/// `PUT /api/pricing/models/{model}`: creates or updates; absent fields keep their value.
+pub async fn put_model(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    model: web::Path<String>,
+    body: web::Json<PriceBody>,
+) -> Result<HttpResponse, ApiError> {
+    let saved = set_model_price(&state, &who, &model, body.into_inner()).await?;
     let mut out = price_json(&saved);
     out["model"] = serde_json::Value::from(saved.model.clone());
     Ok(HttpResponse::Ok().json(out))
+}
+
+/// Removes a model's price (admin only): the model is no longer served.
+pub async fn delete_model_price(
+    state: &AdminState,
+    who: &AuthUser,
+    model: &str,
+) -> Result<(), ApiError> {
+    who.require_admin()?;
+    let gone = model_price::Entity::delete_by_id(model.to_owned())
+        .exec(&state.db)
+        .await?;
+    if gone.rows_affected == 0 {
+        return Err(ApiError::NotFound);
+    }
+    state.reload().await;
+    tracing::info!(user.id = who.id, model = %model, "price removed");
+    Ok(())
 }
 
 /// `DELETE /api/pricing/models/{model}`
@@ -155,14 +196,7 @@ pub async fn delete_model(
     who: AuthUser,
     model: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    who.require_admin()?;
-    let gone = model_price::Entity::delete_by_id(model.into_inner())
-        .exec(&state.db)
-        .await?;
-    if gone.rows_affected == 0 {
-        return Err(ApiError::NotFound);
-    }
-    state.reload().await;
+    delete_model_price(&state, &who, &model).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -171,19 +205,31 @@ pub struct GroupBody {
     pub multiplier: f64,
 }
 
-/// `PUT /api/pricing/groups/{group}`
-pub async fn put_group(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    group: web::Path<String>,
-    body: web::Json<GroupBody>,
-) -> Result<HttpResponse, ApiError> {
+/// Sets a group's price multiplier (admin only); answers it in parts per million.
+pub async fn set_group_multiplier(
+    state: &AdminState,
+    who: &AuthUser,
+    group: &str,
+    multiplier: f64,
+) -> Result<i64, ApiError> {
     who.require_admin()?;
-    let name = group.into_inner();
-    let ppm = billing::credits_to_micros(body.multiplier)?;
+    let name = group.trim().to_owned();
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    {
+        return Err(ApiError::invalid(
+            "group",
+            "group must be 1 to 64 letters, digits, _ or -",
+        ));
+    }
+    let ppm = micros_of("multiplier", multiplier)?;
     if !(0..=1_000_000_000).contains(&ppm) {
-        return Err(ApiError::BadRequest(
-            "multiplier must be between 0 and 1000".into(),
+        return Err(ApiError::invalid(
+            "multiplier",
+            "multiplier must be between 0 and 1000",
         ));
     }
     let row = group_multiplier::Model {
@@ -205,5 +251,18 @@ pub async fn put_group(
         active.insert(&state.db).await?;
     }
     state.reload().await;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"name": name, "multiplier": credits(ppm)})))
+    tracing::info!(user.id = who.id, group = %name, multiplier_ppm = ppm, "group multiplier set");
+    Ok(ppm)
+}
+
+/// `PUT /api/pricing/groups/{group}`
+pub async fn put_group(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    group: web::Path<String>,
+    body: web::Json<GroupBody>,
+) -> Result<HttpResponse, ApiError> {
+    let ppm = set_group_multiplier(&state, &who, &group, body.multiplier).await?;
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"name": group.trim(), "multiplier": credits(ppm)})))
 }

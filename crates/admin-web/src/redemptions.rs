@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
-use billing::redemption::{self, Funding, MAX_CODES_PER_BATCH, NewBatch};
+use billing::redemption::{self, Funding, MAX_CODES_PER_BATCH, NewBatch, Redeemed};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Deserialize;
 use store::entities::redemption_code;
 
 use crate::auth::{AuthUser, Role};
-use crate::util::{Paging, credits};
+use crate::util::{Page, Paging, credits, micros_of};
 use crate::{AdminState, ApiError};
 
 /// Failed redemptions by one user within the window before it is refused.
@@ -37,9 +37,7 @@ fn code_json(c: &redemption_code::Model) -> serde_json::Value {
 fn check_name(name: &str) -> Result<&str, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 64 {
-        return Err(ApiError::BadRequest(
-            "name must be 1 to 64 characters".into(),
-        ));
+        return Err(ApiError::invalid("name", "name must be 1 to 64 characters"));
     }
     Ok(name)
 }
@@ -48,7 +46,9 @@ fn check_count(count: i64) -> Result<usize, ApiError> {
     usize::try_from(count)
         .ok()
         .filter(|c| (1..=MAX_CODES_PER_BATCH).contains(c))
-        .ok_or_else(|| ApiError::BadRequest(format!("count must be 1 to {MAX_CODES_PER_BATCH}")))
+        .ok_or_else(|| {
+            ApiError::invalid("count", format!("count must be 1 to {MAX_CODES_PER_BATCH}"))
+        })
 }
 
 #[derive(Deserialize)]
@@ -58,28 +58,31 @@ pub struct CreateCodes {
     pub count: i64,
 }
 
-/// `POST /api/redemptions`: an admin mints; a reseller pays the batch up front.
-pub async fn create(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    body: web::Json<CreateCodes>,
-) -> Result<HttpResponse, ApiError> {
+/// Creates a batch of codes: an admin mints, a reseller pays the batch up front
+/// (`InsufficientBalance` when short). Answers the codes, shown only this once.
+pub async fn create_codes(
+    state: &AdminState,
+    who: &AuthUser,
+    name: &str,
+    amount: f64,
+    count: i64,
+) -> Result<Vec<String>, ApiError> {
     let funding = match who.role {
         Role::Admin => Funding::Minted,
         Role::Reseller => Funding::Prepaid,
         Role::Customer => return Err(ApiError::Forbidden),
     };
-    let amount = billing::credits_to_micros(body.amount)?;
+    let amount = micros_of("amount", amount)?;
     if amount <= 0 {
-        return Err(ApiError::BadRequest("amount must be positive".into()));
+        return Err(ApiError::invalid("amount", "amount must be positive"));
     }
     let issued = redemption::create_codes(
         &state.db,
         &state.wallet,
         NewBatch {
-            name: check_name(&body.name)?,
+            name: check_name(name)?,
             amount,
-            count: check_count(body.count)?,
+            count: check_count(count)?,
             created_by: who.id,
             funding,
         },
@@ -91,15 +94,25 @@ pub async fn create(
         amount_micros = amount,
         "redemption codes created"
     );
-    Ok(HttpResponse::Created().json(serde_json::json!({"codes": issued.codes})))
+    Ok(issued.codes)
 }
 
-/// `GET /api/redemptions`: an admin sees every code, a reseller the codes it created.
-pub async fn list(
+/// `POST /api/redemptions`: an admin mints; a reseller pays the batch up front.
+pub async fn create(
     state: web::Data<AdminState>,
     who: AuthUser,
-    paging: web::Query<Paging>,
+    body: web::Json<CreateCodes>,
 ) -> Result<HttpResponse, ApiError> {
+    let codes = create_codes(&state, &who, &body.name, body.amount, body.count).await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({"codes": codes})))
+}
+
+/// The codes the caller may list: an admin every code, a reseller those it created.
+pub async fn list_codes(
+    state: &AdminState,
+    who: &AuthUser,
+    paging: &Paging,
+) -> Result<Page<redemption_code::Model>, ApiError> {
     let mut find = redemption_code::Entity::find();
     match who.role {
         Role::Admin => {}
@@ -113,6 +126,16 @@ pub async fn list(
         .limit(paging.per_page())
         .all(&state.db)
         .await?;
+    Ok((items, total))
+}
+
+/// `GET /api/redemptions`: an admin sees every code, a reseller the codes it created.
+pub async fn list(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    paging: web::Query<Paging>,
+) -> Result<HttpResponse, ApiError> {
+    let (items, total) = list_codes(&state, &who, &paging).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "items": items.iter().map(code_json).collect::<Vec<_>>(),
         "total": total,
@@ -124,18 +147,18 @@ pub struct RedeemBody {
     pub code: String,
 }
 
-/// `POST /api/redeem`: a code works exactly once; repeated failures are limited per
-/// user, so codes cannot be guessed by volume.
-pub async fn redeem(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    body: web::Json<RedeemBody>,
-) -> Result<HttpResponse, ApiError> {
+/// Redeems a code for the caller: it works exactly once; repeated failures are
+/// limited per user, so codes cannot be guessed by volume.
+pub async fn redeem_code(
+    state: &AdminState,
+    who: &AuthUser,
+    code: &str,
+) -> Result<Redeemed, ApiError> {
     let limiter = format!("redeem:{}", who.id);
     if state.shared.count(&limiter).await? >= MAX_FAILED_REDEEMS {
         return Err(ApiError::RateLimited);
     }
-    let Some(r) = redemption::redeem(&state.db, &state.wallet, who.id, &body.code).await? else {
+    let Some(r) = redemption::redeem(&state.db, &state.wallet, who.id, code.trim()).await? else {
         state.shared.incr(&limiter, REDEEM_WINDOW).await?;
         return Err(ApiError::InvalidCode);
     };
@@ -145,6 +168,16 @@ pub async fn redeem(
         amount_micros = r.amount,
         "code redeemed"
     );
+    Ok(r)
+}
+
+/// `POST /api/redeem`
+pub async fn redeem(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    body: web::Json<RedeemBody>,
+) -> Result<HttpResponse, ApiError> {
+    let r = redeem_code(&state, &who, &body.code).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "balance": credits(r.balance),
         "amount": credits(r.amount),

@@ -2,9 +2,9 @@
 
 use actix_web::web;
 
-use crate::logs;
-use crate::redemptions;
-use crate::{ApiError, auth, channels, keys, pricing, users};
+use crate::{
+    ApiError, auth, channels, keys, logs, ops, pricing, redemptions, settings, stats, users,
+};
 
 /// Mounts `/api/*`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -53,6 +53,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/pricing/groups/{group}", web::put().to(pricing::put_group))
             .route("/logs", web::get().to(logs::list))
             .route("/logs/{generation_id}", web::get().to(logs::get))
+            .route("/stats", web::get().to(stats::get))
+            .route("/settings", web::get().to(settings::get))
+            .route("/settings", web::put().to(settings::put))
+            .route("/cache/refresh", web::post().to(ops::refresh))
             .default_service(web::to(|| async {
                 Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
             })),

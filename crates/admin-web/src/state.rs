@@ -10,9 +10,33 @@ use sea_orm::DatabaseConnection;
 use store::Shared;
 use store::secret::SecretBox;
 
+use crate::ApiError;
+use crate::settings::Tunables;
+
 /// Reloads the in-memory catalog after a write and tells the other instances.
 pub trait Reload: Send + Sync {
     fn reload(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// What a channel test found: the latency, or the error the upstream gave.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChannelTest {
+    pub ok: bool,
+    pub latency_ms: Option<u64>,
+    pub model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Sends one small real request through a channel and records the outcome on it. The
+/// gateway implements it (it owns the upstream client); `None` model = the channel's
+/// first. An unknown channel is `ApiError::NotFound`.
+pub trait ChannelTester: Send + Sync {
+    fn test(
+        &self,
+        channel_id: i64,
+        model: Option<String>,
+    ) -> Pin<Box<dyn Future<Output = Result<ChannelTest, ApiError>> + Send + '_>>;
 }
 
 /// The admin API's shared state, built once.
@@ -33,6 +57,10 @@ pub struct AdminState {
     pub session_hours: i64,
     /// Catalog reload + broadcast.
     pub reloader: Arc<dyn Reload>,
+    /// The channel test button.
+    pub tester: Arc<dyn ChannelTester>,
+    /// The tunables the process started with (environment), for those not stored.
+    pub tunables: Tunables,
 }
 
 impl AdminState {

@@ -2,7 +2,7 @@
 //! everyone, a reseller itself and its customers, a customer itself.
 
 use actix_web::{HttpResponse, web};
-use billing::accounts::{self, Entry};
+use billing::accounts::{self, Entry, Posted};
 use billing::wallet::Account;
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use store::entities::{transaction, user};
 
 use crate::auth::{AuthUser, Role, check_password_rules, hash_password};
-use crate::util::{Paging, credits};
+use crate::util::{Page, Paging, credits, micros_of};
 use crate::{AdminState, ApiError};
 
 /// A user as the API shows it.
@@ -85,31 +85,44 @@ pub struct CreateUser {
     pub group: Option<String>,
 }
 
-/// `POST /api/users`
-pub async fn create(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    body: web::Json<CreateUser>,
-) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+fn check_group(group: &str) -> Result<(), ApiError> {
+    if valid_group(group) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "group",
+            "group must be 1 to 64 letters, digits, _ or -",
+        ))
+    }
+}
+
+/// Creates a user: an admin creates any role, a reseller only its own customers (who
+/// share its group).
+pub async fn create_user(
+    state: &AdminState,
+    who: &AuthUser,
+    body: CreateUser,
+) -> Result<user::Model, ApiError> {
     let role = Role::parse(&body.role)
-        .ok_or_else(|| ApiError::BadRequest("role must be admin, reseller or customer".into()))?;
+        .ok_or_else(|| ApiError::invalid("role", "role must be admin, reseller or customer"))?;
     let (parent_id, group) = match who.role {
-        Role::Admin => (None, body.group.unwrap_or_else(|| "default".to_owned())),
+        Role::Admin => (
+            None,
+            body.group
+                .filter(|g| !g.trim().is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
+        ),
         Role::Reseller if role == Role::Customer => (Some(who.id), who.group.clone()),
         _ => return Err(ApiError::Forbidden),
     };
     let username = body.username.trim().to_owned();
     if !valid_username(&username) {
-        return Err(ApiError::BadRequest(
-            "username must be 1 to 64 letters, digits or _ . - @".into(),
+        return Err(ApiError::invalid(
+            "username",
+            "username must be 1 to 64 letters, digits or _ . - @",
         ));
     }
-    if !valid_group(&group) {
-        return Err(ApiError::BadRequest(
-            "group must be 1 to 64 letters, digits, _ or -".into(),
-        ));
-    }
+    check_group(&group)?;
     check_password_rules(&body.password)?;
     let taken = user::Entity::find()
         .filter(user::Column::Username.eq(&username))
@@ -143,10 +156,21 @@ pub async fn create(
         .set_limit(Account::User(inserted.id), 0)
         .await?;
     state.reload().await;
+    tracing::info!(user.id = who.id, created.id = inserted.id, role = %inserted.role, "user created");
+    Ok(inserted)
+}
+
+/// `POST /api/users`
+pub async fn create(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    body: web::Json<CreateUser>,
+) -> Result<HttpResponse, ApiError> {
+    let inserted = create_user(&state, &who, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(user_json(&inserted)))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ListUsers {
     #[serde(default)]
     pub q: Option<String>,
@@ -154,14 +178,14 @@ pub struct ListUsers {
     pub role: Option<String>,
 }
 
-/// `GET /api/users`
-pub async fn list(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    query: web::Query<ListUsers>,
-    paging: web::Query<Paging>,
-) -> Result<HttpResponse, ApiError> {
-    let mut find = user::Entity::find().filter(scope_condition(&who, user::Column::Id));
+/// The users in the caller's scope matching the filter, oldest first.
+pub async fn list_users(
+    state: &AdminState,
+    who: &AuthUser,
+    query: &ListUsers,
+    paging: &Paging,
+) -> Result<Page<user::Model>, ApiError> {
+    let mut find = user::Entity::find().filter(scope_condition(who, user::Column::Id));
     if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
         find = find.filter(user::Column::Username.contains(q));
     }
@@ -175,6 +199,17 @@ pub async fn list(
         .limit(paging.per_page())
         .all(&state.db)
         .await?;
+    Ok((items, total))
+}
+
+/// `GET /api/users`
+pub async fn list(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    query: web::Query<ListUsers>,
+    paging: web::Query<Paging>,
+) -> Result<HttpResponse, ApiError> {
+    let (items, total) = list_users(&state, &who, &query, &paging).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "items": items.iter().map(user_json).collect::<Vec<_>>(),
         "total": total,
@@ -191,7 +226,7 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(user_json(&u)))
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct PatchUser {
     #[serde(default)]
     pub status: Option<String>,
@@ -201,37 +236,34 @@ pub struct PatchUser {
     pub password: Option<String>,
 }
 
-/// `PATCH /api/users/{id}`: disabling a user stops its keys at once.
-pub async fn patch(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    id: web::Path<i64>,
-    body: web::Json<PatchUser>,
-) -> Result<HttpResponse, ApiError> {
-    let target = visible_user(&state, &who, id.into_inner()).await?;
+/// Changes a user's status, group (admin only) or password. Disabling a user stops
+/// its keys at once; nobody changes itself this way.
+pub async fn update_user(
+    state: &AdminState,
+    who: &AuthUser,
+    id: i64,
+    body: PatchUser,
+) -> Result<user::Model, ApiError> {
+    let target = visible_user(state, who, id).await?;
     if who.role == Role::Customer || (who.role == Role::Reseller && target.id == who.id) {
         return Err(ApiError::Forbidden);
     }
-    let body = body.into_inner();
     let mut active: user::ActiveModel = target.clone().into();
     if let Some(status) = body.status {
         if status != "enabled" && status != "disabled" {
-            return Err(ApiError::BadRequest(
-                "status must be enabled or disabled".into(),
+            return Err(ApiError::invalid(
+                "status",
+                "status must be enabled or disabled",
             ));
         }
         if target.id == who.id && status == "disabled" {
-            return Err(ApiError::BadRequest("you cannot disable yourself".into()));
+            return Err(ApiError::invalid("status", "you cannot disable yourself"));
         }
         active.status = Set(status);
     }
     if let Some(group) = body.group {
         who.require_admin()?;
-        if !valid_group(&group) {
-            return Err(ApiError::BadRequest(
-                "group must be 1 to 64 letters, digits, _ or -".into(),
-            ));
-        }
+        check_group(&group)?;
         active.group_name = Set(group);
     }
     if let Some(password) = body.password {
@@ -241,6 +273,17 @@ pub async fn patch(
     active.updated_at = Set(Utc::now());
     let updated = active.update(&state.db).await?;
     state.reload().await;
+    Ok(updated)
+}
+
+/// `PATCH /api/users/{id}`
+pub async fn patch(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+    body: web::Json<PatchUser>,
+) -> Result<HttpResponse, ApiError> {
+    let updated = update_user(&state, &who, id.into_inner(), body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(user_json(&updated)))
 }
 
@@ -251,22 +294,24 @@ pub struct CreditsBody {
     pub note: Option<String>,
 }
 
-/// `POST /api/users/{id}/credits`: an admin mints or removes; a reseller moves credits
-/// between itself and its customer. Never makes a balance negative.
-pub async fn add_credits(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    id: web::Path<i64>,
-    body: web::Json<CreditsBody>,
-) -> Result<HttpResponse, ApiError> {
-    let target = visible_user(&state, &who, id.into_inner()).await?;
-    let amount = billing::credits_to_micros(body.amount)?;
+/// Adds (or, when negative, takes back) credits: an admin mints or removes; a
+/// reseller moves credits between itself and its customer. Never makes a balance
+/// negative. Answers the target's new balance.
+pub async fn move_credits(
+    state: &AdminState,
+    who: &AuthUser,
+    id: i64,
+    amount: f64,
+    note: Option<&str>,
+) -> Result<Posted, ApiError> {
+    let target = visible_user(state, who, id).await?;
+    let amount = micros_of("amount", amount)?;
     if amount == 0 {
-        return Err(ApiError::BadRequest("amount must not be zero".into()));
+        return Err(ApiError::invalid("amount", "amount must not be zero"));
     }
-    let note = body
-        .note
-        .as_deref()
+    let note = note
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
         .map(|n| n.chars().take(500).collect::<String>());
     let posted = match who.role {
         Role::Admin => {
@@ -312,10 +357,53 @@ pub async fn add_credits(
         }
         _ => return Err(ApiError::Forbidden),
     };
+    tracing::info!(
+        user.id = who.id,
+        target.id = target.id,
+        amount_micros = amount,
+        "credits moved"
+    );
+    Ok(posted)
+}
+
+/// `POST /api/users/{id}/credits`
+pub async fn add_credits(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+    body: web::Json<CreditsBody>,
+) -> Result<HttpResponse, ApiError> {
+    let posted = move_credits(
+        &state,
+        &who,
+        id.into_inner(),
+        body.amount,
+        body.note.as_deref(),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "balance": credits(posted.balance),
         "transaction_id": posted.transaction_id,
     })))
+}
+
+/// A visible user's ledger, newest first.
+pub async fn list_transactions(
+    state: &AdminState,
+    who: &AuthUser,
+    id: i64,
+    paging: &Paging,
+) -> Result<Page<transaction::Model>, ApiError> {
+    let target = visible_user(state, who, id).await?;
+    let find = transaction::Entity::find().filter(transaction::Column::UserId.eq(target.id));
+    let total = find.clone().count(&state.db).await?;
+    let items = find
+        .order_by_desc(transaction::Column::Id)
+        .offset(paging.offset())
+        .limit(paging.per_page())
+        .all(&state.db)
+        .await?;
+    Ok((items, total))
 }
 
 /// `GET /api/users/{id}/transactions`
@@ -325,15 +413,7 @@ pub async fn transactions(
     id: web::Path<i64>,
     paging: web::Query<Paging>,
 ) -> Result<HttpResponse, ApiError> {
-    let target = visible_user(&state, &who, id.into_inner()).await?;
-    let find = transaction::Entity::find().filter(transaction::Column::UserId.eq(target.id));
-    let total = find.clone().count(&state.db).await?;
-    let items = find
-        .order_by_desc(transaction::Column::Id)
-        .offset(paging.offset())
-        .limit(paging.per_page())
-        .all(&state.db)
-        .await?;
+    let (items, total) = list_transactions(&state, &who, id.into_inner(), &paging).await?;
     let items: Vec<_> = items
         .iter()
         .map(|t| {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Deserializer};
 
 /// `page` (from 1) and `per_page` (default 20, at most 100).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Paging {
     #[serde(default)]
     pub page: Option<u64>,
@@ -12,6 +12,13 @@ pub struct Paging {
 }
 
 impl Paging {
+    /// Page `page` of 20.
+    pub fn at(page: u64) -> Self {
+        Paging {
+            page: Some(page),
+            per_page: None,
+        }
+    }
     pub fn page(&self) -> u64 {
         self.page.unwrap_or(1).max(1)
     }
@@ -36,3 +43,14 @@ where
 pub fn credits(micros: i64) -> serde_json::Value {
     serde_json::Value::from(billing::micros_to_credits(micros))
 }
+
+/// Credits from a request field as micro-credits; a bad amount names the field.
+pub fn micros_of(field: &'static str, credits: f64) -> Result<i64, crate::ApiError> {
+    billing::credits_to_micros(credits).map_err(|e| match e {
+        billing::BillingError::InvalidAmount(m) => crate::ApiError::invalid(field, m),
+        other => crate::ApiError::from(other),
+    })
+}
+
+/// A page of rows and how many there are in all.
+pub type Page<T> = (Vec<T>, u64);

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpResponse, web};
+use actix_web::{App, web};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use billing::{LedgerWriter, Wallet};
@@ -29,7 +29,7 @@ pub struct Application {
 
 impl Application {
     /// Connects everything and binds the listener.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
         let db = store::db::connect(&config.database_url)
             .await
             .context("cannot open the database")?;
@@ -41,6 +41,9 @@ impl Application {
         });
         let secrets =
             SecretBox::from_text(&config.secret_key_text()?).context("TOLLGATE_SECRET_KEY")?;
+        // The environment's tunables are the defaults; those an admin stored win.
+        let env_tunables = crate::tunables::from_config(&config);
+        crate::tunables::apply_stored(&db, &mut config).await?;
         let wallet = Arc::new(Wallet::new(db.clone(), &shared));
         if let Some(password) =
             admin_web::bootstrap::ensure_root(&db, &wallet, config.root_password.clone())
@@ -111,6 +114,8 @@ impl Application {
             jwt_decoding: DecodingKey::from_secret(&jwt),
             session_hours: 24,
             reloader: Arc::new(reloader),
+            tester: Arc::new(crate::channel_health::GatewayTester(state.clone())),
+            tunables: env_tunables,
         });
 
         let listener = TcpListener::bind(&config.addr)
@@ -135,14 +140,7 @@ impl Application {
                 .configure(generation::configure)
                 .configure(crate::dashboard::configure)
                 .configure(admin_web::configure)
-                .route(
-                    "/",
-                    web::get().to(|| async {
-                        HttpResponse::Ok()
-                            .content_type("text/plain")
-                            .body("Tollgate\n")
-                    }),
-                )
+                .configure(admin_web::console::configure)
         })
         .listen(listener)?
         .shutdown_timeout(30);
@@ -152,10 +150,7 @@ impl Application {
         if !config.handle_signals {
             server = server.disable_signals();
         }
-        crate::channel_health::spawn_health_job(
-            state.clone(),
-            std::time::Duration::from_secs(config.health_interval_s),
-        );
+        crate::tunables::spawn_health_job(state.clone(), env_tunables);
         tracing::info!(addr = %config.addr, port, "tollgate listening");
         Ok(Application {
             server: server.run(),

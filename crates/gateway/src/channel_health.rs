@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
-use admin_web::ApiError;
 use admin_web::auth::AuthUser;
+use admin_web::{AdminState, ApiError};
 use chrono::Utc;
 use relay_core::health::HealthSink;
 use relay_core::probe::probe;
@@ -187,20 +187,18 @@ pub struct TestBody {
     model: Option<String>,
 }
 
-/// `POST /api/channels/{id}/test`: one small real request; latency or the error.
-pub async fn test_channel(
-    state: web::Data<AppState>,
-    who: AuthUser,
-    id: web::Path<i64>,
-    body: Option<web::Json<TestBody>>,
-) -> Result<HttpResponse, ApiError> {
-    who.require_admin()?;
-    let id = id.into_inner();
+/// Tests a channel with one small real request (the first key, `model` or the
+/// channel's first model) and records the latency or the error on the channel. The
+/// JSON API and the console's test button both end here.
+pub async fn run_test(
+    state: &AppState,
+    id: i64,
+    model: Option<String>,
+) -> Result<admin_web::ChannelTest, ApiError> {
     let (_, entry, _) = load_channel(&state.db, &state.secrets, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let model = body
-        .and_then(|b| b.into_inner().model)
+    let model = model
         .or_else(|| entry.models.first().cloned())
         .ok_or_else(|| ApiError::BadRequest("the channel serves no model".into()))?;
     let upstream_model = entry
@@ -214,10 +212,52 @@ pub async fn test_channel(
     };
     record_test(&state.db, id, &result).await?;
     state.reloader.reload_everywhere().await;
-    Ok(HttpResponse::Ok().json(match result {
-        Ok(ms) => serde_json::json!({"ok": true, "latency_ms": ms, "model": model}),
-        Err(e) => serde_json::json!({"ok": false, "latency_ms": null, "model": model, "error": e}),
-    }))
+    Ok(match result {
+        Ok(ms) => admin_web::ChannelTest {
+            ok: true,
+            latency_ms: Some(ms),
+            model,
+            error: None,
+        },
+        Err(e) => admin_web::ChannelTest {
+            ok: false,
+            latency_ms: None,
+            model,
+            error: Some(e),
+        },
+    })
+}
+
+/// `POST /api/channels/{id}/test`: one small real request; latency or the error.
+pub async fn test_channel(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+    body: Option<web::Json<TestBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let model = body.and_then(|b| b.into_inner().model);
+    let result = admin_web::channels::test_channel(&state, &who, id.into_inner(), model).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "ok": result.ok,
+        "latency_ms": result.latency_ms,
+        "model": result.model,
+        "error": result.error,
+    })))
+}
+
+/// The console's and the API's channel test, done by the gateway.
+pub struct GatewayTester(pub web::Data<AppState>);
+
+impl admin_web::ChannelTester for GatewayTester {
+    fn test(
+        &self,
+        channel_id: i64,
+        model: Option<String>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<admin_web::ChannelTest, ApiError>> + Send + '_>,
+    > {
+        Box::pin(run_test(&self.0, channel_id, model))
+    }
 }
 
 /// Re-tests every auto-disabled channel once; re-enables those whose test passes,

@@ -9,6 +9,7 @@ pub mod generation;
 pub mod health;
 pub mod relay;
 pub mod state;
+pub mod tunables;
 
 pub use app::Application;
 pub use config::Config;

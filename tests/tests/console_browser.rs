@@ -1,0 +1,386 @@
+//! The console in a real browser: headless Chromium through chromedriver (Debian's
+//! `chromium` and `chromium-driver`, which `.ci/run` installs), driven with fantoccini.
+//! The whole journey of a reseller business, with a screenshot of each main page
+//! under `target/console-screenshots/`. Without chromedriver the test says so and
+//! passes, except under `CI=true`, where it fails.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use tollgate_tests::app::{ROOT_PASSWORD, backend_name, generation_id};
+use tollgate_tests::{MockOpenAi, NORMAL_COST, spawn_app};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver on a free port, stopped when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromedriver_path() -> Option<PathBuf> {
+    let fixed = PathBuf::from(CHROMEDRIVER);
+    if fixed.exists() {
+        return Some(fixed);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("chromedriver"))
+            .find(|p| p.exists())
+    })
+}
+
+async fn start_driver(path: &PathBuf) -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(path)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    // Owned at once, so it is stopped (killed and waited for) on every path.
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if http
+            .get(format!("{}/status", driver.url))
+            .send()
+            .await
+            .is_ok()
+        {
+            return driver;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("chromedriver did not answer on port {port}");
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    let mut chrome = json!({"args": [
+        "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+        "--window-size=1280,1000", "--lang=en-US"
+    ]});
+    if std::path::Path::new("/usr/bin/chromium").exists() {
+        chrome["binary"] = json!("/usr/bin/chromium");
+    }
+    caps.insert("goog:chromeOptions".into(), chrome);
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    let path = screenshot_dir().join(format!("{}-{name}.png", backend_name()));
+    std::fs::write(&path, png).unwrap();
+}
+
+/// Waits (up to 10 s) for an element to be there.
+async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            return e;
+        }
+        if Instant::now() > deadline {
+            let url = c.current_url().await.unwrap();
+            let source = c.source().await.unwrap_or_default();
+            panic!("no {css} on {url}: {source}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Types into the field with this id (clearing it first).
+async fn fill(c: &Client, id: &str, text: &str) {
+    let field = wait_for(c, &format!("#{id}")).await;
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+async fn select(c: &Client, id: &str, value: &str) {
+    wait_for(c, &format!("#{id}"))
+        .await
+        .select_by_value(value)
+        .await
+        .unwrap();
+}
+
+/// Clicks the submit button of the form posting to `action`.
+async fn submit(c: &Client, action: &str) {
+    wait_for(
+        c,
+        &format!(r#"form[method="post"][action="{action}"] button[type="submit"]"#),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    wait_for(c, css).await.text().await.unwrap()
+}
+
+async fn wait_for_url(c: &Client, part: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = c.current_url().await.unwrap().to_string();
+        if url.contains(part) {
+            return url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still on {url}, waiting for {part}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn log_in(c: &Client, base: &str, username: &str, password: &str) {
+    c.goto(&format!("{base}/console/login")).await.unwrap();
+    fill(c, "username", username).await;
+    fill(c, "password", password).await;
+    submit(c, "/console/login").await;
+    wait_for(c, "#balance").await;
+}
+
+async fn log_out(c: &Client) {
+    submit(c, "/console/logout").await;
+    wait_for(c, "#username").await;
+}
+
+/// The id at the end of a `/console/users/{id}?…` URL.
+fn user_id_in(url: &str) -> i64 {
+    url.split("/console/users/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reseller_business_runs_from_the_console_in_a_real_browser() {
+    let Some(path) = chromedriver_path() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "chromedriver is missing under CI=true: install chromium and chromium-driver"
+        );
+        eprintln!(
+            "NOTICE: chromedriver not found; the browser test did not run (apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let driver = start_driver(&path).await;
+    let c = browser(&driver).await;
+    let mock = MockOpenAi::start().await;
+    let app = spawn_app().await;
+    let base = app.address.clone();
+
+    // Root: logs in, adds a channel to the mock upstream, prices the model, creates a
+    // reseller and mints it credits.
+    c.goto(&format!("{base}/")).await.unwrap();
+    wait_for(&c, "#username").await;
+    shot(&c, "login").await;
+    log_in(&c, &base, "root", ROOT_PASSWORD).await;
+    c.goto(&format!("{base}/console/channels/new"))
+        .await
+        .unwrap();
+    fill(&c, "name", "mock upstream").await;
+    fill(&c, "base_url", &mock.base_url).await;
+    fill(&c, "keys", "sk-upstream-browser-4242").await;
+    fill(&c, "models", "gpt-4o-mini").await;
+    shot(&c, "channel-form").await;
+    submit(&c, "/console/channels").await;
+    wait_for_url(&c, "done=channel_saved").await;
+    let channels = c.source().await.unwrap();
+    assert!(channels.contains("mock upstream") && channels.contains("…4242"));
+    assert!(!channels.contains("sk-upstream-browser-4242"));
+    wait_for(&c, r#"form[action$="/test"] button"#)
+        .await
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        text_of(&c, ".flash")
+            .await
+            .contains("answered gpt-4o-mini in")
+    );
+    shot(&c, "channels").await;
+
+    c.goto(&format!("{base}/console/pricing")).await.unwrap();
+    fill(&c, "model", "gpt-4o-mini").await;
+    fill(&c, "input", "0.15").await;
+    fill(&c, "output", "0.6").await;
+    submit(&c, "/console/pricing/models").await;
+    wait_for_url(&c, "done=price_saved").await;
+    shot(&c, "pricing").await;
+
+    c.goto(&format!("{base}/console/users")).await.unwrap();
+    fill(&c, "username", "acme").await;
+    fill(&c, "password", "acme-password").await;
+    select(&c, "role", "reseller").await;
+    submit(&c, "/console/users").await;
+    let reseller = user_id_in(&wait_for_url(&c, "done=user_created").await);
+    fill(&c, "amount", "10").await;
+    fill(&c, "note", "first purchase").await;
+    submit(&c, &format!("/console/users/{reseller}/credits")).await;
+    wait_for_url(&c, "done=credits_moved").await;
+    assert_eq!(text_of(&c, "#user-balance").await, "10.00");
+    shot(&c, "user-reseller").await;
+    log_out(&c).await;
+
+    // The reseller: creates a customer, moves credits to it, creates a key for it.
+    log_in(&c, &base, "acme", "acme-password").await;
+    assert_eq!(text_of(&c, "#balance").await, "10.00");
+    c.goto(&format!("{base}/console/users")).await.unwrap();
+    fill(&c, "username", "bea").await;
+    fill(&c, "password", "bea-password").await;
+    submit(&c, "/console/users").await;
+    let customer = user_id_in(&wait_for_url(&c, "done=user_created").await);
+    fill(&c, "amount", "3").await;
+    submit(&c, &format!("/console/users/{customer}/credits")).await;
+    wait_for_url(&c, "done=credits_moved").await;
+    assert_eq!(text_of(&c, "#user-balance").await, "3.00");
+    shot(&c, "user-customer").await;
+    c.goto(&format!("{base}/console/keys?user_id={customer}"))
+        .await
+        .unwrap();
+    fill(&c, "name", "bea's app").await;
+    submit(&c, "/console/keys").await;
+    let reseller_made = text_of(&c, "#new-key").await;
+    assert!(reseller_made.starts_with("sk-"));
+    shot(&c, "key-created").await;
+
+    // A reseller cannot open another reseller's customer.
+    let other = app.create_user("globex", "reseller").await;
+    let other_token = app.login("globex", "password-123").await;
+    let (_, stranger) = app
+        .api(
+            "POST",
+            "/api/users",
+            &other_token,
+            Some(json!({"username": "zed", "password": "password-123", "role": "customer"})),
+        )
+        .await;
+    assert!(other > 0);
+    c.goto(&format!("{base}/console/users/{}", stranger["id"]))
+        .await
+        .unwrap();
+    assert!(text_of(&c, "h1").await.contains("404"));
+    c.goto(&format!("{base}/console")).await.unwrap();
+    log_out(&c).await;
+
+    // The customer: sees its balance, creates a key and sees it once, calls the API
+    // with it, and finds that generation in its logs with the right cost.
+    log_in(&c, &base, "bea", "bea-password").await;
+    assert_eq!(text_of(&c, "#balance").await, "3.00");
+    shot(&c, "dashboard").await;
+    c.goto(&format!("{base}/console/keys")).await.unwrap();
+    assert!(
+        c.source().await.unwrap().contains("bea&#39;s app")
+            || c.source().await.unwrap().contains("bea's app")
+    );
+    fill(&c, "name", "laptop").await;
+    submit(&c, "/console/keys").await;
+    let key = text_of(&c, "#new-key").await;
+    assert!(key.starts_with("sk-") && key.len() == 51, "{key}");
+    assert!(
+        wait_for(&c, r#"button[data-copy="new-key"]"#)
+            .await
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    c.goto(&format!("{base}/console/keys")).await.unwrap();
+    let keys_page = c.source().await.unwrap();
+    assert!(!keys_page.contains(&key), "the key is shown only once");
+    shot(&c, "keys").await;
+
+    let resp = app
+        .chat(
+            &key,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let gen_id = generation_id(&resp);
+    app.wait_generation(&gen_id).await;
+
+    c.goto(&format!("{base}/console/logs")).await.unwrap();
+    wait_for(&c, &format!(r#"a[href="/console/logs/{gen_id}"]"#))
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for_url(&c, &gen_id).await;
+    let cost = text_of(&c, "#generation-cost").await;
+    assert_eq!(cost, format!("{} credits", cost_text(NORMAL_COST)));
+    shot(&c, "generation").await;
+    c.goto(&format!("{base}/console/logs")).await.unwrap();
+    shot(&c, "logs").await;
+    c.goto(&format!("{base}/console/redemptions"))
+        .await
+        .unwrap();
+    shot(&c, "redemptions").await;
+    log_out(&c).await;
+
+    // Root's view of settings, on a phone-sized window too.
+    log_in(&c, &base, "root", ROOT_PASSWORD).await;
+    c.goto(&format!("{base}/console/settings")).await.unwrap();
+    shot(&c, "settings").await;
+    c.set_window_size(390, 844).await.unwrap();
+    c.goto(&format!("{base}/console")).await.unwrap();
+    wait_for(&c, "#balance").await;
+    shot(&c, "dashboard-phone").await;
+
+    let balance = app.balance(customer).await;
+    assert_eq!(balance, 3_000_000 - NORMAL_COST);
+    c.close().await.unwrap();
+    drop(driver);
+    app.verify_ledger().await;
+    mock.stop().await;
+    app.stop().await;
+}
+
+/// Micro-credits as the console shows them (two to six decimals).
+fn cost_text(micros: i64) -> String {
+    let frac = format!("{:06}", micros % 1_000_000);
+    let frac = frac.trim_end_matches('0');
+    format!("{}.{:0<2}", micros / 1_000_000, frac)
+}
