@@ -541,3 +541,43 @@ async fn when_every_breaker_is_open_the_client_gets_503_no_available_channel() {
     assert_eq!(s.app.balance(s.customer_id).await, START);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_count_saved_in_settings_applies_at_once_without_a_restart() {
+    let s = Scenario::start(1.0).await;
+    only_test_channels(&s).await;
+    for name in ["down-1", "down-2", "down-3"] {
+        s.app
+            .add_channel(
+                name,
+                &s.mock.base_url,
+                &["gpt-4o-mini"],
+                json!({"model_mapping": {"gpt-4o-mini": "fail-500"}}),
+            )
+            .await;
+    }
+    let tries = |n: usize| {
+        let s = &s;
+        async move {
+            let r = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
+            assert_eq!(r.status(), 502);
+            let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_owned();
+            s.app.settled().await;
+            assert_eq!(attempts(&s.app.generation(&gen_id).await).len(), n);
+        }
+    };
+    tries(3).await;
+    let (st, v) = s
+        .app
+        .api(
+            "PUT",
+            "/api/settings",
+            &s.app.root_token,
+            Some(json!({"max_tries": 1, "breaker_failures": 1000})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    tries(1).await;
+    assert_eq!(s.app.balance(s.customer_id).await, START);
+    s.stop().await;
+}

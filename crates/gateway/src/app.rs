@@ -65,12 +65,15 @@ impl Application {
 
         let instance = uuid::Uuid::now_v7().simple().to_string();
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let breakers = Arc::new(relay_core::health::Breakers::new(config.breaker));
         let reloader = Reloader {
             db: db.clone(),
             secrets: secrets.clone(),
             snapshot: Arc::clone(&snapshot),
             shared: Arc::clone(&shared),
             instance: instance.clone(),
+            defaults: env_tunables,
+            breakers: Arc::clone(&breakers),
         };
         reloader
             .reload_local()
@@ -102,7 +105,7 @@ impl Application {
             config: config.clone(),
             instance,
             reloader: reloader.clone(),
-            breakers: relay_core::health::Breakers::new(config.breaker),
+            breakers,
             health,
         });
         let admin = web::Data::new(admin_web::AdminState {

@@ -473,7 +473,7 @@ async fn relay(
         client: &state.client,
         breakers: &state.breakers,
         health: state.health.as_ref(),
-        max_tries: state.config.max_tries,
+        max_tries: snap.max_tries,
     };
     let extra = forwarded_headers(&req, proto);
     let request = RelayRequest {

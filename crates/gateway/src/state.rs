@@ -21,6 +21,8 @@ use crate::Config;
 pub struct Snapshot {
     pub catalog: Catalog,
     pub router: Router,
+    /// Channels tried per request (the admin's setting, else the environment's).
+    pub max_tries: usize,
 }
 
 /// Shared by every worker and handler.
@@ -48,7 +50,7 @@ pub struct AppState {
     /// Catalog reload + broadcast.
     pub reloader: Reloader,
     /// Per-channel circuit breakers (this process).
-    pub breakers: relay_core::health::Breakers,
+    pub breakers: Arc<relay_core::health::Breakers>,
     /// Persists disabled keys and channels.
     pub health: crate::channel_health::Health,
 }
@@ -72,6 +74,10 @@ pub struct Reloader {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub shared: Arc<Shared>,
     pub instance: String,
+    /// The environment's tunables, for settings nobody stored.
+    pub defaults: admin_web::settings::Tunables,
+    /// Takes the breaker thresholds of every reload.
+    pub breakers: Arc<relay_core::health::Breakers>,
 }
 
 impl Reloader {
@@ -79,7 +85,25 @@ impl Reloader {
     pub async fn reload_local(&self) -> Result<(), store::StoreError> {
         let catalog = Catalog::load(&self.db, &self.secrets).await?;
         let router = Router::build(&catalog);
-        self.snapshot.store(Arc::new(Snapshot { catalog, router }));
+        // The admin's tunables travel with the catalog: a change applies on every
+        // instance at its next reload.
+        let t = admin_web::settings::effective(&self.db, self.defaults)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = ?e, "cannot read the settings; keeping the defaults");
+                self.defaults
+            });
+        self.breakers.set_config(relay_core::health::BreakerConfig {
+            failures: t.breaker_failures,
+            window: std::time::Duration::from_secs(t.breaker_window_s),
+            cooldown: std::time::Duration::from_secs(t.breaker_cooldown_s),
+        });
+        let max_tries = usize::try_from(t.max_tries).unwrap_or(1);
+        self.snapshot.store(Arc::new(Snapshot {
+            catalog,
+            router,
+            max_tries,
+        }));
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The admin's tunables (`admin_web::settings`) applied to the gateway: stored values
-//! override the environment at start (retries, breaker thresholds), and the health
-//! job reads its interval afresh every round, so a change applies without a restart.
+//! override the environment at start; afterwards retries and breaker thresholds come
+//! with every catalog reload (`state::Reloader`), and the health job reads its interval
+//! afresh every round, so a change applies on every instance without a restart.
 
 use std::time::Duration;
 

@@ -40,7 +40,8 @@ struct Breaker {
 /// Every channel's breaker, in this process.
 #[derive(Debug, Default)]
 pub struct Breakers {
-    config: BreakerConfig,
+    /// The thresholds; the admin's settings replace them on every catalog reload.
+    config: Mutex<BreakerConfig>,
     map: Mutex<HashMap<i64, Breaker>>,
     /// Keys found dead here, kept out until the catalog no longer has them.
     dead_keys: Mutex<HashMap<i64, Instant>>,
@@ -64,10 +65,19 @@ pub enum Gate {
 impl Breakers {
     pub fn new(config: BreakerConfig) -> Self {
         Breakers {
-            config,
+            config: Mutex::new(config),
             map: Mutex::new(HashMap::new()),
             dead_keys: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// New thresholds, for the next failures.
+    pub fn set_config(&self, config: BreakerConfig) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    fn config(&self) -> BreakerConfig {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Breaker>> {
@@ -126,23 +136,24 @@ impl Breakers {
     /// Records a failure; returns true when this failure opened the breaker.
     pub fn failure(&self, channel: i64) -> bool {
         let now = Instant::now();
+        let config = self.config();
         let mut map = self.lock();
         let b = map.entry(channel).or_default();
         if b.trial_in_flight {
             // The trial failed: cool down again.
             b.trial_in_flight = false;
-            b.open_until = Some(now + self.config.cooldown);
+            b.open_until = Some(now + config.cooldown);
             return true;
         }
         if b.window_start
-            .is_none_or(|s| now.duration_since(s) > self.config.window)
+            .is_none_or(|s| now.duration_since(s) > config.window)
         {
             b.window_start = Some(now);
             b.failures = 0;
         }
         b.failures += 1;
-        if b.failures >= self.config.failures && b.open_until.is_none_or(|u| u <= now) {
-            b.open_until = Some(now + self.config.cooldown);
+        if b.failures >= config.failures && b.open_until.is_none_or(|u| u <= now) {
+            b.open_until = Some(now + config.cooldown);
             b.failures = 0;
             b.window_start = None;
             return true;
