@@ -322,12 +322,6 @@ pub async fn update(
     }
 }
 
-#[derive(Deserialize)]
-pub struct StatusForm {
-    #[serde(default)]
-    status: String,
-}
-
 /// `POST /console/channels/{id}/status`: enable or disable.
 pub async fn set_status(
     state: web::Data<AdminState>,
@@ -335,7 +329,7 @@ pub async fn set_status(
     id: web::Path<i64>,
     body: web::Bytes,
 ) -> Result<HttpResponse, Html> {
-    let form: StatusForm = c.form(&body)?;
+    let form: page::StatusForm = c.form(&body)?;
     let patch = ChannelBody {
         status: Some(form.status),
         ..ChannelBody::default()

@@ -338,12 +338,6 @@ pub async fn update(
     }
 }
 
-#[derive(Deserialize)]
-pub struct StatusForm {
-    #[serde(default)]
-    status: String,
-}
-
 /// `POST /console/keys/{id}/status`: enable or disable.
 pub async fn set_status(
     state: web::Data<AdminState>,
@@ -351,7 +345,7 @@ pub async fn set_status(
     id: web::Path<i64>,
     body: web::Bytes,
 ) -> Result<HttpResponse, Html> {
-    let form: StatusForm = c.form(&body)?;
+    let form: page::StatusForm = c.form(&body)?;
     let patch = PatchKey {
         status: Some(form.status),
         ..PatchKey::default()
@@ -367,7 +361,7 @@ pub async fn delete(
     id: web::Path<i64>,
     body: web::Bytes,
 ) -> Result<HttpResponse, Html> {
-    let _: StatusForm = c.form(&body)?;
+    let _: page::StatusForm = c.form(&body)?;
     domain::delete_key(&state, &c.who, id.into_inner()).await?;
     Ok(page::see_other("/console/keys?done=key_deleted"))
 }

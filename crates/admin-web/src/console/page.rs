@@ -302,3 +302,10 @@ mod tests {
         assert_eq!(split_list(" a, b\nc,,\n"), vec!["a", "b", "c"]);
     }
 }
+
+/// The enable/disable form of channels, keys and users.
+#[derive(serde::Deserialize)]
+pub struct StatusForm {
+    #[serde(default)]
+    pub status: String,
+}

@@ -336,12 +336,6 @@ pub async fn credits(
     }
 }
 
-#[derive(Deserialize)]
-pub struct StatusForm {
-    #[serde(default)]
-    status: String,
-}
-
 /// `POST /console/users/{id}/status`: disabling stops the user's keys at once.
 pub async fn set_status(
     state: web::Data<AdminState>,
@@ -350,7 +344,7 @@ pub async fn set_status(
     body: web::Bytes,
 ) -> Result<HttpResponse, Html> {
     let id = id.into_inner();
-    let form: StatusForm = c.form(&body)?;
+    let form: page::StatusForm = c.form(&body)?;
     let patch = PatchUser {
         status: Some(form.status),
         ..PatchUser::default()
