@@ -330,8 +330,6 @@ async fn embeddings(
     }))
 }
 
-/// `/v1/completions`: "Hello there" for 5 prompt and 7 completion tokens, streamed
-/// as text chunks (with the usage chunk when asked) or whole.
 /// Azure OpenAI's chat: the deployment in the path, `api-version` in the query, the
 /// key in `api-key`. Recorded with the query in `path` and the key as `api-key …`.
 async fn azure_chat(
@@ -577,6 +575,8 @@ async fn transcription(
     }
 }
 
+/// `/v1/completions`: "Hello there" for 5 prompt and 7 completion tokens, streamed
+/// as text chunks (with the usage chunk when asked) or whole.
 async fn completions(
     received: web::Data<Arc<Mutex<Vec<Received>>>>,
     req: HttpRequest,

@@ -312,3 +312,35 @@ async fn a_failed_image_edit_costs_nothing_and_a_form_without_a_file_is_a_400() 
     assert_eq!(s.app.balance(s.customer_id).await, START);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_calls_completions_embeddings_moderations_and_images_charged_exactly() {
+    let s = Scenario::start(1.0).await;
+    channel_and_prices(&s).await;
+    let stdout =
+        tollgate_tests::python::run_sdk_script("openai_endpoints_check.py", &s.app.address, &s.key)
+            .await;
+    eprintln!("{stdout}");
+    s.app.settled().await;
+    let ledger = s.app.ledger(s.customer_id).await;
+    let charges: Vec<&store::entities::transaction::Model> =
+        ledger.iter().filter(|t| t.kind == "consume").collect();
+    assert_eq!(charges.len(), 4, "{ledger:?}");
+    let mut costs = Vec::new();
+    for t in &charges {
+        let g = s.app.generation(t.reference.as_deref().unwrap()).await;
+        assert_eq!(-t.amount, g.cost);
+        costs.push((g.endpoint.clone(), g.cost, g.tokens_prompt));
+    }
+    // 5 × 1.5 + 7 × 2 = 21.5 µc, rounded up once.
+    assert_eq!((costs[0].0.as_str(), costs[0].1), ("/v1/completions", 22));
+    assert_eq!((costs[1].0.as_str(), costs[1].1), ("/v1/embeddings", 8));
+    // No usage report: the input is counted locally, 1 credit per 1M tokens.
+    assert_eq!(costs[2].0, "/v1/moderations");
+    assert!(costs[2].2 > 3 && costs[2].1 == costs[2].2, "{costs:?}");
+    assert_eq!(
+        (costs[3].0.as_str(), costs[3].1),
+        ("/v1/images/generations", 80_000)
+    );
+    s.stop().await;
+}
