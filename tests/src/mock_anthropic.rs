@@ -175,6 +175,11 @@ async fn messages(
         }
         _ => {}
     }
+    match crate::mock_tools::anthropic_turn(&body) {
+        crate::mock_tools::Turn::Invalid(m) => return error(400, "invalid_request_error", &m),
+        crate::mock_tools::Turn::Call(name) => return tool_use(&body, &model, &name),
+        _ => {}
+    }
     if body["stream"].as_bool().unwrap_or(false) {
         return stream(&model);
     }
@@ -196,6 +201,62 @@ async fn messages(
                 "cache_read_input_tokens": cache_read,
             },
         }))
+}
+
+/// A `tool_use` of tool `name`, whole or as Anthropic streams it (the block with empty
+/// input, then `input_json_delta` pieces).
+fn tool_use(body: &Value, model: &str, name: &str) -> HttpResponse {
+    use crate::mock_tools::{ANTHROPIC_CALL_ID, arguments};
+    let (input, cache_read, cache_creation, output) = tokens_for(model);
+    let usage = json!({"input_tokens": input, "output_tokens": output,
+        "cache_creation_input_tokens": cache_creation, "cache_read_input_tokens": cache_read});
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return HttpResponse::Ok().json(json!({
+            "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": dated(model),
+            "content": [{"type": "tool_use", "id": ANTHROPIC_CALL_ID, "name": name, "input": arguments()}],
+            "stop_reason": "tool_use", "stop_sequence": null, "usage": usage,
+        }));
+    }
+    let args = arguments().to_string();
+    let (a, b) = args.split_at(args.len() / 2);
+    let events = [
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {
+            "id": MESSAGE_ID, "type": "message", "role": "assistant", "content": [], "model": dated(model),
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input, "cache_creation_input_tokens": cache_creation,
+                      "cache_read_input_tokens": cache_read, "output_tokens": 1}}}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": ANTHROPIC_CALL_ID, "name": name, "input": {}}}),
+        ),
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": a}}),
+        ),
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": b}}),
+        ),
+        event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        event(
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": output}}),
+        ),
+        event("message_stop", json!({"type": "message_stop"})),
+    ];
+    HttpResponse::Ok()
+        .insert_header(("content-type", "text/event-stream; charset=utf-8"))
+        .body(events.concat())
 }
 
 fn event(name: &str, data: Value) -> String {

@@ -315,6 +315,26 @@ async fn generate(
         _ => {}
     }
     let usage = Usage::for_model(&model);
+    match crate::mock_tools::gemini_turn(parsed.as_ref().unwrap_or(&Value::Null)) {
+        crate::mock_tools::Turn::Invalid(m) => return error(400, "INVALID_ARGUMENT", &m, None),
+        crate::mock_tools::Turn::Call(name) => {
+            // One whole call, with its finish and usage; a stream sends it as one chunk.
+            let mut r = response(&model, "", true, usage.metadata());
+            r["candidates"][0]["content"]["parts"] =
+                json!([{"functionCall": {"name": name, "args": crate::mock_tools::arguments()}}]);
+            let body = serde_json::to_string(&r).unwrap();
+            return if streamed {
+                HttpResponse::Ok()
+                    .insert_header(("content-type", "text/event-stream"))
+                    .body(format!("data: {body}\r\n\r\n"))
+            } else {
+                HttpResponse::Ok()
+                    .insert_header(("content-type", "application/json; charset=UTF-8"))
+                    .body(body)
+            };
+        }
+        _ => {}
+    }
     if !streamed {
         return HttpResponse::Ok()
             .insert_header(("content-type", "application/json; charset=UTF-8"))

@@ -211,6 +211,13 @@ async fn chat(
         _ => {}
     }
     let dated = format!("{model}-2024-07-18");
+    match crate::mock_tools::openai_turn(&body) {
+        crate::mock_tools::Turn::Invalid(m) => {
+            return error(400, &m, "invalid_request_error", "invalid_value");
+        }
+        crate::mock_tools::Turn::Call(name) => return tool_call(&body, &name, &dated),
+        _ => {}
+    }
     if body["stream"].as_bool().unwrap_or(false) {
         let include_usage = body["stream_options"]["include_usage"]
             .as_bool()
@@ -228,6 +235,55 @@ async fn chat(
         "usage": usage_for(&model),
         "system_fingerprint": "fp_mock",
     }))
+}
+
+/// A call to tool `name`, whole or streamed (id and name first, then the arguments
+/// in two pieces, the finish, the usage when asked, `[DONE]`).
+fn tool_call(body: &Value, name: &str, dated: &str) -> HttpResponse {
+    use crate::mock_tools::{OPENAI_CALL_ID, arguments};
+    let args = arguments().to_string();
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return HttpResponse::Ok().json(json!({
+            "id": "chatcmpl-mocktool", "object": "chat.completion", "created": 1_732_000_000, "model": dated,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
+                "tool_calls": [{"id": OPENAI_CALL_ID, "type": "function", "function": {"name": name, "arguments": args}}]},
+                "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": usage_for("tool"),
+        }));
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let c = json!({"id": "chatcmpl-mocktool", "object": "chat.completion.chunk", "created": 1_732_000_000,
+            "model": dated, "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let (a, b) = args.split_at(args.len() / 2);
+    let mut events = vec![
+        chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": OPENAI_CALL_ID, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": b}}]}),
+            Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+    ];
+    if body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false)
+    {
+        let last = json!({"id": "chatcmpl-mocktool", "object": "chat.completion.chunk", "created": 1_732_000_000,
+            "model": dated, "choices": [], "usage": usage_for("tool")});
+        events.push(format!("data: {last}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .body(events.concat())
 }
 
 fn stream(model: &str, dated: &str, include_usage: bool) -> HttpResponse {
