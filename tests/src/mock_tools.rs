@@ -29,7 +29,7 @@ pub enum Turn {
 }
 
 fn first_tool(tools: Option<&Vec<Value>>, name: impl Fn(&Value) -> Option<&str>) -> Option<String> {
-    tools?.first().and_then(|t| name(t)).map(str::to_owned)
+    tools?.first().and_then(name).map(str::to_owned)
 }
 
 /// An OpenAI chat request's turn.
