@@ -1,5 +1,6 @@
 """Drives the official `openai` Python SDK's other JSON endpoints against a running
-Tollgate gateway: legacy completions, embeddings, moderations and image generation.
+Tollgate gateway: legacy completions, embeddings, moderations, image generation, and DeepSeek's FIM
+completions at /beta.
 
 Environment: TOLLGATE_BASE_URL, TOLLGATE_KEY. Prints one line per check; a failed check
 raises. The Rust test (tests/tests/openai_endpoints.rs) checks each call's cost.
@@ -36,6 +37,14 @@ def main() -> None:
     i = client.images.generate(model="dall-e-3", prompt="a cat", n=2, size="1024x1024")
     assert len(i.data) == 2 and i.data[0].url, f"{i}"
     check("images.generate: two images")
+
+    # DeepSeek's FIM: the same SDK with its base URL at /beta.
+    fim = openai.OpenAI(base_url=os.environ["TOLLGATE_BASE_URL"].rstrip("/") + "/beta",
+                        api_key=os.environ["TOLLGATE_KEY"], max_retries=0, timeout=30)
+    f = fim.completions.create(model="deepseek-chat", prompt="def fib(a):",
+                               suffix="    return fib(a-1) + fib(a-2)", max_tokens=64)
+    assert f.choices[0].text == "Hello there", f"{f}"
+    check("FIM completions.create at /beta: text")
 
     print("all checks passed", flush=True)
 

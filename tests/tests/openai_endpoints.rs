@@ -317,6 +317,10 @@ async fn a_failed_image_edit_costs_nothing_and_a_form_without_a_file_is_a_400() 
 async fn the_openai_sdk_calls_completions_embeddings_moderations_and_images_charged_exactly() {
     let s = Scenario::start(1.0).await;
     channel_and_prices(&s).await;
+    s.app
+        .add_channel("deepseek", &s.mock.base_url, &["deepseek-chat"], json!({}))
+        .await;
+    s.app.set_price("deepseek-chat", 1.0, 2.0).await;
     let stdout =
         tollgate_tests::python::run_sdk_script("openai_endpoints_check.py", &s.app.address, &s.key)
             .await;
@@ -325,7 +329,7 @@ async fn the_openai_sdk_calls_completions_embeddings_moderations_and_images_char
     let ledger = s.app.ledger(s.customer_id).await;
     let charges: Vec<&store::entities::transaction::Model> =
         ledger.iter().filter(|t| t.kind == "consume").collect();
-    assert_eq!(charges.len(), 4, "{ledger:?}");
+    assert_eq!(charges.len(), 5, "{ledger:?}");
     let mut costs = Vec::new();
     for t in &charges {
         let g = s.app.generation(t.reference.as_deref().unwrap()).await;
@@ -342,5 +346,7 @@ async fn the_openai_sdk_calls_completions_embeddings_moderations_and_images_char
         (costs[3].0.as_str(), costs[3].1),
         ("/v1/images/generations", 80_000)
     );
+    // 5 prompt tokens at 1 and 7 completion tokens at 2 credits per 1M.
+    assert_eq!((costs[4].0.as_str(), costs[4].1), ("/beta/completions", 19));
     s.stop().await;
 }
