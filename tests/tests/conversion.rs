@@ -528,3 +528,33 @@ async fn the_genai_sdk_runs_a_function_calling_loop_on_every_channel_type() {
         tool_loop(kind, "genai_tools_check.py", "/v1").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_converted_answer_carries_the_upstreams_id_so_the_generation_lookup_finds_it() {
+    let p = Pair::start("anthropic").await;
+    let resp = p
+        .app
+        .chat(
+            &p.key,
+            json!({"model": ANTHROPIC_MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(id, tollgate_tests::mock_anthropic::MESSAGE_ID);
+    p.app.settled().await;
+    let found = p
+        .app
+        .http
+        .get(format!("{}/v1/generation?id={id}", p.app.address))
+        .bearer_auth(&p.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(found.status(), 200);
+    let g: Value = found.json().await.unwrap();
+    assert!(g["data"]["total_cost"].as_f64().is_some(), "{g}");
+    p.upstream.stop().await;
+    p.app.stop().await;
+}

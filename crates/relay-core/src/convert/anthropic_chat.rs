@@ -715,12 +715,9 @@ pub fn response_from_chat(c: ChatCompletion) -> MessageResponse {
     }
 }
 
+/// The id the client sees is the upstream's own, so `/v1/generation?id=` finds it.
 fn anthropic_id(id: &str) -> String {
-    if id.starts_with("msg_") {
-        id.to_owned()
-    } else {
-        format!("msg_{}", id.trim_start_matches("chatcmpl-"))
-    }
+    id.to_owned()
 }
 
 // ---- streams --------------------------------------------------------------------

@@ -898,10 +898,7 @@ pub fn response_to_chat(r: GenerateResponse) -> ChatCompletion {
             .map(|f| finish_reason(f, !calls.is_empty()).to_owned())
     };
     ChatCompletion {
-        id: r.response_id.map_or_else(
-            || "chatcmpl-gemini".to_owned(),
-            |id| format!("chatcmpl-{id}"),
-        ),
+        id: r.response_id.unwrap_or_else(|| "gemini".to_owned()),
         object: "chat.completion".into(),
         created: chat::now(),
         model: r.model_version.unwrap_or_default(),
@@ -1014,10 +1011,10 @@ impl GeminiToChat {
         };
         if !self.started {
             self.started = true;
-            self.id = r.response_id.as_deref().map_or_else(
-                || "chatcmpl-gemini".to_owned(),
-                |id| format!("chatcmpl-{id}"),
-            );
+            self.id = r
+                .response_id
+                .as_deref()
+                .map_or_else(|| "gemini".to_owned(), str::to_owned);
             self.model = r.model_version.clone().unwrap_or_default();
             out.push(Piece::Chunk(self.chunk(Delta {
                 role: Some("assistant".into()),

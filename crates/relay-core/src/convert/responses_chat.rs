@@ -274,12 +274,9 @@ fn usage_json(u: &ChatUsage) -> Value {
     })
 }
 
+/// The id the client sees is the upstream's own, so `/v1/generation?id=` finds it.
 fn response_id(id: &str) -> String {
-    if id.starts_with("resp_") {
-        id.to_owned()
-    } else {
-        format!("resp_{}", id.trim_start_matches("chatcmpl-"))
-    }
+    id.to_owned()
 }
 
 /// (status, incomplete_details) for a chat finish reason.
