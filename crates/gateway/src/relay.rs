@@ -435,7 +435,7 @@ async fn relay(
     };
     record.model = admitted.model.clone();
     record.streamed = head.is_stream();
-    let estimate = reservation(proto, &admitted, &head, body.len());
+    let estimate = reservation(proto, &admitted, &head, &body);
     let limited_key = admitted
         .caller
         .key
@@ -514,18 +514,19 @@ fn content_type(req: &HttpRequest) -> Option<&str> {
 }
 
 /// The most this request can cost: prompt estimate plus the allowed output.
-fn reservation(proto: Protocol, admitted: &Admitted, head: &ChatHead, body_len: usize) -> i64 {
+fn reservation(proto: Protocol, admitted: &Admitted, head: &ChatHead, body: &[u8]) -> i64 {
+    let body_len = body.len();
     let choices = head.n.unwrap_or(1).clamp(1, 128);
     let usage = match proto {
         Protocol::OpenAiEmbeddings | Protocol::OpenAiModerations => Usage {
-            prompt_tokens: prompt_estimate(body_len),
+            prompt_tokens: prompt_estimate(body),
             ..Usage::default()
         },
         // An image request may return `n` images.
         Protocol::OpenAiImages | Protocol::OpenAiImageEdits | Protocol::OpenAiImageVariations => {
             Usage {
                 prompt_tokens: if proto == Protocol::OpenAiImages {
-                    prompt_estimate(body_len)
+                    prompt_estimate(body)
                 } else {
                     0
                 },
@@ -549,7 +550,7 @@ fn reservation(proto: Protocol, admitted: &Admitted, head: &ChatHead, body_len: 
             }
         }
         _ => Usage {
-            prompt_tokens: prompt_estimate(body_len),
+            prompt_tokens: prompt_estimate(body),
             completion_tokens: head
                 .max_output()
                 .unwrap_or(DEFAULT_MAX_OUTPUT)

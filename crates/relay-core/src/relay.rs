@@ -479,8 +479,32 @@ fn answer(success: Success, req: &RelayRequest<'_>, mut meter: Meter) -> ChatAns
     }
 }
 
-/// Prompt tokens guessed from the request body's size (about four bytes a token): a
-/// cheap figure for the reservation, never for the charge.
-pub fn prompt_estimate(body_len: usize) -> i64 {
-    estimate_tokens(body_len)
+/// Prompt tokens guessed from the request body, for the reservation (never for the
+/// charge): about four ASCII bytes a token, and a token for every other character (CJK
+/// text runs at one or more tokens a character, which bytes / 4 would undercount).
+pub fn prompt_estimate(body: &[u8]) -> i64 {
+    let mut ascii = 0usize;
+    let mut other = 0usize;
+    for &b in body {
+        if b < 0x80 {
+            ascii += 1;
+        } else if b & 0xC0 == 0xC0 {
+            // The first byte of a multi-byte character.
+            other += 1;
+        }
+    }
+    estimate_tokens(ascii).saturating_add(i64::try_from(other).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prompt_estimate;
+
+    #[test]
+    fn the_prompt_estimate_counts_a_token_for_every_non_ascii_character() {
+        assert_eq!(prompt_estimate(b"abcdefgh"), 2);
+        // Twelve characters of Chinese: 36 bytes, but at least 12 tokens.
+        assert_eq!(prompt_estimate("请帮我把这段话翻译成英文".as_bytes()), 12);
+        assert_eq!(prompt_estimate("ab中".as_bytes()), 2);
+    }
 }
