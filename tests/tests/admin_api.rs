@@ -445,3 +445,93 @@ async fn lists_page_with_page_and_per_page() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_ends_every_session_opened_before_it() {
+    let app = spawn_app().await;
+    app.create_user("erin", "customer").await;
+    let old = app.login("erin", "password-123").await;
+    let other = app.login("erin", "password-123").await;
+    let (s, _) = app.api("GET", "/api/me", &other, None).await;
+    assert_eq!(s, 200);
+    let resp = app
+        .http
+        .patch(format!("{}/api/me", app.address))
+        .bearer_auth(&old)
+        .json(&json!({"current_password": "password-123", "password": "a-new-password-9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let fresh = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("tollgate_session="))
+        .and_then(|c| c.split(';').next())
+        .expect("a fresh session cookie")
+        .to_owned();
+    // The stolen (or any older) token stops working; the fresh one works.
+    for token in [&old, &other] {
+        let (s, _) = app.api("GET", "/api/me", token, None).await;
+        assert_eq!(s, 401);
+    }
+    let (s, _) = app.api("GET", "/api/me", &fresh, None).await;
+    assert_eq!(s, 200);
+    // An admin's reset ends the user's sessions too.
+    let again = app.login("erin", "a-new-password-9").await;
+    let (id, _) = {
+        let (_, me) = app.api("GET", "/api/me", &again, None).await;
+        (me["id"].as_i64().unwrap(), ())
+    };
+    let (s, _) = app
+        .api(
+            "PATCH",
+            &format!("/api/users/{id}"),
+            &app.root_token,
+            Some(json!({"password": "reset-by-admin-1"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = app.api("GET", "/api/me", &again, None).await;
+    assert_eq!(s, 401);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_the_api_on_a_cookie_alone_needs_the_sessions_csrf_header() {
+    let app = spawn_app().await;
+    let token = app.root_token.clone();
+    let refresh = |csrf: Option<String>| {
+        let mut req = app
+            .http
+            .post(format!("{}/api/cache/refresh", app.address))
+            .header("cookie", format!("tollgate_session={token}"));
+        if let Some(c) = csrf {
+            req = req.header("x-csrf-token", c);
+        }
+        req.send()
+    };
+    // Another site's form can carry the cookie but not the header.
+    let resp = refresh(None).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "csrf_rejected");
+    let resp = refresh(Some("0".repeat(32))).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let good = admin_web::console::session::csrf_of(&token);
+    assert_eq!(refresh(Some(good)).await.unwrap().status(), 200);
+    // Reads by cookie, and changes by Bearer, need nothing more.
+    let me = app
+        .http
+        .get(format!("{}/api/me", app.address))
+        .header("cookie", format!("tollgate_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let (s, _) = app.api("POST", "/api/cache/refresh", &token, None).await;
+    assert_eq!(s, 200);
+    app.stop().await;
+}

@@ -33,6 +33,16 @@ pub struct Claims {
     pub jti: String,
     pub iat: i64,
     pub exp: i64,
+    /// A fingerprint of the password hash the session was opened with: a password
+    /// change or reset ends every session opened before it.
+    #[serde(default)]
+    pub pwd: String,
+}
+
+/// A short fingerprint of a password hash (never the hash itself).
+fn password_fingerprint(hash: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(hash.as_bytes())[..8])
 }
 
 /// The authenticated caller of an admin API request.
@@ -124,6 +134,11 @@ pub fn check_password_rules(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A new session token for `u` (after a password change, its own sessions end too).
+pub fn new_session(state: &AdminState, u: &user::Model) -> Result<String, ApiError> {
+    issue(state, u).map(|(token, _)| token)
+}
+
 fn issue(state: &AdminState, u: &user::Model) -> Result<(String, i64), ApiError> {
     let now = Utc::now().timestamp();
     let exp = now + state.session_hours * 3600;
@@ -133,6 +148,7 @@ fn issue(state: &AdminState, u: &user::Model) -> Result<(String, i64), ApiError>
         jti: uuid::Uuid::now_v7().simple().to_string(),
         iat: now,
         exp,
+        pwd: password_fingerprint(&u.password_hash),
     };
     let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &state.jwt_encoding)
         .map_err(ApiError::internal)?;
@@ -298,15 +314,18 @@ pub async fn change_password(
     Ok(u)
 }
 
-/// `PATCH /api/me`: change one's own password, proving the current one.
+/// `PATCH /api/me`: change one's own password, proving the current one. Every session
+/// opened before ends; the answer sets a fresh session cookie for the caller.
 pub async fn patch_me(
     state: web::Data<AdminState>,
+    req: HttpRequest,
     who: AuthUser,
     body: web::Json<PatchMe>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let u = change_password(&state, &who, body.current_password, body.password).await?;
-    Ok(HttpResponse::Ok().json(user_json(&u)))
+    let cookie = session_cookie(&state, &req, new_session(&state, &u)?);
+    Ok(HttpResponse::Ok().cookie(cookie).json(user_json(&u)))
 }
 
 /// The caller a session token belongs to: signature, expiry, revocation and the user's
@@ -328,7 +347,7 @@ pub async fn authorize_token(state: &AdminState, token: &str) -> Result<AuthUser
     let u = user::Entity::find_by_id(claims.sub)
         .one(&state.db)
         .await?
-        .filter(|u| u.status == "enabled")
+        .filter(|u| u.status == "enabled" && claims.pwd == password_fingerprint(&u.password_hash))
         .ok_or(ApiError::Unauthorized)?;
     let role = Role::parse(&u.role).ok_or(ApiError::Unauthorized)?;
     Ok(AuthUser {
@@ -362,9 +381,33 @@ impl FromRequest for AuthUser {
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AdminState>>().cloned();
         let token = token_of(req);
+        // A change through the JSON API on the strength of the browser's cookie alone
+        // must prove it comes from our page (the console's forms have their own
+        // check): the `X-CSRF-Token` header of the session. Bearer callers need none.
+        let by_cookie = !req
+            .headers()
+            .contains_key(actix_web::http::header::AUTHORIZATION);
+        let changes = !matches!(
+            *req.method(),
+            actix_web::http::Method::GET
+                | actix_web::http::Method::HEAD
+                | actix_web::http::Method::OPTIONS
+        );
+        let needs_csrf = by_cookie && changes && req.path().starts_with("/api/");
+        let csrf = req
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("admin state missing"))?;
             let token = token.ok_or(ApiError::Unauthorized)?;
+            if needs_csrf {
+                let expected = crate::console::session::csrf_of(&token);
+                if !csrf.is_some_and(|h| crate::console::session::same(&h, &expected)) {
+                    return Err(ApiError::CsrfRejected);
+                }
+            }
             authorize_token(&state, &token).await
         })
     }

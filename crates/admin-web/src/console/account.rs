@@ -150,12 +150,20 @@ pub struct PasswordForm {
 /// `POST /console/account/password`
 pub async fn change_password(
     state: web::Data<AdminState>,
+    req: HttpRequest,
     c: Console,
     body: web::Bytes,
 ) -> Result<HttpResponse, Html> {
     let f: PasswordForm = c.form(&body)?;
     match auth::change_password(&state, &c.who, f.current_password, Some(f.password)).await {
-        Ok(_) => Ok(page::see_other("/console/account?done=password_changed")),
+        Ok(u) => {
+            // Older sessions (a stolen cookie among them) end; this one goes on.
+            let token = auth::new_session(&state, &u).map_err(Html)?;
+            let mut resp = page::see_other("/console/account?done=password_changed");
+            resp.add_cookie(&auth::session_cookie(&state, &req, token))
+                .map_err(|e| Html(ApiError::internal(e)))?;
+            Ok(resp)
+        }
         Err(e) if page::fixable(&e) => {
             let p = account_page(
                 &state,
