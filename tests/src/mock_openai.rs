@@ -455,6 +455,10 @@ async fn responses(
     body: web::Json<Value>,
 ) -> HttpResponse {
     record(&received, &req, &body);
+    if body["model"] == "no-responses" {
+        // An OpenAI-compatible provider that has only chat completions.
+        return HttpResponse::NotFound().body("404 page not found");
+    }
     let text = CONTENT_PIECES.concat();
     let item = |status: &str, text: &str| {
         json!({"id": "msg_mock1", "type": "message", "status": status, "role": "assistant",

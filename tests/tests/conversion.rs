@@ -558,3 +558,69 @@ async fn a_converted_answer_carries_the_upstreams_id_so_the_generation_lookup_fi
     p.upstream.stop().await;
     p.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_on_an_openai_compatible_channel_without_them_go_through_its_chat_completions() {
+    let app = spawn_app().await;
+    let mock = MockOpenAi::start().await;
+    app.add_channel(
+        "chat-only",
+        &mock.base_url,
+        &["deepseek-chat"],
+        json!({"model_mapping": {"deepseek-chat": "no-responses"}}),
+    )
+    .await;
+    app.set_price("deepseek-chat", INPUT_PRICE, OUTPUT_PRICE)
+        .await;
+    let customer_id = app.create_user("fay", "customer").await;
+    app.mint(customer_id, 1.0).await;
+    let token = app.login("fay", "password-123").await;
+    let (_, key) = app.create_key(&token, json!({"name": "k"})).await;
+    // With one try allowed, the fallback still gets its chance.
+    let (s, v) = app
+        .api(
+            "PUT",
+            "/api/settings",
+            &app.root_token,
+            Some(json!({"max_tries": 1})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for stream in [false, true] {
+        let resp = app
+            .http
+            .post(format!("{}/v1/responses", app.address))
+            .bearer_auth(&key)
+            .json(&json!({"model": "deepseek-chat", "input": "Say hello", "stream": stream}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        if stream {
+            assert!(text.contains("event: response.completed"), "{text}");
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                v["output"][0]["content"][0]["text"],
+                "Hello! How can I help?"
+            );
+            assert_eq!(v["usage"]["output_tokens"], 30);
+        }
+    }
+    let paths: Vec<String> = mock.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/responses",
+            "/v1/chat/completions",
+            "/v1/responses",
+            "/v1/chat/completions"
+        ]
+    );
+    app.settled().await;
+    assert_eq!(app.balance(customer_id).await, START - 2 * NORMAL_COST);
+    app.verify_ledger().await;
+    mock.stop().await;
+    app.stop().await;
+}

@@ -70,9 +70,11 @@ pub async fn chat(
     let mut excluded: Vec<i64> = Vec::new();
     let mut dead_keys: Vec<i64> = deps.breakers.dead_keys();
     let mut attempts: Vec<Attempt> = Vec::new();
+    // Channels found to lack /v1/responses, tried again through chat.
+    let mut chat_only: Vec<i64> = Vec::new();
     let mut last = RelayError::NoAvailableChannel;
     let group = &admitted.caller.user.group;
-    while attempts.len() < deps.max_tries.max(1) {
+    while attempts.len() < deps.max_tries.max(1) + chat_only.len() {
         let Some(channel) = deps.router.pick_where(group, &admitted.model, |c| {
             req.proto.served_by(&c.kind)
                 && !excluded.contains(&c.id)
@@ -94,7 +96,15 @@ pub async fn chat(
             .cloned()
             .unwrap_or_else(|| admitted.model.clone());
         let started = Instant::now();
-        let result = try_channel(deps.client, &channel, &key.secret, req, &upstream_model).await;
+        let via_chat = chat_only.contains(&channel.id);
+        let result = try_channel(
+            deps.client,
+            &channel,
+            &key.secret,
+            (req, via_chat),
+            &upstream_model,
+        )
+        .await;
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         meter.record.channel_id = Some(channel.id);
         meter.record.provider_name = Some(channel.name.clone());
@@ -126,6 +136,15 @@ pub async fn chat(
             latency_ms,
             error: Some(failure.class()),
         });
+        if req.proto == Protocol::OpenAiResponses
+            && !via_chat
+            && matches!(failure, Failure::Status { status: 404, .. })
+        {
+            // An OpenAI-compatible upstream without /v1/responses: serve the request
+            // through its chat completions instead.
+            chat_only.push(channel.id);
+            continue;
+        }
         if failure.blames_request() {
             last = match failure {
                 Failure::Status { status, body } => RelayError::Rejected {
@@ -307,12 +326,16 @@ async fn try_channel(
     client: &UpstreamClient,
     channel: &Arc<ChannelEntry>,
     key: &str,
-    req: &RelayRequest<'_>,
+    (req, via_chat): (&RelayRequest<'_>, bool),
     upstream_model: &str,
 ) -> Result<Success, Failure> {
     let head = req.head;
     // The protocol the channel speaks; a client of another one is converted.
-    let proto = req.proto.for_channel(&channel.kind);
+    let proto = if via_chat {
+        Protocol::OpenAiChat
+    } else {
+        req.proto.for_channel(&channel.kind)
+    };
     let converting = proto != req.proto;
     let (body, extra) = if converting {
         let body = convert::request(req.proto, proto, req.raw, upstream_model, head.is_stream())
