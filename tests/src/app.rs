@@ -248,6 +248,15 @@ impl TestApp {
         )
     }
 
+    /// A customer with `credits` and a key of its own: (user id, key).
+    pub async fn customer_with_key(&self, username: &str, credits: f64) -> (i64, String) {
+        let id = self.create_user(username, "customer").await;
+        self.mint(id, credits).await;
+        let token = self.login(username, "password-123").await;
+        let (_, key) = self.create_key(&token, json!({"name": "test"})).await;
+        (id, key)
+    }
+
     /// `POST /v1/chat/completions` with a key.
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
         self.http

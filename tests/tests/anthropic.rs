@@ -62,10 +62,7 @@ impl Claude {
         for m in MODELS {
             price(&app, m, 3.0, 15.0, 0.3).await;
         }
-        let customer_id = app.create_user("alice", "customer").await;
-        app.mint(customer_id, 1.0).await;
-        let token = app.login("alice", "password-123").await;
-        let (_, key) = app.create_key(&token, json!({"name": "claude"})).await;
+        let (customer_id, key) = app.customer_with_key("alice", 1.0).await;
         Claude {
             app,
             mock,

@@ -149,10 +149,7 @@ impl Pair {
         )
         .await;
         app.set_price(model, INPUT_PRICE, OUTPUT_PRICE).await;
-        let customer_id = app.create_user("carol", "customer").await;
-        app.mint(customer_id, 1.0).await;
-        let token = app.login("carol", "password-123").await;
-        let (_, key) = app.create_key(&token, json!({"name": "sdk"})).await;
+        let (customer_id, key) = app.customer_with_key("carol", 1.0).await;
         Pair {
             app,
             upstream,
@@ -389,10 +386,7 @@ async fn an_azure_channel_gets_its_deployment_url_api_version_and_api_key() {
     )
     .await;
     app.set_price("gpt-4o", INPUT_PRICE, OUTPUT_PRICE).await;
-    let customer_id = app.create_user("dave", "customer").await;
-    app.mint(customer_id, 1.0).await;
-    let token = app.login("dave", "password-123").await;
-    let (_, key) = app.create_key(&token, json!({"name": "k"})).await;
+    let (customer_id, key) = app.customer_with_key("dave", 1.0).await;
 
     let resp = app
         .chat(
@@ -572,10 +566,7 @@ async fn responses_on_an_openai_compatible_channel_without_them_go_through_its_c
     .await;
     app.set_price("deepseek-chat", INPUT_PRICE, OUTPUT_PRICE)
         .await;
-    let customer_id = app.create_user("fay", "customer").await;
-    app.mint(customer_id, 1.0).await;
-    let token = app.login("fay", "password-123").await;
-    let (_, key) = app.create_key(&token, json!({"name": "k"})).await;
+    let (customer_id, key) = app.customer_with_key("fay", 1.0).await;
     // With one try allowed, the fallback still gets its chance.
     let (s, v) = app
         .api(

@@ -79,10 +79,7 @@ impl Gemini {
         for m in MODELS {
             price(&app, m, 0.1, 0.4, 0.025).await;
         }
-        let customer_id = app.create_user("alice", "customer").await;
-        app.mint(customer_id, 1.0).await;
-        let token = app.login("alice", "password-123").await;
-        let (_, key) = app.create_key(&token, json!({"name": "gemini"})).await;
+        let (customer_id, key) = app.customer_with_key("alice", 1.0).await;
         Gemini {
             app,
             mock,

@@ -201,11 +201,7 @@ pub async fn run_test(
     let model = model
         .or_else(|| entry.models.first().cloned())
         .ok_or_else(|| ApiError::BadRequest("the channel serves no model".into()))?;
-    let upstream_model = entry
-        .model_mapping
-        .get(&model)
-        .cloned()
-        .unwrap_or_else(|| model.clone());
+    let upstream_model = entry.upstream_model(&model);
     let result = match entry.keys.first() {
         Some(key) => probe(&state.client, &entry, &key.secret, &upstream_model).await,
         None => Err("the channel has no key".to_owned()),
@@ -283,7 +279,7 @@ pub async fn retest_auto_disabled(
         let Some(model) = entry.models.first().cloned() else {
             continue;
         };
-        let upstream_model = entry.model_mapping.get(&model).cloned().unwrap_or(model);
+        let upstream_model = entry.upstream_model(&model);
         let mut passed = Vec::new();
         let mut last = Err(String::from("no key"));
         for key in &entry.keys {

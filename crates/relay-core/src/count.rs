@@ -30,11 +30,7 @@ pub async fn count_tokens(
     if let Some(channel) = router.pick_where(group, &admitted.model, |c| c.kind == kind)
         && let Some(key) = channel.rotate_key(&[])
     {
-        let upstream_model = channel
-            .model_mapping
-            .get(&admitted.model)
-            .cloned()
-            .unwrap_or_else(|| admitted.model.clone());
+        let upstream_model = channel.upstream_model(&admitted.model);
         let mut body: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
             RelayError::InvalidRequest(format!("request body is not a JSON object: {e}"))
         })?;

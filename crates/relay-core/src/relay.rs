@@ -90,11 +90,7 @@ pub async fn chat(
             excluded.push(channel.id);
             continue;
         };
-        let upstream_model = channel
-            .model_mapping
-            .get(&admitted.model)
-            .cloned()
-            .unwrap_or_else(|| admitted.model.clone());
+        let upstream_model = channel.upstream_model(&admitted.model);
         let started = Instant::now();
         let via_chat = chat_only.contains(&channel.id);
         let result = try_channel(

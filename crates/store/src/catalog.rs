@@ -92,6 +92,15 @@ pub struct ChannelEntry {
 }
 
 impl ChannelEntry {
+    /// The name this channel's upstream knows `model` by (its `model_mapping`, else the
+    /// same name).
+    pub fn upstream_model(&self, model: &str) -> String {
+        self.model_mapping
+            .get(model)
+            .cloned()
+            .unwrap_or_else(|| model.to_owned())
+    }
+
     /// The next key in rotation that is not in `skip`.
     pub fn rotate_key(&self, skip: &[i64]) -> Option<&ChannelSecret> {
         let n = self.keys.len();
