@@ -42,7 +42,13 @@ pub async fn ensure_root(
     }
     .insert(db)
     .await?;
-    wallet.set_limit(Account::User(root.id), 0).await?;
+    wallet
+        .sync(&[billing::Synced {
+            account: Account::User(root.id),
+            limit: 0,
+            rev: 0,
+        }])
+        .await?;
     Ok(generated.then_some(password))
 }
 

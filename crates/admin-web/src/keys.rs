@@ -172,7 +172,14 @@ pub async fn create_key(
     .insert(&state.db)
     .await?;
     if let Some(limit) = credit_limit {
-        state.wallet.set_limit(Account::Key(row.id), limit).await?;
+        state
+            .wallet
+            .sync(&[billing::Synced {
+                account: Account::Key(row.id),
+                limit: limit,
+                rev: 0,
+            }])
+            .await?;
     }
     state.reload().await;
     tracing::info!(
@@ -313,23 +320,10 @@ pub async fn update_key(
         active.rpm = Set(parse_rpm(rpm)?);
     }
     let updated = active.update(&state.db).await?;
-    let acct = Account::Key(updated.id);
-    match (key.credit_limit, new_limit) {
-        // The limit moved: move the counter by the same amount, keeping what it holds.
-        (Some(old), Some(Some(new))) => {
-            state
-                .wallet
-                .adjust_limit(acct, new - old, new - updated.used)
-                .await?
-        }
-        (None, Some(Some(new))) => {
-            state
-                .wallet
-                .adjust_limit(acct, 0, new - updated.used)
-                .await?
-        }
-        (Some(_), Some(None)) => state.wallet.remove(acct).await?,
-        _ => {}
+    if new_limit.is_some() {
+        // The counter takes the new limit from the database at a new revision,
+        // keeping what the key holds.
+        state.wallet.resync_key(updated.id).await?;
     }
     state.reload().await;
     Ok(updated)

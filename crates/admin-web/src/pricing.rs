@@ -15,6 +15,7 @@ fn price_json(p: &model_price::Model) -> serde_json::Value {
     let mut v = serde_json::json!({"input": credits(p.input), "output": credits(p.output)});
     for (name, value) in [
         ("cached_input", p.cached_input),
+        ("cache_write", p.cache_write),
         ("per_request", p.per_request),
         ("per_image", p.per_image),
         ("per_second", p.per_second),
@@ -22,6 +23,9 @@ fn price_json(p: &model_price::Model) -> serde_json::Value {
         if let Some(x) = value {
             v[name] = credits(x);
         }
+    }
+    if let Some(n) = p.max_output_tokens {
+        v["max_output_tokens"] = serde_json::Value::from(n);
     }
     v
 }
@@ -60,11 +64,16 @@ pub struct PriceBody {
     #[serde(default, deserialize_with = "crate::util::nullable")]
     pub cached_input: Option<Option<f64>>,
     #[serde(default, deserialize_with = "crate::util::nullable")]
+    pub cache_write: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "crate::util::nullable")]
     pub per_request: Option<Option<f64>>,
     #[serde(default, deserialize_with = "crate::util::nullable")]
     pub per_image: Option<Option<f64>>,
     #[serde(default, deserialize_with = "crate::util::nullable")]
     pub per_second: Option<Option<f64>>,
+    /// The model's own output ceiling in tokens (bounds holds); `null` clears it.
+    #[serde(default, deserialize_with = "crate::util::nullable")]
+    pub max_output_tokens: Option<Option<i64>>,
 }
 
 fn amount(v: f64, field: &'static str) -> Result<i64, ApiError> {
@@ -113,6 +122,8 @@ pub async fn set_model_price(
         input: 0,
         output: 0,
         cached_input: None,
+        cache_write: None,
+        max_output_tokens: None,
         per_request: None,
         per_image: None,
         per_second: None,
@@ -131,6 +142,18 @@ pub async fn set_model_price(
             .transpose()?
             .unwrap_or(cur.output),
         cached_input: optional(body.cached_input, "cached_input", cur.cached_input)?,
+        cache_write: optional(body.cache_write, "cache_write", cur.cache_write)?,
+        max_output_tokens: match body.max_output_tokens {
+            None => cur.max_output_tokens,
+            Some(None) => None,
+            Some(Some(n)) if n > 0 => Some(n),
+            Some(Some(_)) => {
+                return Err(ApiError::invalid(
+                    "max_output_tokens",
+                    "max_output_tokens must be a positive whole number",
+                ));
+            }
+        },
         per_request: optional(body.per_request, "per_request", cur.per_request)?,
         per_image: optional(body.per_image, "per_image", cur.per_image)?,
         per_second: optional(body.per_second, "per_second", cur.per_second)?,
@@ -143,6 +166,8 @@ pub async fn set_model_price(
             model_price::Column::Input,
             model_price::Column::Output,
             model_price::Column::CachedInput,
+            model_price::Column::CacheWrite,
+            model_price::Column::MaxOutputTokens,
             model_price::Column::PerRequest,
             model_price::Column::PerImage,
             model_price::Column::PerSecond,

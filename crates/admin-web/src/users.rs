@@ -153,7 +153,11 @@ pub async fn create_user(
     })?;
     state
         .wallet
-        .set_limit(Account::User(inserted.id), 0)
+        .sync(&[billing::Synced {
+            account: Account::User(inserted.id),
+            limit: 0,
+            rev: 0,
+        }])
         .await?;
     state.reload().await;
     tracing::info!(user.id = who.id, created.id = inserted.id, role = %inserted.role, "user created");

@@ -52,7 +52,14 @@ async fn main() {
         .insert(&db)
         .await
         .unwrap();
-        wallet.set_limit(Account::User(u.id), 0).await.unwrap();
+        wallet
+            .sync(&[billing::Synced {
+                account: Account::User(u.id),
+                limit: 0,
+                rev: 0,
+            }])
+            .await
+            .unwrap();
         let mint = billing::accounts::Entry {
             kind: "mint",
             note: Some("bench"),

@@ -11,6 +11,7 @@ use sea_orm::{
 use store::entities::{transaction, user};
 
 use crate::ledger::conditional_debit;
+use crate::wallet::{Account, Synced};
 use crate::{BillingError, Wallet};
 
 /// One side of a committed movement.
@@ -18,6 +19,19 @@ use crate::{BillingError, Wallet};
 pub struct Posted {
     pub balance: i64,
     pub transaction_id: i64,
+    /// The user's revision after this movement (what the wallet follows).
+    pub rev: i64,
+}
+
+impl Posted {
+    /// The wallet state this movement left for `user_id`.
+    pub fn synced(&self, user_id: i64) -> Synced {
+        Synced {
+            account: Account::User(user_id),
+            limit: self.balance,
+            rev: self.rev,
+        }
+    }
 }
 
 /// A ledger entry to post with a movement.
@@ -60,13 +74,19 @@ pub async fn adjust(
         (Ok(posted), Some(hold)) => {
             after_commit(
                 wallet
-                    .flushed(user_id, None, hold.lease, hold.amount, hold.amount)
+                    .flushed(
+                        user_id,
+                        None,
+                        hold.lease,
+                        hold.amount,
+                        &[posted.synced(user_id)],
+                    )
                     .await,
             );
             Ok(posted)
         }
         (Ok(posted), None) => {
-            after_commit(wallet.credit(user_id, amount).await);
+            after_commit(wallet.sync(&[posted.synced(user_id)]).await);
             Ok(posted)
         }
         (Err(e), hold) => {
@@ -124,10 +144,14 @@ pub async fn transfer(
     }
     .await;
     match result {
-        Ok(posted) => {
-            after_commit(wallet.flushed(from, None, hold.lease, amount, amount).await);
-            after_commit(wallet.credit(to, amount).await);
-            Ok(posted)
+        Ok((out, inn)) => {
+            after_commit(
+                wallet
+                    .flushed(from, None, hold.lease, amount, &[out.synced(from)])
+                    .await,
+            );
+            after_commit(wallet.sync(&[inn.synced(to)]).await);
+            Ok((out, inn))
         }
         Err(e) => {
             wallet.release(hold).await?;
@@ -150,7 +174,7 @@ pub(crate) async fn post<C: ConnectionTrait>(
     entry: &Entry<'_>,
 ) -> Result<Posted, BillingError> {
     let now = Utc::now();
-    let balance = if amount < 0 {
+    let after = if amount < 0 {
         conditional_debit(conn, user_id, -amount, false, now)
             .await?
             .ok_or(BillingError::Insufficient)?
@@ -160,14 +184,19 @@ pub(crate) async fn post<C: ConnectionTrait>(
                 user::Column::Balance,
                 Expr::col(user::Column::Balance).add(amount),
             )
+            .col_expr(user::Column::Rev, Expr::col(user::Column::Rev).add(1))
             .col_expr(user::Column::UpdatedAt, Expr::value(now))
             .filter(user::Column::Id.eq(user_id))
             .exec_with_returning(conn)
             .await?
             .first()
-            .map(|u| u.balance)
+            .map(|u| crate::ledger::After {
+                balance: u.balance,
+                rev: u.rev,
+            })
             .ok_or(BillingError::Insufficient)?
     };
+    let balance = after.balance;
     let row = transaction::Entity::insert(transaction::ActiveModel {
         user_id: Set(user_id),
         kind: Set(entry.kind.to_owned()),
@@ -183,5 +212,6 @@ pub(crate) async fn post<C: ConnectionTrait>(
     Ok(Posted {
         balance,
         transaction_id: row.last_insert_id,
+        rev: after.rev,
     })
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +18,7 @@ use store::entities::{api_key, generation, transaction, user};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::wallet::{Account, Synced};
 use crate::{BillingError, Usage, Wallet};
 
 /// Everything known about one relay request when it ends.
@@ -62,10 +64,16 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
+/// Records waiting for the database, at most [`MAX_BACKLOG`] before admission refuses
+/// new requests (records of requests already answered are always kept).
+pub const MAX_BACKLOG: usize = 50_000;
+
 /// Hands records to the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct LedgerWriter {
     tx: mpsc::UnboundedSender<Msg>,
+    backlog: Arc<AtomicUsize>,
+    db_down: Arc<AtomicBool>,
 }
 
 const MAX_BATCH: usize = 512;
@@ -75,15 +83,33 @@ impl LedgerWriter {
     /// Starts the writer task.
     pub fn start(db: DatabaseConnection, wallet: Arc<Wallet>) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(db, wallet, rx));
-        (LedgerWriter { tx }, task)
+        let writer = LedgerWriter {
+            tx,
+            backlog: Arc::new(AtomicUsize::new(0)),
+            db_down: Arc::new(AtomicBool::new(false)),
+        };
+        let task = tokio::spawn(run(db, wallet, rx, writer.clone()));
+        (writer, task)
     }
 
     /// Queues a generation (and its charge, if any) for the next batch.
     pub fn submit(&self, record: GenerationRecord, charge: Option<Charge>) {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Msg::Record(Box::new(record), charge)).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("ledger writer is gone; a generation was not recorded");
         }
+    }
+
+    /// Records submitted and not yet committed.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Whether new requests must be refused: the backlog is full, or the writer's
+    /// last attempt found the database unreachable.
+    pub fn refuses(&self) -> bool {
+        self.backlog() >= MAX_BACKLOG || self.db_down.load(Ordering::Relaxed)
     }
 
     /// Waits until everything submitted before this call is committed.
@@ -95,7 +121,12 @@ impl LedgerWriter {
     }
 }
 
-async fn run(db: DatabaseConnection, wallet: Arc<Wallet>, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn run(
+    db: DatabaseConnection,
+    wallet: Arc<Wallet>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    writer: LedgerWriter,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
@@ -112,7 +143,8 @@ async fn run(db: DatabaseConnection, wallet: Arc<Wallet>, mut rx: mpsc::Unbounde
             }
         }
         if !batch.is_empty() {
-            commit_with_retry(&db, &wallet, &batch).await;
+            commit_with_retry(&db, &wallet, &batch, &writer.db_down).await;
+            writer.backlog.fetch_sub(batch.len(), Ordering::Relaxed);
         }
         for w in waiters {
             let _ = w.send(());
@@ -120,43 +152,67 @@ async fn run(db: DatabaseConnection, wallet: Arc<Wallet>, mut rx: mpsc::Unbounde
     }
 }
 
+/// Commits a batch. While the database is unreachable the batch is held and retried
+/// (the charges are owed; `db_down` makes admission refuse meanwhile); when the
+/// database answers but refuses the batch three times, its records go one by one so
+/// that one bad record cannot hold back the others.
 async fn commit_with_retry(
     db: &DatabaseConnection,
     wallet: &Wallet,
     batch: &[(GenerationRecord, Option<Charge>)],
+    db_down: &AtomicBool,
 ) {
     let mut delay = Duration::from_millis(100);
-    for _ in 0..3 {
+    let mut refusals = 0;
+    loop {
         match commit(db, batch).await {
-            Ok(charged) => {
-                for (item, done) in batch.iter().zip(charged) {
-                    follow_wallet(wallet, item, done).await;
+            Ok(done) => {
+                db_down.store(false, Ordering::Relaxed);
+                for (item, charged) in batch.iter().zip(&done.charged) {
+                    follow_wallet(wallet, item, *charged, &done.synced).await;
                 }
                 return;
             }
+            Err(e) if unreachable(&e) || !store::db::ping(db).await => {
+                if !db_down.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = ?e, batch.len = batch.len(), "database unreachable; holding the ledger batch");
+                }
+            }
             Err(e) => {
+                db_down.store(false, Ordering::Relaxed);
+                refusals += 1;
                 tracing::error!(error = ?e, batch.len = batch.len(), "ledger batch failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                if refusals >= 3 {
+                    break;
+                }
             }
         }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
-    // One record at a time, so that one bad record cannot hold back the others.
     for item in batch {
-        let done = commit_one(db, item).await;
-        follow_wallet(wallet, item, done).await;
+        let charged = commit_one(db, item, db_down).await;
+        follow_wallet(wallet, item, charged, &[]).await;
     }
 }
 
-/// Commits a single record: retried for as long as the database is unreachable (the
-/// charge is owed), at most three times while it answers (then the record itself is
-/// at fault: it is logged and dropped uncharged rather than blocking the writer).
-async fn commit_one(db: &DatabaseConnection, item: &(GenerationRecord, Option<Charge>)) -> i64 {
+fn unreachable(e: &BillingError) -> bool {
+    matches!(e, BillingError::Store(s) if s.is_unavailable())
+}
+
+/// Commits a single record: held for as long as the database is unreachable, at most
+/// three tries while it answers (then the record itself is at fault: it is logged and
+/// dropped uncharged rather than blocking the writer).
+async fn commit_one(
+    db: &DatabaseConnection,
+    item: &(GenerationRecord, Option<Charge>),
+    db_down: &AtomicBool,
+) -> i64 {
     let mut failures = 0;
     let mut delay = Duration::from_millis(100);
     loop {
         match commit(db, std::slice::from_ref(item)).await {
-            Ok(charged) => return charged.first().copied().unwrap_or(0),
+            Ok(done) => return done.charged.first().copied().unwrap_or(0),
             Err(e) => {
                 // A commit whose answer was lost may have landed: then it is done.
                 if let Ok(Some(g)) = generation::Entity::find_by_id(item.0.id.clone())
@@ -165,7 +221,8 @@ async fn commit_one(db: &DatabaseConnection, item: &(GenerationRecord, Option<Ch
                 {
                     return g.cost;
                 }
-                if db.ping().await.is_ok() {
+                if store::db::ping(db).await {
+                    db_down.store(false, Ordering::Relaxed);
                     failures += 1;
                     if failures >= 3 {
                         tracing::error!(error = ?e, generation.id = %item.0.id,
@@ -173,39 +230,65 @@ async fn commit_one(db: &DatabaseConnection, item: &(GenerationRecord, Option<Ch
                         return 0;
                     }
                 } else {
-                    tracing::warn!("database unreachable; holding the ledger batch");
+                    db_down.store(true, Ordering::Relaxed);
+                    tracing::warn!("database unreachable; holding the ledger record");
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     }
 }
 
-/// After a commit: the pending charge leaves the wallet's `held`, the amount charged
-/// leaves its `limit`.
-async fn follow_wallet(wallet: &Wallet, item: &(GenerationRecord, Option<Charge>), charged: i64) {
-    if let Some(c) = item.1 {
-        let key = c.key_limited.then_some(c.key_id);
-        if let Err(e) = wallet
-            .flushed(c.user_id, key, c.lease, c.pending, charged)
-            .await
-        {
-            tracing::error!(error = ?e, user.id = c.user_id, "wallet not updated after commit");
+/// After a commit: the pending charge leaves the wallet's `held`, and the accounts
+/// take the balance the commit left (`synced`; read from the database when the
+/// commit's own answer is unknown).
+async fn follow_wallet(
+    wallet: &Wallet,
+    item: &(GenerationRecord, Option<Charge>),
+    charged: i64,
+    synced: &[Synced],
+) {
+    let Some(c) = item.1 else { return };
+    let key = c.key_limited.then_some(c.key_id);
+    let result = if synced.is_empty() {
+        match wallet.read_states(c.user_id, key).await {
+            Ok(states) => {
+                wallet
+                    .flushed(c.user_id, key, c.lease, c.pending, &states)
+                    .await
+            }
+            Err(e) => Err(e),
         }
+    } else {
+        wallet
+            .flushed(c.user_id, key, c.lease, c.pending, synced)
+            .await
+    };
+    if let Err(e) = result {
+        tracing::error!(error = ?e, user.id = c.user_id, charged, "wallet not updated after commit");
     }
 }
 
-/// Commits one batch; returns what was actually charged for each record. Charges are
-/// summed per user (one conditional update each) and per key; every charge still gets
-/// its own ledger row, with the balance after it.
+/// What a committed batch charged each record, and the accounts' states after it.
+struct Committed {
+    charged: Vec<i64>,
+    synced: Vec<Synced>,
+}
+
+/// Commits one batch. Charges are summed per user (one conditional update each) and
+/// per key; every charge gets its own ledger row, with the balance after it. A charge
+/// the balance cannot fully cover (the wallet should make that impossible) takes what
+/// is there and is reported as an error with a metric, never passed over silently.
 async fn commit(
     db: &DatabaseConnection,
     batch: &[(GenerationRecord, Option<Charge>)],
-) -> Result<Vec<i64>, BillingError> {
+) -> Result<Committed, BillingError> {
     let txn = db.begin().await?;
     let now = Utc::now();
     let mut charged = vec![0_i64; batch.len()];
+    let mut shortfall = vec![0_i64; batch.len()];
+    let mut synced = Vec::new();
     let mut by_user: BTreeMap<i64, Vec<(usize, i64)>> = BTreeMap::new();
     for (i, (_, charge)) in batch.iter().enumerate() {
         if let Some(c) = charge.filter(|c| c.pending > 0) {
@@ -227,30 +310,41 @@ async fn commit(
     for (user_id, items) in by_user {
         let total: i64 = items.iter().map(|(_, p)| p).sum();
         if let Some(after) = conditional_debit(&txn, user_id, total, true, now).await? {
-            let mut balance = after + total;
+            let mut balance = after.balance + total;
             for (i, pending) in items {
                 balance -= pending;
                 charged[i] = pending;
                 ledger_rows.push(entry(i, pending, balance, user_id));
             }
-        } else {
-            // Not enough for all of them (the wallet should have prevented this):
-            // charge one by one, the last ones capped at what is left.
-            for (i, pending) in items {
-                let (amount, after) = debit(&txn, user_id, pending, now).await?;
-                if amount < pending {
-                    tracing::warn!(
-                        user.id = user_id,
-                        pending,
-                        charged = amount,
-                        "charge capped at the balance"
-                    );
-                }
-                if amount > 0 {
-                    charged[i] = amount;
-                    ledger_rows.push(entry(i, amount, after, user_id));
-                }
+            synced.push(after.synced(user_id));
+            continue;
+        }
+        let mut last = None;
+        for (i, pending) in items {
+            let (amount, after) = debit(&txn, user_id, pending, now).await?;
+            if amount < pending {
+                shortfall[i] = pending - amount;
+                crate::metrics::SHORTFALLS.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::SHORTFALL_MICROS.fetch_add(
+                    u64::try_from(pending - amount).unwrap_or(0),
+                    Ordering::Relaxed,
+                );
+                tracing::error!(
+                    user.id = user_id,
+                    generation.id = %batch[i].0.id,
+                    pending,
+                    charged = amount,
+                    "settled charge exceeds the balance; charged what was there"
+                );
             }
+            if amount > 0 {
+                charged[i] = amount;
+                ledger_rows.push(entry(i, amount, after.balance, user_id));
+            }
+            last = Some(after);
+        }
+        if let Some(after) = last {
+            synced.push(after.synced(user_id));
         }
     }
     let mut by_key: BTreeMap<i64, i64> = BTreeMap::new();
@@ -260,15 +354,25 @@ async fn commit(
         }
     }
     for (key_id, amount) in by_key {
-        api_key::Entity::update_many()
+        let rows = api_key::Entity::update_many()
             .col_expr(
                 api_key::Column::Used,
                 Expr::col(api_key::Column::Used).add(amount),
             )
+            .col_expr(api_key::Column::Rev, Expr::col(api_key::Column::Rev).add(1))
             .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
             .filter(api_key::Column::Id.eq(key_id))
-            .exec(&txn)
+            .exec_with_returning(&txn)
             .await?;
+        if let Some(k) = rows.first()
+            && let Some(limit) = k.credit_limit
+        {
+            synced.push(Synced {
+                account: Account::Key(key_id),
+                limit: limit - k.used,
+                rev: k.rev,
+            });
+        }
     }
     for chunk in shaped_chunks(&ledger_rows) {
         transaction::Entity::insert_many(chunk.to_vec())
@@ -277,8 +381,8 @@ async fn commit(
     }
     let rows: Vec<_> = batch
         .iter()
-        .zip(&charged)
-        .map(|((r, _), c)| generation_row(r, *c))
+        .enumerate()
+        .map(|(i, (r, _))| generation_row(r, charged[i], shortfall[i]))
         .collect();
     for chunk in shaped_chunks(&rows) {
         generation::Entity::insert_many(chunk.to_vec())
@@ -286,7 +390,7 @@ async fn commit(
             .await?;
     }
     txn.commit().await?;
-    Ok(charged)
+    Ok(Committed { charged, synced })
 }
 
 /// Splits rows into chunks of 16, 4 and 1: a multi-row INSERT's SQL text depends on
@@ -307,43 +411,68 @@ fn shaped_chunks<T>(rows: &[T]) -> Vec<&[T]> {
     out
 }
 
+/// A user's balance after a debit, at the revision the debit gave it.
+#[derive(Clone, Copy, Debug)]
+pub struct After {
+    pub balance: i64,
+    pub rev: i64,
+}
+
+impl After {
+    /// The wallet state this leaves for `user_id`.
+    pub fn synced(self, user_id: i64) -> Synced {
+        Synced {
+            account: Account::User(user_id),
+            limit: self.balance,
+            rev: self.rev,
+        }
+    }
+}
+
 /// Takes up to `amount` from a user's balance with one conditional update each try,
-/// never below zero; returns (taken, balance after).
+/// never below zero; returns (taken, state after).
 pub async fn debit(
     txn: &DatabaseTransaction,
     user_id: i64,
     amount: i64,
     now: DateTime<Utc>,
-) -> Result<(i64, i64), BillingError> {
+) -> Result<(i64, After), BillingError> {
     if let Some(after) = conditional_debit(txn, user_id, amount, true, now).await? {
         return Ok((amount, after));
     }
     // Not enough: take what is there (the wallet should have prevented this).
     let Some(u) = user::Entity::find_by_id(user_id).one(txn).await? else {
-        return Ok((0, 0));
+        return Ok((0, After { balance: 0, rev: 0 }));
+    };
+    let current = After {
+        balance: u.balance,
+        rev: u.rev,
     };
     if u.balance <= 0 {
-        return Ok((0, u.balance));
+        return Ok((0, current));
     }
     match conditional_debit(txn, user_id, u.balance, true, now).await? {
         Some(after) => Ok((u.balance, after)),
-        None => Ok((0, u.balance)),
+        None => Ok((0, current)),
     }
 }
 
-/// `UPDATE users SET balance = balance - n [, used = used + n] WHERE id = ? AND balance >= n`,
-/// returning the balance after, or `None` when the balance was short.
+/// `UPDATE users SET balance = balance - n, rev = rev + 1 [, used = used + n]
+/// WHERE id = ? AND balance >= n`, returning the state after, or `None` when the
+/// balance was short.
 pub(crate) async fn conditional_debit<C: ConnectionTrait>(
     conn: &C,
     user_id: i64,
     amount: i64,
     consumed: bool,
     now: DateTime<Utc>,
-) -> Result<Option<i64>, BillingError> {
-    let mut update = user::Entity::update_many().col_expr(
-        user::Column::Balance,
-        Expr::col(user::Column::Balance).sub(amount),
-    );
+) -> Result<Option<After>, BillingError> {
+    let mut update = user::Entity::update_many()
+        .col_expr(
+            user::Column::Balance,
+            Expr::col(user::Column::Balance).sub(amount),
+        )
+        .col_expr(user::Column::Rev, Expr::col(user::Column::Rev).add(1));
     if consumed {
         update = update.col_expr(
             user::Column::Used,
@@ -356,7 +485,10 @@ pub(crate) async fn conditional_debit<C: ConnectionTrait>(
         .filter(user::Column::Balance.gte(amount))
         .exec_with_returning(conn)
         .await?;
-    Ok(rows.first().map(|u| u.balance))
+    Ok(rows.first().map(|u| After {
+        balance: u.balance,
+        rev: u.rev,
+    }))
 }
 
 /// Text from upstreams goes into the database: NUL bytes (which Postgres refuses) are
@@ -369,7 +501,14 @@ fn clean_opt(s: &Option<String>) -> Option<String> {
     s.as_deref().map(clean)
 }
 
-fn generation_row(r: &GenerationRecord, cost: i64) -> generation::ActiveModel {
+fn generation_row(r: &GenerationRecord, cost: i64, shortfall: i64) -> generation::ActiveModel {
+    let error = if shortfall > 0 {
+        Some(format!(
+            "charge_shortfall: {shortfall} µc owed were not charged"
+        ))
+    } else {
+        clean_opt(&r.error)
+    };
     generation::ActiveModel {
         id: Set(r.id.clone()),
         upstream_id: Set(clean_opt(&r.upstream_id)),
@@ -387,13 +526,14 @@ fn generation_row(r: &GenerationRecord, cost: i64) -> generation::ActiveModel {
         tokens_completion: Set(r.usage.completion_tokens),
         tokens_cached: Set(r.usage.cached_tokens),
         tokens_reasoning: Set(r.usage.reasoning_tokens),
+        tokens_cache_write: Set(r.usage.cache_write_tokens),
         num_media: Set(r.usage.images),
         latency_ms: Set(r.latency_ms),
         generation_time_ms: Set(r.generation_time_ms),
         cost: Set(cost),
         status: Set(r.status.to_owned()),
         status_code: Set(i32::from(r.status_code)),
-        error: Set(clean_opt(&r.error)),
+        error: Set(error),
         client_ip: Set(clean_opt(&r.client_ip)),
         attempts: Set(clean_opt(&r.attempts)),
         created_at: Set(r.created_at),

@@ -9,9 +9,13 @@ pub struct Price {
     pub input: i64,
     pub output: i64,
     pub cached_input: Option<i64>,
+    /// Prompt-cache writes; unset means 1.25 × `input` (Anthropic's list ratio).
+    pub cache_write: Option<i64>,
     pub per_request: Option<i64>,
     pub per_image: Option<i64>,
     pub per_second: Option<i64>,
+    /// The model's own output ceiling in tokens, when known: holds never assume more.
+    pub max_output_tokens: Option<i64>,
 }
 
 impl From<&model_price::Model> for Price {
@@ -20,6 +24,8 @@ impl From<&model_price::Model> for Price {
             input: m.input,
             output: m.output,
             cached_input: m.cached_input,
+            cache_write: m.cache_write,
+            max_output_tokens: m.max_output_tokens,
             per_request: m.per_request,
             per_image: m.per_image,
             per_second: m.per_second,
@@ -36,6 +42,8 @@ pub struct Usage {
     pub completion_tokens: i64,
     /// The part of `prompt_tokens` served from the provider's prompt cache.
     pub cached_tokens: i64,
+    /// The part of `prompt_tokens` written to the provider's prompt cache.
+    pub cache_write_tokens: i64,
     /// The part of `completion_tokens` spent on reasoning (billed as output).
     pub reasoning_tokens: i64,
     /// Images returned with data.
@@ -54,23 +62,32 @@ impl Price {
     pub fn cost(&self, usage: &Usage, multiplier_ppm: i64) -> i64 {
         let prompt = i128::from(usage.prompt_tokens.max(0));
         let cached = i128::from(usage.cached_tokens.clamp(0, usage.prompt_tokens.max(0)));
+        let written = i128::from(usage.cache_write_tokens.max(0)).min(prompt - cached);
         let completion = i128::from(usage.completion_tokens.max(0));
         let cached_price = self.cached_input.unwrap_or(self.input);
-        // Sum in units of 10⁻⁶ µc.
-        let mut sum = (prompt - cached) * i128::from(self.input)
-            + cached * i128::from(cached_price)
-            + completion * i128::from(self.output);
+        // Cache writes default to 1.25 × input: the whole sum is kept in quarters so
+        // that default stays exact.
+        let written_quarters = match self.cache_write {
+            Some(p) => written * i128::from(p) * 4,
+            None => written * i128::from(self.input) * 5,
+        };
+        // Sum in units of ¼ × 10⁻⁶ µc.
+        let mut sum = 4
+            * ((prompt - cached - written) * i128::from(self.input)
+                + cached * i128::from(cached_price)
+                + completion * i128::from(self.output))
+            + written_quarters;
         if let Some(p) = self.per_request {
-            sum += i128::from(p) * SCALE;
+            sum += 4 * i128::from(p) * SCALE;
         }
         if let Some(p) = self.per_image {
-            sum += i128::from(p) * i128::from(usage.images.max(0)) * SCALE;
+            sum += 4 * i128::from(p) * i128::from(usage.images.max(0)) * SCALE;
         }
         if let Some(p) = self.per_second {
-            sum += i128::from(p) * i128::from(usage.seconds.max(0)) * SCALE;
+            sum += 4 * i128::from(p) * i128::from(usage.seconds.max(0)) * SCALE;
         }
         let scaled = sum * i128::from(multiplier_ppm.max(0));
-        let denom = SCALE * SCALE;
+        let denom = 4 * SCALE * SCALE;
         let cost = (scaled + denom - 1) / denom;
         i64::try_from(cost).unwrap_or(i64::MAX)
     }
@@ -100,6 +117,46 @@ mod tests {
         };
         // 12 × 0.15 + 30 × 0.6 = 1.8 + 18 = 19.8 µc → 20 µc.
         assert_eq!(mini().cost(&u, ONE), 20);
+    }
+
+    #[test]
+    fn cache_writes_cost_a_quarter_more_than_input_unless_priced() {
+        // Claude-like: 3 credits / 1M input, 15 / 1M output.
+        let sonnet = Price {
+            input: 3_000_000,
+            output: 15_000_000,
+            ..Price::default()
+        };
+        let u = Usage {
+            prompt_tokens: 1_000_000,
+            cache_write_tokens: 1_000_000,
+            ..Usage::default()
+        };
+        assert_eq!(sonnet.cost(&u, ONE), 3_750_000);
+        // An input price whose quarter is not a whole µc per 1M stays exact:
+        // 3 tokens written at 1.25 × 1 µc/1M = 3.75 × 10⁻⁶ µc → 1 µc.
+        let tiny = Price {
+            input: 1,
+            ..Price::default()
+        };
+        let three = Usage {
+            prompt_tokens: 3,
+            cache_write_tokens: 3,
+            ..Usage::default()
+        };
+        assert_eq!(tiny.cost(&three, ONE), 1);
+        let priced = Price {
+            cache_write: Some(6_000_000),
+            ..sonnet
+        };
+        // 400k written at 6, 100k cached at input (no cached price), 500k plain at 3.
+        let mixed = Usage {
+            prompt_tokens: 1_000_000,
+            cached_tokens: 100_000,
+            cache_write_tokens: 400_000,
+            ..Usage::default()
+        };
+        assert_eq!(priced.cost(&mixed, ONE), 2_400_000 + 300_000 + 1_500_000);
     }
 
     #[test]

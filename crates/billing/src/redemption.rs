@@ -99,9 +99,10 @@ pub async fn create_codes(
     let result = insert_batch(db, &batch, &codes, total).await;
     match (result, hold) {
         (Ok(paid), Some(hold)) => {
+            let synced: Vec<_> = paid.iter().map(|p| p.synced(batch.created_by)).collect();
             after_commit(
                 wallet
-                    .flushed(batch.created_by, None, hold.lease, hold.amount, hold.amount)
+                    .flushed(batch.created_by, None, hold.lease, hold.amount, &synced)
                     .await,
             );
             Ok(Issued { codes, paid })
@@ -218,7 +219,7 @@ pub async fn redeem(
     )
     .await?;
     txn.commit().await?;
-    after_commit(wallet.credit(user_id, claimed.amount).await);
+    after_commit(wallet.sync(&[posted.synced(user_id)]).await);
     Ok(Some(Redeemed {
         code_id: claimed.id,
         amount: claimed.amount,
@@ -273,7 +274,14 @@ mod tests {
         .insert(db)
         .await
         .unwrap();
-        wallet.set_limit(Account::User(u.id), 0).await.unwrap();
+        wallet
+            .sync(&[crate::Synced {
+                account: Account::User(u.id),
+                limit: 0,
+                rev: 0,
+            }])
+            .await
+            .unwrap();
         if balance > 0 {
             crate::accounts::adjust(
                 db,

@@ -1,10 +1,18 @@
 //! Wallets: the admission authority. Each account (a user, or a key with a credit limit)
-//! has a `limit` (its durable balance as last committed) and `held` (live reservations
-//! plus charges settled but not yet committed); what it may still spend is
-//! `limit - held`. Reserve, settle and release are single atomic operations: under a
-//! lock in process, or one Lua script in Redis shared by every instance. The counter
-//! only ever errs on the conservative side; the database's conditional updates are the
-//! final guard that no balance goes below zero.
+//! has a `limit` (its durable balance as last committed, with that commit's revision)
+//! and `held` (live reservations plus charges settled but not yet committed); what it
+//! may still spend is `limit - held`. Reserve, settle and release are single atomic
+//! operations: under a lock in process, or one Lua script in Redis shared by every
+//! instance.
+//!
+//! The counter may only ever be more conservative than the database. Two rules keep it
+//! so, whatever crashes: `limit` is never moved by a delta, only *set* to a database
+//! state together with its revision (`users.rev`, `api_keys.rev`), and a newer revision
+//! always wins, so a lost, late or repeated update cannot leave it above the truth; and
+//! every amount in `held` belongs to a lease, removed at most once, so a hold given back
+//! twice (by its instance and by the instance that reclaimed it) counts once. Counters
+//! are set from the database at start and every [`REFRESH`], and before the holds of a
+//! dead instance are reclaimed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,11 +21,14 @@ use std::time::Duration;
 
 use deadpool_redis::Pool;
 use deadpool_redis::redis::{self, Script};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use store::Shared;
 use store::entities::{api_key, user};
 
 use crate::BillingError;
+
+/// How often every counter is set again from the database.
+pub const REFRESH: Duration = Duration::from_secs(10);
 
 /// Whose money an operation concerns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,10 +38,30 @@ pub enum Account {
     Key(i64),
 }
 
+/// An account's committed state in the database: what it may spend, at a revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Synced {
+    pub account: Account,
+    /// The balance (user) or `credit_limit - used` (key).
+    pub limit: i64,
+    /// The row's `rev` after the change that produced `limit`.
+    pub rev: i64,
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
     limit: i64,
     held: i64,
+    rev: i64,
+}
+
+impl Slot {
+    fn sync(&mut self, limit: i64, rev: i64) {
+        if rev > self.rev {
+            self.limit = limit;
+            self.rev = rev;
+        }
+    }
 }
 
 /// Money reserved for one request, to be settled or released exactly once.
@@ -59,7 +90,7 @@ struct Scripts {
     reserve: Script,
     settle: Script,
     flushed: Script,
-    credit: Script,
+    sync: Script,
     reclaim: Script,
 }
 
@@ -70,7 +101,7 @@ pub struct Wallet {
     /// This process's name in the lease registry.
     instance: String,
     next_lease: AtomicU64,
-    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    maintenance: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn uuid_like() -> String {
@@ -82,11 +113,11 @@ fn uuid_like() -> String {
 }
 
 // Redis Lua numbers are doubles, and how Redis prints one varies by version (`-0`,
-// `1e+08`): every value handed to HINCRBY goes through `int()`, which prints a whole
-// number, and zero increments are skipped. `held` never goes below zero.
+// `1e+08`): every value written goes through `int()`, which prints a whole number, and
+// zero increments are skipped. `held` never goes below zero.
 const LUA_PRELUDE: &str = r"
 local function int(x) return string.format('%d', x) end
-local function lease(hash, id, amount)
+local function set_lease(hash, id, amount)
   if hash == '' then return end
   if amount > 0 then
     redis.call('HSET', hash, id, int(amount) .. '|' .. table.concat(KEYS, ','))
@@ -100,6 +131,13 @@ local function add_held(key, delta)
   if held < 0 then held = 0 end
   redis.call('HSET', key, 'held', int(held))
 end
+local function sync(key, limit, rev)
+  local cur = redis.call('HGET', key, 'rev')
+  if (not cur) or tonumber(rev) > tonumber(cur) then
+    redis.call('HSET', key, 'limit', int(tonumber(limit)), 'rev', int(tonumber(rev)))
+  end
+  if redis.call('HEXISTS', key, 'held') == 0 then redis.call('HSET', key, 'held', '0') end
+end
 ";
 
 const RESERVE: &str = r"
@@ -111,43 +149,48 @@ for i = 1, #KEYS do
   if tonumber(lim) - held < amt then return 0 end
 end
 for i = 1, #KEYS do add_held(KEYS[i], amt) end
-lease(ARGV[2], ARGV[3], amt)
+set_lease(ARGV[2], ARGV[3], amt)
 return 1
 ";
 
+/// A hold becomes a pending charge. When its lease is gone (this instance was taken
+/// for dead and its holds were given back), the pending charge is held anew.
 const SETTLE: &str = r"
 local reserved = tonumber(ARGV[1])
 local charge = tonumber(ARGV[2])
+local delta = charge - reserved
+if redis.call('HEXISTS', ARGV[3], ARGV[4]) == 0 then delta = charge end
 for i = 1, #KEYS do
-  local lim = redis.call('HGET', KEYS[i], 'limit')
-  if lim then
-    local held = tonumber(redis.call('HGET', KEYS[i], 'held') or '0')
-    local avail = tonumber(lim) - held + reserved
-    if avail < charge then charge = avail end
-  end
+  if redis.call('EXISTS', KEYS[i]) == 1 then add_held(KEYS[i], delta) end
 end
-if charge < 0 then charge = 0 end
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then add_held(KEYS[i], charge - reserved) end
-end
-lease(ARGV[3], ARGV[4], charge)
+set_lease(ARGV[3], ARGV[4], charge)
 return charge
 ";
 
+/// A hold or pending charge leaves `held` (only if its lease is still there: never
+/// twice), and each account takes the database state given with it, if newer.
+/// ARGV: lease hash, lease id, then `limit, rev` per account ('' when none).
 const FLUSHED: &str = r"
-local pending = tonumber(ARGV[1])
-local charged = tonumber(ARGV[2])
+local amount = 0
+local lease = redis.call('HGET', ARGV[1], ARGV[2])
+if lease then
+  amount = tonumber(string.match(lease, '^(%-?%d+)|')) or 0
+  redis.call('HDEL', ARGV[1], ARGV[2])
+end
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    add_held(KEYS[i], -pending)
-    if charged ~= 0 then
-      local lim = tonumber(redis.call('HGET', KEYS[i], 'limit') or '0') - charged
-      redis.call('HSET', KEYS[i], 'limit', int(lim))
-    end
+    add_held(KEYS[i], -amount)
+    local lim, rev = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+    if lim and lim ~= '' then sync(KEYS[i], lim, rev) end
   end
 end
-lease(ARGV[3], ARGV[4], 0)
-return 1
+return amount
+";
+
+/// ARGV: `limit, rev` per account.
+const SYNC: &str = r"
+for i = 1, #KEYS do sync(KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]) end
+return #KEYS
 ";
 
 /// Gives back everything a dead instance still held: each lease is `amount|accounts`.
@@ -167,14 +210,6 @@ redis.call('DEL', KEYS[1])
 return n
 ";
 
-const CREDIT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 and tonumber(ARGV[1]) ~= 0 then
-  local lim = tonumber(redis.call('HGET', KEYS[1], 'limit') or '0') + tonumber(ARGV[1])
-  redis.call('HSET', KEYS[1], 'limit', int(lim))
-end
-return 1
-";
-
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_PRELUDE}{body}"))
 }
@@ -190,7 +225,7 @@ impl Wallet {
                     reserve: script(RESERVE),
                     settle: script(SETTLE),
                     flushed: script(FLUSHED),
-                    credit: script(CREDIT),
+                    sync: script(SYNC),
                     reclaim: script(RECLAIM),
                 }),
             },
@@ -201,7 +236,7 @@ impl Wallet {
             backend,
             instance: uuid_like(),
             next_lease: AtomicU64::new(1),
-            heartbeat: Mutex::new(None),
+            maintenance: Mutex::new(Vec::new()),
         }
     }
 
@@ -213,24 +248,36 @@ impl Wallet {
         }
     }
 
-    /// Redis only: announces this instance every `ttl / 3`, and gives back the holds
-    /// of instances that stopped announcing themselves (crashed with requests in
-    /// flight) — what they held was never charged, so it must not stay held.
-    pub fn start_leases(self: &Arc<Self>, ttl: Duration) {
-        let Backend::Redis { .. } = &self.backend else {
-            return;
-        };
+    /// Starts the background upkeep: every [`REFRESH`] the counters are set again from
+    /// the database; with Redis, this instance is announced every `ttl / 3` and the
+    /// holds of instances that stopped announcing themselves (crashed with requests in
+    /// flight) are given back — what they held was never charged.
+    pub fn start_maintenance(self: &Arc<Self>, ttl: Duration) {
         let me = Arc::clone(self);
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+        let refresh = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REFRESH);
+            tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = me.heartbeat_once(ttl).await {
-                    tracing::warn!(error = ?e, "wallet lease heartbeat failed");
+                if let Err(e) = me.refresh().await {
+                    tracing::warn!(error = ?e, "wallet refresh from the database failed");
                 }
             }
         });
-        *lock(&self.heartbeat) = Some(task);
+        let mut tasks = lock(&self.maintenance);
+        tasks.push(refresh);
+        if let Backend::Redis { .. } = &self.backend {
+            let me = Arc::clone(self);
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = me.heartbeat_once(ttl).await {
+                        tracing::warn!(error = ?e, "wallet lease heartbeat failed");
+                    }
+                }
+            }));
+        }
     }
 
     async fn heartbeat_once(&self, ttl: Duration) -> Result<(), BillingError> {
@@ -261,6 +308,7 @@ impl Wallet {
             .arg(&registry)
             .query_async(&mut conn)
             .await?;
+        let mut refreshed = false;
         for other in instances.iter().filter(|i| **i != self.instance) {
             let alive: bool = redis::cmd("EXISTS")
                 .arg(format!("{prefix}:alive:{other}"))
@@ -268,6 +316,13 @@ impl Wallet {
                 .await?;
             if alive {
                 continue;
+            }
+            // The dead instance may have committed charges it never took off the
+            // counters: set them from the database first, so giving its holds back
+            // cannot leave a counter above the balance.
+            if !refreshed {
+                self.refresh().await?;
+                refreshed = true;
             }
             let reclaimed: i64 = scripts
                 .reclaim
@@ -286,10 +341,10 @@ impl Wallet {
         Ok(())
     }
 
-    /// Stops announcing this instance (as a crash would): its holds are reclaimed by
-    /// the others once its announcement expires.
+    /// Stops the upkeep and the announcement (as a crash would): this instance's holds
+    /// are reclaimed by the others once its announcement expires.
     pub async fn stop_heartbeat(&self) {
-        if let Some(task) = lock(&self.heartbeat).take() {
+        for task in lock(&self.maintenance).drain(..) {
             task.abort();
         }
         if let Backend::Redis { pool, prefix, .. } = &self.backend
@@ -326,82 +381,62 @@ impl Wallet {
         }
     }
 
-    /// Loads every account from the database. In Redis, accounts that other instances
-    /// already hold are kept as they are.
-    pub async fn load_all(&self) -> Result<(), BillingError> {
-        let users = user::Entity::find().all(&self.db).await?;
-        let keys = api_key::Entity::find()
-            .filter(api_key::Column::CreditLimit.is_not_null())
-            .filter(api_key::Column::Status.ne("deleted"))
+    /// Sets every account from the database (a newer revision wins; what accounts
+    /// hold is kept). Runs at start, every [`REFRESH`], and before reclaiming.
+    pub async fn refresh(&self) -> Result<usize, BillingError> {
+        let users: Vec<(i64, i64, i64)> = user::Entity::find()
+            .select_only()
+            .columns([user::Column::Id, user::Column::Balance, user::Column::Rev])
+            .into_tuple()
             .all(&self.db)
             .await?;
-        let mut accounts: Vec<(Account, i64)> = users
-            .iter()
-            .map(|u| (Account::User(u.id), u.balance))
+        let keys: Vec<(i64, Option<i64>, i64, i64)> = api_key::Entity::find()
+            .select_only()
+            .columns([
+                api_key::Column::Id,
+                api_key::Column::CreditLimit,
+                api_key::Column::Used,
+                api_key::Column::Rev,
+            ])
+            .filter(api_key::Column::CreditLimit.is_not_null())
+            .filter(api_key::Column::Status.ne("deleted"))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let mut items: Vec<Synced> = users
+            .into_iter()
+            .map(|(id, balance, rev)| Synced {
+                account: Account::User(id),
+                limit: balance,
+                rev,
+            })
             .collect();
-        accounts.extend(
-            keys.iter()
-                .filter_map(|k| k.credit_limit.map(|l| (Account::Key(k.id), l - k.used))),
-        );
+        items.extend(keys.into_iter().filter_map(|(id, limit, used, rev)| {
+            limit.map(|l| Synced {
+                account: Account::Key(id),
+                limit: l - used,
+                rev,
+            })
+        }));
+        self.sync(&items).await?;
+        Ok(items.len())
+    }
+
+    /// Applies committed database states to their accounts (creating missing ones):
+    /// an account takes a state only when its revision is newer than the one it has.
+    pub async fn sync(&self, items: &[Synced]) -> Result<(), BillingError> {
         match &self.backend {
             Backend::Memory(slots) => {
                 let mut slots = lock(slots);
-                for (acct, limit) in accounts {
-                    slots.entry(acct).or_insert(Slot { limit, held: 0 });
-                }
-            }
-            Backend::Redis { pool, prefix, .. } => {
-                let mut conn = pool.get().await?;
-                for chunk in accounts.chunks(500) {
-                    let mut pipe = redis::pipe();
-                    for (acct, limit) in chunk {
-                        let k = redis_key(prefix, *acct);
-                        pipe.hset_nx(&k, "limit", *limit).ignore();
-                        pipe.hset_nx(&k, "held", 0).ignore();
-                    }
-                    let () = pipe.query_async(&mut conn).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets an account's limit (a new user, or a key whose credit limit changed),
-    /// keeping whatever it holds.
-    pub async fn set_limit(&self, acct: Account, limit: i64) -> Result<(), BillingError> {
-        match &self.backend {
-            Backend::Memory(slots) => {
-                lock(slots).entry(acct).or_default().limit = limit;
-            }
-            Backend::Redis { pool, prefix, .. } => {
-                init_slot(pool, prefix, acct, limit, true).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Moves an account's limit by `delta` (a key's credit limit changed), keeping
-    /// what it holds; creates the account with `create_with` when it has none.
-    pub async fn adjust_limit(
-        &self,
-        acct: Account,
-        delta: i64,
-        create_with: i64,
-    ) -> Result<(), BillingError> {
-        match &self.backend {
-            Backend::Memory(slots) => {
-                let mut slots = lock(slots);
-                match slots.get_mut(&acct) {
-                    Some(s) => s.limit += delta,
-                    None => {
-                        slots.insert(
-                            acct,
-                            Slot {
-                                limit: create_with,
-                                held: 0,
-                            },
-                        );
-                    }
+                for s in items {
+                    slots
+                        .entry(s.account)
+                        .or_insert(Slot {
+                            limit: s.limit,
+                            held: 0,
+                            rev: s.rev,
+                        })
+                        .sync(s.limit, s.rev);
                 }
             }
             Backend::Redis {
@@ -410,18 +445,13 @@ impl Wallet {
                 scripts,
             } => {
                 let mut conn = pool.get().await?;
-                let k = redis_key(prefix, acct);
-                let exists: bool = redis::cmd("EXISTS").arg(&k).query_async(&mut conn).await?;
-                if exists {
-                    let _: i64 = scripts
-                        .credit
-                        .key(&k)
-                        .arg(delta)
-                        .invoke_async(&mut conn)
-                        .await?;
-                } else {
-                    drop(conn);
-                    init_slot(pool, prefix, acct, create_with, false).await?;
+                for chunk in items.chunks(200) {
+                    let mut inv = scripts.sync.prepare_invoke();
+                    for s in chunk {
+                        inv.key(redis_key(prefix, s.account));
+                        inv.arg(s.limit).arg(s.rev);
+                    }
+                    let _: i64 = inv.invoke_async(&mut conn).await?;
                 }
             }
         }
@@ -473,21 +503,23 @@ impl Wallet {
         Err(BillingError::Insufficient)
     }
 
-    /// Turns a hold into a pending charge of `cost` (capped at what the accounts can
-    /// still cover) and returns the amount that will be charged.
+    /// Turns a hold into a pending charge of `cost`, never more than the hold (what
+    /// was held is the most a request may cost), and returns the amount to charge.
     pub async fn settle(&self, hold: Hold, cost: i64) -> Result<i64, BillingError> {
         let accounts = accounts_of(hold.user_id, hold.key_id);
-        let cost = cost.max(0);
+        let charge = cost.clamp(0, hold.amount);
+        if cost > hold.amount {
+            crate::metrics::OVER_HOLD.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                user.id = hold.user_id,
+                cost,
+                held = hold.amount,
+                "a request cost more than its hold; charged the hold"
+            );
+        }
         match &self.backend {
             Backend::Memory(slots) => {
                 let mut slots = lock(slots);
-                let mut charge = cost;
-                for a in &accounts {
-                    if let Some(s) = slots.get(a) {
-                        charge = charge.min(s.limit - s.held + hold.amount);
-                    }
-                }
-                let charge = charge.max(0);
                 for a in &accounts {
                     if let Some(s) = slots.get_mut(a) {
                         s.held = (s.held + charge - hold.amount).max(0);
@@ -507,7 +539,7 @@ impl Wallet {
                 }
                 let charge: i64 = inv
                     .arg(hold.amount)
-                    .arg(cost)
+                    .arg(charge)
                     .arg(self.lease_key())
                     .arg(hold.lease)
                     .invoke_async(&mut conn)
@@ -520,48 +552,22 @@ impl Wallet {
     /// Gives a hold back untouched (the request failed).
     pub async fn release(&self, hold: Hold) -> Result<(), BillingError> {
         let accounts = accounts_of(hold.user_id, hold.key_id);
-        self.apply_flushed(&accounts, hold.lease, hold.amount, 0)
+        self.apply_flushed(&accounts, hold.lease, hold.amount, &[])
             .await
     }
 
-    /// Records that a pending charge was committed: it leaves `held`, and what was
-    /// actually charged leaves `limit`.
+    /// Records that a pending charge (or a debit's hold) was committed: it leaves
+    /// `held`, and the accounts take the database states `synced` it produced.
     pub async fn flushed(
         &self,
         user_id: i64,
         key_id: Option<i64>,
         lease: u64,
         pending: i64,
-        charged: i64,
+        synced: &[Synced],
     ) -> Result<(), BillingError> {
-        self.apply_flushed(&accounts_of(user_id, key_id), lease, pending, charged)
+        self.apply_flushed(&accounts_of(user_id, key_id), lease, pending, synced)
             .await
-    }
-
-    /// Adds committed credits (mint, transfer in, redemption) to a user's limit.
-    pub async fn credit(&self, user_id: i64, amount: i64) -> Result<(), BillingError> {
-        let acct = Account::User(user_id);
-        match &self.backend {
-            Backend::Memory(slots) => {
-                if let Some(s) = lock(slots).get_mut(&acct) {
-                    s.limit += amount;
-                }
-            }
-            Backend::Redis {
-                pool,
-                prefix,
-                scripts,
-            } => {
-                let mut conn = pool.get().await?;
-                let _: i64 = scripts
-                    .credit
-                    .key(redis_key(prefix, acct))
-                    .arg(amount)
-                    .invoke_async(&mut conn)
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     /// What an account may still spend (for display and tests).
@@ -637,15 +643,18 @@ impl Wallet {
         accounts: &[Account],
         lease: u64,
         pending: i64,
-        charged: i64,
+        synced: &[Synced],
     ) -> Result<(), BillingError> {
+        let state_of = |a: &Account| synced.iter().find(|s| s.account == *a);
         match &self.backend {
             Backend::Memory(slots) => {
                 let mut slots = lock(slots);
                 for a in accounts {
                     if let Some(s) = slots.get_mut(a) {
                         s.held = (s.held - pending).max(0);
-                        s.limit -= charged;
+                        if let Some(st) = state_of(a) {
+                            s.sync(st.limit, st.rev);
+                        }
                     }
                 }
                 Ok(())
@@ -657,16 +666,15 @@ impl Wallet {
             } => {
                 let mut conn = pool.get().await?;
                 let mut inv = scripts.flushed.prepare_invoke();
+                inv.arg(self.lease_key()).arg(lease);
                 for a in accounts {
                     inv.key(redis_key(prefix, *a));
+                    match state_of(a) {
+                        Some(st) => inv.arg(st.limit).arg(st.rev),
+                        None => inv.arg("").arg(""),
+                    };
                 }
-                let _: i64 = inv
-                    .arg(pending)
-                    .arg(charged)
-                    .arg(self.lease_key())
-                    .arg(lease)
-                    .invoke_async(&mut conn)
-                    .await?;
+                let _: i64 = inv.invoke_async(&mut conn).await?;
                 Ok(())
             }
         }
@@ -675,27 +683,70 @@ impl Wallet {
     /// An account unknown to the wallet (made outside the API, or lost with Redis)
     /// is loaded from the database; an account that no longer exists gets limit 0.
     async fn load_missing(&self, acct: Account) -> Result<(), BillingError> {
-        let limit = match acct {
+        let state = self.read_state(acct).await?;
+        tracing::info!(account = ?acct, "wallet account loaded from the database");
+        self.sync(&[state]).await
+    }
+
+    /// An account's committed state, read from the database (limit 0 when the user or
+    /// key no longer exists or has no credit limit).
+    async fn read_state(&self, acct: Account) -> Result<Synced, BillingError> {
+        let (limit, rev) = match acct {
             Account::User(id) => user::Entity::find_by_id(id)
                 .one(&self.db)
                 .await?
-                .map_or(0, |u| u.balance),
+                .map_or((0, 0), |u| (u.balance, u.rev)),
             Account::Key(id) => api_key::Entity::find_by_id(id)
                 .one(&self.db)
                 .await?
-                .and_then(|k| k.credit_limit.map(|l| l - k.used))
-                .unwrap_or(0),
+                .and_then(|k| k.credit_limit.map(|l| (l - k.used, k.rev)))
+                .unwrap_or((0, 0)),
         };
-        tracing::info!(account = ?acct, "wallet account loaded from the database");
-        match &self.backend {
-            Backend::Memory(slots) => {
-                lock(slots).entry(acct).or_insert(Slot { limit, held: 0 });
-            }
-            Backend::Redis { pool, prefix, .. } => {
-                init_slot(pool, prefix, acct, limit, false).await?;
-            }
+        Ok(Synced {
+            account: acct,
+            limit,
+            rev,
+        })
+    }
+
+    /// The committed states of a user and (when limited) its key, read from the
+    /// database: what a commit whose own answer was lost left behind.
+    pub async fn read_states(
+        &self,
+        user_id: i64,
+        key_id: Option<i64>,
+    ) -> Result<Vec<Synced>, BillingError> {
+        let mut out = Vec::with_capacity(2);
+        for acct in accounts_of(user_id, key_id) {
+            out.push(self.read_state(acct).await?);
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Bumps a key's revision and sets its account from the database: after its credit
+    /// limit changed (a key whose limit was removed loses its account).
+    pub async fn resync_key(&self, key_id: i64) -> Result<(), BillingError> {
+        use sea_orm::ExprTrait;
+        use sea_orm::sea_query::Expr;
+        let rows = api_key::Entity::update_many()
+            .col_expr(api_key::Column::Rev, Expr::col(api_key::Column::Rev).add(1))
+            .filter(api_key::Column::Id.eq(key_id))
+            .exec_with_returning(&self.db)
+            .await?;
+        match rows
+            .first()
+            .and_then(|k| k.credit_limit.map(|l| (l - k.used, k.rev)))
+        {
+            Some((limit, rev)) => {
+                self.sync(&[Synced {
+                    account: Account::Key(key_id),
+                    limit,
+                    rev,
+                }])
+                .await
+            }
+            None => self.remove(Account::Key(key_id)).await,
+        }
     }
 }
 
@@ -711,32 +762,6 @@ fn accounts_of(user_id: i64, key_id: Option<i64>) -> Vec<Account> {
         v.push(Account::Key(k));
     }
     v
-}
-
-/// Creates an account in Redis with `held` 0; its `limit` is set, or (with
-/// `overwrite` false) only set when the account has none yet.
-async fn init_slot(
-    pool: &Pool,
-    prefix: &str,
-    acct: Account,
-    limit: i64,
-    overwrite: bool,
-) -> Result<(), BillingError> {
-    let mut conn = pool.get().await?;
-    let k = redis_key(prefix, acct);
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    if overwrite {
-        pipe.hset(&k, "limit", limit).ignore();
-    } else {
-        pipe.hset_nx(&k, "limit", limit).ignore();
-    }
-    let () = pipe
-        .hset_nx(&k, "held", 0)
-        .ignore()
-        .query_async(&mut conn)
-        .await?;
-    Ok(())
 }
 
 fn redis_key(prefix: &str, acct: Account) -> String {
@@ -756,15 +781,32 @@ mod tests {
 
     use super::*;
 
+    /// A wallet on Redis when `TEST_REDIS_URL` is set (a namespace of its own), else
+    /// in process.
     async fn wallet() -> Wallet {
         let db = store::db::connect("sqlite::memory:").await.unwrap();
-        Wallet::new(db, &Shared::memory())
+        let shared = match std::env::var("TEST_REDIS_URL") {
+            Ok(url) => {
+                let prefix = format!("tgunit:{}", uuid_like());
+                Shared::redis(&url, &prefix).await.unwrap()
+            }
+            Err(_) => Shared::memory(),
+        };
+        Wallet::new(db, &shared)
+    }
+
+    fn state(account: Account, limit: i64, rev: i64) -> Synced {
+        Synced {
+            account,
+            limit,
+            rev,
+        }
     }
 
     #[tokio::test]
     async fn concurrent_reservations_never_exceed_the_limit() {
         let w = Arc::new(wallet().await);
-        w.set_limit(Account::User(1), 1_000).await.unwrap();
+        w.sync(&[state(Account::User(1), 1_000, 1)]).await.unwrap();
         let tasks: Vec<_> = (0..100)
             .map(|_| {
                 let w = Arc::clone(&w);
@@ -782,8 +824,12 @@ mod tests {
     #[tokio::test]
     async fn a_reservation_needs_both_the_user_and_the_limited_key() {
         let w = wallet().await;
-        w.set_limit(Account::User(1), 1_000).await.unwrap();
-        w.set_limit(Account::Key(7), 50).await.unwrap();
+        w.sync(&[
+            state(Account::User(1), 1_000, 1),
+            state(Account::Key(7), 50, 1),
+        ])
+        .await
+        .unwrap();
         assert!(w.reserve(1, Some(7), 60).await.is_err());
         // All or nothing: the user's side was not touched by the refusal.
         assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(1_000));
@@ -793,21 +839,95 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn settling_moves_the_hold_to_a_pending_charge_capped_at_what_is_left() {
+    async fn a_charge_never_exceeds_its_hold_and_the_commit_sets_the_limit() {
         let w = wallet().await;
-        w.set_limit(Account::User(1), 100).await.unwrap();
+        w.sync(&[state(Account::User(1), 100, 1)]).await.unwrap();
         let h = w.reserve(1, None, 40).await.unwrap();
-        // Cheaper than reserved: the rest is free again at once.
+        let lease = h.lease;
+        // Cheaper than held: the rest is free again at once.
         assert_eq!(w.settle(h, 25).await.unwrap(), 25);
         assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(75));
-        // Dearer than everything left: capped.
-        let h = w.reserve(1, None, 10).await.unwrap();
-        assert_eq!(w.settle(h, 500).await.unwrap(), 75);
-        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(0));
-        // The commit moves pending charges from `held` to the limit.
-        w.flushed(1, None, 0, 100, 100).await.unwrap();
-        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(0));
-        w.credit(1, 30).await.unwrap();
-        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(30));
+        // Dearer than held: the hold is the most it can cost.
+        let h2 = w.reserve(1, None, 10).await.unwrap();
+        let lease2 = h2.lease;
+        assert_eq!(w.settle(h2, 500).await.unwrap(), 10);
+        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(65));
+        // The commit: the pending charges leave `held`, the balance after them is set.
+        w.flushed(1, None, lease, 25, &[state(Account::User(1), 75, 2)])
+            .await
+            .unwrap();
+        w.flushed(1, None, lease2, 10, &[state(Account::User(1), 65, 3)])
+            .await
+            .unwrap();
+        assert_eq!(w.available(Account::User(1)).await.unwrap(), Some(65));
+    }
+
+    #[tokio::test]
+    async fn an_older_database_state_never_replaces_a_newer_one() {
+        let w = wallet().await;
+        let u = Account::User(1);
+        w.sync(&[state(u, 500, 5)]).await.unwrap();
+        // A refresh that read the database before the last commit arrives late.
+        w.sync(&[state(u, 900, 4)]).await.unwrap();
+        assert_eq!(w.available(u).await.unwrap(), Some(500));
+        // The same state twice changes nothing; a newer one wins.
+        w.sync(&[state(u, 500, 5)]).await.unwrap();
+        w.sync(&[state(u, 300, 6)]).await.unwrap();
+        assert_eq!(w.available(u).await.unwrap(), Some(300));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_sets_every_counter_from_the_database_keeping_what_is_held() {
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        let w = wallet().await;
+        let now = chrono::Utc::now();
+        let alice = user::ActiveModel {
+            username: Set("alice".into()),
+            password_hash: Set(String::new()),
+            role: Set("customer".into()),
+            group_name: Set("default".into()),
+            parent_id: Set(None),
+            status: Set("enabled".into()),
+            balance: Set(1_000),
+            used: Set(0),
+            rev: Set(3),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&w.db)
+        .await
+        .unwrap();
+        // The counter drifted above the database (a commit it never heard of).
+        w.sync(&[state(Account::User(alice.id), 5_000, 2)])
+            .await
+            .unwrap();
+        let h = w.reserve(alice.id, None, 100).await.unwrap();
+        w.refresh().await.unwrap();
+        assert_eq!(
+            w.available(Account::User(alice.id)).await.unwrap(),
+            Some(900)
+        );
+        w.release(h).await.unwrap();
+        assert_eq!(
+            w.available(Account::User(alice.id)).await.unwrap(),
+            Some(1_000)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hold_given_back_twice_counts_once() {
+        let w = wallet().await;
+        let u = Account::User(1);
+        w.sync(&[state(u, 100, 1)]).await.unwrap();
+        let h = w.reserve(1, None, 40).await.unwrap();
+        let _other = w.reserve(1, None, 30).await.unwrap();
+        let lease = h.lease;
+        w.release(h).await.unwrap();
+        // The same lease flushed again (an instance taken for dead, then back).
+        if let Backend::Redis { .. } = &w.backend {
+            w.flushed(1, None, lease, 40, &[]).await.unwrap();
+            assert_eq!(w.available(u).await.unwrap(), Some(70));
+        }
     }
 }

@@ -55,10 +55,10 @@ impl Application {
             );
         }
         wallet
-            .load_all()
+            .refresh()
             .await
             .map_err(|e| anyhow::anyhow!("cannot load wallets: {e:?}"))?;
-        wallet.start_leases(std::time::Duration::from_secs(config.lease_ttl_s));
+        wallet.start_maintenance(std::time::Duration::from_secs(config.lease_ttl_s));
         let jwt = admin_web::bootstrap::jwt_secret(&db, config.jwt_secret.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot load the JWT secret: {e:?}"))?;

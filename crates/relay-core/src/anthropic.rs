@@ -21,7 +21,8 @@ pub struct AnthropicUsage {
 }
 
 impl AnthropicUsage {
-    /// Prompt tokens (input + cache reads + cache writes) and the cached part.
+    /// Prompt tokens (input + cache reads + cache writes), the cache reads and the
+    /// cache writes.
     pub fn prompt(&self) -> (i64, i64) {
         let read = self.cache_read_input_tokens.unwrap_or(0);
         let prompt = self
@@ -38,6 +39,7 @@ impl AnthropicUsage {
             prompt_tokens: prompt,
             completion_tokens: self.output_tokens.unwrap_or(0),
             cached_tokens: cached,
+            cache_write_tokens: self.cache_creation_input_tokens.unwrap_or(0).max(0),
             ..Usage::default()
         }
     }
@@ -152,12 +154,9 @@ impl MessagesStream {
     /// The stream's usage once its output count is known.
     pub fn usage(&self) -> Option<Usage> {
         let out = self.output_tokens?;
-        let (prompt, cached) = self.start.map(|s| s.prompt()).unwrap_or((0, 0));
         Some(Usage {
-            prompt_tokens: prompt,
             completion_tokens: out,
-            cached_tokens: cached,
-            ..Usage::default()
+            ..self.start.map(|s| s.to_usage()).unwrap_or_default()
         })
     }
 }

@@ -631,8 +631,8 @@ impl StreamObserver {
 
     /// Prompt usage known so far (Anthropic's `message_start`), for a stream that ends
     /// before its output count.
-    pub fn partial_prompt(&self) -> Option<(i64, i64)> {
-        self.anthropic.start.map(|s| s.prompt())
+    pub fn partial_prompt(&self) -> Option<Usage> {
+        self.anthropic.start.map(|s| s.to_usage())
     }
 }
 

@@ -87,9 +87,10 @@ impl ChatStream {
         self.observer.usage.unwrap_or_else(|| {
             let mut usage = self.fallback.usage(&self.observer.delivered);
             // A stream cut after Anthropic's message_start still told us the prompt.
-            if let Some((prompt, cached)) = self.observer.partial_prompt() {
-                usage.prompt_tokens = prompt;
-                usage.cached_tokens = cached;
+            if let Some(start) = self.observer.partial_prompt() {
+                usage.prompt_tokens = start.prompt_tokens;
+                usage.cached_tokens = start.cached_tokens;
+                usage.cache_write_tokens = start.cache_write_tokens;
             }
             usage
         })

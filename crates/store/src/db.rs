@@ -46,6 +46,27 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
     Ok(db)
 }
 
+/// Whether a database error means the database could not be reached (connection
+/// refused or lost, no pooled connection within the acquire timeout).
+pub fn is_unreachable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let sqlx_unreachable = |e: &RuntimeErr| match e {
+        RuntimeErr::SqlxError(e) => matches!(
+            e.as_ref(),
+            sea_orm::sqlx::Error::Io(_)
+                | sea_orm::sqlx::Error::PoolTimedOut
+                | sea_orm::sqlx::Error::PoolClosed
+                | sea_orm::sqlx::Error::WorkerCrashed
+        ),
+        _ => false,
+    };
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(e) | DbErr::Query(e) => sqlx_unreachable(e),
+        _ => false,
+    }
+}
+
 /// True when the database answers a trivial query.
 pub async fn ping(db: &DatabaseConnection) -> bool {
     db.ping().await.is_ok()

@@ -26,4 +26,20 @@ impl StoreError {
             StoreError::Corrupt(_) => "corrupt",
         }
     }
+
+    /// Whether the database or Redis could not be reached (an outage: the caller
+    /// answers 503 and retries later), as opposed to a query that was refused.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => crate::db::is_unreachable(e),
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+            }
+            StoreError::RedisPool(_) => true,
+            StoreError::Config(_) | StoreError::Corrupt(_) => false,
+        }
+    }
 }

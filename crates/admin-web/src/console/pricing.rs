@@ -16,6 +16,8 @@ struct Row {
     input: String,
     output: String,
     cached_input: String,
+    cache_write: String,
+    max_output_tokens: String,
     per_request: String,
     per_image: String,
     per_second: String,
@@ -31,6 +33,11 @@ fn row(p: &model_price::Model) -> Row {
         input: page::credits(p.input),
         output: page::credits(p.output),
         cached_input: opt(p.cached_input),
+        cache_write: opt(p.cache_write),
+        max_output_tokens: p
+            .max_output_tokens
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
         per_request: opt(p.per_request),
         per_image: opt(p.per_image),
         per_second: opt(p.per_second),
@@ -54,6 +61,10 @@ pub struct PriceForm {
     #[serde(default)]
     cached_input: String,
     #[serde(default)]
+    cache_write: String,
+    #[serde(default)]
+    max_output_tokens: String,
+    #[serde(default)]
     per_request: String,
     #[serde(default)]
     per_image: String,
@@ -66,6 +77,8 @@ const FIELDS: &[&str] = &[
     "input",
     "output",
     "cached_input",
+    "cache_write",
+    "max_output_tokens",
     "per_request",
     "per_image",
     "per_second",
@@ -79,6 +92,8 @@ impl PriceForm {
             input: page::number("input", &self.input)?,
             output: page::number("output", &self.output)?,
             cached_input: Some(page::number("cached_input", &self.cached_input)?),
+            cache_write: Some(page::number("cache_write", &self.cache_write)?),
+            max_output_tokens: Some(page::number("max_output_tokens", &self.max_output_tokens)?),
             per_request: Some(page::number("per_request", &self.per_request)?),
             per_image: Some(page::number("per_image", &self.per_image)?),
             per_second: Some(page::number("per_second", &self.per_second)?),
@@ -160,6 +175,8 @@ pub async fn show(
                 input: r.input,
                 output: r.output,
                 cached_input: r.cached_input,
+                cache_write: r.cache_write,
+                max_output_tokens: r.max_output_tokens,
                 per_request: r.per_request,
                 per_image: r.per_image,
                 per_second: r.per_second,

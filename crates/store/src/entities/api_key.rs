@@ -14,6 +14,8 @@ pub struct Model {
     pub preview: String,
     pub status: String,
     pub used: i64,
+    /// Bumped by every change of `used` or `credit_limit` (see `users.rev`).
+    pub rev: i64,
     pub credit_limit: Option<i64>,
     pub expires_at: Option<DateTimeUtc>,
     /// JSON array of model names, or NULL for "all the group may use".

@@ -22,6 +22,8 @@ pub struct Model {
     pub tokens_completion: i64,
     pub tokens_cached: i64,
     pub tokens_reasoning: i64,
+    /// Prompt tokens written to the provider's cache (Anthropic), priced as `cache_write`.
+    pub tokens_cache_write: i64,
     pub num_media: i64,
     pub latency_ms: Option<i64>,
     pub generation_time_ms: Option<i64>,

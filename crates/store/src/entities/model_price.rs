@@ -11,6 +11,10 @@ pub struct Model {
     pub input: i64,
     pub output: i64,
     pub cached_input: Option<i64>,
+    /// Prompt-cache writes; 1.25 × `input` when unset.
+    pub cache_write: Option<i64>,
+    /// The model's own output ceiling, in tokens: what a hold covers at most.
+    pub max_output_tokens: Option<i64>,
     pub per_request: Option<i64>,
     pub per_image: Option<i64>,
     pub per_second: Option<i64>,

@@ -16,6 +16,8 @@ pub struct Model {
     pub status: String,
     pub balance: i64,
     pub used: i64,
+    /// Bumped by every change of `balance`: wallet counters apply a newer one only.
+    pub rev: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
