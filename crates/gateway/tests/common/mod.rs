@@ -1,0 +1,397 @@
+//! Helpers for the tests that run the real `gateway` binary: a hand-written mock
+//! upstream, the child process (killed on drop, its log printed when the test failed),
+//! the backend it runs on, and the admin API.
+
+// Test code: clippy's allow-*-in-tests covers #[test] fns only, not these helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const ROOT_PASSWORD: &str = "root-password-for-signals";
+pub const SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+pub const MODEL: &str = "gpt-4o-mini";
+
+// ---------------------------------------------------------------------------------------
+// The mock upstream: hand-written HTTP/1.1, one task per connection.
+
+/// Starts the mock on a free port and returns its base URL.
+pub async fn start_mock_upstream() -> String {
+    start_mock_upstream_paced(Duration::from_millis(100)).await
+}
+
+/// The mock, with `pace` between its ten content chunks.
+pub async fn start_mock_upstream_paced(pace: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = serve_connection(conn, pace).await;
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Reads one request (headers, then `Content-Length` bytes of body) and answers it.
+async fn serve_connection(mut conn: TcpStream, pace: Duration) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let header_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+    let request_line = head.lines().next().unwrap_or_default().to_owned();
+    let content_length = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + content_length {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body: Value = serde_json::from_slice(&buf[header_end..]).unwrap_or(Value::Null);
+
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let is_chat = method == "POST" && path.split('?').next() == Some("/v1/chat/completions");
+    if !is_chat || body["stream"] != json!(true) {
+        let msg = br#"{"error":{"message":"mock: only streaming chat","type":"invalid_request_error","param":null,"code":null}}"#;
+        let head = format!(
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            msg.len()
+        );
+        conn.write_all(head.as_bytes()).await?;
+        conn.write_all(msg).await?;
+        return conn.shutdown().await;
+    }
+
+    conn.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
+    )
+    .await?;
+    conn.flush().await?;
+    let content = json!({"id": "chatcmpl-sig", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": null}]});
+    for _ in 0..10 {
+        conn.write_all(format!("data: {content}\n\n").as_bytes())
+            .await?;
+        conn.flush().await?;
+        tokio::time::sleep(pace).await;
+    }
+    let finish = json!({"id": "chatcmpl-sig", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+    let usage = json!({"id": "chatcmpl-sig", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+        "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}});
+    conn.write_all(format!("data: {finish}\n\ndata: {usage}\n\ndata: [DONE]\n\n").as_bytes())
+        .await?;
+    conn.flush().await?;
+    conn.shutdown().await
+}
+
+// ---------------------------------------------------------------------------------------
+// The gateway process.
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-signals-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A running `gateway` child; killed on drop (its log is printed if the test failed).
+pub struct Gateway {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the binary on SQLite in `dir` (no Redis).
+    pub fn start(dir: &Path, name: &str) -> Self {
+        Self::start_on(dir, name, &Backend::sqlite(dir), &[])
+    }
+
+    /// Starts the binary on `backend`, with `extra` environment variables.
+    pub fn start_on(dir: &Path, name: &str, backend: &Backend, extra: &[(&str, &str)]) -> Self {
+        Self::start_at(dir, name, backend, extra, free_port())
+    }
+
+    /// Like [`Gateway::start_on`], on a given port (a restart keeps its address).
+    pub fn start_at(
+        dir: &Path,
+        name: &str,
+        backend: &Backend,
+        extra: &[(&str, &str)],
+        port: u16,
+    ) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.env("TOLLGATE_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &backend.database_url)
+            .env("TOLLGATE_ROOT_PASSWORD", ROOT_PASSWORD)
+            .env("TOLLGATE_SECRET_KEY", SECRET_KEY)
+            .env("TOLLGATE_DATA_DIR", dir.join("data"))
+            .env("RUST_LOG", "info")
+            .env_remove("TOLLGATE_JWT_SECRET");
+        match &backend.redis {
+            Some((url, prefix)) => cmd
+                .env("REDIS_URL", url)
+                .env("TOLLGATE_REDIS_PREFIX", prefix),
+            None => cmd.env_remove("REDIS_URL"),
+        };
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Gateway {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            log,
+        }
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Polls `GET /healthz` until it answers 200 (at most 30 s).
+    pub async fn wait_healthy(&mut self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = http.get(self.url("/healthz")).send().await
+                && resp.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the gateway exited before it was healthy: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway was not healthy within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit within {limit:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("----- {} -----\n{log}", self.log.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Admin API helpers.
+
+pub async fn api(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http.request(method, gw.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub async fn login_root(http: &reqwest::Client, gw: &Gateway) -> String {
+    let resp = http
+        .post(gw.url("/api/auth/login"))
+        .json(&json!({"username": "root", "password": ROOT_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "root login");
+    let v: Value = resp.json().await.unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// Credits are JSON numbers; serde_json's default float parsing may be 1 ULP off.
+pub fn assert_credits(got: &Value, want: f64, context: &Value) {
+    let got = got
+        .as_f64()
+        .unwrap_or_else(|| panic!("not a number: {context}"));
+    assert!((got - want).abs() < 1e-12, "{got} != {want}: {context}");
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Where a gateway under test keeps its state: SQLite in the test's directory, or
+/// (with `TEST_DATABASE_URL` / `TEST_REDIS_URL`) a Postgres database and a Redis
+/// namespace of the test's own.
+pub struct Backend {
+    pub database_url: String,
+    pub redis: Option<(String, String)>,
+    /// (admin URL, database name) of a Postgres database to drop at the end.
+    postgres: Option<(String, String)>,
+}
+
+impl Backend {
+    /// SQLite in `dir`, in process.
+    pub fn sqlite(dir: &Path) -> Self {
+        Backend {
+            database_url: format!("sqlite://{}?mode=rwc", dir.join("t.db").display()),
+            redis: None,
+            postgres: None,
+        }
+    }
+
+    /// The backend the suite runs on (see `TEST_DATABASE_URL`, `TEST_REDIS_URL`).
+    pub async fn from_env(dir: &Path) -> Self {
+        let unique = format!(
+            "{}_{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let mut backend = Backend::sqlite(dir);
+        if let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") {
+            use sea_orm::ConnectionTrait;
+            let name = format!("tg_bin_{unique}");
+            let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .unwrap();
+            let base = admin_url.split('?').next().unwrap();
+            let root = &base[..base.rfind('/').unwrap()];
+            backend.database_url = format!("{root}/{name}");
+            backend.postgres = Some((admin_url, name));
+        }
+        if let Ok(url) = std::env::var("TEST_REDIS_URL") {
+            backend.redis = Some((url, format!("tgbin:{unique}")));
+        }
+        backend
+    }
+
+    /// Drops the test's Postgres database (call after every gateway stopped).
+    pub async fn drop_database(&self) {
+        use sea_orm::ConnectionTrait;
+        if let Some((admin_url, name)) = &self.postgres
+            && let Ok(admin) = sea_orm::Database::connect(admin_url).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// `gateway ledger verify` on `backend`: (exit success, report).
+pub fn ledger_verify_on(backend: &Backend) -> (bool, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["ledger", "verify"])
+        .env("DATABASE_URL", &backend.database_url)
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("not a report: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.success(), report)
+}
+
+/// `gateway ledger verify` on SQLite in `dir`: (exit success, report).
+pub fn ledger_verify(dir: &Path) -> (bool, Value) {
+    ledger_verify_on(&Backend::sqlite(dir))
+}
