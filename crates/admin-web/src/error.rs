@@ -37,6 +37,9 @@ pub enum ApiError {
     InvalidCode,
     #[error("too many attempts; try again later")]
     RateLimited,
+    /// The database or Redis is unreachable: nothing changed; retry shortly.
+    #[error("the service is briefly unavailable; retry shortly")]
+    Unavailable,
     #[error("internal error")]
     Internal(String),
 }
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::InsufficientBalance => "insufficient_balance",
             ApiError::InvalidCode => "invalid_code",
             ApiError::RateLimited => "rate_limited",
+            ApiError::Unavailable => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -91,6 +95,7 @@ impl ResponseError for ApiError {
             ApiError::UsernameTaken => StatusCode::CONFLICT,
             ApiError::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,19 +109,28 @@ impl ResponseError for ApiError {
         if let Some(field) = self.field() {
             body["error"]["field"] = serde_json::Value::from(field);
         }
-        HttpResponse::build(self.status_code()).json(body)
+        let mut resp = HttpResponse::build(self.status_code());
+        if let ApiError::Unavailable = self {
+            tracing::warn!("admin API call refused: database or Redis unreachable");
+            resp.insert_header((actix_web::http::header::RETRY_AFTER, "2"));
+        }
+        resp.json(body)
     }
 }
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
-        ApiError::internal(e)
+        ApiError::from(store::StoreError::Db(e))
     }
 }
 
 impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
-        ApiError::internal(e)
+        if e.is_unavailable() {
+            ApiError::Unavailable
+        } else {
+            ApiError::internal(e)
+        }
     }
 }
 
@@ -125,7 +139,7 @@ impl From<billing::BillingError> for ApiError {
         match e {
             billing::BillingError::Insufficient => ApiError::InsufficientBalance,
             billing::BillingError::InvalidAmount(m) => ApiError::BadRequest(m),
-            billing::BillingError::Store(e) => ApiError::internal(e),
+            billing::BillingError::Store(e) => ApiError::from(e),
         }
     }
 }

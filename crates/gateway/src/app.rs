@@ -93,6 +93,8 @@ impl Application {
             .context("cannot open the database for the ledger writer")?;
         let (writer, writer_task) = LedgerWriter::start(writer_db, Arc::clone(&wallet));
         let client = UpstreamClient::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let availability = Arc::new(health::Availability::default());
+        health::spawn_probe(db.clone(), Arc::clone(&shared), Arc::clone(&availability));
         let state = web::Data::new(AppState {
             db: db.clone(),
             shared: Arc::clone(&shared),
@@ -107,6 +109,7 @@ impl Application {
             reloader: reloader.clone(),
             breakers,
             health,
+            availability,
         });
         let admin = web::Data::new(admin_web::AdminState {
             db,

@@ -1,29 +1,105 @@
-//! Liveness and readiness.
+//! Liveness, readiness, and the availability of what the relay depends on: the
+//! database and Redis are probed every second, and while either is unreachable relay
+//! requests are refused with `503 service_unavailable` before anything is held.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
+use sea_orm::DatabaseConnection;
+use store::Shared;
 
 use crate::state::AppState;
+
+/// How long a probe waits for an answer before it calls the service unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the database and Redis answered their last probe.
+#[derive(Debug)]
+pub struct Availability {
+    db: AtomicBool,
+    redis: AtomicBool,
+}
+
+impl Default for Availability {
+    fn default() -> Self {
+        Availability {
+            db: AtomicBool::new(true),
+            redis: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Availability {
+    /// Both answered their last probe.
+    pub fn serving(&self) -> bool {
+        self.db.load(Ordering::Relaxed) && self.redis.load(Ordering::Relaxed)
+    }
+}
+
+/// Probes the database (and Redis, when configured) once.
+async fn probe(db: &DatabaseConnection, shared: &Shared) -> (bool, bool) {
+    let db_ok = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, db.ping()).await,
+        Ok(Ok(()))
+    );
+    let redis_ok = match shared.redis_pool() {
+        None => true,
+        Some(_) => matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, shared.ping()).await,
+            Ok(Ok(()))
+        ),
+    };
+    (db_ok, redis_ok)
+}
+
+/// Probes every second, logging each change.
+pub fn spawn_probe(db: DatabaseConnection, shared: Arc<Shared>, availability: Arc<Availability>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let (db_ok, redis_ok) = probe(&db, &shared).await;
+            if availability.db.swap(db_ok, Ordering::Relaxed) != db_ok {
+                if db_ok {
+                    tracing::info!("database reachable again");
+                } else {
+                    tracing::error!("database unreachable; refusing relay requests");
+                }
+            }
+            if availability.redis.swap(redis_ok, Ordering::Relaxed) != redis_ok {
+                if redis_ok {
+                    tracing::info!("redis reachable again");
+                } else {
+                    tracing::error!("redis unreachable; refusing relay requests");
+                }
+            }
+        }
+    });
+}
 
 /// `GET /healthz`: the process runs.
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
-/// `GET /readyz`: the database (and Redis, when configured) answer.
+/// `GET /readyz`: the database (and Redis, when configured) answer now, and the ledger
+/// writer is keeping up.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let db = store::db::ping(&state.db).await;
-    let redis = match state.shared.redis_pool() {
-        None => None,
-        Some(_) => Some(state.shared.ping().await.is_ok()),
-    };
-    let ok = db && redis.unwrap_or(true);
+    let (db, redis) = probe(&state.db, &state.shared).await;
+    let configured = state.shared.redis_pool().is_some();
+    let writer = !state.writer.refuses();
     let body = serde_json::json!({
         "database": if db { "ok" } else { "down" },
-        "redis": match redis { None => "not configured", Some(true) => "ok", Some(false) => "down" },
+        "redis": match (configured, redis) { (false, _) => "not configured", (true, true) => "ok", (true, false) => "down" },
+        "ledger_backlog": state.writer.backlog(),
     });
-    if ok {
+    if db && redis && writer {
         HttpResponse::Ok().json(body)
     } else {
-        HttpResponse::ServiceUnavailable().json(body)
+        HttpResponse::ServiceUnavailable()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "2"))
+            .json(body)
     }
 }

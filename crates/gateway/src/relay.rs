@@ -16,16 +16,12 @@ use relay_core::admission::{self, Admitted, Caller};
 use relay_core::meter::Meter;
 use relay_core::openai::ChatHead;
 use relay_core::protocol::Protocol;
-use relay_core::relay::{ChatAnswer, ChatDeps, RelayRequest, prompt_estimate};
+use relay_core::relay::{ChatAnswer, ChatDeps, RelayRequest};
 
 use crate::state::AppState;
 
 /// The header that names a request's generation.
 pub const GENERATION_HEADER: &str = "x-generation-id";
-/// Output tokens reserved when the client sets no limit.
-const DEFAULT_MAX_OUTPUT: i64 = 4096;
-/// Audio input tokens a second, held for a token-priced transcription model.
-const AUDIO_TOKENS_PER_SECOND: i64 = 50;
 
 /// Mounts the relay endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -102,8 +98,14 @@ fn error_with_body(err: &RelayError, generation_id: &str, body: Bytes) -> HttpRe
     let mut resp = HttpResponse::build(status);
     resp.insert_header((header::CONTENT_TYPE, "application/json"));
     resp.insert_header((GENERATION_HEADER, generation_id.to_owned()));
-    if let RelayError::RateLimited(_) = err {
-        resp.insert_header((header::RETRY_AFTER, "60"));
+    match err {
+        RelayError::RateLimited(_) => {
+            resp.insert_header((header::RETRY_AFTER, "60"));
+        }
+        RelayError::ServiceUnavailable => {
+            resp.insert_header((header::RETRY_AFTER, "2"));
+        }
+        _ => {}
     }
     resp.body(body)
 }
@@ -408,6 +410,9 @@ async fn relay(
         created_at: chrono::Utc::now(),
     };
     let prepared = async {
+        if !state.serving() {
+            return Err(RelayError::ServiceUnavailable);
+        }
         admission::check_ip(&caller, ip)?;
         let body = read_limited(payload, &req, state.config.max_body_mb).await?;
         let head = match &gemini {
@@ -435,26 +440,9 @@ async fn relay(
     };
     record.model = admitted.model.clone();
     record.streamed = head.is_stream();
-    let estimate = reservation(proto, &admitted, &head, &body);
-    let limited_key = admitted
-        .caller
-        .key
-        .credit_limit
-        .map(|_| admitted.caller.key.id);
-    let hold = match state
-        .wallet
-        .reserve(caller.user.id, limited_key, estimate)
-        .await
-    {
-        Ok(h) => h,
-        Err(billing::BillingError::Insufficient) => {
-            let e = RelayError::InsufficientQuota;
-            reject(&state, record, &e, started);
-            return error_response(proto, &e, &id);
-        }
-        Err(err) => {
-            tracing::error!(error = ?err, "reservation failed");
-            let e = RelayError::Internal;
+    let (hold, body) = match hold_for(&state, proto, &admitted, &head, body).await {
+        Ok(held) => held,
+        Err(e) => {
             reject(&state, record, &e, started);
             return error_response(proto, &e, &id);
         }
@@ -498,6 +486,10 @@ async fn relay(
             .insert_header(("x-accel-buffering", "no"))
             .insert_header((GENERATION_HEADER, id))
             .streaming(stream),
+        Ok(ChatAnswer::Typed { content_type, body }) => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .insert_header((GENERATION_HEADER, id))
+            .body(body),
         Ok(ChatAnswer::Binary { content_type, body }) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, content_type))
             .insert_header((GENERATION_HEADER, id))
@@ -513,52 +505,86 @@ fn content_type(req: &HttpRequest) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
 }
 
-/// The most this request can cost: prompt estimate plus the allowed output.
-fn reservation(proto: Protocol, admitted: &Admitted, head: &ChatHead, body: &[u8]) -> i64 {
-    let body_len = body.len();
-    let choices = head.n.unwrap_or(1).clamp(1, 128);
-    let usage = match proto {
-        Protocol::OpenAiEmbeddings | Protocol::OpenAiModerations => Usage {
-            prompt_tokens: prompt_estimate(body),
-            ..Usage::default()
-        },
-        // An image request may return `n` images.
-        Protocol::OpenAiImages | Protocol::OpenAiImageEdits | Protocol::OpenAiImageVariations => {
-            Usage {
-                prompt_tokens: if proto == Protocol::OpenAiImages {
-                    prompt_estimate(body)
-                } else {
-                    0
-                },
-                images: choices,
-                ..Usage::default()
-            }
+/// Holds the most this request can cost. When the client named no output limit and
+/// the model's ceiling does not fit in what is left, the largest limit that does is
+/// held instead; either way the upstream is told the limit held (the body returned).
+async fn hold_for(
+    state: &AppState,
+    proto: Protocol,
+    admitted: &Admitted,
+    head: &ChatHead,
+    body: Bytes,
+) -> Result<(billing::Hold, Bytes), RelayError> {
+    use relay_core::hold;
+    let (price, mult) = (&admitted.price, admitted.multiplier_ppm);
+    let user = admitted.caller.user.id;
+    let limited_key = admitted
+        .caller
+        .key
+        .credit_limit
+        .map(|_| admitted.caller.key.id);
+    let mut plan = hold::plan(proto, price, mult, head, &body);
+    let held = match state.wallet.reserve(user, limited_key, plan.amount).await {
+        Err(billing::BillingError::Insufficient) if plan.set_limit => {
+            let available = wallet_available(state, user, limited_key).await?;
+            plan = hold::affordable(proto, price, mult, head, &body, plan, available)
+                .ok_or(RelayError::InsufficientQuota)?;
+            state.wallet.reserve(user, limited_key, plan.amount).await
         }
-        // Characters of input (at most the body's bytes).
-        Protocol::OpenAiSpeech => Usage {
-            prompt_tokens: i64::try_from(body_len).unwrap_or(i64::MAX),
-            ..Usage::default()
-        },
-        // The duration from the upload's size, or tokens for a token-priced model.
-        Protocol::OpenAiTranscriptions | Protocol::OpenAiTranslations => {
-            let seconds = relay_core::media::estimated_seconds(body_len);
-            Usage {
-                seconds,
-                prompt_tokens: seconds.saturating_mul(AUDIO_TOKENS_PER_SECOND),
-                completion_tokens: DEFAULT_MAX_OUTPUT,
-                ..Usage::default()
-            }
-        }
-        _ => Usage {
-            prompt_tokens: prompt_estimate(body),
-            completion_tokens: head
-                .max_output()
-                .unwrap_or(DEFAULT_MAX_OUTPUT)
-                .saturating_mul(choices),
-            ..Usage::default()
-        },
+        other => other,
     };
-    admitted.price.cost(&usage, admitted.multiplier_ppm)
+    let held = held.map_err(|e| match e {
+        billing::BillingError::Insufficient => RelayError::InsufficientQuota,
+        other => wallet_failure(&other),
+    })?;
+    let body = if plan.set_limit {
+        match hold::with_output_limit(proto, head.model(), &body, plan.output_tokens) {
+            Ok(b) => b,
+            Err(e) => {
+                if let Err(err) = state.wallet.release(held).await {
+                    tracing::error!(error = ?err, "releasing a hold failed");
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        body
+    };
+    Ok((held, body))
+}
+
+/// What the user (and its limited key) may still spend.
+async fn wallet_available(
+    state: &AppState,
+    user: i64,
+    key: Option<i64>,
+) -> Result<i64, RelayError> {
+    let mut available = i64::MAX;
+    let accounts =
+        std::iter::once(billing::Account::User(user)).chain(key.map(billing::Account::Key));
+    for acct in accounts {
+        let a = state
+            .wallet
+            .available(acct)
+            .await
+            .map_err(|e| wallet_failure(&e))?;
+        available = available.min(a.unwrap_or(0));
+    }
+    Ok(available)
+}
+
+/// A wallet that could not answer: Redis (or the database behind it) is away.
+fn wallet_failure(e: &billing::BillingError) -> RelayError {
+    match e {
+        billing::BillingError::Store(s) if s.is_unavailable() => {
+            tracing::warn!(error = ?e, "wallet unreachable");
+            RelayError::ServiceUnavailable
+        }
+        _ => {
+            tracing::error!(error = ?e, "reservation failed");
+            RelayError::Internal
+        }
+    }
 }
 
 async fn check_rpm(state: &AppState, caller: &Caller) -> Result<(), RelayError> {
@@ -570,8 +596,13 @@ async fn check_rpm(state: &AppState, caller: &Caller) -> Result<(), RelayError> 
         .incr(&format!("rpm:{}", caller.key.id), Duration::from_secs(60))
         .await
         .map_err(|e| {
-            tracing::error!(error = ?e, "rate-limit counter failed");
-            RelayError::Internal
+            if e.is_unavailable() {
+                tracing::warn!(error = ?e, "rate-limit counter unreachable");
+                RelayError::ServiceUnavailable
+            } else {
+                tracing::error!(error = ?e, "rate-limit counter failed");
+                RelayError::Internal
+            }
         })?;
     if count > i64::from(rpm) {
         return Err(RelayError::RateLimited(rpm));

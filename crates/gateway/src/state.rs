@@ -53,9 +53,17 @@ pub struct AppState {
     pub breakers: Arc<relay_core::health::Breakers>,
     /// Persists disabled keys and channels.
     pub health: crate::channel_health::Health,
+    /// Whether the database and Redis answer (probed every second).
+    pub availability: Arc<crate::health::Availability>,
 }
 
 impl AppState {
+    /// Whether relay requests may be admitted: the database and Redis answer and the
+    /// ledger writer's backlog has room.
+    pub fn serving(&self) -> bool {
+        self.availability.serving() && !self.writer.refuses()
+    }
+
     /// What meters need to settle.
     pub fn settler(&self) -> Settler {
         Settler {

@@ -37,6 +37,9 @@ pub enum RelayError {
         message: String,
         body: Option<bytes::Bytes>,
     },
+    /// Tollgate's own database or Redis is unreachable: nothing was charged; retry.
+    #[error("the service is briefly unavailable; retry shortly")]
+    ServiceUnavailable,
     #[error("internal error")]
     Internal,
 }
@@ -59,6 +62,7 @@ impl RelayError {
             RelayError::NoAvailableChannel => 503,
             RelayError::UpstreamTimeout => 504,
             RelayError::Rejected { status, .. } => *status,
+            RelayError::ServiceUnavailable => 503,
             RelayError::Internal => 500,
         }
     }
@@ -80,6 +84,7 @@ impl RelayError {
             RelayError::NoAvailableChannel => "no_available_channel",
             RelayError::UpstreamTimeout => "upstream_timeout",
             RelayError::Rejected { .. } => "upstream_rejected",
+            RelayError::ServiceUnavailable => "service_unavailable",
             RelayError::Internal => "internal_error",
         }
     }

@@ -10,6 +10,7 @@ pub mod count;
 pub mod error;
 pub mod gemini;
 pub mod health;
+pub mod hold;
 pub mod media;
 pub mod meter;
 pub mod multipart;

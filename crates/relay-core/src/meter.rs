@@ -80,16 +80,21 @@ impl Meter {
                     record.status = "success";
                     let cost = price.cost(&usage, mult);
                     let (user_id, key_id, lease) = (hold.user_id, record.key_id, hold.lease);
-                    match settler.wallet.settle(hold, cost).await {
-                        Ok(pending) => settler.writer.submit(
-                            record,
-                            Some(Charge { user_id, key_id, key_limited, pending, lease }),
-                        ),
+                    let held = hold.amount;
+                    let pending = match settler.wallet.settle(hold, cost).await {
+                        Ok(pending) => pending,
                         Err(e) => {
-                            tracing::error!(error = %e, generation.id = %record.id, "settlement failed; not charged");
-                            settler.writer.submit(record, None);
+                            // The counters are unreachable, the database is not the
+                            // counters: what was served is still charged (never more than
+                            // held); the counters follow once they answer again.
+                            tracing::error!(error = %e, generation.id = %record.id, "wallet unreachable at settlement; charging through the ledger");
+                            cost.clamp(0, held)
                         }
-                    }
+                    };
+                    settler.writer.submit(
+                        record,
+                        Some(Charge { user_id, key_id, key_limited, pending, lease }),
+                    );
                 }
                 Outcome::Failed { status, error } => {
                     record.status = "error";

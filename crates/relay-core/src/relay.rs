@@ -15,7 +15,7 @@ use crate::anthropic::MessageSummary;
 use crate::convert::{self, StreamConverter};
 use crate::health::{self, Breakers, Gate, HealthSink};
 use crate::meter::{Meter, Outcome};
-use crate::openai::{ChatHead, ChatSummary, StreamObserver, estimate_tokens, upstream_body};
+use crate::openai::{ChatHead, ChatSummary, StreamObserver, upstream_body};
 use crate::protocol::Protocol;
 use crate::sse::SseFramer;
 use crate::stream::ChatStream;
@@ -37,6 +37,11 @@ pub struct Attempt {
 pub enum ChatAnswer {
     /// A whole chat completion (already settled).
     Complete(Bytes),
+    /// A whole answer of another content type (a transcript as text, SRT or VTT).
+    Typed {
+        content_type: &'static str,
+        body: Bytes,
+    },
     /// An SSE stream that settles when it ends or is dropped.
     Stream(Box<ChatStream>),
     /// Bytes of another kind (audio), already settled, passed on as they arrive.
@@ -198,10 +203,11 @@ struct Completion {
     delivered: String,
 }
 
-fn parse_completion(proto: Protocol, body: &[u8], request_len: usize) -> Option<Completion> {
+fn parse_completion(proto: Protocol, body: &[u8], raw: &[u8]) -> Option<Completion> {
     match proto {
         Protocol::OpenAiTranscriptions | Protocol::OpenAiTranslations => {
-            let (usage, text) = crate::media::transcription_usage(body, request_len);
+            let longest = crate::media::longest_seconds(raw);
+            let (usage, text) = crate::media::transcription_usage(body, longest);
             Some(Completion {
                 usage: Some(usage),
                 finish_reason: None,
@@ -303,6 +309,8 @@ fn parse_completion(proto: Protocol, body: &[u8], request_len: usize) -> Option<
 
 enum Success {
     Complete(Bytes, Completion),
+    /// A whole answer made in the client's format (a transcript), with its type.
+    Typed(Bytes, &'static str, Completion),
     /// A binary answer (speech) passed through as it arrives.
     Binary(reqwest::Response),
     Stream(Box<Opened>),
@@ -326,6 +334,11 @@ async fn try_channel(
     upstream_model: &str,
 ) -> Result<Success, Failure> {
     let head = req.head;
+    let transcript = matches!(
+        req.proto,
+        Protocol::OpenAiTranscriptions | Protocol::OpenAiTranslations
+    )
+    .then(|| crate::media::transcript_plan(upstream_model, req.raw));
     // The protocol the channel speaks; a client of another one is converted.
     let proto = if via_chat {
         Protocol::OpenAiChat
@@ -338,10 +351,15 @@ async fn try_channel(
             .map_err(|e| Failure::Unconvertible(e.0))?;
         (body, &[][..])
     } else if let Some(content_type) = req.content_type {
-        // A form upload goes as received, with the mapped model if it differs.
-        let body =
+        // A form upload goes as received, with the mapped model if it differs (and a
+        // transcript format that states what to charge).
+        let mut body =
             crate::media::form_with_model(req.raw, content_type, head.model(), upstream_model)
                 .map_err(|e| Failure::Unconvertible(e.to_string()))?;
+        if let Some(format) = transcript.and_then(|t| t.upstream) {
+            body = crate::media::form_with_format(&body, format)
+                .map_err(|e| Failure::Unconvertible(e.to_string()))?;
+        }
         (body, req.extra)
     } else {
         let body = upstream_body(req.proto, req.raw, head, upstream_model)
@@ -370,12 +388,12 @@ async fn try_channel(
     }
     if !head.is_stream() {
         let body = read_body(resp, idle, MAX_ANSWER_BYTES).await?;
-        let summary = parse_completion(
-            proto,
-            &body,
-            crate::media::upload_len(req.raw, req.content_type),
-        )
-        .ok_or(Failure::Malformed)?;
+        let summary = parse_completion(proto, &body, req.raw).ok_or(Failure::Malformed)?;
+        if let Some(plan) = transcript.filter(|t| t.upstream.is_some())
+            && let Some((made, content_type)) = crate::media::render_transcript(plan.client, &body)
+        {
+            return Ok(Success::Typed(made, content_type, summary));
+        }
         let body = if converting {
             convert::response(proto, req.proto, &body).map_err(|_| Failure::Malformed)?
         } else {
@@ -456,6 +474,14 @@ fn answer(success: Success, req: &RelayRequest<'_>, mut meter: Meter) -> ChatAns
                 .boxed();
             ChatAnswer::Binary { content_type, body }
         }
+        Success::Typed(body, content_type, summary) => {
+            let usage = summary
+                .usage
+                .unwrap_or_else(|| fallback.usage(&summary.delivered));
+            meter.mark_first_byte();
+            meter.finish(Outcome::Served(usage));
+            ChatAnswer::Typed { content_type, body }
+        }
         Success::Complete(body, summary) => {
             let usage = summary
                 .usage
@@ -495,35 +521,5 @@ fn answer(success: Success, req: &RelayRequest<'_>, mut meter: Meter) -> ChatAns
             );
             ChatAnswer::Stream(Box::new(stream))
         }
-    }
-}
-
-/// Prompt tokens guessed from the request body, for the reservation (never for the
-/// charge): about four ASCII bytes a token, and a token for every other character (CJK
-/// text runs at one or more tokens a character, which bytes / 4 would undercount).
-pub fn prompt_estimate(body: &[u8]) -> i64 {
-    let mut ascii = 0usize;
-    let mut other = 0usize;
-    for &b in body {
-        if b < 0x80 {
-            ascii += 1;
-        } else if b & 0xC0 == 0xC0 {
-            // The first byte of a multi-byte character.
-            other += 1;
-        }
-    }
-    estimate_tokens(ascii).saturating_add(i64::try_from(other).unwrap_or(i64::MAX))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prompt_estimate;
-
-    #[test]
-    fn the_prompt_estimate_counts_a_token_for_every_non_ascii_character() {
-        assert_eq!(prompt_estimate(b"abcdefgh"), 2);
-        // Twelve characters of Chinese: 36 bytes, but at least 12 tokens.
-        assert_eq!(prompt_estimate("请帮我把这段话翻译成英文".as_bytes()), 12);
-        assert_eq!(prompt_estimate("ab中".as_bytes()), 2);
     }
 }

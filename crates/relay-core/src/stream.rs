@@ -110,9 +110,18 @@ impl ChatStream {
             if let Some(reason) = broken {
                 meter.record.error = Some(reason.to_owned());
             }
-            if self.observer.events == 0 {
+            // No output, no charge: a stream that broke (or was left) before any
+            // content is a failed request, whatever role or ping events came first.
+            let no_output = self.observer.delivered.is_empty()
+                && self.observer.usage.is_none_or(|u| u.completion_tokens <= 0);
+            if self.observer.events == 0 || (broken.is_some() && no_output) {
+                let status = match broken {
+                    Some("stream_timeout") => 504,
+                    Some("client_disconnected") => 499,
+                    _ => 502,
+                };
                 meter.finish(Outcome::Failed {
-                    status: 502,
+                    status,
                     error: broken.unwrap_or("empty stream").to_owned(),
                 });
             } else {

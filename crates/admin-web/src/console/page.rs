@@ -143,6 +143,7 @@ pub fn fixable(e: &ApiError) -> bool {
         | ApiError::Forbidden
         | ApiError::CsrfRejected
         | ApiError::NotFound
+        | ApiError::Unavailable
         | ApiError::Internal(_) => false,
     }
 }
