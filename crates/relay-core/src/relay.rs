@@ -20,7 +20,7 @@ use crate::protocol::Protocol;
 use crate::sse::SseFramer;
 use crate::stream::ChatStream;
 use crate::tokens::Fallback;
-use crate::upstream::{Failure, MAX_ANSWER_BYTES, UpstreamClient, read_body, upstream_message};
+use crate::upstream::{Failure, UpstreamClient, read_body, upstream_message};
 use crate::{RelayError, Router};
 
 /// One try at one channel, kept on the generation.
@@ -53,6 +53,8 @@ pub struct ChatDeps<'a> {
     pub breakers: &'a Breakers,
     pub health: &'a dyn HealthSink,
     pub max_tries: usize,
+    /// The largest non-streaming answer read from an upstream (`TOLLGATE_MAX_UPSTREAM_MB`).
+    pub max_answer_bytes: usize,
 }
 
 /// Runs a chat request to its answer; the meter is settled or moved into the stream.
@@ -99,6 +101,7 @@ pub async fn chat(
             &key.secret,
             (req, via_chat),
             &upstream_model,
+            deps.max_answer_bytes,
         )
         .await;
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -324,6 +327,7 @@ async fn try_channel(
     key: &str,
     (req, via_chat): (&RelayRequest<'_>, bool),
     upstream_model: &str,
+    max_answer_bytes: usize,
 ) -> Result<Success, Failure> {
     let head = req.head;
     // The protocol the channel speaks; a client of another one is converted.
@@ -369,7 +373,7 @@ async fn try_channel(
         return Ok(Success::Binary(resp));
     }
     if !head.is_stream() {
-        let body = read_body(resp, idle, MAX_ANSWER_BYTES).await?;
+        let body = read_body(resp, idle, max_answer_bytes).await?;
         let summary = parse_completion(
             proto,
             &body,
