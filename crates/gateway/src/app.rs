@@ -74,6 +74,7 @@ impl Application {
             instance: instance.clone(),
             defaults: env_tunables,
             breakers: Arc::clone(&breakers),
+            versions: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         reloader
             .reload_local()
