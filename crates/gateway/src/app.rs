@@ -82,10 +82,6 @@ impl Application {
             .context("cannot load the catalog")?;
         reloader.follow();
 
-        let health = Arc::new(crate::channel_health::GatewayHealth::new(
-            db.clone(),
-            reloader.clone(),
-        ));
         // The writer gets a pool of its own, made here on the main runtime: the shared
         // pool may hold connections opened on HTTP worker runtimes, which are gone by
         // the time the writer flushes at shutdown.
@@ -94,6 +90,12 @@ impl Application {
             .context("cannot open the database for the ledger writer")?;
         let (writer, writer_task) = LedgerWriter::start(writer_db, Arc::clone(&wallet));
         let client = UpstreamClient::new().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let health = Arc::new(crate::channel_health::GatewayHealth::new(
+            db.clone(),
+            reloader.clone(),
+            client.clone(),
+            Arc::clone(&breakers),
+        ));
         let state = web::Data::new(AppState {
             db: db.clone(),
             shared: Arc::clone(&shared),
