@@ -43,6 +43,8 @@ pub struct GatewayHealth {
 const CONFIRM_EVERY: Duration = Duration::from_secs(10);
 
 impl GatewayHealth {
+    /// The sink the relay reports to; `client` sends the confirming test requests and
+    /// `breakers` keeps a confirmed dead key out of this process at once.
     pub fn new(
         db: DatabaseConnection,
         reloader: Reloader,

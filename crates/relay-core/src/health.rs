@@ -173,8 +173,11 @@ impl Breakers {
 /// A key that answered with a structured auth or quota error, and what it takes to
 /// test it. (No `Debug`: it carries the key.)
 pub struct SuspectKey {
+    /// The channel the key belongs to, as the relay saw it.
     pub channel: Arc<ChannelEntry>,
+    /// The key's id (`channel_keys.id`).
     pub key_id: i64,
+    /// The key itself, for the test request; never logged.
     pub secret: String,
     /// Why it is suspected; shown to the admin when the test confirms it.
     pub reason: String,
