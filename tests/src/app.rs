@@ -91,6 +91,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         secret_key: Some(store::secret::SecretBox::generate_text()),
         data_dir: std::env::temp_dir().join("tollgate-tests").join(&unique),
         max_body_mb: 1,
+        max_upstream_mb: 64,
         max_tries: 3,
         workers: Some(2),
         handle_signals: false,

@@ -14,7 +14,13 @@
 //! - `gemini-thinking`: 20 prompt, 30 candidates, 50 thoughts tokens (total 100);
 //! - `gemini-cached`: 100 prompt of which 80 are cached content, 10 candidates;
 //! - `fail-500`: 500 `INTERNAL`; `fail-503`: 503 `UNAVAILABLE`;
-//! - `bad-request`: 400 `INVALID_ARGUMENT` (blames the request).
+//! - `bad-request`: 400 `INVALID_ARGUMENT` (blames the request);
+//! - `echo-invalid`: 400 `INVALID_ARGUMENT` whose message and `BadRequest` field
+//!   violation quote the customer's text (which may read like a key error).
+//!
+//! A `cachedContent` the request names is served only when it starts with
+//! `cachedContents/mine-`; any other is a 403 `PERMISSION_DENIED` ("You do not have
+//! permission to access the CachedContent … (or it may not exist)"), with no key reason.
 //!
 //! A stream is three chunks carrying the text pieces `"Hello"`, `"! How"`,
 //! `" can I help?"`. Every chunk has `usageMetadata`, cumulative as Gemini reports it:
@@ -294,7 +300,40 @@ async fn generate(
             None,
         );
     };
+    let named_cache = parsed
+        .as_ref()
+        .ok()
+        .and_then(|b| b["cachedContent"].as_str())
+        .map(str::to_owned);
+    if let Some(name) = named_cache.filter(|n| !n.starts_with("cachedContents/mine-")) {
+        return error(
+            403,
+            "PERMISSION_DENIED",
+            &format!(
+                "You do not have permission to access the CachedContent {name} (or it may not exist)."
+            ),
+            None,
+        );
+    }
     match model.as_str() {
+        "echo-invalid" => {
+            let said = parsed
+                .as_ref()
+                .ok()
+                .and_then(|b| b.pointer("/contents/0/parts/0/text"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            return error(
+                400,
+                "INVALID_ARGUMENT",
+                &format!("Invalid value at 'contents[0].parts[0].text' ({said})"),
+                Some(json!([
+                    {"@type": "type.googleapis.com/google.rpc.BadRequest",
+                     "fieldViolations": [{"field": "contents[0].parts[0].text", "description": said}]}
+                ])),
+            );
+        }
         "fail-500" => return error(500, "INTERNAL", "Internal error", None),
         "fail-503" => {
             return error(

@@ -8,10 +8,14 @@
 //! - `fail-429` answers with `Retry-After: 1`;
 //! - `malformed`: 200 with a body that is not JSON; `empty`: 200 with no body;
 //! - `no-usage`: a stream that never reports usage, even when asked;
-//! - `slow-stream`: twenty `tick` chunks 100 ms apart (for clients that leave).
+//! - `slow-stream`: twenty `tick` chunks 100 ms apart (for clients that leave);
+//! - `echo-invalid`: 400 `invalid_request_error` / `invalid_value` whose message quotes
+//!   the customer's last message, as upstreams do (the words may look like a key error);
+//! - `huge`: a normal answer padded to 2 MiB (for the upstream answer size limit).
 //!
 //! Keys pick failures too: `sk-revoked…` gets 401 `invalid_api_key` (until
-//! [`MockOpenAi::accept_revoked_keys`]), `sk-broke…` gets 429 `insufficient_quota`.
+//! [`MockOpenAi::accept_revoked_keys`]), `sk-broke…` gets 429 `insufficient_quota`,
+//! `sk-flaky…` gets 401 `invalid_api_key` on its first request only.
 //! [`reset_upstream`] starts a listener that drops every connection before answering.
 //!
 //! Streams follow OpenAI's sequence: a role chunk, content chunks, a finish chunk, and
@@ -162,6 +166,22 @@ async fn chat(
             "invalid_api_key",
         );
     }
+    if auth.starts_with("Bearer sk-flaky")
+        && received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.authorization.as_deref() == Some(auth.as_str()))
+            .count()
+            == 1
+    {
+        return error(
+            401,
+            "Incorrect API key provided: sk-flak*****.",
+            "invalid_request_error",
+            "invalid_api_key",
+        );
+    }
     if auth.starts_with("Bearer sk-broke") {
         return error(
             429,
@@ -206,6 +226,29 @@ async fn chat(
                 "invalid_request_error",
                 "invalid_value",
             );
+        }
+        "echo-invalid" => {
+            let said = body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or_default();
+            return error(
+                400,
+                &format!("Invalid 'messages[0].content': '{said}' is not a valid value."),
+                "invalid_request_error",
+                "invalid_value",
+            );
+        }
+        "huge" => {
+            let padding = "a".repeat(2 * 1024 * 1024);
+            return HttpResponse::Ok().json(json!({
+                "id": "chatcmpl-mockhuge", "object": "chat.completion", "created": 1_732_000_000,
+                "model": "huge-2024-07-18",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": padding},
+                             "logprobs": null, "finish_reason": "stop"}],
+                "usage": usage_for(&model),
+            }));
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
         _ => {}

@@ -3,7 +3,8 @@
 
 use serde_json::json;
 
-use crate::{MockOpenAi, TestApp, spawn_app};
+use crate::app::spawn_app_with;
+use crate::{MockOpenAi, TestApp};
 
 /// Credits per 1M input tokens of the models the scenario prices.
 pub const INPUT_PRICE: f64 = 0.15;
@@ -27,7 +28,12 @@ impl Scenario {
     /// One channel serving `gpt-4o-mini` (and the mock's behaviour models), priced;
     /// a customer with `credits`.
     pub async fn start(credits: f64) -> Self {
-        let app = spawn_app().await;
+        Self::start_with(credits, |_| {}).await
+    }
+
+    /// Like [`Scenario::start`], letting the test adjust the gateway's configuration.
+    pub async fn start_with(credits: f64, adjust: impl FnOnce(&mut gateway::Config)) -> Self {
+        let app = spawn_app_with(adjust).await;
         let mock = MockOpenAi::start().await;
         let models = [
             "gpt-4o-mini",

@@ -74,6 +74,7 @@ impl Application {
             instance: instance.clone(),
             defaults: env_tunables,
             breakers: Arc::clone(&breakers),
+            versions: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         reloader
             .reload_local()
@@ -81,10 +82,6 @@ impl Application {
             .context("cannot load the catalog")?;
         reloader.follow();
 
-        let health = Arc::new(crate::channel_health::GatewayHealth::new(
-            db.clone(),
-            reloader.clone(),
-        ));
         // The writer gets a pool of its own, made here on the main runtime: the shared
         // pool may hold connections opened on HTTP worker runtimes, which are gone by
         // the time the writer flushes at shutdown.
@@ -95,6 +92,12 @@ impl Application {
         let client = UpstreamClient::new().map_err(|e| anyhow::anyhow!("{e}"))?;
         let availability = Arc::new(health::Availability::default());
         health::spawn_probe(db.clone(), Arc::clone(&shared), Arc::clone(&availability));
+        let health = Arc::new(crate::channel_health::GatewayHealth::new(
+            db.clone(),
+            reloader.clone(),
+            client.clone(),
+            Arc::clone(&breakers),
+        ));
         let state = web::Data::new(AppState {
             db: db.clone(),
             shared: Arc::clone(&shared),

@@ -1,7 +1,7 @@
-//! Channel health that outlives a request: keys and channels disabled by upstream
-//! answers (persisted, then every instance reloads), the admin's test button, and the
-//! job that re-tests auto-disabled channels and brings back those that pass — never a
-//! channel an admin disabled by hand.
+//! Channel health that outlives a request: suspect keys tested with one small request
+//! and disabled only when that fails too (persisted, then every instance reloads), the
+//! admin's test button, and the job that re-tests auto-disabled channels and brings
+//! back those that pass — never a channel an admin disabled by hand.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,8 +11,8 @@ use actix_web::{HttpResponse, web};
 use admin_web::auth::AuthUser;
 use admin_web::{AdminState, ApiError};
 use chrono::Utc;
-use relay_core::health::HealthSink;
-use relay_core::probe::probe;
+use relay_core::health::{Breakers, HealthSink, SuspectKey};
+use relay_core::probe::{confirm_dead, probe};
 use relay_core::upstream::UpstreamClient;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
@@ -27,17 +27,53 @@ use crate::state::{AppState, Reloader};
 pub struct GatewayHealth {
     pub db: DatabaseConnection,
     pub reloader: Reloader,
+    /// Sends the test request that confirms a suspect key.
+    client: UpstreamClient,
+    /// Keeps a confirmed dead key out of this process at once.
+    breakers: Arc<Breakers>,
     /// When each channel's `last_error` was last written (at most once a second).
     last_written: Mutex<HashMap<i64, Instant>>,
+    /// When each suspect key was last tested (at most once per [`CONFIRM_EVERY`]).
+    last_confirmed: Mutex<HashMap<i64, Instant>>,
 }
 
+/// How often one key may be tested on suspicion: a customer who can make an upstream
+/// answer `permission_error` at will costs the channel at most one small request per key
+/// in this time.
+const CONFIRM_EVERY: Duration = Duration::from_secs(10);
+
 impl GatewayHealth {
-    pub fn new(db: DatabaseConnection, reloader: Reloader) -> Self {
+    /// The sink the relay reports to; `client` sends the confirming test requests and
+    /// `breakers` keeps a confirmed dead key out of this process at once.
+    pub fn new(
+        db: DatabaseConnection,
+        reloader: Reloader,
+        client: UpstreamClient,
+        breakers: Arc<Breakers>,
+    ) -> Self {
         GatewayHealth {
             db,
             reloader,
+            client,
+            breakers,
             last_written: Mutex::new(HashMap::new()),
+            last_confirmed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Claims the right to test `key_id` now; false when it was tested too recently.
+    fn claim_confirmation(&self, key_id: i64) -> bool {
+        let mut last = self
+            .last_confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        last.retain(|_, at| now.duration_since(*at) < CONFIRM_EVERY);
+        if last.contains_key(&key_id) {
+            return false;
+        }
+        last.insert(key_id, now);
+        true
     }
 }
 
@@ -95,11 +131,33 @@ async fn disable_key(
 }
 
 impl HealthSink for GatewayHealth {
-    fn key_failed(&self, channel_id: i64, key_id: i64, reason: String) {
+    fn key_suspected(&self, suspect: SuspectKey) {
+        if !self.claim_confirmation(suspect.key_id) {
+            return;
+        }
         let db = self.db.clone();
         let reloader = self.reloader.clone();
+        let client = self.client.clone();
+        let breakers = Arc::clone(&self.breakers);
         tokio::spawn(async move {
-            if let Err(e) = disable_key(&db, &reloader, channel_id, key_id, reason).await {
+            let SuspectKey {
+                channel,
+                key_id,
+                secret,
+                reason,
+            } = suspect;
+            if confirm_dead(&client, &channel, &secret).await.is_none() {
+                tracing::info!(
+                    channel.id = channel.id,
+                    channel_key.id = key_id,
+                    suspicion = %reason,
+                    "suspect channel key passed its test request; kept"
+                );
+                return;
+            }
+            breakers.kill_key(key_id);
+            let reason = format!("{reason} (confirmed by a test request)");
+            if let Err(e) = disable_key(&db, &reloader, channel.id, key_id, reason).await {
                 tracing::error!(error = ?e, "could not record a disabled channel key");
             }
         });

@@ -25,6 +25,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `TOLLGATE_MAX_BODY_MB`: request body limit.
     pub max_body_mb: usize,
+    /// `TOLLGATE_MAX_UPSTREAM_MB`: the largest upstream answer relayed; a larger one is
+    /// the request's problem (`502 upstream_error`, "answer too large").
+    pub max_upstream_mb: usize,
     /// `TOLLGATE_MAX_TRIES`: channels tried per request before giving up.
     pub max_tries: usize,
     /// `TOLLGATE_WORKERS`: HTTP worker threads (default: one per core).
@@ -63,6 +66,7 @@ impl Config {
             secret_key: var("TOLLGATE_SECRET_KEY"),
             data_dir: PathBuf::from(var("TOLLGATE_DATA_DIR").unwrap_or_else(|| "data".to_owned())),
             max_body_mb: number("TOLLGATE_MAX_BODY_MB", 32)?,
+            max_upstream_mb: number("TOLLGATE_MAX_UPSTREAM_MB", 64)?.max(1),
             max_tries: number("TOLLGATE_MAX_TRIES", 3)?,
             workers: var("TOLLGATE_WORKERS")
                 .map(|v| v.parse())

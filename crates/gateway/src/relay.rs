@@ -462,6 +462,7 @@ async fn relay(
         breakers: &state.breakers,
         health: state.health.as_ref(),
         max_tries: snap.max_tries,
+        max_answer_bytes: state.config.max_upstream_mb.saturating_mul(1024 * 1024),
     };
     let extra = forwarded_headers(&req, proto);
     let request = RelayRequest {

@@ -1,8 +1,10 @@
-//! The process's one `AppState`, built once outside the server factory.
+//! The process's one `AppState`, built once outside the server factory, and the
+//! reloader that keeps its catalog snapshot fresh (never swapping in an older one).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use billing::{LedgerWriter, Wallet};
@@ -19,6 +21,9 @@ use crate::Config;
 /// The catalog and the routing index built from it, swapped together.
 #[derive(Default)]
 pub struct Snapshot {
+    /// When its load began, in this process's reload order: a snapshot whose load began
+    /// later saw every change committed before that, so a higher version is fresher.
+    pub version: u64,
     pub catalog: Catalog,
     pub router: Router,
     /// Channels tried per request (the admin's setting, else the environment's).
@@ -86,11 +91,33 @@ pub struct Reloader {
     pub defaults: admin_web::settings::Tunables,
     /// Takes the breaker thresholds of every reload.
     pub breakers: Arc<relay_core::health::Breakers>,
+    /// The last version handed to a load; shared by every clone.
+    pub versions: Arc<AtomicU64>,
+}
+
+/// Installs `fresh` unless the snapshot in place is as fresh or fresher; true when it
+/// went in. Concurrent loads finish in any order: a load that began before a change may
+/// end after the load that saw it, and must then be dropped, never swapped in.
+pub fn install_if_newer(slot: &ArcSwap<Snapshot>, fresh: Arc<Snapshot>) -> bool {
+    let mut current = slot.load_full();
+    loop {
+        if current.version >= fresh.version {
+            return false;
+        }
+        let seen = slot.compare_and_swap(&current, Arc::clone(&fresh));
+        if Arc::ptr_eq(&seen, &current) {
+            return true;
+        }
+        current = arc_swap::Guard::into_inner(seen);
+    }
 }
 
 impl Reloader {
-    /// Reloads this instance's snapshot from the database.
+    /// Reloads this instance's snapshot from the database. The version is taken before
+    /// the first read, so the result is installed only if no load that began later has
+    /// been installed already.
     pub async fn reload_local(&self) -> Result<(), store::StoreError> {
+        let version = self.versions.fetch_add(1, Ordering::SeqCst) + 1;
         let catalog = Catalog::load(&self.db, &self.secrets).await?;
         let router = Router::build(&catalog);
         // The admin's tunables travel with the catalog: a change applies on every
@@ -101,17 +128,25 @@ impl Reloader {
                 tracing::error!(error = ?e, "cannot read the settings; keeping the defaults");
                 self.defaults
             });
+        let max_tries = usize::try_from(t.max_tries).unwrap_or(1);
+        let fresh = Arc::new(Snapshot {
+            version,
+            catalog,
+            router,
+            max_tries,
+        });
+        if !install_if_newer(&self.snapshot, fresh) {
+            tracing::debug!(
+                version,
+                "a newer catalog snapshot is in place; this one is dropped"
+            );
+            return Ok(());
+        }
         self.breakers.set_config(relay_core::health::BreakerConfig {
             failures: t.breaker_failures,
             window: std::time::Duration::from_secs(t.breaker_window_s),
             cooldown: std::time::Duration::from_secs(t.breaker_cooldown_s),
         });
-        let max_tries = usize::try_from(t.max_tries).unwrap_or(1);
-        self.snapshot.store(Arc::new(Snapshot {
-            catalog,
-            router,
-            max_tries,
-        }));
         Ok(())
     }
 
@@ -154,5 +189,48 @@ impl Reloader {
 impl admin_web::Reload for Reloader {
     fn reload(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(self.reload_everywhere())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(version: u64) -> Arc<Snapshot> {
+        Arc::new(Snapshot {
+            version,
+            ..Snapshot::default()
+        })
+    }
+
+    #[test]
+    fn a_snapshot_goes_in_only_when_it_is_newer_than_the_one_in_place() {
+        let slot = ArcSwap::from(snapshot(0));
+        assert!(install_if_newer(&slot, snapshot(2)));
+        assert_eq!(slot.load().version, 2);
+        // A load that began earlier but finished later is dropped.
+        assert!(!install_if_newer(&slot, snapshot(1)));
+        assert_eq!(slot.load().version, 2);
+        // So is one of the same version.
+        assert!(!install_if_newer(&slot, snapshot(2)));
+        assert!(install_if_newer(&slot, snapshot(3)));
+        assert_eq!(slot.load().version, 3);
+    }
+
+    #[test]
+    fn racing_installs_leave_the_newest_snapshot_in_place() {
+        let slot = Arc::new(ArcSwap::from(snapshot(0)));
+        // Started newest first, so older ones keep arriving after newer ones.
+        let threads: Vec<_> = (1..=64u64)
+            .rev()
+            .map(|v| {
+                let slot = Arc::clone(&slot);
+                std::thread::spawn(move || install_if_newer(&slot, snapshot(v)))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(slot.load().version, 64);
     }
 }

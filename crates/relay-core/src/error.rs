@@ -26,6 +26,9 @@ pub enum RelayError {
     RateLimited(u32),
     #[error("the upstream failed to answer")]
     Upstream,
+    /// The upstream's answer was over `TOLLGATE_MAX_UPSTREAM_MB`: the request's problem.
+    #[error("answer too large")]
+    AnswerTooLarge,
     #[error("no channel is available for this model right now")]
     NoAvailableChannel,
     #[error("the upstream did not answer in time")]
@@ -58,7 +61,7 @@ impl RelayError {
             RelayError::ModelNotFound(_) => 404,
             RelayError::RequestTooLarge(_) => 413,
             RelayError::RateLimited(_) => 429,
-            RelayError::Upstream => 502,
+            RelayError::Upstream | RelayError::AnswerTooLarge => 502,
             RelayError::NoAvailableChannel => 503,
             RelayError::UpstreamTimeout => 504,
             RelayError::Rejected { status, .. } => *status,
@@ -80,7 +83,7 @@ impl RelayError {
             RelayError::ModelNotFound(_) => "model_not_found",
             RelayError::RequestTooLarge(_) => "request_too_large",
             RelayError::RateLimited(_) => "rate_limited",
-            RelayError::Upstream => "upstream_error",
+            RelayError::Upstream | RelayError::AnswerTooLarge => "upstream_error",
             RelayError::NoAvailableChannel => "no_available_channel",
             RelayError::UpstreamTimeout => "upstream_timeout",
             RelayError::Rejected { .. } => "upstream_rejected",

@@ -1,13 +1,13 @@
 //! Channel health on the hot path: a circuit breaker per channel (N failures within a
-//! window open it for a cool-down, then one trial request decides), the classification
-//! of upstream failures (whose fault, and whether the key is dead), and the sink that
-//! persists what must outlive this process (disabled keys and channels).
+//! window open it for a cool-down, then one trial request decides), and the sink that
+//! tests suspect keys and persists what must outlive this process (disabled keys and
+//! channels). Whose fault a failure is: [`crate::fault`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::upstream::Failure;
+use store::catalog::ChannelEntry;
 
 /// Breaker thresholds.
 #[derive(Clone, Copy, Debug)]
@@ -128,6 +128,14 @@ impl Breakers {
         dead.keys().copied().collect()
     }
 
+    /// Records a try that says nothing about the channel's health (the request's own
+    /// fault, a suspect key): a trial it held is handed back for the next request.
+    pub fn neutral(&self, channel: i64) {
+        if let Some(b) = self.lock().get_mut(&channel) {
+            b.trial_in_flight = false;
+        }
+    }
+
     /// Records a success: the breaker closes.
     pub fn success(&self, channel: i64) {
         self.lock().remove(&channel);
@@ -162,41 +170,24 @@ impl Breakers {
     }
 }
 
-/// Whether a failure means the key itself is unusable (revoked, out of credit),
-/// with the reason to show an admin.
-pub fn key_fault(failure: &Failure) -> Option<String> {
-    let Failure::Status { status, body } = failure else {
-        return None;
-    };
-    let text = String::from_utf8_lossy(body);
-    let code = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/code")
-                .and_then(|c| c.as_str().map(str::to_owned))
-        })
-        .unwrap_or_default();
-    let message = crate::error::redact(&crate::upstream::upstream_message(body, *status));
-    match status {
-        401 => Some(format!("upstream answered 401 (key rejected): {message}")),
-        400 if crate::upstream::rejects_key(body) => {
-            Some(format!("upstream answered 400 (key not valid): {message}"))
-        }
-        402 => Some(format!("upstream answered 402 (out of credit): {message}")),
-        403 => Some(format!(
-            "upstream answered 403 (key not permitted): {message}"
-        )),
-        429 if code == "insufficient_quota" || text.contains("insufficient_quota") => Some(
-            format!("upstream answered 429 insufficient_quota (out of credit): {message}"),
-        ),
-        _ => None,
-    }
+/// A key that answered with a structured auth or quota error, and what it takes to
+/// test it. (No `Debug`: it carries the key.)
+pub struct SuspectKey {
+    /// The channel the key belongs to, as the relay saw it.
+    pub channel: Arc<ChannelEntry>,
+    /// The key's id (`channel_keys.id`).
+    pub key_id: i64,
+    /// The key itself, for the test request; never logged.
+    pub secret: String,
+    /// Why it is suspected; shown to the admin when the test confirms it.
+    pub reason: String,
 }
 
 /// Where the relay reports what must be persisted and shared with other instances.
 pub trait HealthSink: Send + Sync {
-    /// A key is dead: disable it (and the channel, when no key is left).
-    fn key_failed(&self, channel_id: i64, key_id: i64, reason: String);
+    /// A key looks dead: test it with one small request, and only when that fails the
+    /// same way disable it (and the channel, when no key is left).
+    fn key_suspected(&self, suspect: SuspectKey);
     /// A try at a channel failed for a reason that does not kill the key.
     fn channel_failed(&self, channel_id: i64, error: String);
 }
@@ -236,21 +227,16 @@ mod tests {
     }
 
     #[test]
-    fn only_auth_and_credit_errors_kill_a_key() {
-        let status = |s: u16, body: &'static str| Failure::Status {
-            status: s,
-            body: bytes::Bytes::from_static(body.as_bytes()),
-        };
-        assert!(key_fault(&status(401, r#"{"error":{"message":"Incorrect API key provided: sk-abc123456789","code":"invalid_api_key"}}"#)).unwrap().contains("sk-***"));
-        assert!(key_fault(&status(429, r#"{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}"#)).is_some());
-        assert!(
-            key_fault(&status(
-                429,
-                r#"{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded"}}"#
-            ))
-            .is_none()
-        );
-        assert!(key_fault(&status(500, "")).is_none());
-        assert!(key_fault(&Failure::Timeout).is_none());
+    fn a_trial_that_ends_in_the_requests_own_fault_is_handed_back() {
+        let b = fast();
+        for _ in 0..3 {
+            b.failure(1);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.claim_trial(1));
+        assert_eq!(b.gate(1), Gate::Shut);
+        b.neutral(1);
+        assert_eq!(b.gate(1), Gate::Trial);
+        assert!(b.claim_trial(1));
     }
 }

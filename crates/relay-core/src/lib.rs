@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod convert;
 pub mod count;
 pub mod error;
+pub mod fault;
 pub mod gemini;
 pub mod health;
 pub mod hold;

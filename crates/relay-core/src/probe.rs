@@ -1,5 +1,6 @@
-//! One small, real request to a channel: the admin's "test" button and the health job
-//! that brings auto-disabled channels back.
+//! One small, real request to a channel: the admin's "test" button, the health job
+//! that brings auto-disabled channels back, and the test that confirms a suspect key is
+//! dead before it is disabled.
 
 use std::time::Instant;
 
@@ -18,6 +19,42 @@ pub async fn probe(
     key: &str,
     model: &str,
 ) -> Result<u64, String> {
+    probe_failure(client, channel, key, model)
+        .await
+        .map_err(|f| match f {
+            Failure::Status { status, body } => crate::error::redact(&format!(
+                "status {status}: {}",
+                upstream_message(&body, status)
+            )),
+            Failure::Unconvertible(message) => message,
+            other => other.class(),
+        })
+}
+
+/// Tests a key the relay suspects with one small request (the channel's first model,
+/// nothing the customer chose). `Some(reason)` when the answer blames the key again —
+/// then it is dead; `None` when the request succeeds or fails for any other reason
+/// (a timeout or a 5xx proves nothing about the key).
+pub async fn confirm_dead(
+    client: &UpstreamClient,
+    channel: &ChannelEntry,
+    key: &str,
+) -> Option<String> {
+    let model = channel.upstream_model(channel.models.first()?);
+    let failure = probe_failure(client, channel, key, &model).await.err()?;
+    match crate::fault::classify(&failure) {
+        crate::fault::Fault::Key(trouble) => Some(crate::fault::key_reason(&failure, trouble)),
+        _ => None,
+    }
+}
+
+/// [`probe`], keeping the failure for classification.
+async fn probe_failure(
+    client: &UpstreamClient,
+    channel: &ChannelEntry,
+    key: &str,
+    model: &str,
+) -> Result<u64, Failure> {
     let body = serde_json::json!({
         "model": model,
         "messages": [{"role": "user", "content": "ping"}],
@@ -29,7 +66,7 @@ pub async fn probe(
         body
     } else {
         crate::convert::request(Protocol::OpenAiChat, proto, &body, model, false)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| Failure::Unconvertible(e.to_string()))?
     };
     let started = Instant::now();
     let idle = std::time::Duration::from_secs(channel.timeout_s.max(1));
@@ -55,11 +92,5 @@ pub async fn probe(
     }
     .await;
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    result.map(|()| ms).map_err(|f| match f {
-        Failure::Status { status, body } => crate::error::redact(&format!(
-            "status {status}: {}",
-            upstream_message(&body, status)
-        )),
-        other => other.class(),
-    })
+    result.map(|()| ms)
 }

@@ -8,19 +8,20 @@ use billing::Usage;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
-use store::catalog::ChannelEntry;
+use store::catalog::{ChannelEntry, ChannelSecret};
 
 use crate::admission::Admitted;
 use crate::anthropic::MessageSummary;
 use crate::convert::{self, StreamConverter};
-use crate::health::{self, Breakers, Gate, HealthSink};
+use crate::fault::Fault;
+use crate::health::{Breakers, Gate, HealthSink, SuspectKey};
 use crate::meter::{Meter, Outcome};
 use crate::openai::{ChatHead, ChatSummary, StreamObserver, upstream_body};
 use crate::protocol::Protocol;
 use crate::sse::SseFramer;
 use crate::stream::ChatStream;
 use crate::tokens::Fallback;
-use crate::upstream::{Failure, MAX_ANSWER_BYTES, UpstreamClient, read_body, upstream_message};
+use crate::upstream::{Failure, UpstreamClient, read_body, upstream_message};
 use crate::{RelayError, Router};
 
 /// One try at one channel, kept on the generation.
@@ -58,22 +59,26 @@ pub struct ChatDeps<'a> {
     pub breakers: &'a Breakers,
     pub health: &'a dyn HealthSink,
     pub max_tries: usize,
+    /// The largest non-streaming answer read from an upstream (`TOLLGATE_MAX_UPSTREAM_MB`).
+    pub max_answer_bytes: usize,
 }
 
 /// Runs a chat request to its answer; the meter is settled or moved into the stream.
 ///
 /// Tries go to the highest tier first, weighted inside it, skipping channels whose
 /// breaker is open; a failure that blames the channel moves on to another channel, a
-/// dead key moves on to the channel's next key, a failure that blames the request
-/// goes straight back to the client.
+/// suspect key moves on to the channel's next key, a failure the request caused goes
+/// straight back to the client (see [`judge`]).
 pub async fn chat(
     deps: &ChatDeps<'_>,
     admitted: &Admitted,
     req: &RelayRequest<'_>,
     mut meter: Meter,
 ) -> Result<ChatAnswer, RelayError> {
-    let mut excluded: Vec<i64> = Vec::new();
-    let mut dead_keys: Vec<i64> = deps.breakers.dead_keys();
+    let mut tried = Tried {
+        excluded: Vec::new(),
+        dead_keys: deps.breakers.dead_keys(),
+    };
     let mut attempts: Vec<Attempt> = Vec::new();
     // Channels found to lack /v1/responses, tried again through chat.
     let mut chat_only: Vec<i64> = Vec::new();
@@ -82,17 +87,17 @@ pub async fn chat(
     while attempts.len() < deps.max_tries.max(1) + chat_only.len() {
         let Some(channel) = deps.router.pick_where(group, &admitted.model, |c| {
             req.proto.served_by(&c.kind)
-                && !excluded.contains(&c.id)
+                && !tried.excluded.contains(&c.id)
                 && deps.breakers.gate(c.id) != Gate::Shut
         }) else {
             break;
         };
         if deps.breakers.gate(channel.id) == Gate::Trial && !deps.breakers.claim_trial(channel.id) {
-            excluded.push(channel.id);
+            tried.excluded.push(channel.id);
             continue;
         }
-        let Some(key) = channel.rotate_key(&dead_keys) else {
-            excluded.push(channel.id);
+        let Some(key) = channel.rotate_key(&tried.dead_keys) else {
+            tried.excluded.push(channel.id);
             continue;
         };
         let upstream_model = channel.upstream_model(&admitted.model);
@@ -104,6 +109,7 @@ pub async fn chat(
             &key.secret,
             (req, via_chat),
             &upstream_model,
+            deps.max_answer_bytes,
         )
         .await;
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -143,35 +149,17 @@ pub async fn chat(
         {
             // An OpenAI-compatible upstream without /v1/responses: serve the request
             // through its chat completions instead.
+            deps.breakers.neutral(channel.id);
             chat_only.push(channel.id);
             continue;
         }
-        if failure.blames_request() {
-            last = match failure {
-                Failure::Status { status, body } => RelayError::Rejected {
-                    status,
-                    message: upstream_message(&body, status),
-                    body: Some(body),
-                },
-                Failure::Unconvertible(message) => RelayError::InvalidRequest(message),
-                _ => RelayError::InvalidRequest("the upstream rejected the request".into()),
-            };
-            break;
+        match judge(deps, &channel, key, failure, &mut tried) {
+            Next::Stop(e) => {
+                last = e;
+                break;
+            }
+            Next::Retry(e) => last = e,
         }
-        if let Some(reason) = health::key_fault(&failure) {
-            // The key is dead, not the channel: its other keys may still serve.
-            deps.breakers.kill_key(key.id);
-            deps.health.key_failed(channel.id, key.id, reason);
-            dead_keys.push(key.id);
-        } else {
-            deps.breakers.failure(channel.id);
-            deps.health.channel_failed(channel.id, failure.class());
-            excluded.push(channel.id);
-        }
-        last = match failure {
-            Failure::Timeout => RelayError::UpstreamTimeout,
-            _ => RelayError::Upstream,
-        };
     }
     meter.record.attempts = serde_json::to_string(&attempts).ok();
     meter.finish(Outcome::Failed {
@@ -179,6 +167,78 @@ pub async fn chat(
         error: last.code().to_owned(),
     });
     Err(last)
+}
+
+/// What one request has ruled out so far.
+struct Tried {
+    /// Channels not to pick again.
+    excluded: Vec<i64>,
+    /// Keys not to use again (suspected here, or found dead in this process).
+    dead_keys: Vec<i64>,
+}
+
+/// After a failed try: give the client this error now, or try elsewhere.
+enum Next {
+    Stop(RelayError),
+    Retry(RelayError),
+}
+
+/// Decides what a failed try means, by whose fault it is ([`crate::fault`]): the
+/// request's goes back to the client and blames nothing; a suspect key is skipped and
+/// sent for a confirming test; only a channel fault counts on the channel's breaker.
+fn judge(
+    deps: &ChatDeps<'_>,
+    channel: &Arc<ChannelEntry>,
+    key: &ChannelSecret,
+    failure: Failure,
+    tried: &mut Tried,
+) -> Next {
+    match crate::fault::classify(&failure) {
+        Fault::Request => {
+            deps.breakers.neutral(channel.id);
+            Next::Stop(rejection(failure))
+        }
+        Fault::TooLarge => {
+            // The request asked for more than we relay: no other channel will do
+            // better, and this one did nothing wrong.
+            deps.breakers.neutral(channel.id);
+            Next::Stop(RelayError::AnswerTooLarge)
+        }
+        Fault::Key(trouble) => {
+            // The key may be dead, not the channel: its other keys may still serve.
+            deps.breakers.neutral(channel.id);
+            deps.health.key_suspected(SuspectKey {
+                channel: Arc::clone(channel),
+                key_id: key.id,
+                secret: key.secret.clone(),
+                reason: crate::fault::key_reason(&failure, trouble),
+            });
+            tried.dead_keys.push(key.id);
+            Next::Retry(RelayError::Upstream)
+        }
+        Fault::Channel => {
+            deps.breakers.failure(channel.id);
+            deps.health.channel_failed(channel.id, failure.class());
+            tried.excluded.push(channel.id);
+            Next::Retry(match failure {
+                Failure::Timeout => RelayError::UpstreamTimeout,
+                _ => RelayError::Upstream,
+            })
+        }
+    }
+}
+
+/// What the client gets for a failure its own request caused.
+fn rejection(failure: Failure) -> RelayError {
+    match failure {
+        Failure::Status { status, body } => RelayError::Rejected {
+            status,
+            message: upstream_message(&body, status),
+            body: Some(body),
+        },
+        Failure::Unconvertible(message) => RelayError::InvalidRequest(message),
+        _ => RelayError::InvalidRequest("the upstream rejected the request".into()),
+    }
 }
 
 /// One request as the relay forwards it.
@@ -332,6 +392,7 @@ async fn try_channel(
     key: &str,
     (req, via_chat): (&RelayRequest<'_>, bool),
     upstream_model: &str,
+    max_answer_bytes: usize,
 ) -> Result<Success, Failure> {
     let head = req.head;
     let transcript = matches!(
@@ -387,7 +448,7 @@ async fn try_channel(
         return Ok(Success::Binary(resp));
     }
     if !head.is_stream() {
-        let body = read_body(resp, idle, MAX_ANSWER_BYTES).await?;
+        let body = read_body(resp, idle, max_answer_bytes).await?;
         let summary = parse_completion(proto, &body, req.raw).ok_or(Failure::Malformed)?;
         if let Some(plan) = transcript.filter(|t| t.upstream.is_some())
             && let Some((made, content_type)) = crate::media::render_transcript(plan.client, &body)

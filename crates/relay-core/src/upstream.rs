@@ -9,10 +9,7 @@ use store::catalog::ChannelEntry;
 
 use crate::RelayError;
 
-/// Largest non-streaming upstream answer the relay will hold.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
-
-/// How one try at a channel failed, and whose fault it was.
+/// How one try at a channel failed (whose fault it is: [`crate::fault::classify`]).
 #[derive(Debug)]
 pub enum Failure {
     /// Could not connect, or the connection broke before an answer.
@@ -23,6 +20,8 @@ pub enum Failure {
     Status { status: u16, body: Bytes },
     /// A success status with a body that is not what the protocol promises.
     Malformed,
+    /// An answer over the size limit (`TOLLGATE_MAX_UPSTREAM_MB`).
+    TooLarge,
     /// The request cannot be expressed in the channel's protocol (a 400 for the
     /// client, whatever channel is tried).
     Unconvertible(String),
@@ -36,19 +35,8 @@ impl Failure {
             Failure::Timeout => "timeout".into(),
             Failure::Status { status, .. } => format!("status_{status}"),
             Failure::Malformed => "malformed".into(),
+            Failure::TooLarge => "too_large".into(),
             Failure::Unconvertible(_) => "unconvertible".into(),
-        }
-    }
-
-    /// The upstream blamed the request: retrying elsewhere will not help. (Gemini
-    /// answers a bad API key with 400; that blames the key, not the request.)
-    pub fn blames_request(&self) -> bool {
-        match self {
-            Failure::Status { status, body } => {
-                matches!(status, 400 | 404 | 413 | 422) && !rejects_key(body)
-            }
-            Failure::Unconvertible(_) => true,
-            _ => false,
         }
     }
 }
@@ -139,7 +127,8 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Reads a whole (bounded) body, each chunk within `idle`.
+/// Reads a whole body of at most `limit` bytes (else [`Failure::TooLarge`]), each
+/// chunk within `idle`.
 pub async fn read_body(
     resp: reqwest::Response,
     idle: Duration,
@@ -154,21 +143,12 @@ pub async fn read_body(
             Ok(Some(Err(_))) => return Err(Failure::Connect),
             Ok(Some(Ok(chunk))) => {
                 if out.len() + chunk.len() > limit {
-                    return Err(Failure::Malformed);
+                    return Err(Failure::TooLarge);
                 }
                 out.extend_from_slice(&chunk);
             }
         }
     }
-}
-
-/// Whether an error body says the API key itself is invalid (Gemini's 400
-/// `API_KEY_INVALID`).
-pub fn rejects_key(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(body);
-    text.contains("API_KEY_INVALID")
-        || text.contains("API key not valid")
-        || text.contains("API key expired")
 }
 
 /// Joins a channel's base URL (origin, optionally with a path; a trailing `/v1` is
@@ -240,31 +220,5 @@ mod tests {
             endpoint_url("http://h/proxy", "/v1/chat/completions"),
             "http://h/proxy/v1/chat/completions"
         );
-    }
-
-    #[test]
-    fn only_request_faults_are_not_retried() {
-        assert!(
-            Failure::Status {
-                status: 400,
-                body: Bytes::new()
-            }
-            .blames_request()
-        );
-        assert!(
-            !Failure::Status {
-                status: 429,
-                body: Bytes::new()
-            }
-            .blames_request()
-        );
-        assert!(
-            !Failure::Status {
-                status: 401,
-                body: Bytes::new()
-            }
-            .blames_request()
-        );
-        assert!(!Failure::Timeout.blames_request());
     }
 }
