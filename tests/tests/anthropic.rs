@@ -350,7 +350,7 @@ async fn a_stream_is_charged_on_the_last_cumulative_message_delta_not_the_sum() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cache_reads_are_billed_at_the_cached_price_and_cache_writes_as_input() {
+async fn cache_reads_are_billed_at_the_cached_price_and_cache_writes_at_the_cache_write_price() {
     let s = Claude::start().await;
 
     // 10 input + 80 cache reads + 0 cache writes = 90 prompt, 80 of them cached:
@@ -374,14 +374,15 @@ async fn cache_reads_are_billed_at_the_cached_price_and_cache_writes_as_input() 
         (90, 80, 40, 654)
     );
 
-    // 10 input + 50 cache writes = 60 prompt, none cached: 60 × 3 + 40 × 15 = 780 µc.
+    // 10 input + 50 cache writes = 60 prompt, none cached; no cache_write price, so
+    // writes cost 1.25 × input: 10 × 3 + 50 × 3.75 + 40 × 15 = 817.5 → 818 µc.
     let resp = s
         .messages(Auth::XApiKey(&s.key), Claude::body("claude-cache-write"))
         .await;
     assert_eq!(resp.status(), 200);
     let gen_id = generation_id(&resp);
     s.app.settled().await;
-    assert_eq!(s.app.balance(s.customer_id).await, START - 654 - 780);
+    assert_eq!(s.app.balance(s.customer_id).await, START - 654 - 818);
     let g = s.app.generation(&gen_id).await;
     assert_eq!(
         (
@@ -390,8 +391,29 @@ async fn cache_reads_are_billed_at_the_cached_price_and_cache_writes_as_input() 
             g.tokens_completion,
             g.cost
         ),
-        (60, 0, 40, 780)
+        (60, 0, 40, 818)
     );
+    assert_eq!(g.tokens_cache_write, 50);
+
+    // With a cache_write price of 6 per 1M: 10 × 3 + 50 × 6 + 40 × 15 = 930 µc.
+    s.app
+        .set_price_with("claude-cache-write", json!({"cache_write": 6}))
+        .await;
+    let (st, pricing) = s
+        .app
+        .api("GET", "/api/pricing", &s.app.root_token, None)
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(pricing["models"]["claude-cache-write"]["cache_write"], 6.0);
+    let resp = s
+        .messages(Auth::XApiKey(&s.key), Claude::body("claude-cache-write"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let gen_id = generation_id(&resp);
+    s.app.settled().await;
+    assert_eq!(s.app.balance(s.customer_id).await, START - 654 - 818 - 930);
+    assert_eq!(s.app.generation(&gen_id).await.cost, 930);
+    s.app.verify_ledger().await;
     s.stop().await;
 }
 
