@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod channels;
+pub mod client_ip;
 pub mod console;
 pub mod error;
 pub mod keys;

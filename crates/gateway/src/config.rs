@@ -39,6 +39,9 @@ pub struct Config {
     /// `TOLLGATE_LEASE_TTL_S` (Redis only): an instance silent this long is taken for
     /// dead and its reservations are given back.
     pub lease_ttl_s: u64,
+    /// `TOLLGATE_TRUSTED_PROXIES`: comma-separated CIDRs of reverse proxies whose
+    /// `X-Forwarded-For` is believed; unset = the client is the peer.
+    pub trusted_proxies: admin_web::client_ip::TrustedProxies,
 }
 
 impl Config {
@@ -86,6 +89,11 @@ impl Config {
             health_interval_s: u64::try_from(number("TOLLGATE_HEALTH_INTERVAL_S", 300)?)
                 .unwrap_or(300)
                 .max(1),
+            trusted_proxies: var("TOLLGATE_TRUSTED_PROXIES")
+                .map(|v| v.parse())
+                .transpose()
+                .context("TOLLGATE_TRUSTED_PROXIES")?
+                .unwrap_or_default(),
         })
     }
 
