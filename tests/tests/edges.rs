@@ -81,13 +81,15 @@ async fn one_usernames_guesses_spread_over_many_ips_stop_at_twenty() {
     // ...but root is not locked out where it logged in before (the test's first
     // login came from 127.0.0.1), and other users are not limited by root's count.
     assert_eq!(login_status(&app, "root", ROOT_PASSWORD, None).await, 200);
-    assert_eq!(login_status(&app, "carol", "password-123", fresh).await, 200);
+    assert_eq!(
+        login_status(&app, "carol", "password-123", fresh).await,
+        200
+    );
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forwarded_for_from_an_untrusted_peer_passes_no_allowlist_and_dodges_no_login_limit()
-{
+async fn a_forwarded_for_from_an_untrusted_peer_passes_no_allowlist_and_dodges_no_login_limit() {
     // Proxies are trusted, but not the test client's loopback address.
     let app = spawn_app_with(|c| c.trusted_proxies = "192.0.2.0/24".parse().unwrap()).await;
     let mock = MockOpenAi::start().await;
@@ -98,7 +100,10 @@ async fn a_forwarded_for_from_an_untrusted_peer_passes_no_allowlist_and_dodges_n
     let (customer_id, _) = app.customer_with_key("dan", 1.0).await;
     let token = app.login("dan", "password-123").await;
     let (_, key) = app
-        .create_key(&token, json!({"name": "office", "allow_ips": ["10.0.0.0/8"]}))
+        .create_key(
+            &token,
+            json!({"name": "office", "allow_ips": ["10.0.0.0/8"]}),
+        )
         .await;
 
     let resp = app
@@ -141,7 +146,10 @@ async fn behind_a_trusted_proxy_the_allowlist_and_the_log_see_the_forwarded_clie
     let (_, _) = app.customer_with_key("erin", 1.0).await;
     let token = app.login("erin", "password-123").await;
     let (_, office) = app
-        .create_key(&token, json!({"name": "office", "allow_ips": ["10.0.0.0/8"]}))
+        .create_key(
+            &token,
+            json!({"name": "office", "allow_ips": ["10.0.0.0/8"]}),
+        )
         .await;
     let (_, local) = app
         .create_key(&token, json!({"name": "local", "allow_ips": ["127.0.0.1"]}))
@@ -156,7 +164,9 @@ async fn behind_a_trusted_proxy_the_allowlist_and_the_log_see_the_forwarded_clie
     };
 
     // A spoofed left-most entry is not believed; the proxy's own hop is skipped.
-    let resp = chat(&office, "203.0.113.9, 10.1.2.3, 127.0.0.1").await.unwrap();
+    let resp = chat(&office, "203.0.113.9, 10.1.2.3, 127.0.0.1")
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let gen_id = generation_id(&resp);
     let generation = app.wait_generation(&gen_id).await;
@@ -167,10 +177,7 @@ async fn behind_a_trusted_proxy_the_allowlist_and_the_log_see_the_forwarded_clie
     assert_eq!(st, 200, "{logged}");
     assert_eq!(logged["client_ip"], "10.1.2.3");
 
-    let refused = [
-        (&office, "10.1.2.3, 203.0.113.9"),
-        (&local, "10.1.2.3"),
-    ];
+    let refused = [(&office, "10.1.2.3, 203.0.113.9"), (&local, "10.1.2.3")];
     for (key, xff) in refused {
         let resp = chat(key, xff).await.unwrap();
         assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{xff}");
@@ -235,7 +242,8 @@ async fn a_form_naming_its_model_twice_is_refused_on_image_edits_and_transcripti
     s.app
         .set_price_with("gpt-4o-transcribe", json!({"per_second": 0.001}))
         .await;
-    let file = |name: &str| reqwest::multipart::Part::bytes(vec![7u8; 64]).file_name(name.to_owned());
+    let file =
+        |name: &str| reqwest::multipart::Part::bytes(vec![7u8; 64]).file_name(name.to_owned());
     let forms = [
         (
             "/v1/images/edits",
@@ -266,7 +274,10 @@ async fn a_form_naming_its_model_twice_is_refused_on_image_edits_and_transcripti
         let (status, v) = status_and_code(resp).await;
         assert_eq!(status, 400, "{path}: {v}");
         assert_eq!(v["error"]["code"], "invalid_request", "{v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains("model"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("model"),
+            "{v}"
+        );
     }
     assert!(s.mock.received().is_empty(), "{:?}", s.mock.received());
     s.app.settled().await;
@@ -309,7 +320,9 @@ async fn count_tokens_endpoints_obey_the_keys_rpm() {
     for resp in [anthropic().await.unwrap(), gemini().await.unwrap()] {
         assert_eq!(resp.status(), 429);
         assert_eq!(
-            resp.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+            resp.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
             Some("60")
         );
     }
@@ -319,7 +332,13 @@ async fn count_tokens_endpoints_obey_the_keys_rpm() {
     let (_, v) = status_and_code(gemini().await.unwrap()).await;
     assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED", "{v}");
     // The rpm is the key's, shared with the relay itself.
-    assert_eq!(s.app.chat(&key, Scenario::body("gpt-4o-mini")).await.status(), 429);
+    assert_eq!(
+        s.app
+            .chat(&key, Scenario::body("gpt-4o-mini"))
+            .await
+            .status(),
+        429
+    );
     s.app.settled().await;
     assert_eq!(s.app.balance(s.customer_id).await, 1_000_000);
     s.stop().await;

@@ -102,21 +102,36 @@ mod tests {
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
         assert_eq!(resolve("", "1.2.3.4", "10.0.0.1"), ip("1.2.3.4"));
-        assert_eq!(resolve("127.0.0.1/32", "1.2.3.4", "10.0.0.1"), ip("1.2.3.4"));
+        assert_eq!(
+            resolve("127.0.0.1/32", "1.2.3.4", "10.0.0.1"),
+            ip("1.2.3.4")
+        );
     }
 
     #[test]
     fn behind_trusted_proxies_the_right_most_untrusted_hop_is_the_client() {
         let t = "127.0.0.1/32, 172.16.0.0/12";
         assert_eq!(resolve(t, "127.0.0.1", "9.9.9.9, 10.1.2.3"), ip("10.1.2.3"));
-        assert_eq!(resolve(t, "127.0.0.1", "10.1.2.3, 172.16.0.5"), ip("10.1.2.3"));
+        assert_eq!(
+            resolve(t, "127.0.0.1", "10.1.2.3, 172.16.0.5"),
+            ip("10.1.2.3")
+        );
         assert_eq!(resolve(t, "127.0.0.1", "10.1.2.3:4711"), ip("10.1.2.3"));
-        assert_eq!(resolve(t, "127.0.0.1", "[2001:db8::1]:80"), ip("2001:db8::1"));
+        assert_eq!(
+            resolve(t, "127.0.0.1", "[2001:db8::1]:80"),
+            ip("2001:db8::1")
+        );
         // No header, or only proxies: the furthest proxy known.
         assert_eq!(resolve(t, "127.0.0.1", ""), ip("127.0.0.1"));
-        assert_eq!(resolve(t, "127.0.0.1", "172.16.0.9, 172.16.0.5"), ip("172.16.0.9"));
+        assert_eq!(
+            resolve(t, "127.0.0.1", "172.16.0.9, 172.16.0.5"),
+            ip("172.16.0.9")
+        );
         // Garbage stops the walk at the last good address.
-        assert_eq!(resolve(t, "127.0.0.1", "10.1.2.3, junk, 172.16.0.5"), ip("172.16.0.5"));
+        assert_eq!(
+            resolve(t, "127.0.0.1", "10.1.2.3, junk, 172.16.0.5"),
+            ip("172.16.0.5")
+        );
     }
 
     #[test]
@@ -124,6 +139,9 @@ mod tests {
         let t: TrustedProxies = "10.0.0.7".parse().unwrap();
         assert!(t.trusts(ip("10.0.0.7")) && !t.trusts(ip("10.0.0.8")));
         assert!("10.0.0.0/8, nonsense".parse::<TrustedProxies>().is_err());
-        assert_eq!("".parse::<TrustedProxies>().unwrap(), TrustedProxies::default());
+        assert_eq!(
+            "".parse::<TrustedProxies>().unwrap(),
+            TrustedProxies::default()
+        );
     }
 }

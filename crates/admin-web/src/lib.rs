@@ -9,6 +9,7 @@ pub mod console;
 pub mod error;
 pub mod keys;
 pub mod ledger;
+pub mod login_limit;
 pub mod logs;
 pub mod ops;
 pub mod pricing;
