@@ -2,6 +2,7 @@
 //! limits under parallel guessing, the client IP behind (and in front of) proxies,
 //! bodies that name their model ambiguously, and `count_tokens` under the key's rpm.
 
+use admin_web::client_ip::TrustedProxies;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -9,9 +10,14 @@ use tollgate_tests::app::{ROOT_PASSWORD, TestApp, generation_id, spawn_app_with}
 use tollgate_tests::scenario::{INPUT_PRICE, OUTPUT_PRICE};
 use tollgate_tests::{MockOpenAi, Scenario};
 
+/// Trusts one network of proxies.
+fn trusted(net: &str) -> TrustedProxies {
+    TrustedProxies::new(vec![net.parse().unwrap()])
+}
+
 /// A gateway that believes `X-Forwarded-For` from loopback (the test client's peer).
 async fn behind_trusted_proxy() -> TestApp {
-    spawn_app_with(|c| c.trusted_proxies = "127.0.0.1/32".parse().unwrap()).await
+    spawn_app_with(|c| c.trusted_proxies = trusted("127.0.0.1/32")).await
 }
 
 /// `POST /api/auth/login`, optionally as forwarded for `xff`: the status.
@@ -91,7 +97,7 @@ async fn one_usernames_guesses_spread_over_many_ips_stop_at_twenty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_for_from_an_untrusted_peer_passes_no_allowlist_and_dodges_no_login_limit() {
     // Proxies are trusted, but not the test client's loopback address.
-    let app = spawn_app_with(|c| c.trusted_proxies = "192.0.2.0/24".parse().unwrap()).await;
+    let app = spawn_app_with(|c| c.trusted_proxies = trusted("192.0.2.0/24")).await;
     let mock = MockOpenAi::start().await;
     app.add_channel("mock", &mock.base_url, &["gpt-4o-mini"], json!({}))
         .await;
