@@ -102,6 +102,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         },
         health_interval_s: 1,
         lease_ttl_s: 2,
+        trusted_proxies: Default::default(),
     };
     adjust(&mut config);
     let has_root_password = config.root_password.is_some();

@@ -4,27 +4,66 @@
 //! under `target/console-screenshots/`. Without chromedriver the test says so and
 //! passes, except under `CI=true`, where it fails.
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
 use serde_json::json;
-use tollgate_tests::app::{ROOT_PASSWORD, backend_name, generation_id};
+use tollgate_tests::app::{ROOT_PASSWORD, TestApp, backend_name, generation_id};
 use tollgate_tests::{MockOpenAi, NORMAL_COST, spawn_app};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The longest any one wait may take: generous, for a machine busy with other builds.
+const PATIENCE: Duration = Duration::from_secs(60);
 
-/// chromedriver on a free port, stopped when dropped.
+/// chromedriver on a free port, in a process group of its own (Chromium starts inside
+/// it), with a Chromium profile of its own. Dropped — when the test passes or panics —
+/// it kills the group and anything else still using the profile, then removes it.
 struct Driver {
     child: Child,
     url: String,
+    profile: PathBuf,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        kill_users_of(&self.profile);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Kills the processes whose command line names `profile` (Chromium helpers that left
+/// the process group, such as the crash handler). The profile's path is unique to this
+/// test run, so nothing else matches.
+fn kill_users_of(profile: &Path) {
+    let needle = profile.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -41,24 +80,31 @@ fn chromedriver_path() -> Option<PathBuf> {
 }
 
 async fn start_driver(path: &PathBuf) -> Driver {
+    use std::os::unix::process::CommandExt;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+    let profile = std::env::temp_dir().join(format!(
+        "tollgate-chromium-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
     let child = Command::new(path)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver starts");
-    // Owned at once, so it is stopped (killed and waited for) on every path.
+    // Owned at once, so it is stopped (with its Chromium) on every path.
     let driver = Driver {
         child,
         url: format!("http://127.0.0.1:{port}"),
+        profile,
     };
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
         if http
             .get(format!("{}/status", driver.url))
@@ -77,7 +123,8 @@ async fn browser(driver: &Driver) -> Client {
     let mut caps = serde_json::Map::new();
     let mut chrome = json!({"args": [
         "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-        "--window-size=1280,1000", "--lang=en-US"
+        "--window-size=1280,1000", "--lang=en-US", "--no-first-run",
+        format!("--user-data-dir={}", driver.profile.display()),
     ]});
     if std::path::Path::new("/usr/bin/chromium").exists() {
         chrome["binary"] = json!("/usr/bin/chromium");
@@ -106,66 +153,125 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(&path, png).unwrap();
 }
 
-/// Waits (up to 10 s) for an element to be there.
-async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Whether a browser error only means "not there (yet)": the element is not on the
+/// page, or belonged to a page that has since been replaced.
+fn transient(e: &CmdError) -> bool {
+    e.is_no_such_element() || e.is_stale_element_reference()
+}
+
+/// Tries `attempt` until it gives a value, for at most [`PATIENCE`]; then fails,
+/// naming `what` and the page the browser is on.
+async fn eventually<T, F, Fut>(c: &Client, what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
     loop {
-        if let Ok(e) = c.find(Locator::Css(css)).await {
-            return e;
+        if let Some(v) = attempt().await {
+            return v;
         }
         if Instant::now() > deadline {
-            let url = c.current_url().await.unwrap();
+            let url = c.current_url().await.map(|u| u.to_string());
             let source = c.source().await.unwrap_or_default();
-            panic!("no {css} on {url}: {source}");
+            panic!("gave up waiting for {what} on {url:?}: {source}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Types into the field with this id (clearing it first).
+/// `result`'s value; `None` for a transient error; a panic for any other.
+fn settle<T>(result: Result<T, CmdError>, what: &str) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) if transient(&e) => None,
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// Waits for an element to be there.
+async fn wait_for(c: &Client, css: &str) -> Element {
+    eventually(c, css, || async {
+        settle(c.find(Locator::Css(css)).await, css)
+    })
+    .await
+}
+
+/// Types into the field with this id (clearing it first), again from the start if the
+/// page changed under it.
 async fn fill(c: &Client, id: &str, text: &str) {
-    let field = wait_for(c, &format!("#{id}")).await;
-    field.clear().await.unwrap();
-    field.send_keys(text).await.unwrap();
+    let css = format!("#{id}");
+    eventually(c, &css, || async {
+        let field = settle(c.find(Locator::Css(&css)).await, &css)?;
+        settle(field.clear().await, &css)?;
+        settle(field.send_keys(text).await, &css)
+    })
+    .await;
 }
 
 async fn select(c: &Client, id: &str, value: &str) {
-    wait_for(c, &format!("#{id}"))
-        .await
-        .select_by_value(value)
-        .await
-        .unwrap();
+    let css = format!("#{id}");
+    eventually(c, &css, || async {
+        let field = settle(c.find(Locator::Css(&css)).await, &css)?;
+        settle(field.select_by_value(value).await, &css)
+    })
+    .await;
 }
 
-/// Clicks the submit button of the form posting to `action`.
+/// Marks the current document, so that [`next_page`] can tell when another replaced it.
+async fn mark_page(c: &Client) -> Option<()> {
+    c.execute("window.__tollgateOldPage = true;", vec![])
+        .await
+        .ok()
+        .map(drop)
+}
+
+/// Waits until the marked document is gone and its successor has finished loading.
+/// (Script errors while the browser is between documents only mean "not yet".)
+async fn next_page(c: &Client) {
+    let script = "return window.__tollgateOldPage !== true && document.readyState === 'complete';";
+    eventually(c, "the next page", || async {
+        matches!(
+            c.execute(script, vec![]).await,
+            Ok(serde_json::Value::Bool(true))
+        )
+        .then_some(())
+    })
+    .await;
+}
+
+/// Clicks what `css` finds and waits for the page that click leads to.
+async fn click_to_next_page(c: &Client, css: &str) {
+    eventually(c, css, || async {
+        let target = settle(c.find(Locator::Css(css)).await, css)?;
+        mark_page(c).await?;
+        settle(target.click().await, css)
+    })
+    .await;
+    next_page(c).await;
+}
+
+/// Submits the form posting to `action` and waits for the page it leads to.
 async fn submit(c: &Client, action: &str) {
-    wait_for(
-        c,
-        &format!(r#"form[method="post"][action="{action}"] button[type="submit"]"#),
-    )
-    .await
-    .click()
-    .await
-    .unwrap();
+    let css = format!(r#"form[method="post"][action="{action}"] button[type="submit"]"#);
+    click_to_next_page(c, &css).await;
 }
 
+/// The text of the element `css` finds, read again if the page changed under it.
 async fn text_of(c: &Client, css: &str) -> String {
-    wait_for(c, css).await.text().await.unwrap()
+    eventually(c, css, || async {
+        let element = settle(c.find(Locator::Css(css)).await, css)?;
+        settle(element.text().await, css)
+    })
+    .await
 }
 
 async fn wait_for_url(c: &Client, part: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(c, part, || async {
         let url = c.current_url().await.unwrap().to_string();
-        if url.contains(part) {
-            return url;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still on {url}, waiting for {part}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        url.contains(part).then_some(url)
+    })
+    .await
 }
 
 async fn log_in(c: &Client, base: &str, username: &str, password: &str) {
@@ -210,6 +316,25 @@ async fn a_reseller_business_runs_from_the_console_in_a_real_browser() {
     let c = browser(&driver).await;
     let mock = MockOpenAi::start().await;
     let app = spawn_app().await;
+
+    let outcome = AssertUnwindSafe(reseller_journey(&c, &app, &mock))
+        .catch_unwind()
+        .await;
+    // Pass or fail, the session is closed and chromedriver and Chromium are gone.
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.close()).await;
+    drop(driver);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    app.verify_ledger().await;
+    mock.stop().await;
+    app.stop().await;
+}
+
+/// Root sets up a channel and a reseller; the reseller a customer and its key; the
+/// customer calls the API and finds the generation in its logs.
+async fn reseller_journey(c: &Client, app: &TestApp, mock: &MockOpenAi) {
+    let c = c.clone();
     let base = app.address.clone();
 
     // Root: logs in, adds a channel to the mock upstream, prices the model, creates a
@@ -231,11 +356,7 @@ async fn a_reseller_business_runs_from_the_console_in_a_real_browser() {
     let channels = c.source().await.unwrap();
     assert!(channels.contains("mock upstream") && channels.contains("…4242"));
     assert!(!channels.contains("sk-upstream-browser-4242"));
-    wait_for(&c, r#"form[action$="/test"] button"#)
-        .await
-        .click()
-        .await
-        .unwrap();
+    click_to_next_page(&c, r#"form[action$="/test"] button"#).await;
     assert!(
         text_of(&c, ".flash")
             .await
@@ -343,11 +464,7 @@ async fn a_reseller_business_runs_from_the_console_in_a_real_browser() {
     app.wait_generation(&gen_id).await;
 
     c.goto(&format!("{base}/console/logs")).await.unwrap();
-    wait_for(&c, &format!(r#"a[href="/console/logs/{gen_id}"]"#))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click_to_next_page(&c, &format!(r#"a[href="/console/logs/{gen_id}"]"#)).await;
     wait_for_url(&c, &gen_id).await;
     let cost = text_of(&c, "#generation-cost").await;
     assert_eq!(cost, format!("{} credits", cost_text(NORMAL_COST)));
@@ -371,11 +488,6 @@ async fn a_reseller_business_runs_from_the_console_in_a_real_browser() {
 
     let balance = app.balance(customer).await;
     assert_eq!(balance, 3_000_000 - NORMAL_COST);
-    c.close().await.unwrap();
-    drop(driver);
-    app.verify_ledger().await;
-    mock.stop().await;
-    app.stop().await;
 }
 
 /// Micro-credits as the console shows them (two to six decimals).

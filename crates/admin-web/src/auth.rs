@@ -2,6 +2,7 @@
 //! (Bearer header or HttpOnly cookie), login rate limiting, logout by revocation.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -17,13 +18,10 @@ use serde::{Deserialize, Serialize};
 use store::entities::user;
 
 use crate::users::user_json;
-use crate::{AdminState, ApiError};
+use crate::{AdminState, ApiError, login_limit};
 
 /// The session cookie the console uses.
 pub const SESSION_COOKIE: &str = "tollgate_session";
-/// Failed logins from one client within the window before it is refused.
-const MAX_FAILED_LOGINS: i64 = 10;
-const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// The JWT's claims.
 #[derive(Debug, Serialize, Deserialize)]
@@ -155,12 +153,6 @@ fn issue(state: &AdminState, u: &user::Model) -> Result<(String, i64), ApiError>
     Ok((token, exp))
 }
 
-/// Who is logging in, for the login rate limit: the peer address.
-pub fn client_id(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string())
-}
-
 #[derive(Deserialize)]
 pub struct LoginBody {
     pub username: String,
@@ -175,18 +167,16 @@ pub struct Session {
     pub exp: i64,
 }
 
-/// Checks a username and password (rate-limited per `client`, same answer for an
-/// unknown user and a wrong password) and issues a session token.
+/// Checks a username and password (rate-limited per `client` IP and per username,
+/// counted before the password is checked; same answer for an unknown user and a wrong
+/// password) and issues a session token.
 pub async fn open_session(
     state: &AdminState,
-    client: &str,
+    client: Option<IpAddr>,
     username: &str,
     password: String,
 ) -> Result<Session, ApiError> {
-    let limiter = format!("login:{client}");
-    if state.shared.count(&limiter).await? >= MAX_FAILED_LOGINS {
-        return Err(ApiError::RateLimited);
-    }
+    let attempt = login_limit::admit(&state.shared, client, username).await?;
     let found = user::Entity::find()
         .filter(user::Column::Username.eq(username.trim()))
         .one(&state.db)
@@ -198,9 +188,9 @@ pub async fn open_session(
     };
     let ok = verify_password(password, hash).await;
     let Some(u) = u.filter(|u| ok && u.status == "enabled") else {
-        state.shared.incr(&limiter, LOGIN_WINDOW).await?;
         return Err(ApiError::InvalidCredentials);
     };
+    attempt.succeeded().await?;
     let (token, exp) = issue(state, &u)?;
     tracing::info!(user.id = u.id, "login");
     Ok(Session {
@@ -240,7 +230,8 @@ pub async fn login(
     body: web::Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let s = open_session(&state, &client_id(&req), &body.username, body.password).await?;
+    let client = state.trusted_proxies.client_ip(&req);
+    let s = open_session(&state, client, &body.username, body.password).await?;
     let expires_at = chrono::DateTime::from_timestamp(s.exp, 0).unwrap_or_default();
     let cookie = session_cookie(&state, &req, s.token.clone());
     Ok(HttpResponse::Ok().cookie(cookie).json(serde_json::json!({

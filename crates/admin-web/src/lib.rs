@@ -4,10 +4,12 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod channels;
+pub mod client_ip;
 pub mod console;
 pub mod error;
 pub mod keys;
 pub mod ledger;
+pub mod login_limit;
 pub mod logs;
 pub mod ops;
 pub mod pricing;

@@ -11,6 +11,7 @@ use store::Shared;
 use store::secret::SecretBox;
 
 use crate::ApiError;
+use crate::client_ip::TrustedProxies;
 use crate::settings::Tunables;
 
 /// Reloads the in-memory catalog after a write and tells the other instances.
@@ -61,6 +62,8 @@ pub struct AdminState {
     pub tester: Arc<dyn ChannelTester>,
     /// The tunables the process started with (environment), for those not stored.
     pub tunables: Tunables,
+    /// Whose `X-Forwarded-For` names the client (the login limit counts per client IP).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl AdminState {

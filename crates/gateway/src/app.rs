@@ -125,6 +125,7 @@ impl Application {
             reloader: Arc::new(reloader),
             tester: Arc::new(crate::channel_health::GatewayTester(state.clone())),
             tunables: env_tunables,
+            trusted_proxies: config.trusted_proxies.clone(),
         });
 
         let listener = TcpListener::bind(&config.addr)

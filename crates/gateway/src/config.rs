@@ -1,8 +1,11 @@
 //! Configuration from the environment (DESIGN.md "Configuration"); everything optional.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
+use admin_web::client_ip::TrustedProxies;
 use anyhow::Context;
+use ipnet::IpNet;
 
 /// The gateway's settings.
 #[derive(Clone, Debug)]
@@ -42,6 +45,9 @@ pub struct Config {
     /// `TOLLGATE_LEASE_TTL_S` (Redis only): an instance silent this long is taken for
     /// dead and its reservations are given back.
     pub lease_ttl_s: u64,
+    /// `TOLLGATE_TRUSTED_PROXIES`: comma-separated CIDRs of reverse proxies whose
+    /// `X-Forwarded-For` is believed; unset = the client is the peer.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {
@@ -90,6 +96,8 @@ impl Config {
             health_interval_s: u64::try_from(number("TOLLGATE_HEALTH_INTERVAL_S", 300)?)
                 .unwrap_or(300)
                 .max(1),
+            trusted_proxies: trusted_proxies(&var("TOLLGATE_TRUSTED_PROXIES").unwrap_or_default())
+                .context("TOLLGATE_TRUSTED_PROXIES")?,
         })
     }
 
@@ -112,6 +120,20 @@ impl Config {
     }
 }
 
+/// Comma-separated CIDRs; a bare address is a network of one.
+fn trusted_proxies(list: &str) -> anyhow::Result<TrustedProxies> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<IpNet>()
+                .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| anyhow::anyhow!("'{p}' is not a CIDR (10.0.0.0/8) or an IP address"))
+        })
+        .collect::<anyhow::Result<_>>()
+        .map(TrustedProxies::new)
+}
+
 #[cfg(unix)]
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -127,4 +149,21 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses_and_junk_is_refused() {
+        let t = trusted_proxies(" 10.0.0.0/8, 192.0.2.7 ,").unwrap();
+        let nets: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.0.2.7/32".parse().unwrap(),
+        ];
+        assert_eq!(t, TrustedProxies::new(nets));
+        assert_eq!(trusted_proxies("").unwrap(), TrustedProxies::default());
+        assert!(trusted_proxies("10.0.0.0/8, nonsense").is_err());
+    }
 }

@@ -73,7 +73,7 @@ async fn figures(state: &AppState, caller: &Caller) -> Result<Figures, RelayErro
 
 async fn authorized(state: &AppState, req: &HttpRequest) -> Result<Figures, RelayError> {
     let caller = admission::authenticate(&state.snapshot.load().catalog, bearer(req))?;
-    admission::check_ip(&caller, req.peer_addr().map(|a| a.ip()))?;
+    admission::check_ip(&caller, crate::relay::client_ip(state, req))?;
     figures(state, &caller).await
 }
 

@@ -110,8 +110,10 @@ fn error_with_body(err: &RelayError, generation_id: &str, body: Bytes) -> HttpRe
     resp.body(body)
 }
 
-fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
-    req.peer_addr().map(|a| a.ip())
+/// The client's IP (the peer, or whom a trusted proxy forwards for), for the key's
+/// allowlist and the log.
+pub fn client_ip(state: &AppState, req: &HttpRequest) -> Option<IpAddr> {
+    state.config.trusted_proxies.client_ip(req)
 }
 
 /// An OpenAI-shaped error answer.
@@ -263,8 +265,8 @@ pub async fn messages(
     relay(Protocol::AnthropicMessages, state, req, payload, None).await
 }
 
-/// `POST /v1/messages/count_tokens`: free; counted by an Anthropic channel when one
-/// serves the model, else locally.
+/// `POST /v1/messages/count_tokens`: free, but under the key's rpm; counted by an
+/// Anthropic channel when one serves the model, else locally.
 pub async fn count_tokens(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -285,7 +287,7 @@ async fn count(
     let snap = state.snapshot.load_full();
     let counted = async {
         let caller = admission::authenticate(&snap.catalog, api_key(&req, proto).as_deref())?;
-        admission::check_ip(&caller, client_ip(&req))?;
+        admission::check_ip(&caller, client_ip(&state, &req))?;
         let body = read_limited(payload, &req, state.config.max_body_mb).await?;
         let head = match &gemini_model {
             Some(model) => ChatHead::gemini(&body, model, false)?,
@@ -293,6 +295,7 @@ async fn count(
         };
         let admitted =
             admission::admit_model(&snap.catalog, &snap.router, &caller, head.model(), proto)?;
+        check_rpm(&state, &caller).await?;
         relay_core::count::count_tokens(&snap.router, &state.client, &admitted, proto, &body).await
     }
     .await;
@@ -385,7 +388,7 @@ async fn relay(
         Ok(c) => c,
         Err(e) => return error_response(proto, &e, &id),
     };
-    let ip = client_ip(&req);
+    let ip = client_ip(&state, &req);
     let mut record = GenerationRecord {
         id: id.clone(),
         upstream_id: None,

@@ -4,6 +4,7 @@
 //! and streams.
 
 pub mod admission;
+pub mod ambiguity;
 pub mod anthropic;
 pub mod convert;
 pub mod count;

@@ -56,6 +56,7 @@ impl ChatHead {
         let mut head: ChatHead = serde_json::from_slice(body).map_err(|e| {
             RelayError::InvalidRequest(format!("request body is not valid JSON: {e}"))
         })?;
+        crate::ambiguity::check_json(body)?;
         if proto == Protocol::OpenAiModerations && head.model.as_deref().is_none_or(str::is_empty) {
             // OpenAI's default when a moderation request names no model.
             head.model = Some("omni-moderation-latest".to_owned());
@@ -146,6 +147,7 @@ impl ChatHead {
                 RelayError::InvalidRequest("this endpoint takes multipart/form-data".into())
             })?;
         let fields = crate::multipart::fields(body, &boundary)?;
+        crate::ambiguity::check_form(&fields)?;
         let text = |name: &str| crate::multipart::text_field(body, &fields, name);
         let model = text("model")
             .map(str::trim)

@@ -13,6 +13,13 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::StoreError;
 
+/// `give_back` in Redis: DECR only a live, positive counter (DECR keeps its TTL).
+const GIVE_BACK: &str = r"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+";
+
 /// In-process or Redis-backed shared state.
 pub enum Shared {
     /// One instance: everything lives in this process.
@@ -139,6 +146,32 @@ impl Shared {
         }
     }
 
+    /// Takes back one increment of the counter `key` (a login that succeeded was not a
+    /// failure). Never goes below zero, never revives an expired window, and keeps the
+    /// window's end.
+    pub async fn give_back(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Shared::Memory(m) => {
+                let mut counters = m.counters.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((n, until)) = counters.get_mut(key)
+                    && *until > Instant::now()
+                    && *n > 0
+                {
+                    *n -= 1;
+                }
+                Ok(())
+            }
+            Shared::Redis(r) => {
+                let mut conn = r.pool.get().await?;
+                let _: i64 = redis::Script::new(GIVE_BACK)
+                    .key(format!("{}:c:{key}", r.prefix))
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Forgets a counter.
     pub async fn reset(&self, key: &str) -> Result<(), StoreError> {
         match self {
@@ -248,5 +281,20 @@ mod tests {
         assert_eq!(shared.incr("k", w).await.unwrap(), 2);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(shared.incr("k", w).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_given_back_increment_lowers_a_live_counter_but_never_below_zero() {
+        let shared = Shared::memory();
+        let w = Duration::from_secs(60);
+        shared.incr("k", w).await.unwrap();
+        shared.incr("k", w).await.unwrap();
+        shared.give_back("k").await.unwrap();
+        assert_eq!(shared.count("k").await.unwrap(), 1);
+        shared.give_back("k").await.unwrap();
+        shared.give_back("k").await.unwrap();
+        shared.give_back("absent").await.unwrap();
+        assert_eq!(shared.count("k").await.unwrap(), 0);
+        assert_eq!(shared.count("absent").await.unwrap(), 0);
     }
 }

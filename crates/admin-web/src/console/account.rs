@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
-use crate::auth::{self, client_id};
+use crate::auth;
 use crate::console::page::{self, FormError, Html, Nav};
 use crate::console::session::{self, Console};
 use crate::{AdminState, ApiError};
@@ -62,7 +62,8 @@ pub async fn login(
     if !session::login_csrf_ok(&req, &form.csrf) {
         return Err(Html(ApiError::CsrfRejected));
     }
-    match auth::open_session(&state, &client_id(&req), &form.username, form.password).await {
+    let client = state.trusted_proxies.client_ip(&req);
+    match auth::open_session(&state, client, &form.username, form.password).await {
         Ok(s) => {
             let cookie = auth::session_cookie(&state, &req, s.token);
             let mut resp = page::see_other("/console");
