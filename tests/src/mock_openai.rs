@@ -11,7 +11,10 @@
 //! - `slow-stream`: twenty `tick` chunks 100 ms apart (for clients that leave);
 //! - `echo-invalid`: 400 `invalid_request_error` / `invalid_value` whose message quotes
 //!   the customer's last message, as upstreams do (the words may look like a key error);
-//! - `huge`: a normal answer padded to 2 MiB (for the upstream answer size limit).
+//! - `huge`: a normal answer padded to 2 MiB (for the upstream answer size limit);
+//! - `stall-after-role`: a stream that sends its role chunk, then nothing for 5 s;
+//! - `long-answer`: a model that writes until its limit: completion tokens are the
+//!   request's `max_tokens` / `max_completion_tokens`, or 10,000 when it names none.
 //!
 //! Keys pick failures too: `sk-revoked…` gets 401 `invalid_api_key` (until
 //! [`MockOpenAi::accept_revoked_keys`]), `sk-broke…` gets 429 `insufficient_quota`,
@@ -251,6 +254,7 @@ async fn chat(
             }));
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        "long-answer" => return long_answer(&body),
         _ => {}
     }
     let dated = format!("{model}-2024-07-18");
@@ -329,6 +333,20 @@ fn tool_call(body: &Value, name: &str, dated: &str) -> HttpResponse {
         .body(events.concat())
 }
 
+/// `long-answer`: as many completion tokens as the request allows (10,000 unbounded).
+fn long_answer(body: &Value) -> HttpResponse {
+    let limit = body["max_completion_tokens"]
+        .as_i64()
+        .or(body["max_tokens"].as_i64())
+        .unwrap_or(10_000);
+    HttpResponse::Ok().json(json!({
+        "id": "chatcmpl-long", "object": "chat.completion", "created": 1_732_000_000,
+        "model": "long-answer-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "word ".repeat(20)}, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": limit, "total_tokens": 12 + limit},
+    }))
+}
+
 fn stream(model: &str, dated: &str, include_usage: bool) -> HttpResponse {
     let chunk = |delta: Value, finish: Value| {
         let mut c = json!({"id": "chatcmpl-mockstream", "object": "chat.completion.chunk", "created": 1_732_000_000,
@@ -350,6 +368,7 @@ fn stream(model: &str, dated: &str, include_usage: bool) -> HttpResponse {
         CONTENT_PIECES.to_vec()
     };
     let gap = Duration::from_millis(if model == "slow-stream" { 100 } else { 5 });
+    let stall = model == "stall-after-role";
     for (i, piece) in pieces.iter().enumerate() {
         if cut && i == 2 {
             break;
@@ -368,10 +387,16 @@ fn stream(model: &str, dated: &str, include_usage: bool) -> HttpResponse {
     let body = futures_util::stream::iter(
         events
             .into_iter()
-            .map(|e| Ok::<_, actix_web::Error>(Bytes::from(e))),
+            .enumerate()
+            .map(|(i, e)| (i, Ok::<_, actix_web::Error>(Bytes::from(e)))),
     )
-    .then(move |e| async move {
-        tokio::time::sleep(gap).await;
+    .then(move |(i, e)| async move {
+        let wait = if stall && i == 1 {
+            Duration::from_secs(5)
+        } else {
+            gap
+        };
+        tokio::time::sleep(wait).await;
         e
     });
     let mut resp = HttpResponse::Ok();
@@ -537,7 +562,15 @@ async fn responses(
         json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0,
         "part": {"type": "output_text", "text": "", "annotations": []}}),
     );
-    for piece in CONTENT_PIECES {
+    let cut = body["model"] == "cut-stream";
+    for (i, piece) in CONTENT_PIECES.iter().enumerate() {
+        if cut && i == 2 {
+            // The connection drops mid-answer: no usage ever comes.
+            return HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .insert_header(("connection", "close"))
+                .body(events.concat());
+        }
         push(
             "response.output_text.delta",
             json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0, "delta": piece, "logprobs": []}),
@@ -668,13 +701,25 @@ async fn transcription(
     };
     record(&received, &req, &fields);
     match fields["response_format"].as_str().unwrap_or("json") {
-        "text" => HttpResponse::Ok().content_type("text/plain").body(TRANSCRIPT),
-        "verbose_json" => HttpResponse::Ok().json(json!({
-            "task": "transcribe", "language": "english", "duration": 7.2, "text": TRANSCRIPT, "segments": []})),
+        "text" => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body(TRANSCRIPT),
+        // `whisper-lowrate` plays a long recording at a low bitrate: a minute.
+        "verbose_json" => {
+            let duration = if fields["model"] == "whisper-lowrate" {
+                60.0
+            } else {
+                7.2
+            };
+            HttpResponse::Ok().json(json!({
+                "task": "transcribe", "language": "english", "duration": duration, "text": TRANSCRIPT,
+                "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": duration, "text": format!(" {TRANSCRIPT}")}]}))
+        }
         _ if req.path().ends_with("/translations") => {
             HttpResponse::Ok().json(json!({"text": TRANSCRIPT}))
         }
-        _ => HttpResponse::Ok().json(json!({"text": TRANSCRIPT, "usage": {"type": "duration", "seconds": 7}})),
+        _ => HttpResponse::Ok()
+            .json(json!({"text": TRANSCRIPT, "usage": {"type": "duration", "seconds": 7}})),
     }
 }
 

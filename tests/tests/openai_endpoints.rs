@@ -216,12 +216,13 @@ async fn fim_completions_go_to_beta_completions_with_their_suffix_and_are_charge
 
 /// What each call of `tests/python/openai_media_check.py` costs, in µc, in order.
 const MEDIA_COSTS: [(&str, i64); 6] = [
-    ("/v1/images/edits", 2 * 40_000),      // two images at 0.04
-    ("/v1/images/variations", 20_000),     // one image at 0.02
-    ("/v1/audio/speech", 11 * 15),         // 11 characters at 15 per 1M
-    ("/v1/audio/transcriptions", 7 * 100), // the 7 s the answer reports
-    ("/v1/audio/transcriptions", 8 * 100), // 7.2 s, rounded up
-    ("/v1/audio/translations", 3 * 100),   // 48 000 bytes at 128 kbit/s
+    ("/v1/images/edits", 2 * 40_000),  // two images at 0.04
+    ("/v1/images/variations", 20_000), // one image at 0.02
+    ("/v1/audio/speech", 11 * 15),     // 11 characters at 15 per 1M
+    // Whisper is asked for verbose_json, whose duration (7.2 s) is rounded up.
+    ("/v1/audio/transcriptions", 8 * 100),
+    ("/v1/audio/transcriptions", 8 * 100),
+    ("/v1/audio/translations", 8 * 100),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
