@@ -24,10 +24,13 @@ async fn a_non_streaming_chat_is_forwarded_and_charged_exactly() {
     );
     assert_eq!(body["usage"]["completion_tokens"], 30);
 
-    // The upstream got the client's body untouched, with the channel's key.
+    // The upstream got the client's body with the channel's key, and (as the client
+    // named no output limit) the limit the hold covers.
     let got = s.mock.received();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].body, Scenario::body("gpt-4o-mini"));
+    let mut sent = Scenario::body("gpt-4o-mini");
+    sent["max_tokens"] = json!(relay_core::hold::DEFAULT_MAX_OUTPUT);
+    assert_eq!(got[0].body, sent);
     assert_eq!(
         got[0].authorization.as_deref(),
         Some("Bearer sk-upstream-secret-1234")

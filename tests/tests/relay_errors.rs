@@ -209,13 +209,14 @@ async fn ip_allowlists_rpm_and_credit_limits_are_enforced() {
     let (st, code, _) = error_of(r).await;
     assert_eq!((st, code.as_str()), (429, "rate_limited"));
 
-    // A limit of 0.00005 credits = 50 µc: the reservation of a max_tokens=30 request
-    // (≈ 24 µc) fits twice, not three times.
+    // A limit of 0.00007 credits = 70 µc: the hold of a max_tokens=30 request (its
+    // ~87 bytes of prompt at 0.15 plus 30 × 0.6 = 32 µc) fits twice, not three times
+    // (each costs 20 µc).
     let (limited_id, limited) = s
         .app
         .create_key(
             &s.customer_token,
-            json!({"name": "cap", "credit_limit": 0.00005}),
+            json!({"name": "cap", "credit_limit": 0.00007}),
         )
         .await;
     let mut body = Scenario::body("gpt-4o-mini");
