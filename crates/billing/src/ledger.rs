@@ -66,7 +66,7 @@ enum Msg {
 
 /// Records waiting for the database, at most [`MAX_BACKLOG`] before admission refuses
 /// new requests (records of requests already answered are always kept).
-pub const MAX_BACKLOG: usize = 50_000;
+pub const MAX_BACKLOG: usize = 10_000;
 
 /// Hands records to the writer task. Cheap to clone.
 #[derive(Clone)]
@@ -158,7 +158,7 @@ async fn run(
 /// that one bad record cannot hold back the others.
 async fn commit_with_retry(
     db: &DatabaseConnection,
-    wallet: &Wallet,
+    wallet: &Arc<Wallet>,
     batch: &[(GenerationRecord, Option<Charge>)],
     db_down: &AtomicBool,
 ) {
@@ -244,7 +244,7 @@ async fn commit_one(
 /// take the balance the commit left (`synced`; read from the database when the
 /// commit's own answer is unknown).
 async fn follow_wallet(
-    wallet: &Wallet,
+    wallet: &Arc<Wallet>,
     item: &(GenerationRecord, Option<Charge>),
     charged: i64,
     synced: &[Synced],
@@ -266,7 +266,34 @@ async fn follow_wallet(
             .await
     };
     if let Err(e) = result {
-        tracing::error!(error = ?e, user.id = c.user_id, charged, "wallet not updated after commit");
+        tracing::error!(error = ?e, user.id = c.user_id, charged, "wallet not updated after commit; retrying in the background");
+        // The commit is done: the counters must follow (idempotently), or the pending
+        // charge stays held. Retried off the writer's path.
+        let (wallet, synced) = (Arc::clone(wallet), synced.to_vec());
+        tokio::spawn(async move {
+            for wait in crate::wallet::RETRIES {
+                tokio::time::sleep(wait).await;
+                let states = if synced.is_empty() {
+                    match wallet.read_states(c.user_id, key).await {
+                        Ok(s) => s,
+                        Err(_) => continue,
+                    }
+                } else {
+                    synced.clone()
+                };
+                if wallet
+                    .flushed(c.user_id, key, c.lease, c.pending, &states)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            tracing::error!(
+                user.id = c.user_id,
+                "wallet still not updated after commit; the next refresh sets its limit"
+            );
+        });
     }
 }
 

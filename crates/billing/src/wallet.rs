@@ -30,6 +30,14 @@ use crate::BillingError;
 /// How often every counter is set again from the database.
 pub const REFRESH: Duration = Duration::from_secs(10);
 
+/// Waits between tries of giving a hold back while Redis is unreachable.
+pub const RETRIES: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
 /// Whose money an operation concerns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Account {
@@ -194,7 +202,10 @@ return #KEYS
 ";
 
 /// Gives back everything a dead instance still held: each lease is `amount|accounts`.
+/// KEYS[2], when given, is the instance's announcement: if it is back (a long stall,
+/// not a death), nothing is reclaimed.
 const RECLAIM: &str = r"
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local entries = redis.call('HGETALL', KEYS[1])
 local n = 0
 for i = 1, #entries, 2 do
@@ -327,8 +338,12 @@ impl Wallet {
             let reclaimed: i64 = scripts
                 .reclaim
                 .key(format!("{prefix}:lease:{other}"))
+                .key(format!("{prefix}:alive:{other}"))
                 .invoke_async(&mut conn)
                 .await?;
+            if reclaimed < 0 {
+                continue;
+            }
             let _: i64 = redis::cmd("SREM")
                 .arg(&registry)
                 .arg(other)
@@ -549,11 +564,24 @@ impl Wallet {
         }
     }
 
-    /// Gives a hold back untouched (the request failed).
+    /// Gives a hold back untouched (the request failed). Retried a few times while
+    /// Redis is unreachable (giving back is idempotent: a lease leaves once), so a
+    /// passing outage does not keep the customer's money held.
     pub async fn release(&self, hold: Hold) -> Result<(), BillingError> {
         let accounts = accounts_of(hold.user_id, hold.key_id);
-        self.apply_flushed(&accounts, hold.lease, hold.amount, &[])
-            .await
+        let mut result = Ok(());
+        for wait in RETRIES {
+            result = self
+                .apply_flushed(&accounts, hold.lease, hold.amount, &[])
+                .await;
+            match &result {
+                Err(BillingError::Store(e)) if e.is_unavailable() => {
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break,
+            }
+        }
+        result
     }
 
     /// Records that a pending charge (or a debit's hold) was committed: it leaves

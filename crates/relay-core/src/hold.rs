@@ -107,7 +107,7 @@ fn cost(
     body: &[u8],
     output_tokens: i64,
 ) -> i64 {
-    let choices = head.n.unwrap_or(1).clamp(1, 128);
+    let choices = head.choices();
     let usage = match proto {
         Protocol::OpenAiEmbeddings | Protocol::OpenAiModerations => Usage {
             prompt_tokens: tokens::prompt_bound(body),
@@ -146,7 +146,15 @@ fn cost(
             ..Usage::default()
         },
     };
-    price.cost(&usage, multiplier_ppm)
+    // The prompt may be written to the provider's cache, which can cost more than
+    // plain input (1.25 × by default): the hold takes the dearer of the two.
+    let written = Usage {
+        cache_write_tokens: usage.prompt_tokens,
+        ..usage
+    };
+    price
+        .cost(&usage, multiplier_ppm)
+        .max(price.cost(&written, multiplier_ppm))
 }
 
 /// The client's body with an output limit of `n` tokens, in the client's own protocol
@@ -230,11 +238,12 @@ mod tests {
         };
         let p = plan(Protocol::OpenAiChat, &capped, 1_000_000, &head, body);
         assert_eq!(p.output_tokens, 1_000);
-        // Prompt bound (the body's bytes) at 0.15 plus 1,000 at 0.6, rounded up.
+        // Prompt bound (the body's bytes) at 0.15 × 1.25 (it may all be written to the
+        // provider's cache) plus 1,000 at 0.6, rounded up.
         let bytes = i64::try_from(body.len()).unwrap();
         assert_eq!(
             p.amount,
-            (bytes * 150_000 + 1_000 * 600_000 + 999_999) / 1_000_000
+            (bytes * 187_500 + 1_000 * 600_000 + 999_999) / 1_000_000
         );
     }
 

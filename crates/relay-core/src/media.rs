@@ -75,12 +75,32 @@ pub fn wav_seconds(file: &[u8]) -> Option<i64> {
     let u32_at = |at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(file.get(at..at + 4)?.try_into().ok()?))
     };
+    let u16_at = |at: usize| -> Option<u32> {
+        Some(u32::from(u16::from_le_bytes(
+            file.get(at..at + 2)?.try_into().ok()?,
+        )))
+    };
     let (mut at, mut byte_rate, mut data) = (12_usize, None, None);
     while at + 8 <= file.len() && (byte_rate.is_none() || data.is_none()) {
         let id = file.get(at..at + 4)?;
         let size = usize::try_from(u32_at(at + 4)?).ok()?;
         match id {
-            b"fmt " => byte_rate = u32_at(at + 16),
+            // Only a consistent header is believed: a decoder plays at sample rate ×
+            // block align, whatever the byte-rate field claims.
+            b"fmt " => {
+                let (channels, rate) = (u16_at(at + 10)?, u32_at(at + 12)?);
+                let (stated, align) = (u32_at(at + 16)?, u16_at(at + 20)?);
+                let bits = u16_at(at + 22)?;
+                let consistent = (1..=8).contains(&channels)
+                    && (1_000..=384_000).contains(&rate)
+                    && bits > 0
+                    && align == channels * bits.div_ceil(8)
+                    && u64::from(stated) == u64::from(rate) * u64::from(align);
+                if !consistent {
+                    return None;
+                }
+                byte_rate = Some(stated);
+            }
             b"data" => data = Some(size.min(file.len().saturating_sub(at + 8))),
             _ => {}
         }
@@ -366,6 +386,10 @@ mod tests {
             ("file", Some("a.wav"), &wav(3)),
         ]);
         assert_eq!(longest_seconds(&wav_form), 3);
+        // A header whose byte rate does not match its format is not believed.
+        let mut lying = wav(3);
+        lying[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(wav_seconds(&lying), None);
         // 40 kB of mp3 could be 80 s of 4 kbit/s speech.
         let mp3_form = form(&[
             ("model", None, b"whisper-1"),

@@ -30,6 +30,12 @@ pub struct ChatHead {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub n: Option<i64>,
+    /// Legacy completions: generated `best_of` times, billed for all.
+    #[serde(default)]
+    pub best_of: Option<i64>,
+    /// The protocol the body was read as (which output-limit fields it has).
+    #[serde(skip)]
+    proto: Protocol,
     #[serde(default)]
     messages: Option<IgnoredAny>,
     #[serde(default)]
@@ -37,6 +43,9 @@ pub struct ChatHead {
     #[serde(default)]
     input: Option<IgnoredAny>,
 }
+
+/// OpenAI's ceiling on `n` and `best_of`.
+const MAX_CHOICES: i64 = 128;
 
 /// `stream_options` of a chat request.
 #[derive(Debug, Deserialize)]
@@ -75,7 +84,27 @@ impl ChatHead {
                 proto.required_field()
             )));
         }
+        head.proto = proto;
+        head.check_choices()?;
         Ok(head)
+    }
+
+    /// Choices beyond OpenAI's own ceiling (128) are refused, not held for less.
+    fn check_choices(&self) -> Result<(), RelayError> {
+        for (name, value) in [("n", self.n), ("best_of", self.best_of)] {
+            if value.is_some_and(|v| !(1..=MAX_CHOICES).contains(&v)) {
+                return Err(RelayError::InvalidRequest(format!(
+                    "'{name}' must be between 1 and {MAX_CHOICES}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many answers the upstream generates (and bills): `n`, or `best_of` when
+    /// larger.
+    pub fn choices(&self) -> i64 {
+        self.n.max(self.best_of).unwrap_or(1).clamp(1, MAX_CHOICES)
     }
 
     pub fn model(&self) -> &str {
@@ -97,20 +126,22 @@ impl ChatHead {
     /// A Gemini request's head: the model and the method come from the path, the
     /// output limit from `generationConfig.maxOutputTokens`.
     pub fn gemini(body: &[u8], model: &str, stream: bool) -> Result<Self, RelayError> {
+        // Google accepts snake_case as well; both spellings at once are refused
+        // (serde's duplicate field), so the hold reads what the upstream will.
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Body {
             #[serde(default)]
             contents: Option<IgnoredAny>,
-            #[serde(default)]
+            #[serde(default, alias = "generation_config")]
             generation_config: Option<GenerationConfig>,
         }
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct GenerationConfig {
-            #[serde(default)]
+            #[serde(default, alias = "max_output_tokens")]
             max_output_tokens: Option<i64>,
-            #[serde(default)]
+            #[serde(default, alias = "candidate_count")]
             candidate_count: Option<i64>,
         }
         let b: Body = serde_json::from_slice(body).map_err(|e| {
@@ -133,10 +164,13 @@ impl ChatHead {
             max_output_tokens: None,
             stream_options: None,
             n: config.as_ref().and_then(|c| c.candidate_count),
+            best_of: None,
+            proto: Protocol::GeminiGenerate,
             messages: None,
             prompt: None,
             input: None,
         })
+        .and_then(|head| head.check_choices().map(|()| head))
     }
 
     /// A form upload's head, from its `model` and `n` fields.
@@ -165,7 +199,13 @@ impl ChatHead {
                     RelayError::InvalidRequest("'n' must be a whole number".into())
                 })?),
             };
-        Ok(ChatHead {
+        // A streamed transcription (SSE) would carry no usage the relay can meter.
+        if text("stream").is_some_and(|s| s.trim().eq_ignore_ascii_case("true")) {
+            return Err(RelayError::InvalidRequest(
+                "'stream' is not supported on this endpoint".into(),
+            ));
+        }
+        let head = ChatHead {
             model: Some(model.to_owned()),
             stream: None,
             max_tokens: None,
@@ -173,18 +213,26 @@ impl ChatHead {
             max_output_tokens: None,
             stream_options: None,
             n,
+            best_of: None,
+            proto: Protocol::OpenAiImageEdits,
             messages: None,
             prompt: None,
             input: None,
-        })
+        };
+        head.check_choices()?;
+        Ok(head)
     }
 
-    /// The most output tokens the client allows, if it said.
+    /// The most output tokens the client allows, if it said: the largest of its
+    /// protocol's own limit fields (whichever one an upstream or a converter reads, it
+    /// is covered); fields of other protocols do not count.
     pub fn max_output(&self) -> Option<i64> {
-        self.max_completion_tokens
-            .or(self.max_output_tokens)
-            .or(self.max_tokens)
-            .filter(|n| *n > 0)
+        let limit = match self.proto {
+            Protocol::OpenAiChat => self.max_completion_tokens.max(self.max_tokens),
+            Protocol::OpenAiResponses => self.max_output_tokens,
+            _ => self.max_tokens,
+        };
+        limit.filter(|n| *n > 0)
     }
 }
 
@@ -387,6 +435,12 @@ pub struct Delta {
     pub content: Option<String>,
     #[serde(default)]
     pub reasoning_content: Option<String>,
+    /// OpenRouter's and vLLM's name for the reasoning text.
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    /// Audio output (its transcript and data count as delivered).
+    #[serde(default)]
+    pub audio: Option<Value>,
     #[serde(default)]
     pub tool_calls: Option<Value>,
 }
@@ -394,11 +448,16 @@ pub struct Delta {
 impl Delta {
     /// Appends the text this delta (or message) carries.
     pub fn append_text(&self, out: &mut String) {
-        for part in [&self.content, &self.reasoning_content]
+        for part in [&self.content, &self.reasoning_content, &self.reasoning]
             .into_iter()
             .flatten()
         {
             out.push_str(part);
+        }
+        if let Some(audio) = &self.audio {
+            // Audio's words, not its base64 data.
+            let words = audio.get("transcript").and_then(Value::as_str);
+            out.push_str(words.unwrap_or("[audio]"));
         }
         if let Some(calls) = &self.tool_calls {
             out.push_str(&calls.to_string());

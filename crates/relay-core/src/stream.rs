@@ -110,11 +110,13 @@ impl ChatStream {
             if let Some(reason) = broken {
                 meter.record.error = Some(reason.to_owned());
             }
-            // No output, no charge: a stream that broke (or was left) before any
-            // content is a failed request, whatever role or ping events came first.
+            // No output, no charge: a stream that broke or timed out before any content
+            // is a failed request, whatever role or ping events came first. A client
+            // that leaves pays for what the upstream already did: its prompt.
             let no_output = self.observer.delivered.is_empty()
                 && self.observer.usage.is_none_or(|u| u.completion_tokens <= 0);
-            if self.observer.events == 0 || (broken.is_some() && no_output) {
+            let failed = broken.is_some_and(|b| b != "client_disconnected") && no_output;
+            if self.observer.events == 0 || failed {
                 let status = match broken {
                     Some("stream_timeout") => 504,
                     Some("client_disconnected") => 499,

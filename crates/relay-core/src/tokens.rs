@@ -124,15 +124,33 @@ struct Walk {
     turns: i64,
 }
 
+/// Whether a string is an image or file (inline data, or a reference) rather than
+/// text the model reads. Only at the keys where the protocols put media, and inline
+/// data only when it is base64 (an Anthropic text document's `data` is text).
 fn is_media_string(key: &str, s: &str) -> bool {
-    s.starts_with("data:")
-        || matches!(
-            key,
-            "data" | "b64_json" | "image_url" | "file_data" | "file_id"
-        )
-        || (key == "url" && !s.is_empty())
-        || key == "fileUri"
-        || key == "file_uri"
+    match key {
+        "data" | "b64_json" | "file_data" => {
+            let payload = s
+                .strip_prefix("data:")
+                .map_or(s, |r| r.split_once(',').map_or(r, |(_, d)| d));
+            is_base64(payload)
+        }
+        "url" | "image_url" | "file_url" | "fileUri" | "file_uri" => {
+            ["data:", "http://", "https://", "gs://"]
+                .iter()
+                .any(|p| s.starts_with(p))
+        }
+        "file_id" => !s.is_empty(),
+        _ => false,
+    }
+}
+
+fn is_base64(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_' | b'\n' | b'\r')
+        })
 }
 
 fn walk(key: &str, v: &Value, out: &mut Walk) {
@@ -326,6 +344,9 @@ mod shapes {
             serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}),
             serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "!@#$%^&*()_+{}|:<>?~`-=[]\\;',./ 1 2 3 4 5 6 7 8 9 0".repeat(200)}]}),
             serde_json::json!({"model": "gpt-4o", "instructions": text, "input": [{"role": "user", "content": [{"type": "input_text", "text": "你好，世界".repeat(300)}]}]}),
+            // Text that looks like inline data where text goes is still text.
+            serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": format!("data: {text}")}]}),
+            serde_json::json!({"model": "claude", "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}]}]}),
         ] {
             let raw = body.to_string();
             assert!(prompt_bound(raw.as_bytes()) >= count_prompt("gpt-4o", raw.as_bytes()));

@@ -649,14 +649,24 @@ fn what_the_other_side_cannot_express_is_a_clear_error_naming_the_field() {
 }
 
 #[test]
-fn reasoning_effort_becomes_a_thinking_budget_below_max_tokens() {
-    let body = json!({"model": "m", "max_tokens": 1000, "reasoning_effort": "medium", "messages": [{"role": "user", "content": "hi"}]});
+fn reasoning_effort_becomes_a_thinking_budget_below_max_tokens_which_never_grows() {
+    // max_tokens is what the request was held for: the budget fits under it.
+    let body = json!({"model": "m", "max_tokens": 8000, "reasoning_effort": "high", "messages": [{"role": "user", "content": "hi"}]});
     let a = convert_request(OPENAI, ANTHROPIC, &body, false).unwrap();
     assert_eq!(
         a["thinking"],
-        json!({"type": "enabled", "budget_tokens": 4096})
+        json!({"type": "enabled", "budget_tokens": 7999})
     );
-    assert!(a["max_tokens"].as_i64().unwrap() > 4096);
+    assert_eq!(a["max_tokens"], 8000);
+    let medium = json!({"model": "m", "max_tokens": 5000, "reasoning_effort": "medium", "messages": [{"role": "user", "content": "hi"}]});
+    let a = convert_request(OPENAI, ANTHROPIC, &medium, false).unwrap();
+    assert_eq!(a["thinking"]["budget_tokens"], 4096);
+    assert_eq!(a["max_tokens"], 5000);
+    // No room for Anthropic's smallest budget: no thinking, and still max_tokens 1000.
+    let body = json!({"model": "m", "max_tokens": 1000, "reasoning_effort": "medium", "messages": [{"role": "user", "content": "hi"}]});
+    let a = convert_request(OPENAI, ANTHROPIC, &body, false).unwrap();
+    assert!(a.get("thinking").is_none(), "{a}");
+    assert_eq!(a["max_tokens"], 1000);
     let g = convert_request(OPENAI, GEMINI, &body, false).unwrap();
     assert_eq!(
         g["generationConfig"]["thinkingConfig"]["includeThoughts"],

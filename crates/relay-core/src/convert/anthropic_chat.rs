@@ -14,6 +14,8 @@ use super::{ConvertError, Events, Piece};
 
 /// Output tokens Anthropic requires a request to name; used when the client set none.
 pub const DEFAULT_MAX_TOKENS: i64 = 4096;
+/// Anthropic's smallest thinking budget.
+const MIN_THINKING_BUDGET: i64 = 1024;
 
 /// A Messages request.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -246,7 +248,7 @@ pub fn request_from_chat(req: ChatRequest, model: &str) -> Result<MessagesReques
             "'response_format' (structured output) cannot be expressed for an Anthropic model",
         ));
     }
-    let mut max_tokens = req.max_output().unwrap_or(DEFAULT_MAX_TOKENS);
+    let max_tokens = req.max_output().unwrap_or(DEFAULT_MAX_TOKENS);
     let mut system: Vec<String> = Vec::new();
     let mut messages: Vec<AMessage> = Vec::new();
     for m in req.messages {
@@ -318,12 +320,11 @@ pub fn request_from_chat(req: ChatRequest, model: &str) -> Result<MessagesReques
     let thinking = match effort {
         None | Some("none") => None,
         Some(effort) => {
-            let budget = budget_for_effort(effort)?;
-            // Anthropic wants the budget below max_tokens.
-            if max_tokens <= budget {
-                max_tokens = budget + max_tokens.max(1024);
-            }
-            Some(Thinking {
+            // Anthropic wants the budget below max_tokens, and max_tokens is what the
+            // request was held for: the budget shrinks to fit, never the limit grows.
+            // Below Anthropic's minimum budget (1024) there is no room to think.
+            let budget = budget_for_effort(effort)?.min(max_tokens - 1);
+            (budget >= MIN_THINKING_BUDGET).then(|| Thinking {
                 kind: "enabled".into(),
                 budget_tokens: Some(budget),
             })
