@@ -479,7 +479,8 @@ async fn assert_api_balance(http: &reqwest::Client, gw: &Gateway, t: &Tenant, se
     assert_credits(&me["balance"], (START - served * COST) as f64 / 1e6, &me);
 }
 
-/// Stops the gateway gracefully and checks balance = Σ ledger for every user.
+/// Stops the gateway gracefully and checks balance = Σ ledger for every user
+/// (`PRINT_GATEWAY_LOG=1` prints its log, also when the test passes).
 async fn finish(mut gw: Gateway, backend: &Backend) {
     let (ok, report) = ledger_verify_on(backend);
     assert!(ok, "ledger verify while running: {report}");
