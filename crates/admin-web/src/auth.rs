@@ -176,6 +176,7 @@ pub async fn open_session(
     username: &str,
     password: String,
 ) -> Result<Session, ApiError> {
+    state.ensure_available()?;
     let attempt = login_limit::admit(&state.shared, client, username).await?;
     let found = user::Entity::find()
         .filter(user::Column::Username.eq(username.trim()))
@@ -322,6 +323,7 @@ pub async fn patch_me(
 /// The caller a session token belongs to: signature, expiry, revocation and the user's
 /// status are all checked.
 pub async fn authorize_token(state: &AdminState, token: &str) -> Result<AuthUser, ApiError> {
+    state.ensure_available()?;
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 5;
     let claims = jsonwebtoken::decode::<Claims>(token, &state.jwt_decoding, &validation)

@@ -176,7 +176,7 @@ pub async fn create_key(
             .wallet
             .sync(&[billing::Synced {
                 account: Account::Key(row.id),
-                limit: limit,
+                limit,
                 rev: 0,
             }])
             .await?;

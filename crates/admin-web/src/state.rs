@@ -64,11 +64,23 @@ pub struct AdminState {
     pub tunables: Tunables,
     /// Whose `X-Forwarded-For` names the client (the login limit counts per client IP).
     pub trusted_proxies: TrustedProxies,
+    /// Whether the database and Redis answer (probed every second by the gateway).
+    pub availability: Arc<store::Availability>,
 }
 
 impl AdminState {
     /// Reloads the catalog here and on every other instance.
     pub async fn reload(&self) {
         self.reloader.reload().await;
+    }
+
+    /// Refuses at once (`ApiError::Unavailable`) while the database or Redis is known
+    /// to be unreachable, instead of letting the call wait for a pool timeout.
+    pub fn ensure_available(&self) -> Result<(), ApiError> {
+        if self.availability.serving() {
+            Ok(())
+        } else {
+            Err(ApiError::Unavailable)
+        }
     }
 }

@@ -110,6 +110,20 @@ pub struct Wallet {
     instance: String,
     next_lease: AtomicU64,
     maintenance: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Releases and flushes Redis did not take, retried until it does.
+    deferred: Mutex<Vec<Deferred>>,
+}
+
+/// A release, or the end of a pending charge, that Redis did not take (it was
+/// unreachable). Dropped, its amount would stay in `held` for as long as this instance
+/// lives (its lease is never reclaimed), locking that much of the customer's money;
+/// kept, it is applied when Redis answers again. Applying it late is safe: `FLUSHED`
+/// acts only while its lease is still there, and takes a database state only if newer.
+struct Deferred {
+    accounts: Vec<Account>,
+    lease: u64,
+    pending: i64,
+    synced: Vec<Synced>,
 }
 
 fn uuid_like() -> String {
@@ -248,6 +262,7 @@ impl Wallet {
             instance: uuid_like(),
             next_lease: AtomicU64::new(1),
             maintenance: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
@@ -283,6 +298,7 @@ impl Wallet {
                 let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
                 loop {
                     tick.tick().await;
+                    me.retry_deferred().await;
                     if let Err(e) = me.heartbeat_once(ttl).await {
                         tracing::warn!(error = ?e, "wallet lease heartbeat failed");
                     }
@@ -502,7 +518,20 @@ impl Wallet {
         let accounts = accounts_of(user_id, key_id);
         let lease = self.next_lease.fetch_add(1, Ordering::Relaxed);
         for _ in 0..3 {
-            match self.try_reserve(&accounts, amount, lease).await? {
+            let tried = self.try_reserve(&accounts, amount, lease).await;
+            if let Err(BillingError::Store(e)) = &tried
+                && e.is_unavailable()
+            {
+                // The script may have reached Redis and run after the answer timed out:
+                // its hold is given back once Redis answers (a no-op if it never ran).
+                self.defer(Deferred {
+                    accounts: accounts.clone(),
+                    lease,
+                    pending: amount,
+                    synced: Vec::new(),
+                });
+            }
+            match tried? {
                 Reserve::Done => {
                     return Ok(Hold {
                         user_id,
@@ -666,7 +695,65 @@ impl Wallet {
         }
     }
 
+    /// Applies a release or flush now, or, when Redis is unreachable, keeps it to be
+    /// applied once Redis answers (then it is not an error: it will happen).
     async fn apply_flushed(
+        &self,
+        accounts: &[Account],
+        lease: u64,
+        pending: i64,
+        synced: &[Synced],
+    ) -> Result<(), BillingError> {
+        match self
+            .apply_flushed_now(accounts, lease, pending, synced)
+            .await
+        {
+            Err(BillingError::Store(e)) if e.is_unavailable() => {
+                tracing::warn!(error = ?e, lease, "redis unreachable; the wallet update is retried until it answers");
+                self.defer(Deferred {
+                    accounts: accounts.to_vec(),
+                    lease,
+                    pending,
+                    synced: synced.to_vec(),
+                });
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn defer(&self, update: Deferred) {
+        lock(&self.deferred).push(update);
+    }
+
+    /// Applies the updates Redis did not take, keeping those it still refuses.
+    pub async fn retry_deferred(&self) {
+        let pending = std::mem::take(&mut *lock(&self.deferred));
+        if pending.is_empty() {
+            return;
+        }
+        let mut kept = Vec::new();
+        let mut applied = 0_usize;
+        for d in pending {
+            match self
+                .apply_flushed_now(&d.accounts, d.lease, d.pending, &d.synced)
+                .await
+            {
+                Ok(()) => applied += 1,
+                Err(_) => kept.push(d),
+            }
+        }
+        if applied > 0 {
+            tracing::info!(
+                applied,
+                left = kept.len(),
+                "deferred wallet updates applied"
+            );
+        }
+        lock(&self.deferred).extend(kept);
+    }
+
+    async fn apply_flushed_now(
         &self,
         accounts: &[Account],
         lease: u64,

@@ -90,7 +90,7 @@ impl Application {
             .context("cannot open the database for the ledger writer")?;
         let (writer, writer_task) = LedgerWriter::start(writer_db, Arc::clone(&wallet));
         let client = UpstreamClient::new().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let availability = Arc::new(health::Availability::default());
+        let availability = Arc::new(store::Availability::default());
         health::spawn_probe(db.clone(), Arc::clone(&shared), Arc::clone(&availability));
         let health = Arc::new(crate::channel_health::GatewayHealth::new(
             db.clone(),
@@ -126,6 +126,7 @@ impl Application {
             tester: Arc::new(crate::channel_health::GatewayTester(state.clone())),
             tunables: env_tunables,
             trusted_proxies: config.trusted_proxies.clone(),
+            availability: Arc::clone(&state.availability),
         });
 
         let listener = TcpListener::bind(&config.addr)

@@ -3,40 +3,16 @@
 //! requests are refused with `503 service_unavailable` before anything is held.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use sea_orm::DatabaseConnection;
-use store::Shared;
+use store::{Availability, Shared};
 
 use crate::state::AppState;
 
 /// How long a probe waits for an answer before it calls the service unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Whether the database and Redis answered their last probe.
-#[derive(Debug)]
-pub struct Availability {
-    db: AtomicBool,
-    redis: AtomicBool,
-}
-
-impl Default for Availability {
-    fn default() -> Self {
-        Availability {
-            db: AtomicBool::new(true),
-            redis: AtomicBool::new(true),
-        }
-    }
-}
-
-impl Availability {
-    /// Both answered their last probe.
-    pub fn serving(&self) -> bool {
-        self.db.load(Ordering::Relaxed) && self.redis.load(Ordering::Relaxed)
-    }
-}
 
 /// Probes the database (and Redis, when configured) once.
 async fn probe(db: &DatabaseConnection, shared: &Shared) -> (bool, bool) {
@@ -61,14 +37,14 @@ pub fn spawn_probe(db: DatabaseConnection, shared: Arc<Shared>, availability: Ar
         loop {
             tick.tick().await;
             let (db_ok, redis_ok) = probe(&db, &shared).await;
-            if availability.db.swap(db_ok, Ordering::Relaxed) != db_ok {
+            if availability.set_database(db_ok) {
                 if db_ok {
                     tracing::info!("database reachable again");
                 } else {
                     tracing::error!("database unreachable; refusing relay requests");
                 }
             }
-            if availability.redis.swap(redis_ok, Ordering::Relaxed) != redis_ok {
+            if availability.set_redis(redis_ok) {
                 if redis_ok {
                     tracing::info!("redis reachable again");
                 } else {

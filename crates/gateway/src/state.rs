@@ -59,7 +59,7 @@ pub struct AppState {
     /// Persists disabled keys and channels.
     pub health: crate::channel_health::Health,
     /// Whether the database and Redis answer (probed every second).
-    pub availability: Arc<crate::health::Availability>,
+    pub availability: Arc<store::Availability>,
 }
 
 impl AppState {

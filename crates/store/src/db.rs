@@ -12,6 +12,15 @@ use crate::StoreError;
 /// The embedded default: a SQLite file next to the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/tollgate.db?mode=rwc";
 
+/// The longest a query waits for a pooled Postgres connection. sqlx keeps retrying a
+/// refused connection until this deadline, so it is also how long a call can take to
+/// learn that the database is down (with 10 s, admin calls during an outage hung 10 s
+/// before their 503). sea-orm maps `connect_timeout` to the same sqlx setting.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// SQLite is a local file that cannot go away: a wait for one of its few pooled
+/// connections is contention (a writer holding the lock), so it may wait longer.
+const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects, tunes SQLite (WAL, several pooled connections), and migrates.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
     let sqlite = url.starts_with("sqlite:");
@@ -29,11 +38,16 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
                 .pragma("cache_size", "-1024")
         });
     }
+    let acquire = if sqlite {
+        SQLITE_ACQUIRE_TIMEOUT
+    } else {
+        ACQUIRE_TIMEOUT
+    };
     options
         .max_connections(if sqlite { 4 } else { 16 })
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10))
+        .connect_timeout(acquire)
+        .acquire_timeout(acquire)
         .sqlx_logging(false);
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {

@@ -2,6 +2,7 @@
 //! (in-process or Redis) with its invalidation bus, the at-rest secret box for channel
 //! keys, and the in-memory catalog snapshot that the hot path reads instead of SQL.
 
+pub mod availability;
 pub mod cache;
 pub mod catalog;
 pub mod db;
@@ -9,6 +10,7 @@ pub mod entities;
 pub mod error;
 pub mod secret;
 
+pub use availability::Availability;
 pub use cache::Shared;
 pub use catalog::Catalog;
 pub use deadpool_redis;

@@ -5,6 +5,8 @@
 // Test code: clippy's allow-*-in-tests covers #[test] fns only, not these helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod services;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -330,6 +332,15 @@ impl Backend {
         Backend {
             database_url: format!("sqlite://{}?mode=rwc", dir.join("t.db").display()),
             redis: None,
+            postgres: None,
+        }
+    }
+
+    /// A database and (optionally) a Redis URL with its key prefix, owned elsewhere.
+    pub fn new(database_url: String, redis: Option<(String, String)>) -> Self {
+        Backend {
+            database_url,
+            redis,
             postgres: None,
         }
     }
