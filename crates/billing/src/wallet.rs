@@ -30,7 +30,7 @@ use crate::BillingError;
 /// How often every counter is set again from the database.
 pub const REFRESH: Duration = Duration::from_secs(10);
 
-/// Waits between tries of giving a hold back while Redis is unreachable.
+/// Waits between tries of following a commit the wallet could not take at once.
 pub const RETRIES: [Duration; 4] = [
     Duration::from_millis(100),
     Duration::from_millis(500),
@@ -593,24 +593,12 @@ impl Wallet {
         }
     }
 
-    /// Gives a hold back untouched (the request failed). Retried a few times while
-    /// Redis is unreachable (giving back is idempotent: a lease leaves once), so a
-    /// passing outage does not keep the customer's money held.
+    /// Gives a hold back untouched (the request failed). While Redis is unreachable
+    /// the release is kept and applied when it answers (see [`Wallet::retry_deferred`]).
     pub async fn release(&self, hold: Hold) -> Result<(), BillingError> {
         let accounts = accounts_of(hold.user_id, hold.key_id);
-        let mut result = Ok(());
-        for wait in RETRIES {
-            result = self
-                .apply_flushed(&accounts, hold.lease, hold.amount, &[])
-                .await;
-            match &result {
-                Err(BillingError::Store(e)) if e.is_unavailable() => {
-                    tokio::time::sleep(wait).await;
-                }
-                _ => break,
-            }
-        }
-        result
+        self.apply_flushed(&accounts, hold.lease, hold.amount, &[])
+            .await
     }
 
     /// Records that a pending charge (or a debit's hold) was committed: it leaves
