@@ -95,6 +95,7 @@ enum Backend {
 
 /// The Lua scripts, hashed once.
 struct Scripts {
+    repost: Script,
     reserve: Script,
     settle: Script,
     flushed: Script,
@@ -112,6 +113,12 @@ pub struct Wallet {
     maintenance: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Releases and flushes Redis did not take, retried until it does.
     deferred: Mutex<Vec<Deferred>>,
+    /// Redis only: this instance's holds and pending charges still leased, by lease,
+    /// so that they can be posted again if Redis loses its data.
+    live: Mutex<HashMap<u64, (Vec<Account>, i64)>>,
+    /// Redis only: the data generation this instance last saw (`{prefix}:epoch`); a
+    /// different or missing one means Redis lost its data since.
+    epoch: Mutex<String>,
 }
 
 /// A release, or the end of a pending charge, that Redis did not take (it was
@@ -209,6 +216,18 @@ end
 return amount
 ";
 
+/// Posts a live hold again after Redis lost its data (unless its lease is there).
+/// ARGV: lease hash, lease id, amount.
+const REPOST: &str = r"
+if redis.call('HEXISTS', ARGV[1], ARGV[2]) == 1 then return 0 end
+local amt = tonumber(ARGV[3])
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then add_held(KEYS[i], amt) end
+end
+set_lease(ARGV[1], ARGV[2], amt)
+return 1
+";
+
 /// ARGV: `limit, rev` per account.
 const SYNC: &str = r"
 for i = 1, #KEYS do sync(KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]) end
@@ -247,6 +266,7 @@ impl Wallet {
                 pool: pool.clone(),
                 prefix: prefix.to_owned(),
                 scripts: Box::new(Scripts {
+                    repost: script(REPOST),
                     reserve: script(RESERVE),
                     settle: script(SETTLE),
                     flushed: script(FLUSHED),
@@ -263,6 +283,8 @@ impl Wallet {
             next_lease: AtomicU64::new(1),
             maintenance: Mutex::new(Vec::new()),
             deferred: Mutex::new(Vec::new()),
+            live: Mutex::new(HashMap::new()),
+            epoch: Mutex::new(String::new()),
         }
     }
 
@@ -316,6 +338,7 @@ impl Wallet {
         else {
             return Ok(());
         };
+        self.recover_if_lost().await?;
         let mut conn = pool.get().await?;
         let registry = format!("{prefix}:instances");
         let () = redis::pipe()
@@ -533,6 +556,7 @@ impl Wallet {
             }
             match tried? {
                 Reserve::Done => {
+                    self.track(lease, &accounts, amount);
                     return Ok(Hold {
                         user_id,
                         key_id,
@@ -541,7 +565,12 @@ impl Wallet {
                     });
                 }
                 Reserve::Short => return Err(BillingError::Insufficient),
-                Reserve::Missing(acct) => self.load_missing(acct).await?,
+                Reserve::Missing(acct) => {
+                    // A missing account may mean Redis lost its data: then every
+                    // account is set again and the live holds are posted again first.
+                    self.recover_if_lost().await?;
+                    self.load_missing(acct).await?;
+                }
             }
         }
         Err(BillingError::Insufficient)
@@ -588,6 +617,9 @@ impl Wallet {
                     .arg(hold.lease)
                     .invoke_async(&mut conn)
                     .await?;
+                if let Some(live) = lock(&self.live).get_mut(&hold.lease) {
+                    live.1 = charge;
+                }
                 Ok(charge)
             }
         }
@@ -692,6 +724,8 @@ impl Wallet {
         pending: i64,
         synced: &[Synced],
     ) -> Result<(), BillingError> {
+        // No longer live, whether Redis takes the update now or later.
+        lock(&self.live).remove(&lease);
         match self
             .apply_flushed_now(accounts, lease, pending, synced)
             .await
@@ -708,6 +742,78 @@ impl Wallet {
             }
             other => other,
         }
+    }
+
+    /// Remembers a hold this instance leased in Redis.
+    fn track(&self, lease: u64, accounts: &[Account], amount: i64) {
+        if let Backend::Redis { .. } = &self.backend {
+            lock(&self.live).insert(lease, (accounts.to_vec(), amount));
+        }
+    }
+
+    /// Redis only: when Redis lost its data since this instance last looked (its
+    /// generation key is gone or was made anew), every account is set again from the
+    /// database and this instance's live holds are posted again — what DESIGN.md calls
+    /// rebuilding the counters from the database and the holds of live instances.
+    /// Every instance does the same for its own holds at its next look.
+    pub async fn recover_if_lost(&self) -> Result<(), BillingError> {
+        let Backend::Redis {
+            pool,
+            prefix,
+            scripts,
+        } = &self.backend
+        else {
+            return Ok(());
+        };
+        let key = format!("{prefix}:epoch");
+        let mut conn = pool.get().await?;
+        let seen: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+        if seen.as_deref().is_some_and(|s| *s == *lock(&self.epoch)) {
+            return Ok(());
+        }
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(uuid_like())
+            .arg("NX")
+            .query_async(&mut conn)
+            .await?;
+        let now: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+        drop(conn);
+        self.refresh().await?;
+        let held: Vec<(u64, (Vec<Account>, i64))> = lock(&self.live)
+            .iter()
+            .map(|(l, h)| (*l, h.clone()))
+            .collect();
+        let mut conn = pool.get().await?;
+        let mut posted = 0_i64;
+        for (lease, (accounts, amount)) in &held {
+            let mut inv = scripts.repost.prepare_invoke();
+            for a in accounts {
+                inv.key(redis_key(prefix, *a));
+            }
+            posted += inv
+                .arg(self.lease_key())
+                .arg(*lease)
+                .arg(*amount)
+                .invoke_async::<i64>(&mut conn)
+                .await?;
+        }
+        drop(conn);
+        // A hold that ended while it was being posted again must not stay posted.
+        for (lease, (accounts, amount)) in held {
+            if !lock(&self.live).contains_key(&lease) {
+                self.apply_flushed_now(&accounts, lease, amount, &[])
+                    .await?;
+            }
+        }
+        if posted > 0 {
+            tracing::warn!(
+                holds = posted,
+                "redis lost its data: live holds posted again"
+            );
+        }
+        *lock(&self.epoch) = now;
+        Ok(())
     }
 
     fn defer(&self, update: Deferred) {
@@ -1032,5 +1138,72 @@ mod tests {
             w.flushed(1, None, lease, 40, &[]).await.unwrap();
             assert_eq!(w.available(u).await.unwrap(), Some(70));
         }
+    }
+
+    #[tokio::test]
+    async fn live_holds_are_posted_again_when_redis_loses_its_data() {
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        let w = wallet().await;
+        let Backend::Redis { pool, prefix, .. } = &w.backend else {
+            // In process, the counters live and die with the holds.
+            return;
+        };
+        let now = chrono::Utc::now();
+        let alice = user::ActiveModel {
+            username: Set("alice".into()),
+            password_hash: Set(String::new()),
+            role: Set("customer".into()),
+            group_name: Set("default".into()),
+            parent_id: Set(None),
+            status: Set("enabled".into()),
+            balance: Set(1_000),
+            used: Set(0),
+            rev: Set(1),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&w.db)
+        .await
+        .unwrap()
+        .id;
+        w.recover_if_lost().await.unwrap();
+        let streaming = w.reserve(alice, None, 400).await.unwrap();
+        let settled = w.reserve(alice, None, 100).await.unwrap();
+        let lease = settled.lease;
+        assert_eq!(w.settle(settled, 60).await.unwrap(), 60);
+
+        // Redis restarts empty (this test's namespace only: the server is shared).
+        let mut conn = pool.get().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        drop(conn);
+
+        // The next reservation finds its account gone, and the counters come back with
+        // the live hold and the pending charge: 1,000 - 400 - 60 = 540 left.
+        assert!(matches!(
+            w.reserve(alice, None, 600).await,
+            Err(BillingError::Insufficient)
+        ));
+        assert_eq!(w.available(Account::User(alice)).await.unwrap(), Some(540));
+        w.release(streaming).await.unwrap();
+        w.flushed(
+            alice,
+            None,
+            lease,
+            60,
+            &[state(Account::User(alice), 940, 2)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(w.available(Account::User(alice)).await.unwrap(), Some(940));
     }
 }
