@@ -279,3 +279,23 @@ async fn a_low_bitrate_transcription_pays_for_its_real_length_in_any_format() {
     assert_eq!(s.app.balance(s.customer_id).await, 1_000_000 - total);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_priced_only_per_image_is_not_served_free_on_chat() {
+    let s = Scenario::start(1.0).await;
+    serve(&s, &["image-only"], json!({"per_image": 0.04})).await;
+    let resp = s.app.chat(&s.key, Scenario::body("image-only")).await;
+    assert_eq!(resp.status(), 403);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "model_not_priced", "{v}");
+    assert!(s.mock.received().is_empty());
+    // Free on purpose is said with per_request: 0.
+    s.app
+        .set_price_with("image-only", json!({"per_request": 0}))
+        .await;
+    let resp = s.app.chat(&s.key, Scenario::body("image-only")).await;
+    assert_eq!(resp.status(), 200);
+    s.app.settled().await;
+    assert_eq!(s.app.balance(s.customer_id).await, 1_000_000);
+    s.stop().await;
+}

@@ -100,6 +100,7 @@ pub fn admit_model(
         .prices
         .get(model)
         .map(Price::from)
+        .filter(|p| meters(proto, p))
         .ok_or_else(|| RelayError::ModelNotPriced(model.to_owned()))?;
     Ok(Admitted {
         caller: caller.clone(),
@@ -107,6 +108,32 @@ pub fn admit_model(
         price,
         multiplier_ppm: catalog.group_multiplier(&caller.user.group),
     })
+}
+
+/// Whether `price` names the unit `proto` is charged by (a token price above zero, or
+/// `per_image`, `per_second`, `per_request` set — `per_request: 0` serves a model free
+/// on purpose). A model priced only in another unit is not served: it would be free by
+/// accident.
+pub fn meters(proto: Protocol, price: &Price) -> bool {
+    let tokens = price.input > 0 || price.output > 0;
+    price.per_request.is_some()
+        || match proto {
+            Protocol::OpenAiImages
+            | Protocol::OpenAiImageEdits
+            | Protocol::OpenAiImageVariations => price.per_image.is_some(),
+            Protocol::OpenAiSpeech | Protocol::OpenAiEmbeddings | Protocol::OpenAiModerations => {
+                price.input > 0
+            }
+            Protocol::OpenAiTranscriptions | Protocol::OpenAiTranslations => {
+                price.per_second.is_some() || tokens
+            }
+            Protocol::OpenAiChat
+            | Protocol::OpenAiCompletions
+            | Protocol::OpenAiFim
+            | Protocol::OpenAiResponses
+            | Protocol::AnthropicMessages
+            | Protocol::GeminiGenerate => tokens,
+        }
 }
 
 /// The models a caller may call in `proto`: priced, served to its group by a channel
@@ -122,4 +149,33 @@ pub fn visible_models<'a>(
         .into_iter()
         .filter(|m| catalog.prices.contains_key(*m) && caller.key.allows_model(m))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_priced_only_in_another_unit_is_not_served_free_by_accident() {
+        let per_image = Price {
+            per_image: Some(40_000),
+            ..Price::default()
+        };
+        assert!(meters(Protocol::OpenAiImages, &per_image));
+        assert!(!meters(Protocol::OpenAiChat, &per_image));
+        let tokens = Price {
+            input: 150_000,
+            output: 600_000,
+            ..Price::default()
+        };
+        assert!(meters(Protocol::OpenAiChat, &tokens));
+        assert!(!meters(Protocol::OpenAiImages, &tokens));
+        assert!(!meters(Protocol::OpenAiChat, &Price::default()));
+        // Free on purpose.
+        let free = Price {
+            per_request: Some(0),
+            ..Price::default()
+        };
+        assert!(meters(Protocol::OpenAiModerations, &free));
+    }
 }
