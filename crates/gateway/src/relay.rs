@@ -622,6 +622,13 @@ fn reject(state: &AppState, mut record: GenerationRecord, err: &RelayError, star
     let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
     record.latency_ms = Some(ms);
     record.generation_time_ms = Some(ms);
+    // While the writer refuses (the database is away or its backlog is full) the
+    // records of refused calls, which carry no money, are not queued: a long outage
+    // under load must not grow memory with them.
+    if state.writer.refuses() {
+        tracing::debug!(generation.id = %record.id, "refused call not recorded during an outage");
+        return;
+    }
     state.writer.submit(record, None);
 }
 
