@@ -160,6 +160,9 @@ pub async fn create_key(
         preview: Set(preview(&key)),
         status: Set("enabled".to_owned()),
         used: Set(0),
+        // Explicit, not the column default: SQLite can return NULL for a
+        // default of a column added by ALTER TABLE in `RETURNING`.
+        rev: Set(0),
         credit_limit: Set(credit_limit),
         expires_at: Set(body.expires_at),
         models: Set(parse_models(body.models)?),

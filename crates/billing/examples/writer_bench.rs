@@ -45,6 +45,9 @@ async fn main() {
             status: Set("enabled".into()),
             balance: Set(0),
             used: Set(0),
+            // Explicit, not the column default: SQLite can return NULL for a
+            // default of a column added by ALTER TABLE in `RETURNING`.
+            rev: Set(0),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()

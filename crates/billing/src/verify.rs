@@ -78,6 +78,9 @@ mod tests {
             status: Set("enabled".into()),
             balance: Set(balance),
             used: Set(0),
+            // Explicit, not the column default: SQLite can return NULL for a
+            // default of a column added by ALTER TABLE in `RETURNING`.
+            rev: Set(0),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
