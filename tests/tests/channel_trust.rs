@@ -369,3 +369,84 @@ async fn oversize_answers_are_refused_uncharged_and_never_open_the_breaker() {
     assert_channel_and_keys_enabled(&s.app, first).await;
     s.stop().await;
 }
+
+/// A channel (priority 10) that fails `fail-500` and serves `gpt-4o-mini`, and a
+/// backup (priority 0) for `gpt-4o-mini` only; the scenario's channel is off.
+async fn failing_model_and_backup(s: &Scenario) -> (i64, i64) {
+    disable_channel(&s.app, s.channel_id).await;
+    let shared = s
+        .app
+        .add_channel(
+            "shared",
+            &s.mock.base_url,
+            &["fail-500", "gpt-4o-mini"],
+            json!({"priority": 10}),
+        )
+        .await;
+    let backup = s
+        .app
+        .add_channel("backup", &s.mock.base_url, &["gpt-4o-mini"], json!({}))
+        .await;
+    (shared, backup)
+}
+
+/// Sends a `fail-500` request with `key`; it fails with 502 and costs nothing.
+async fn fail_once(s: &Scenario, key: &str) {
+    let r = s.app.chat(key, Scenario::body("fail-500")).await;
+    let gen_id = generation_id(&r);
+    assert_eq!(r.status(), 502);
+    assert_failed_free(&s.app, &gen_id, 502).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_from_one_customer_key_alone_never_take_the_channel_from_another_customer() {
+    let s = Scenario::start(1.0).await;
+    let (shared, _) = failing_model_and_backup(&s).await;
+    let (bob, bob_key) = s.app.customer_with_key("bob", 1.0).await;
+    // More failures than the breaker's threshold (5 in tests), all from one key.
+    for _ in 0..7 {
+        fail_once(&s, &s.key).await;
+    }
+    assert_charged_nothing(&s.app, s.customer_id).await;
+
+    let r = s.app.chat(&bob_key, Scenario::body("gpt-4o-mini")).await;
+    let gen_id = generation_id(&r);
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.app.wait_generation(&gen_id).await.channel_id,
+        Some(shared)
+    );
+    s.app
+        .assert_charged_once(bob, START, &gen_id, NORMAL_COST)
+        .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_from_two_customer_keys_open_the_channels_breaker() {
+    let s = Scenario::start(1.0).await;
+    let (_, backup) = failing_model_and_backup(&s).await;
+    let (bob, bob_key) = s.app.customer_with_key("bob", 1.0).await;
+    for key in [&s.key, &bob_key, &s.key, &bob_key, &s.key] {
+        fail_once(&s, key).await;
+    }
+    assert_charged_nothing(&s.app, s.customer_id).await;
+
+    let before = s.mock.received().len();
+    let r = s.app.chat(&bob_key, Scenario::body("gpt-4o-mini")).await;
+    let gen_id = generation_id(&r);
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.app.wait_generation(&gen_id).await.channel_id,
+        Some(backup)
+    );
+    assert_eq!(
+        s.mock.received().len(),
+        before + 1,
+        "the open breaker skips it"
+    );
+    s.app
+        .assert_charged_once(bob, START, &gen_id, NORMAL_COST)
+        .await;
+    s.stop().await;
+}

@@ -403,11 +403,12 @@ async fn a_breaker_keeps_a_failing_channel_out_after_repeated_failures() {
     s.app
         .add_channel("steady", &s.mock.base_url, &["gpt-4o-mini"], json!({}))
         .await;
-    // Five failures open the breaker (the test configuration's threshold).
-    for _ in 0..5 {
+    let (bob, bob_key) = s.app.customer_with_key("bob", 1.0).await;
+    // Five failures from two customers open the breaker (the test threshold).
+    for key in [&s.key, &bob_key, &s.key, &bob_key, &s.key] {
         assert_eq!(
             s.app
-                .chat(&s.key, Scenario::body("gpt-4o-mini"))
+                .chat(key, Scenario::body("gpt-4o-mini"))
                 .await
                 .status(),
             200
@@ -439,6 +440,9 @@ async fn a_breaker_keeps_a_failing_channel_out_after_repeated_failures() {
         200
     );
     assert_eq!(s.mock.received().len(), before + 2);
+    s.app.settled().await;
+    assert_eq!(s.app.balance(s.customer_id).await, START - 5 * NORMAL_COST);
+    assert_eq!(s.app.balance(bob).await, START - 2 * NORMAL_COST);
     s.stop().await;
 }
 
@@ -533,10 +537,11 @@ async fn when_every_breaker_is_open_the_client_gets_503_no_available_channel() {
             json!({"model_mapping": {"gpt-4o-mini": "fail-500"}}),
         )
         .await;
-    for _ in 0..5 {
+    let (bob, bob_key) = s.app.customer_with_key("bob", 1.0).await;
+    for key in [&s.key, &bob_key, &s.key, &bob_key, &s.key] {
         assert_eq!(
             s.app
-                .chat(&s.key, Scenario::body("gpt-4o-mini"))
+                .chat(key, Scenario::body("gpt-4o-mini"))
                 .await
                 .status(),
             502
@@ -552,6 +557,7 @@ async fn when_every_breaker_is_open_the_client_gets_503_no_available_channel() {
     assert_eq!(s.mock.received().len(), before);
     s.app.settled().await;
     assert_eq!(s.app.balance(s.customer_id).await, START);
+    assert_eq!(s.app.balance(bob).await, START);
     s.stop().await;
 }
 
@@ -591,6 +597,130 @@ async fn the_retry_count_saved_in_settings_applies_at_once_without_a_restart() {
         .await;
     assert_eq!(st, 200, "{v}");
     tries(1).await;
+    assert_eq!(s.app.balance(s.customer_id).await, START);
+    s.stop().await;
+}
+
+/// How many requests the mock received with the upstream key `key` (OpenAI bearer).
+fn tries_with(s: &Scenario, key: &str) -> usize {
+    s.mock
+        .count_by_key()
+        .get(&format!("Bearer {key}"))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_that_cannot_use_the_channels_only_key_hands_the_trial_back_and_the_channel_serves_again()
+ {
+    // No health job: only the relay and its key confirmation touch the key.
+    let s = Scenario::start_with(1.0, |c| c.health_interval_s = 3600).await;
+    only_test_channels(&s).await;
+    let (bob, bob_key) = s.app.customer_with_key("bob", 1.0).await;
+    let reset = reset_upstream().await;
+    // Its only key answers 401 to its first request, then works.
+    let single = s
+        .app
+        .add_channel(
+            "single-key",
+            &reset,
+            &["gpt-4o-mini"],
+            json!({"priority": 10, "keys": ["sk-flaky-trial-0001"]}),
+        )
+        .await;
+    let backup = s
+        .app
+        .add_channel("backup", &s.mock.base_url, &["gpt-4o-mini"], json!({}))
+        .await;
+    // Broken connections for two customers open the single-key channel's breaker.
+    for key in [&s.key, &bob_key, &s.key, &bob_key, &s.key] {
+        let r = s.app.chat(key, Scenario::body("gpt-4o-mini")).await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
+    let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.status(), 200);
+    s.app.settled().await;
+    assert_eq!(
+        attempts(&s.app.generation(&gen_id).await).len(),
+        1,
+        "breaker open"
+    );
+
+    // The channel is mended while it cools down.
+    let (st, v) = s
+        .app
+        .api(
+            "PATCH",
+            &format!("/api/channels/{single}"),
+            &s.app.root_token,
+            Some(json!({"base_url": s.mock.base_url})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // The trial: the key's 401 makes it a suspect, so the request cannot use the
+    // channel's only key again and is served by the backup.
+    let r = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
+    let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.status(), 200);
+    s.app.settled().await;
+    let g = s.app.generation(&gen_id).await;
+    assert_eq!(g.channel_id, Some(backup));
+    let a = attempts(&g);
+    assert_eq!(
+        (a[0]["channel_id"].as_i64(), a[0]["status"].as_i64()),
+        (Some(single), Some(401)),
+        "{a:?}"
+    );
+    // The key passes its test request and stays.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while tries_with(&s, "sk-flaky-trial-0001") < 2 {
+        assert!(Instant::now() < deadline, "no test request for the key");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The trial was handed back: the next request takes it and the channel serves.
+    let r = s.app.chat(&bob_key, Scenario::body("gpt-4o-mini")).await;
+    let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.app.wait_generation(&gen_id).await.channel_id,
+        Some(single)
+    );
+    s.app.settled().await;
+    assert_eq!(s.app.balance(s.customer_id).await, START - 5 * NORMAL_COST);
+    assert_eq!(s.app.balance(bob).await, START - 3 * NORMAL_COST);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_stream_request_whose_upstream_times_out_is_not_sent_again_elsewhere() {
+    let s = Scenario::start(1.0).await;
+    only_test_channels(&s).await;
+    s.app
+        .add_channel(
+            "hangs",
+            &s.mock.base_url,
+            &["gpt-4o-mini"],
+            json!({"priority": 10, "timeout_s": 1, "model_mapping": {"gpt-4o-mini": "slow"}}),
+        )
+        .await;
+    s.app
+        .add_channel("fast", &s.mock.base_url, &["gpt-4o-mini"], json!({}))
+        .await;
+    let r = s.app.chat(&s.key, Scenario::body("gpt-4o-mini")).await;
+    let gen_id = r.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "upstream_timeout"
+    );
+    // The first upstream may still be generating (and billing): tried once only.
+    assert_eq!(s.mock.received().len(), 1);
+    s.app.settled().await;
+    assert_eq!(attempts(&s.app.generation(&gen_id).await).len(), 1);
     assert_eq!(s.app.balance(s.customer_id).await, START);
     s.stop().await;
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use billing::{LedgerWriter, Wallet};
@@ -14,6 +15,7 @@ use relay_core::upstream::UpstreamClient;
 use sea_orm::DatabaseConnection;
 use store::secret::SecretBox;
 use store::{Catalog, Shared};
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::Config;
@@ -150,10 +152,23 @@ impl Reloader {
         Ok(())
     }
 
-    /// Reloads here and publishes the change for every other instance.
+    /// Reloads until a load succeeds, waiting longer after each failure (up to
+    /// [`RETRY_MAX`]): a change that was announced must not be missed because the
+    /// database blinked, or a disabled key would go on serving here.
+    pub async fn reload_until_done(&self) {
+        let tries = until_ok(|| self.reload_local(), RETRY_FIRST, RETRY_MAX).await;
+        if tries > 1 {
+            tracing::info!(tries, "catalog reloaded after failed tries");
+        }
+    }
+
+    /// Reloads here and publishes the change for every other instance. A failed local
+    /// reload goes on in the background until it succeeds.
     pub async fn reload_everywhere(&self) {
         if let Err(e) = self.reload_local().await {
-            tracing::error!(error = ?e, "catalog reload failed");
+            tracing::error!(error = ?e, "catalog reload failed; retrying in the background");
+            let me = self.clone();
+            tokio::spawn(async move { me.reload_until_done().await });
         }
         if let Err(e) = self
             .shared
@@ -164,25 +179,73 @@ impl Reloader {
         }
     }
 
-    /// Follows the bus: reloads when another instance changed something.
+    /// Follows the bus: reloads when another instance changed something, and every
+    /// [`SAFETY_NET`] whatever the bus said (a message lost with a dead connection is
+    /// healed within that). Only with Redis: a single instance has no one to hear from.
     pub fn follow(&self) {
         if self.shared.redis_pool().is_none() {
             return;
         }
-        let mut rx = self.shared.subscribe();
+        let rx = self.shared.subscribe();
         let me = self.clone();
-        tokio::spawn(async move {
-            while let Some(topic) = rx.recv().await {
-                if topic.ends_with(&format!(":{}", me.instance)) {
-                    continue;
-                }
-                if let Err(e) = me.reload_local().await {
-                    tracing::error!(error = ?e, "catalog reload after a bus message failed");
-                } else {
-                    tracing::debug!(topic = %topic, "catalog reloaded from the bus");
-                }
+        tokio::spawn(async move { me.follow_bus(rx, SAFETY_NET).await });
+    }
+
+    /// The loop behind [`Reloader::follow`]: each wake-up (a message from another
+    /// instance, or the periodic tick) leads to one reload, retried until it succeeds.
+    async fn follow_bus(&self, mut rx: mpsc::Receiver<String>, every: Duration) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let own = format!(":{}", self.instance);
+        let mut bus_open = true;
+        loop {
+            let cause = tokio::select! {
+                topic = rx.recv(), if bus_open => match topic {
+                    Some(topic) if topic.ends_with(&own) => continue,
+                    Some(topic) => topic,
+                    None => {
+                        tracing::error!("the invalidation bus ended; reloading on the timer only");
+                        bus_open = false;
+                        continue;
+                    }
+                },
+                _ = tick.tick() => "periodic".to_owned(),
+            };
+            // Messages already queued are covered by the load that begins after them.
+            while rx.try_recv().is_ok() {}
+            self.reload_until_done().await;
+            tracing::debug!(cause = %cause, "catalog reloaded");
+        }
+    }
+}
+
+/// The first wait after a failed reload; it doubles after each further failure.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait between two tries of a reload.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// With Redis, how often every instance reloads whatever the bus said.
+pub const SAFETY_NET: Duration = Duration::from_secs(15);
+
+/// Runs `attempt` until it succeeds, waiting `first` after the first failure and twice
+/// as long after each next one, at most `max`; returns how many tries it took.
+pub async fn until_ok<F, Fut, E>(mut attempt: F, first: Duration, max: Duration) -> u32
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Debug,
+{
+    let mut wait = first;
+    let mut tries = 0u32;
+    loop {
+        tries = tries.saturating_add(1);
+        match attempt().await {
+            Ok(()) => return tries,
+            Err(e) => {
+                tracing::error!(error = ?e, tries, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "catalog reload failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(max);
             }
-        });
+        }
     }
 }
 
@@ -215,6 +278,85 @@ mod tests {
         assert!(!install_if_newer(&slot, snapshot(2)));
         assert!(install_if_newer(&slot, snapshot(3)));
         assert_eq!(slot.load().version, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failing_attempt_is_retried_with_growing_waits_until_it_succeeds() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let started = std::time::Instant::now();
+        let tries = until_ok(
+            || async {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if n < 4 {
+                    Err("database unavailable")
+                } else {
+                    Ok(())
+                }
+            },
+            Duration::from_millis(10),
+            Duration::from_millis(25),
+        )
+        .await;
+        assert_eq!((tries, calls.load(Ordering::SeqCst)), (4, 4));
+        // Waits of 10, 20 and 25 (capped) ms.
+        assert!(
+            started.elapsed() >= Duration::from_millis(55),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A reloader on a fresh SQLite database of its own.
+    async fn sqlite_reloader() -> Reloader {
+        let dir = std::env::temp_dir().join("tollgate-state-tests");
+        let file = dir.join(format!("{}.db", uuid::Uuid::now_v7().simple()));
+        let db = store::db::connect(&format!("sqlite://{}?mode=rwc", file.display()))
+            .await
+            .unwrap();
+        let secrets = SecretBox::from_text(&SecretBox::generate_text()).unwrap();
+        Reloader {
+            db,
+            secrets,
+            snapshot: Arc::new(ArcSwap::from(snapshot(0))),
+            shared: Arc::new(Shared::memory()),
+            instance: "test".into(),
+            defaults: admin_web::settings::Tunables {
+                max_tries: 3,
+                breaker_failures: 5,
+                breaker_window_s: 60,
+                breaker_cooldown_s: 30,
+                health_interval_s: 60,
+            },
+            breakers: Arc::new(relay_core::health::Breakers::default()),
+            versions: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    async fn sql(db: &DatabaseConnection, statement: &str) {
+        use sea_orm::ConnectionTrait;
+        db.execute_unprepared(statement).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_that_fails_while_the_database_is_away_is_retried_until_it_succeeds() {
+        let reloader = sqlite_reloader().await;
+        // The database loses the channels table for a while: every load fails.
+        sql(&reloader.db, "ALTER TABLE channels RENAME TO channels_away").await;
+        assert!(reloader.reload_local().await.is_err());
+        let retrying = tokio::spawn({
+            let reloader = reloader.clone();
+            async move { reloader.reload_until_done().await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!retrying.is_finished(), "no load can succeed yet");
+        assert_eq!(reloader.snapshot.load().version, 0);
+        // It comes back: the pending reload goes through by itself.
+        sql(&reloader.db, "ALTER TABLE channels_away RENAME TO channels").await;
+        tokio::time::timeout(Duration::from_secs(10), retrying)
+            .await
+            .expect("the reload is retried until it succeeds")
+            .unwrap();
+        assert!(reloader.snapshot.load().version > 0);
     }
 
     #[test]

@@ -194,11 +194,13 @@ impl RelayError {
     }
 }
 
-/// Hides URLs and key-like strings (`sk-…`, long tokens after `key=`) in a message that
-/// came from an upstream, so a client never learns a channel's address or secret.
+/// Hides what could locate or open a channel in a message that came from an upstream:
+/// URLs, bare hostnames and IP addresses, and key-like strings (`sk-…`, long tokens
+/// after `key=`, Google `AIza…` keys, 32-hex Azure keys). The rest reads as before.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
+    let mut boundary = true;
     while !rest.is_empty() {
         if rest.starts_with("http://") || rest.starts_with("https://") {
             let end = rest
@@ -206,27 +208,110 @@ pub fn redact(text: &str) -> String {
                 .unwrap_or(rest.len());
             out.push_str("[redacted url]");
             rest = &rest[end..];
-        } else if rest.starts_with("sk-") || rest.starts_with("key=") {
-            let prefix = if rest.starts_with("sk-") { 3 } else { 4 };
-            let tail = &rest[prefix..];
-            let len = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-                .unwrap_or(tail.len());
-            if len >= 6 {
-                out.push_str(&rest[..prefix]);
-                out.push_str("***");
-                rest = &tail[len..];
-            } else {
-                out.push_str(&rest[..prefix]);
-                rest = tail;
-            }
+        } else if let Some((prefix, len)) = prefixed_key(rest) {
+            out.push_str(&rest[..prefix]);
+            out.push_str("***");
+            rest = &rest[prefix + len..];
+        } else if let Some((len, hidden)) = boundary.then(|| secret_word(rest)).flatten() {
+            out.push_str(hidden);
+            rest = &rest[len..];
         } else {
-            let ch = rest.chars().next().map_or(1, char::len_utf8);
-            out.push_str(&rest[..ch]);
-            rest = &rest[ch..];
+            let ch = rest.chars().next().unwrap_or(' ');
+            boundary = !(ch.is_ascii_alphanumeric() || "-_.:".contains(ch));
+            out.push(ch);
+            rest = &rest[ch.len_utf8()..];
+            continue;
         }
+        boundary = true;
     }
     out
+}
+
+/// A key behind a known prefix at the start of `text`: the prefix's length (kept) and
+/// the secret's (hidden). `sk-` and `key=` need 6 key characters after them, Google's
+/// `AIza` 30 (its keys are 39 long).
+fn prefixed_key(text: &str) -> Option<(usize, usize)> {
+    let (prefix, min) = [("sk-", 6), ("key=", 6), ("AIza", 30)]
+        .into_iter()
+        .find(|(p, _)| text.starts_with(p))?;
+    let len = key_run(&text[prefix.len()..]);
+    (len >= min).then_some((prefix.len(), len))
+}
+
+/// The length of the run of key characters (`[A-Za-z0-9_-]`) that starts `text`.
+fn key_run(text: &str) -> usize {
+    text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .unwrap_or(text.len())
+}
+
+/// Top-level domains a bare hostname in an upstream message may end with. A list, not
+/// a pattern: `messages.0.content` or `gpt-4.1` must read as they are.
+const HOST_SUFFIXES: &[&str] = &[
+    "com",
+    "net",
+    "org",
+    "io",
+    "ai",
+    "dev",
+    "app",
+    "cloud",
+    "co",
+    "cn",
+    "uk",
+    "de",
+    "fr",
+    "jp",
+    "eu",
+    "us",
+    "info",
+    "biz",
+    "xyz",
+    "tech",
+    "site",
+    "online",
+    "internal",
+    "local",
+    "localhost",
+    "lan",
+    "corp",
+    "svc",
+];
+
+/// A word starting `text` that is a secret or an address: its length and what stands
+/// in for it. A word is a run of `[A-Za-z0-9._:-]` (and `[` `]` around an IPv6
+/// address); a trailing `.` or `:` is punctuation, not part of it.
+fn secret_word(text: &str) -> Option<(usize, &'static str)> {
+    let end = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.:[]".contains(c)))
+        .unwrap_or(text.len());
+    let word = text[..end].trim_end_matches(['.', ':']);
+    if word.len() == 32 && word.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Some((word.len(), "[redacted key]"));
+    }
+    (is_ip(word) || is_hostname(word)).then_some((word.len(), "[redacted host]"))
+}
+
+/// An IPv4 or IPv6 address, optionally in brackets and with a port.
+fn is_ip(word: &str) -> bool {
+    let host = match word.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None if word.matches(':').count() == 1 => word.split(':').next().unwrap_or(word),
+        None => word,
+    };
+    host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// A dotted host name (optionally with a port) ending in a known top-level domain.
+fn is_hostname(word: &str) -> bool {
+    let host = word.split(':').next().unwrap_or(word);
+    let labels: Vec<&str> = host.split('.').collect();
+    labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && labels
+            .last()
+            .is_some_and(|tld| HOST_SUFFIXES.contains(&tld.to_ascii_lowercase().as_str()))
 }
 
 #[cfg(test)]
@@ -246,6 +331,52 @@ mod tests {
             "temperature must be <= 2"
         );
         assert_eq!(redact("ask-me"), "ask-me");
+    }
+
+    #[test]
+    fn google_and_azure_keys_are_hidden() {
+        let google = "API key AIzaSyD-abcdefghijklmnopqrstuvwxyz0123 not valid";
+        assert_eq!(redact(google), "API key AIza*** not valid");
+        assert_eq!(
+            redact("key=AIzaSyAbcdefghijklmnopqrstuvwxyz_12345"),
+            "key=***"
+        );
+        let azure =
+            "Access denied due to invalid subscription key 0123456789abcdef0123456789ABCDEF.";
+        assert_eq!(
+            redact(azure),
+            "Access denied due to invalid subscription key [redacted key]."
+        );
+        // Shorter or longer hex runs are not keys.
+        assert_eq!(redact("id 0123456789abcdef"), "id 0123456789abcdef");
+    }
+
+    #[test]
+    fn bare_hostnames_and_ip_addresses_are_hidden() {
+        assert_eq!(
+            redact("could not reach myres.openai.azure.com: timeout"),
+            "could not reach [redacted host]: timeout"
+        );
+        assert_eq!(
+            redact("upstream 10.0.0.12:8080 refused"),
+            "upstream [redacted host] refused"
+        );
+        assert_eq!(redact("at 192.168.1.1."), "at [redacted host].");
+        assert_eq!(
+            redact("peer [fd00::1]:443 closed"),
+            "peer [redacted host] closed"
+        );
+        assert_eq!(redact("via gateway.internal"), "via [redacted host]");
+        // Field paths, versions, model names, file names and times are not hosts.
+        for kept in [
+            "messages.0.content: Field required",
+            "use gpt-4.1 or claude-3.5",
+            "upload data.json, e.g. a list",
+            "retry at 12:30:45",
+            "response.output_text.delta",
+        ] {
+            assert_eq!(redact(kept), kept);
+        }
     }
 
     #[test]

@@ -77,6 +77,65 @@ const KEY_OUT_OF_CREDIT: &[&str] = &[
 /// (OpenAI's unsupported region).
 const CHANNEL_FORBIDDEN: &[&str] = &["unsupported_country_region_territory"];
 
+/// Values on a 404 that blame the channel's own configuration, not what the request
+/// named: Azure's deployment (the channel's model mapping) does not exist.
+const CHANNEL_NOT_FOUND: &[&str] = &["DeploymentNotFound"];
+
+/// The status each provider's error `type`, `code` or Google `status` stands for, for
+/// an error that arrives as a stream's first event instead of as a status.
+const IMPLIED_STATUS: &[(&str, u16)] = &[
+    ("invalid_request_error", 400),
+    ("context_length_exceeded", 400),
+    ("INVALID_ARGUMENT", 400),
+    ("FAILED_PRECONDITION", 400),
+    ("OUT_OF_RANGE", 400),
+    ("authentication_error", 401),
+    ("invalid_api_key", 401),
+    ("UNAUTHENTICATED", 401),
+    ("billing_error", 402),
+    ("permission_error", 403),
+    ("PERMISSION_DENIED", 403),
+    ("not_found_error", 404),
+    ("NOT_FOUND", 404),
+    ("request_too_large", 413),
+    ("rate_limit_error", 429),
+    ("rate_limit_exceeded", 429),
+    ("insufficient_quota", 429),
+    ("RESOURCE_EXHAUSTED", 429),
+    ("api_error", 500),
+    ("server_error", 500),
+    ("INTERNAL", 500),
+    ("UNAVAILABLE", 503),
+    ("DEADLINE_EXCEEDED", 504),
+    ("overloaded_error", 529),
+];
+
+/// What a stream's opening error event (`data`) means, as the error status it stands
+/// for: Google's numeric `error.code`, else the status its `code`, `type` or Google
+/// `status` implies, else 502 (an upstream failure nobody named: the channel's).
+pub fn opening_error(data: String) -> Failure {
+    let body = bytes::Bytes::from(data);
+    let fields = ErrorFields::parse(&body);
+    let numeric = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.pointer("/error/code").and_then(Value::as_u64))
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (400..600).contains(c));
+    let named = || {
+        [&fields.code, &fields.kind, &fields.status]
+            .into_iter()
+            .flatten()
+            .find_map(|v| {
+                IMPLIED_STATUS
+                    .iter()
+                    .find(|(name, _)| name == v)
+                    .map(|(_, status)| *status)
+            })
+    };
+    let status = numeric.or_else(named).unwrap_or(502);
+    Failure::Status { status, body }
+}
+
 /// The structured fields of an upstream error body, whichever provider sent it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ErrorFields {
@@ -100,8 +159,16 @@ impl ErrorFields {
         if let Value::Array(items) = &mut v {
             v = items.first().cloned().unwrap_or_default();
         }
-        let Some(err) = v.get("error").filter(|e| e.is_object()) else {
-            return ErrorFields::default();
+        let err = match v.get("error").filter(|e| e.is_object()) {
+            Some(err) => err,
+            // An OpenAI Responses stream's error event carries its fields at the top.
+            None if v.get("type").and_then(Value::as_str) == Some("error") => {
+                return ErrorFields {
+                    code: v.get("code").and_then(Value::as_str).map(str::to_owned),
+                    ..ErrorFields::default()
+                };
+            }
+            None => return ErrorFields::default(),
         };
         let text = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_owned);
         let reasons = err
@@ -184,6 +251,7 @@ pub fn classify_status(status: u16, fields: &ErrorFields) -> Fault {
         401 => Fault::Key(KeyTrouble::Rejected),
         402 => Fault::Key(KeyTrouble::OutOfCredit),
         403 if fields.says_any(CHANNEL_FORBIDDEN) => Fault::Channel,
+        404 if fields.says_any(CHANNEL_NOT_FOUND) => Fault::Channel,
         400 | 403 | 404 | 413 | 422 => Fault::Request,
         _ => Fault::Channel,
     }
@@ -317,6 +385,69 @@ mod tests {
         for s in [400, 404, 413, 422] {
             assert_eq!(classify(&status(s, "{}")), Fault::Request, "{s}");
         }
+    }
+
+    #[test]
+    fn an_azure_deployment_that_does_not_exist_blames_the_channel() {
+        let missing = status(
+            404,
+            r#"{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist."}}"#,
+        );
+        assert_eq!(classify(&missing), Fault::Channel);
+        // A 404 about something the request named still blames the request.
+        let named = status(
+            404,
+            r#"{"error":{"message":"No such file","type":"invalid_request_error","code":null}}"#,
+        );
+        assert_eq!(classify(&named), Fault::Request);
+    }
+
+    fn opening(data: &str) -> (u16, Fault) {
+        let failure = opening_error(data.to_owned());
+        let Failure::Status { status, .. } = &failure else {
+            panic!("not a status: {failure:?}");
+        };
+        (*status, classify(&failure))
+    }
+
+    #[test]
+    fn an_error_that_opens_a_stream_is_judged_by_its_fields_like_a_status() {
+        // The request's own fault: back to the client with the status it stands for.
+        assert_eq!(
+            opening(
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long"}}"#
+            ),
+            (400, Fault::Request)
+        );
+        assert_eq!(
+            opening(r#"{"error":{"code":400,"message":"bad","status":"INVALID_ARGUMENT"}}"#),
+            (400, Fault::Request)
+        );
+        assert_eq!(
+            opening(
+                r#"{"type":"error","code":"context_length_exceeded","message":"too long","param":null}"#
+            ),
+            (400, Fault::Request)
+        );
+        // The key's.
+        assert_eq!(
+            opening(
+                r#"{"error":{"message":"quota","type":"insufficient_quota","code":"insufficient_quota"}}"#
+            ),
+            (429, Fault::Key(KeyTrouble::OutOfCredit))
+        );
+        // The channel's: named overload or server errors, and errors nobody named.
+        assert_eq!(
+            opening(
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            ),
+            (529, Fault::Channel)
+        );
+        assert_eq!(
+            opening(r#"{"error":{"message":"oops","type":"server_error"}}"#),
+            (500, Fault::Channel)
+        );
+        assert_eq!(opening(r#"{"error":"boom"}"#), (502, Fault::Channel));
     }
 
     #[test]

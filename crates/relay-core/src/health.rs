@@ -4,6 +4,7 @@
 //! channels). Whose fault a failure is: [`crate::fault`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,9 +34,25 @@ impl Default for BreakerConfig {
 struct Breaker {
     failures: u32,
     window_start: Option<Instant>,
+    /// Customer keys whose requests failed in this window (at most [`MIN_CALLERS`]).
+    callers: Vec<i64>,
     open_until: Option<Instant>,
-    trial_in_flight: bool,
+    trial: Option<Trial>,
 }
+
+/// The one trial of a cooled-down channel, held by a request until it ends or expires.
+#[derive(Clone, Copy, Debug)]
+struct Trial {
+    /// Which claim holds it, so a late release of an expired claim frees nothing else.
+    id: u64,
+    /// After this the claim counts as lost (its request hung or vanished).
+    expires: Instant,
+}
+
+/// Distinct customer keys whose failures it takes to open a breaker: one customer
+/// alone (slow generations, requests an upstream chokes on) cannot take a channel away
+/// from everyone else.
+pub const MIN_CALLERS: usize = 2;
 
 /// Every channel's breaker, in this process.
 #[derive(Debug, Default)]
@@ -45,6 +62,8 @@ pub struct Breakers {
     map: Mutex<HashMap<i64, Breaker>>,
     /// Keys found dead here, kept out until the catalog no longer has them.
     dead_keys: Mutex<HashMap<i64, Instant>>,
+    /// The id of the next trial claim.
+    next_trial: AtomicU64,
 }
 
 /// How long this process keeps a dead key out on its own, while the catalog reload
@@ -56,18 +75,38 @@ const DEAD_KEY_TTL: Duration = Duration::from_secs(10);
 pub enum Gate {
     /// Closed: use it.
     Open,
-    /// Cooling down: skip it.
+    /// Cooling down, or its trial is under way: skip it.
     Shut,
     /// Cool-down over: one trial request may go.
     Trial,
+}
+
+/// A claimed trial. Dropping it — whatever way the request ends: an early `continue`,
+/// an error, a client that hung up — hands the trial back unless a success or a
+/// failure already decided it.
+#[must_use = "the trial is handed back as soon as the claim is dropped"]
+#[derive(Debug)]
+pub struct TrialClaim<'a> {
+    breakers: &'a Breakers,
+    channel: i64,
+    id: u64,
+}
+
+impl Drop for TrialClaim<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.breakers.lock().get_mut(&self.channel)
+            && b.trial.is_some_and(|t| t.id == self.id)
+        {
+            b.trial = None;
+        }
+    }
 }
 
 impl Breakers {
     pub fn new(config: BreakerConfig) -> Self {
         Breakers {
             config: Mutex::new(config),
-            map: Mutex::new(HashMap::new()),
-            dead_keys: Mutex::new(HashMap::new()),
+            ..Breakers::default()
         }
     }
 
@@ -84,29 +123,41 @@ impl Breakers {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `channel` may be tried now (does not claim the trial).
+    /// Whether `channel` may be tried now (does not claim the trial). A trial whose
+    /// claim has expired counts as lost: the next request may take it.
     pub fn gate(&self, channel: i64) -> Gate {
+        let now = Instant::now();
         let map = self.lock();
-        match map
-            .get(&channel)
-            .and_then(|b| b.open_until.map(|u| (u, b.trial_in_flight)))
-        {
+        let Some(b) = map.get(&channel) else {
+            return Gate::Open;
+        };
+        match b.open_until {
             None => Gate::Open,
-            Some((until, _)) if Instant::now() < until => Gate::Shut,
-            Some((_, true)) => Gate::Shut,
-            Some((_, false)) => Gate::Trial,
+            Some(until) if now < until => Gate::Shut,
+            Some(_) if b.trial.is_some_and(|t| t.expires > now) => Gate::Shut,
+            Some(_) => Gate::Trial,
         }
     }
 
-    /// Claims the one trial of a cooled-down channel; false when another request has it.
-    pub fn claim_trial(&self, channel: i64) -> bool {
+    /// Claims the one trial of a cooled-down channel for at most `lease` (the channel's
+    /// timeout); `None` when another request holds it.
+    pub fn claim_trial(&self, channel: i64, lease: Duration) -> Option<TrialClaim<'_>> {
+        let now = Instant::now();
         let mut map = self.lock();
         let b = map.entry(channel).or_default();
-        if b.trial_in_flight {
-            return false;
+        if b.trial.is_some_and(|t| t.expires > now) {
+            return None;
         }
-        b.trial_in_flight = true;
-        true
+        let id = self.next_trial.fetch_add(1, Ordering::Relaxed);
+        b.trial = Some(Trial {
+            id,
+            expires: now + lease,
+        });
+        Some(TrialClaim {
+            breakers: self,
+            channel,
+            id,
+        })
     }
 
     /// Keeps a dead key out of rotation in this process at once.
@@ -128,28 +179,22 @@ impl Breakers {
         dead.keys().copied().collect()
     }
 
-    /// Records a try that says nothing about the channel's health (the request's own
-    /// fault, a suspect key): a trial it held is handed back for the next request.
-    pub fn neutral(&self, channel: i64) {
-        if let Some(b) = self.lock().get_mut(&channel) {
-            b.trial_in_flight = false;
-        }
-    }
-
     /// Records a success: the breaker closes.
     pub fn success(&self, channel: i64) {
         self.lock().remove(&channel);
     }
 
-    /// Records a failure; returns true when this failure opened the breaker.
-    pub fn failure(&self, channel: i64) -> bool {
+    /// Records a channel fault met by a request of customer key `caller`; returns true
+    /// when this failure opened the breaker. A failed trial opens it again at once;
+    /// otherwise it opens at the configured count within the window, and only when
+    /// at least [`MIN_CALLERS`] distinct keys failed.
+    pub fn failure(&self, channel: i64, caller: i64) -> bool {
         let now = Instant::now();
         let config = self.config();
         let mut map = self.lock();
         let b = map.entry(channel).or_default();
-        if b.trial_in_flight {
+        if b.trial.take().is_some() {
             // The trial failed: cool down again.
-            b.trial_in_flight = false;
             b.open_until = Some(now + config.cooldown);
             return true;
         }
@@ -158,12 +203,20 @@ impl Breakers {
         {
             b.window_start = Some(now);
             b.failures = 0;
+            b.callers.clear();
         }
-        b.failures += 1;
-        if b.failures >= config.failures && b.open_until.is_none_or(|u| u <= now) {
+        b.failures = b.failures.saturating_add(1);
+        if b.callers.len() < MIN_CALLERS && !b.callers.contains(&caller) {
+            b.callers.push(caller);
+        }
+        if b.failures >= config.failures
+            && b.callers.len() >= MIN_CALLERS
+            && b.open_until.is_none_or(|u| u <= now)
+        {
             b.open_until = Some(now + config.cooldown);
             b.failures = 0;
             b.window_start = None;
+            b.callers.clear();
             return true;
         }
         false
@@ -204,39 +257,79 @@ mod tests {
         })
     }
 
+    const LEASE: Duration = Duration::from_secs(60);
+
+    /// Opens channel 1's breaker with failures from keys 10 and 20.
+    fn open(b: &Breakers) {
+        assert!(!b.failure(1, 10));
+        assert!(!b.failure(1, 20));
+        assert!(b.failure(1, 10));
+    }
+
     #[test]
     fn a_breaker_opens_after_n_failures_and_lets_one_trial_through_after_the_cooldown() {
         let b = fast();
-        assert!(!b.failure(1));
-        assert!(!b.failure(1));
+        assert!(!b.failure(1, 10));
+        assert!(!b.failure(1, 20));
         assert_eq!(b.gate(1), Gate::Open);
-        assert!(b.failure(1));
+        assert!(b.failure(1, 10));
         assert_eq!(b.gate(1), Gate::Shut);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.gate(1), Gate::Trial);
-        assert!(b.claim_trial(1));
-        assert!(!b.claim_trial(1));
+        let claim = b.claim_trial(1, LEASE).unwrap();
+        assert!(b.claim_trial(1, LEASE).is_none());
         assert_eq!(b.gate(1), Gate::Shut);
         // The trial fails: shut again for another cool-down.
-        assert!(b.failure(1));
+        assert!(b.failure(1, 10));
+        drop(claim);
         assert_eq!(b.gate(1), Gate::Shut);
         std::thread::sleep(Duration::from_millis(60));
-        assert!(b.claim_trial(1));
+        let claim = b.claim_trial(1, LEASE).unwrap();
         b.success(1);
+        drop(claim);
         assert_eq!(b.gate(1), Gate::Open);
     }
 
     #[test]
-    fn a_trial_that_ends_in_the_requests_own_fault_is_handed_back() {
+    fn failures_from_one_customer_key_alone_never_open_the_breaker() {
         let b = fast();
-        for _ in 0..3 {
-            b.failure(1);
+        for _ in 0..50 {
+            assert!(!b.failure(1, 10));
         }
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(b.claim_trial(1));
+        assert_eq!(b.gate(1), Gate::Open);
+        // A second key's failure completes what the window already counted.
+        assert!(b.failure(1, 20));
         assert_eq!(b.gate(1), Gate::Shut);
-        b.neutral(1);
+    }
+
+    #[test]
+    fn a_dropped_trial_claim_hands_the_trial_back() {
+        let b = fast();
+        open(&b);
+        std::thread::sleep(Duration::from_millis(60));
+        let claim = b.claim_trial(1, LEASE).unwrap();
+        assert_eq!(b.gate(1), Gate::Shut);
+        // The request ended without a verdict (no usable key, its own fault, a client
+        // that hung up): the next request may take the trial.
+        drop(claim);
         assert_eq!(b.gate(1), Gate::Trial);
-        assert!(b.claim_trial(1));
+        assert!(b.claim_trial(1, LEASE).is_some());
+    }
+
+    #[test]
+    fn a_trial_claim_older_than_its_lease_counts_as_lost() {
+        let b = fast();
+        open(&b);
+        std::thread::sleep(Duration::from_millis(60));
+        let stale = b.claim_trial(1, Duration::from_millis(20)).unwrap();
+        assert_eq!(b.gate(1), Gate::Shut);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(b.gate(1), Gate::Trial);
+        let fresh = b.claim_trial(1, LEASE).unwrap();
+        // The lost claim's late release does not free the trial someone else holds.
+        drop(stale);
+        assert_eq!(b.gate(1), Gate::Shut);
+        drop(fresh);
+        assert_eq!(b.gate(1), Gate::Trial);
     }
 }

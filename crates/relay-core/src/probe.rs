@@ -48,6 +48,22 @@ pub async fn confirm_dead(
     }
 }
 
+/// The probe's one-token chat, its limit in the field `model` takes (OpenAI's reasoning
+/// models refuse `max_tokens` with a 400, which would read as the probe's own fault and
+/// never confirm a dead key).
+fn probe_body(model: &str) -> Result<Bytes, crate::RelayError> {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "ping"}],
+    });
+    crate::hold::with_output_limit(
+        Protocol::OpenAiChat,
+        model,
+        &Bytes::from(body.to_string()),
+        1,
+    )
+}
+
 /// [`probe`], keeping the failure for classification.
 async fn probe_failure(
     client: &UpstreamClient,
@@ -55,13 +71,8 @@ async fn probe_failure(
     key: &str,
     model: &str,
 ) -> Result<u64, Failure> {
-    let body = serde_json::json!({
-        "model": model,
-        "messages": [{"role": "user", "content": "ping"}],
-        "max_tokens": 1,
-    });
+    let body = probe_body(model).map_err(|_| Failure::Unconvertible("probe body".into()))?;
     let proto = Protocol::OpenAiChat.for_channel(&channel.kind);
-    let body = Bytes::from(body.to_string());
     let body = if proto == Protocol::OpenAiChat {
         body
     } else {
@@ -93,4 +104,27 @@ async fn probe_failure(
     .await;
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     result.map(|()| ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(model: &str) -> (Option<i64>, Option<i64>) {
+        let body: serde_json::Value = serde_json::from_slice(&probe_body(model).unwrap()).unwrap();
+        (
+            body["max_tokens"].as_i64(),
+            body["max_completion_tokens"].as_i64(),
+        )
+    }
+
+    #[test]
+    fn a_probe_of_a_reasoning_model_limits_its_output_with_max_completion_tokens() {
+        for model in ["gpt-5", "gpt-5-mini", "o1", "o3-mini", "o4-mini"] {
+            assert_eq!(limits(model), (None, Some(1)), "{model}");
+        }
+        for model in ["gpt-4o-mini", "claude-3-5-haiku", "gemini-2.0-flash"] {
+            assert_eq!(limits(model), (Some(1), None), "{model}");
+        }
+    }
 }

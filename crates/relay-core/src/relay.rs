@@ -92,10 +92,19 @@ pub async fn chat(
         }) else {
             break;
         };
-        if deps.breakers.gate(channel.id) == Gate::Trial && !deps.breakers.claim_trial(channel.id) {
-            tried.excluded.push(channel.id);
-            continue;
-        }
+        // Held until this try is judged; dropped on every other way out (no usable
+        // key, the request's own fault, a client that hung up) it hands the trial back.
+        let _trial = match deps.breakers.gate(channel.id) {
+            Gate::Trial => {
+                let lease = Duration::from_secs(channel.timeout_s.max(1));
+                let Some(claim) = deps.breakers.claim_trial(channel.id, lease) else {
+                    tried.excluded.push(channel.id);
+                    continue;
+                };
+                Some(claim)
+            }
+            Gate::Open | Gate::Shut => None,
+        };
         let Some(key) = channel.rotate_key(&tried.dead_keys) else {
             tried.excluded.push(channel.id);
             continue;
@@ -149,11 +158,17 @@ pub async fn chat(
         {
             // An OpenAI-compatible upstream without /v1/responses: serve the request
             // through its chat completions instead.
-            deps.breakers.neutral(channel.id);
             chat_only.push(channel.id);
             continue;
         }
-        match judge(deps, &channel, key, failure, &mut tried) {
+        let stream = req.head.is_stream();
+        match judge(
+            deps,
+            (&channel, key, admitted.caller.key.id),
+            failure,
+            stream,
+            &mut tried,
+        ) {
             Next::Stop(e) => {
                 last = e;
                 break;
@@ -185,28 +200,24 @@ enum Next {
 
 /// Decides what a failed try means, by whose fault it is ([`crate::fault`]): the
 /// request's goes back to the client and blames nothing; a suspect key is skipped and
-/// sent for a confirming test; only a channel fault counts on the channel's breaker.
+/// sent for a confirming test; only a channel fault counts on the channel's breaker,
+/// against the customer key `caller` whose request met it. A whole (non-stream) answer
+/// that timed out is not sent again: the first upstream may still be generating, and
+/// billing for it.
 fn judge(
     deps: &ChatDeps<'_>,
-    channel: &Arc<ChannelEntry>,
-    key: &ChannelSecret,
+    (channel, key, caller): (&Arc<ChannelEntry>, &ChannelSecret, i64),
     failure: Failure,
+    stream: bool,
     tried: &mut Tried,
 ) -> Next {
     match crate::fault::classify(&failure) {
-        Fault::Request => {
-            deps.breakers.neutral(channel.id);
-            Next::Stop(rejection(failure))
-        }
-        Fault::TooLarge => {
-            // The request asked for more than we relay: no other channel will do
-            // better, and this one did nothing wrong.
-            deps.breakers.neutral(channel.id);
-            Next::Stop(RelayError::AnswerTooLarge)
-        }
+        Fault::Request => Next::Stop(rejection(failure)),
+        // The request asked for more than we relay: no other channel will do better,
+        // and this one did nothing wrong.
+        Fault::TooLarge => Next::Stop(RelayError::AnswerTooLarge),
         Fault::Key(trouble) => {
             // The key may be dead, not the channel: its other keys may still serve.
-            deps.breakers.neutral(channel.id);
             deps.health.key_suspected(SuspectKey {
                 channel: Arc::clone(channel),
                 key_id: key.id,
@@ -217,13 +228,14 @@ fn judge(
             Next::Retry(RelayError::Upstream)
         }
         Fault::Channel => {
-            deps.breakers.failure(channel.id);
+            deps.breakers.failure(channel.id, caller);
             deps.health.channel_failed(channel.id, failure.class());
             tried.excluded.push(channel.id);
-            Next::Retry(match failure {
-                Failure::Timeout => RelayError::UpstreamTimeout,
-                _ => RelayError::Upstream,
-            })
+            match failure {
+                Failure::Timeout if !stream => Next::Stop(RelayError::UpstreamTimeout),
+                Failure::Timeout => Next::Retry(RelayError::UpstreamTimeout),
+                _ => Next::Retry(RelayError::Upstream),
+            }
         }
     }
 }
@@ -481,19 +493,18 @@ async fn try_channel(
         }
         let mut first = Vec::with_capacity(events.len());
         for ev in events {
-            if crate::sse::event_data(&ev)
-                .trim_start()
-                .starts_with("{\"error\"")
-                && observer.events == 0
-            {
-                return Err(Failure::Malformed);
+            // An error as the first event is judged by its fields, as its status would
+            // have been: it may be the request's fault, the key's or the channel's.
+            let data = crate::sse::event_data(&ev);
+            if data.trim_start().starts_with("{\"error\"") && observer.events == 0 {
+                return Err(crate::fault::opening_error(data));
             }
             let action = observer.observe(&ev, wants_usage);
             if converting || action != crate::openai::EventAction::Swallow {
                 first.push(ev);
             }
             if observer.upstream_error && !observer.done && first.len() <= 1 {
-                return Err(Failure::Malformed);
+                return Err(crate::fault::opening_error(data));
             }
         }
         return Ok(Success::Stream(Box::new(Opened {

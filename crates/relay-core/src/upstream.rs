@@ -16,7 +16,8 @@ pub enum Failure {
     Connect,
     /// No answer (or no next byte) within the channel's timeout.
     Timeout,
-    /// The upstream answered with an error status.
+    /// The upstream answered with an error status, or opened a stream with an error
+    /// event (then `status` is what its fields stand for: [`crate::fault::opening_error`]).
     Status { status: u16, body: Bytes },
     /// A success status with a body that is not what the protocol promises.
     Malformed,
@@ -114,6 +115,9 @@ impl UpstreamClient {
         let timeout = Duration::from_secs(channel.timeout_s.max(1));
         match tokio::time::timeout(timeout, req.send()).await {
             Err(_) => Err(Failure::Timeout),
+            // Not connected within the connect timeout: the request never left, so
+            // another channel may take it.
+            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
             Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
             Ok(Err(_)) => Err(Failure::Connect),
             Ok(Ok(resp)) => Ok(resp),

@@ -71,8 +71,8 @@ pub struct UserEntry {
     pub used: i64,
 }
 
-/// An upstream channel with its decrypted keys.
-#[derive(Debug)]
+/// An upstream channel with its decrypted keys. Its `Debug` shows no key and no
+/// header value (custom headers often carry credentials).
 pub struct ChannelEntry {
     pub id: i64,
     pub name: String,
@@ -111,11 +111,52 @@ impl ChannelEntry {
     }
 }
 
-/// One usable upstream key of a channel.
-#[derive(Debug)]
+/// One usable upstream key of a channel. Its `Debug` shows the id only.
 pub struct ChannelSecret {
     pub id: i64,
     pub secret: String,
+}
+
+impl std::fmt::Debug for ChannelSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSecret")
+            .field("id", &self.id)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ChannelEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ChannelEntry")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &without_credentials(&self.base_url))
+            .field("models", &self.models)
+            .field("model_mapping", &self.model_mapping)
+            .field("groups", &self.groups)
+            .field("priority", &self.priority)
+            .field("weight", &self.weight)
+            .field("header_names", &header_names)
+            .field("timeout_s", &self.timeout_s)
+            .field("status", &self.status)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A base URL without what may carry a secret: user info and the query string.
+fn without_credentials(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or(url);
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{rest}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 impl Catalog {
@@ -260,5 +301,42 @@ mod tests {
         assert_eq!(nets.len(), 3);
         assert!(nets[1].contains(&"127.0.0.1".parse::<IpAddr>().unwrap()));
         assert!(parse_ip_list(&["localhost".into()]).is_err());
+    }
+
+    #[test]
+    fn debug_output_of_a_channel_shows_no_key_header_value_or_url_credentials() {
+        let channel = ChannelEntry {
+            id: 7,
+            name: "main".into(),
+            kind: "openai".into(),
+            base_url: "https://user:pa55word@api.example.com/v1?key=AIzaSecretInQuery".into(),
+            models: vec!["gpt-4o-mini".into()],
+            model_mapping: HashMap::new(),
+            groups: vec!["default".into()],
+            priority: 0,
+            weight: 1,
+            headers: vec![("X-Upstream-Token".into(), "hdr-secret-value".into())],
+            timeout_s: 60,
+            status: "enabled".into(),
+            keys: vec![ChannelSecret {
+                id: 3,
+                secret: "sk-live-supersecret".into(),
+            }],
+            next_key: AtomicUsize::new(0),
+        };
+        let shown = format!("{channel:?} {:#?}", channel.keys[0]);
+        for secret in [
+            "sk-live-supersecret",
+            "hdr-secret-value",
+            "pa55word",
+            "AIzaSecretInQuery",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("X-Upstream-Token") && shown.contains("id: 3"),
+            "{shown}"
+        );
+        assert!(shown.contains("https://api.example.com/v1"), "{shown}");
     }
 }
