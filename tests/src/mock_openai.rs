@@ -620,7 +620,7 @@ fn form(req: &HttpRequest, body: &[u8]) -> Result<Value, Box<HttpResponse>> {
             "invalid_form",
         )
     };
-    let boundary = multipart::boundary(ct).ok_or_else(bad)?;
+    let boundary = multipart::boundary(ct).map_err(|_| bad())?;
     let fields = multipart::fields(body, &boundary).map_err(|_| bad())?;
     let mut out = json!({"files": []});
     for f in &fields {

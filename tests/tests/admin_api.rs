@@ -535,3 +535,29 @@ async fn a_change_through_the_api_on_a_cookie_alone_needs_the_sessions_csrf_head
     assert_eq!(s, 200);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_current_passwords_on_a_password_change_are_limited_like_logins() {
+    let app = spawn_app().await;
+    app.create_user("fay", "customer").await;
+    let token = app.login("fay", "password-123").await;
+    let change = |current: &'static str| {
+        let (app, token) = (&app, &token);
+        async move {
+            let body = json!({"current_password": current, "password": "a-new-password-9"});
+            let (s, v) = app.api("PATCH", "/api/me", token, Some(body)).await;
+            (s.as_u16(), v)
+        }
+    };
+    for _ in 0..10 {
+        let (s, v) = change("a-wrong-guess").await;
+        assert_eq!(s, 401, "{v}");
+    }
+    // The guessing stops, even for the right password, and nothing changed.
+    let (s, v) = change("password-123").await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+    let (s, _) = app.api("GET", "/api/me", &token, None).await;
+    assert_eq!(s, 200);
+    app.stop().await;
+}

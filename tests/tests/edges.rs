@@ -349,3 +349,65 @@ async fn count_tokens_endpoints_obey_the_keys_rpm() {
     assert_eq!(s.app.balance(s.customer_id).await, 1_000_000);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_unlocks_a_username_locked_from_every_new_address() {
+    let app = behind_trusted_proxy().await;
+    for i in 0..20 {
+        let xff = format!("10.5.{i}.1");
+        assert_eq!(
+            login_status(&app, "root", "wrong-password", Some(&xff)).await,
+            401
+        );
+    }
+    let fresh = Some("10.6.0.1");
+    assert_eq!(login_status(&app, "root", ROOT_PASSWORD, fresh).await, 429);
+
+    // What `gateway login unlock root` runs, with the gateway's own configuration.
+    let outcome = gateway::cli::login_unlock(&app.config, "root")
+        .await
+        .unwrap();
+
+    if app.config.redis_url.is_some() {
+        assert_eq!(outcome, gateway::cli::Unlock::Cleared);
+        assert_eq!(login_status(&app, "root", ROOT_PASSWORD, fresh).await, 200);
+    } else {
+        // The counters live in the gateway's process: only a restart clears them.
+        assert_eq!(outcome, gateway::cli::Unlock::InProcess);
+        assert_eq!(login_status(&app, "root", ROOT_PASSWORD, fresh).await, 429);
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_for_with_a_non_ascii_byte_still_names_the_client_behind_the_proxy() {
+    let app = behind_trusted_proxy().await;
+    let mock = MockOpenAi::start().await;
+    app.add_channel("mock", &mock.base_url, &["gpt-4o-mini"], json!({}))
+        .await;
+    app.set_price("gpt-4o-mini", INPUT_PRICE, OUTPUT_PRICE)
+        .await;
+    let (_, _) = app.customer_with_key("erin", 1.0).await;
+    let token = app.login("erin", "password-123").await;
+    let (_, local) = app
+        .create_key(&token, json!({"name": "local", "allow_ips": ["127.0.0.1"]}))
+        .await;
+    // A spoofed left-most hop with a byte that is not ASCII: the rest still counts.
+    let xff = reqwest::header::HeaderValue::from_bytes(b"\xff203.0.113.9, 10.1.2.3").unwrap();
+    let resp = app
+        .http
+        .post(format!("{}/v1/chat/completions", app.address))
+        .bearer_auth(&local)
+        .header("x-forwarded-for", xff)
+        .json(&Scenario::body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = status_and_code(resp).await;
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "ip_not_allowed");
+    assert!(mock.received().is_empty());
+    app.verify_ledger().await;
+    mock.stop().await;
+    app.stop().await;
+}

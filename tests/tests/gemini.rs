@@ -963,3 +963,41 @@ async fn the_official_google_genai_python_sdk_works_through_the_gateway_and_is_c
     assert_eq!(ledger.len() as i64, 1 + SDK_CHARGED_CALLS, "{ledger:?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_names_its_limits_or_model_ambiguously_is_refused_and_costs_nothing() {
+    let s = Gemini::start().await;
+    let contents = json!([{"role": "user", "parts": [{"text": "Say hello"}]}]);
+    let bodies = [
+        // The output limit under another case than the two spellings Google reads.
+        json!({"contents": contents, "GenerationConfig": {"maxOutputTokens": 100000}}),
+        json!({"contents": contents,
+               "generationConfig": {"maxOutputTokens": 64, "MaxOutputTokens": 100000}}),
+        json!({"contents": contents,
+               "generation_config": {"candidate_count": 1, "Candidate_Count": 8}}),
+        // A model in the body other than the one in the path (and priced).
+        json!({"contents": contents, "model": "models/gemini-thinking"}),
+        // OpenRouter's fallbacks.
+        json!({"contents": contents, "models": ["gemini-thinking"]}),
+    ];
+    for body in &bodies {
+        for method in [Method::Generate, Method::Stream] {
+            let resp = s.call(Auth::GoogApiKey(&s.key), MODEL, method, body).await;
+            let (status, google_status, message) = google_error(resp).await;
+            assert_eq!(status, 400, "{body}: {google_status}: {message}");
+            assert_eq!(google_status, "INVALID_ARGUMENT", "{body}: {message}");
+        }
+    }
+    assert!(s.mock.received().is_empty(), "{:?}", s.mock.received());
+    s.assert_charged_nothing().await;
+
+    // The path's own model in the body is no ambiguity.
+    let same = json!({"contents": contents, "model": format!("models/{MODEL}")});
+    let resp = s
+        .call(Auth::GoogApiKey(&s.key), MODEL, Method::Generate, &same)
+        .await;
+    assert_eq!(resp.status(), 200);
+    let gen_id = generation_id(&resp);
+    s.assert_charged_once(&gen_id, NORMAL_COST).await;
+    s.stop().await;
+}

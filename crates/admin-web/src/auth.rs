@@ -96,21 +96,42 @@ impl AuthUser {
     }
 }
 
+/// How many argon2 hashes or verifications may run at once, process-wide. Each takes
+/// about 19 MiB and a core for tens of milliseconds; without a bound, parallel logins
+/// would fill the blocking pool (up to 512 threads) and exhaust CPU and memory.
+const ARGON2_PARALLEL: usize = 2;
+
+/// The permits of [`ARGON2_PARALLEL`]; callers beyond it wait their turn.
+static ARGON2_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(ARGON2_PARALLEL);
+
+/// Runs an argon2 `job` on a blocking thread once a permit is free. The permit goes
+/// with the job, so a caller that gives up does not free it before the job ends.
+async fn argon2_job<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = ARGON2_PERMITS.acquire().await.map_err(ApiError::internal)?;
+    web::block(move || {
+        let _permit = permit;
+        job()
+    })
+    .await
+    .map_err(ApiError::internal)
+}
+
 /// Hashes a password with argon2id on a blocking thread.
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    web::block(move || {
+    argon2_job(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
             .map(|h| h.to_string())
             .map_err(ApiError::internal)
     })
-    .await
-    .map_err(ApiError::internal)?
+    .await?
 }
 
 /// Verifies a password against its stored hash on a blocking thread.
 pub async fn verify_password(password: String, hash: String) -> bool {
-    web::block(move || {
+    argon2_job(move || {
         PasswordHash::new(&hash).ok().is_some_and(|parsed| {
             Argon2::default()
                 .verify_password(password.as_bytes(), &parsed)
@@ -284,17 +305,22 @@ pub struct PatchMe {
     pub current_password: String,
 }
 
-/// Changes one's own password, proving the current one.
+/// Changes one's own password, proving the current one. Wrong current passwords count
+/// against the login limit (per `client` IP and per username), so a stolen session is
+/// no unlimited guessing oracle.
 pub async fn change_password(
     state: &AdminState,
     who: &AuthUser,
+    client: Option<IpAddr>,
     current_password: String,
     password: Option<String>,
 ) -> Result<user::Model, ApiError> {
     let u = current_user(state, who).await?;
+    let attempt = login_limit::admit(&state.shared, client, &u.username).await?;
     if !verify_password(current_password, u.password_hash.clone()).await {
         return Err(ApiError::InvalidCredentials);
     }
+    attempt.succeeded().await?;
     let mut active: user::ActiveModel = u.into();
     if let Some(p) = password {
         check_password_rules(&p)?;
@@ -315,7 +341,8 @@ pub async fn patch_me(
     body: web::Json<PatchMe>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let u = change_password(&state, &who, body.current_password, body.password).await?;
+    let client = state.trusted_proxies.client_ip(&req);
+    let u = change_password(&state, &who, client, body.current_password, body.password).await?;
     let cookie = session_cookie(&state, &req, new_session(&state, &u)?);
     Ok(HttpResponse::Ok().cookie(cookie).json(user_json(&u)))
 }
@@ -403,5 +430,25 @@ impl FromRequest for AuthUser {
             }
             authorize_token(&state, &token).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn argon2_work_waits_while_every_permit_is_taken() {
+        let taken = ARGON2_PERMITS
+            .acquire_many(ARGON2_PARALLEL as u32)
+            .await
+            .unwrap();
+        let hash = hash_password("password-123".to_owned());
+        tokio::pin!(hash);
+        let waited = tokio::time::timeout(Duration::from_millis(300), &mut hash).await;
+        assert!(waited.is_err(), "argon2 ran without a permit");
+        drop(taken);
+        let hash = hash.await.unwrap();
+        assert!(verify_password("password-123".to_owned(), hash).await);
     }
 }

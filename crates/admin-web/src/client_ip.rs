@@ -24,25 +24,26 @@ impl TrustedProxies {
     }
 
     /// The client IP of `req`: the peer, unless the peer is a trusted proxy; then the
-    /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+    /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. The
+    /// header's raw bytes are split on `,`, so a byte that is not ASCII spoils only
+    /// its own hop.
     pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
         let peer = req.peer_addr()?.ip().to_canonical();
         let forwarded = req
             .headers()
             .get_all("x-forwarded-for")
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','));
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','));
         Some(self.resolve(peer, forwarded))
     }
 
     /// The client behind `peer`, walking the `forwarded` hops (oldest first) from the
     /// right while they are trusted proxies. An entry that does not parse ends the walk
     /// at the last address known good: nothing left of it can be believed.
-    fn resolve<'a>(&self, peer: IpAddr, forwarded: impl Iterator<Item = &'a str>) -> IpAddr {
+    fn resolve<'a>(&self, peer: IpAddr, forwarded: impl Iterator<Item = &'a [u8]>) -> IpAddr {
         if !self.trusts(peer) {
             return peer;
         }
-        let hops: Vec<&str> = forwarded.collect();
+        let hops: Vec<&[u8]> = forwarded.collect();
         let mut client = peer;
         for hop in hops.iter().rev() {
             let Some(ip) = parse_hop(hop) else {
@@ -58,9 +59,9 @@ impl TrustedProxies {
 }
 
 /// One `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5`,
-/// `[::1]:5`).
-fn parse_hop(hop: &str) -> Option<IpAddr> {
-    let hop = hop.trim();
+/// `[::1]:5`). Bytes that are not ASCII make it unparsable.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?.trim();
     hop.parse::<IpAddr>()
         .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()))
         .ok()
@@ -85,7 +86,27 @@ mod tests {
         } else {
             trusted(nets)
         };
-        t.resolve(ip(peer), xff.split(',').filter(|h| !h.trim().is_empty()))
+        resolve_bytes(&t, peer, xff.as_bytes())
+    }
+
+    fn resolve_bytes(t: &TrustedProxies, peer: &str, xff: &[u8]) -> IpAddr {
+        let hops = xff.split(|b| *b == b',');
+        t.resolve(ip(peer), hops.filter(|h| !h.trim_ascii().is_empty()))
+    }
+
+    #[test]
+    fn a_hop_with_a_byte_that_is_not_ascii_ends_the_walk_there() {
+        let t = trusted("127.0.0.1/32, 172.16.0.0/12");
+        let resolve = |xff: &[u8]| resolve_bytes(&t, "127.0.0.1", xff);
+        // The spoiled hop is left of the client: the client is still found.
+        assert_eq!(resolve(b"\xff1.2.3.4, 10.1.2.3"), ip("10.1.2.3"));
+        assert_eq!(resolve(b"1.2.3.4, 10.1.2.3, 172.16.0.5"), ip("10.1.2.3"));
+        // The spoiled hop is where the client should be: the last proxy known.
+        assert_eq!(
+            resolve(b"10.1.2.3, 10.\xc3\xa9.0.1, 172.16.0.5"),
+            ip("172.16.0.5")
+        );
+        assert_eq!(resolve(b"\xff"), ip("127.0.0.1"));
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! counts back. The username's limit stops guesses spread over many addresses; a
 //! client IP that logged in as that user before is exempt from it (its own IP limit
 //! still holds), so guesses from elsewhere cannot lock the user out of its usual places.
+//! An IPv6 client is counted by its /64, so one host cannot spread its guesses over
+//! the addresses of its own network. When a username is locked out of everywhere (a
+//! fresh install knows no address), the operator clears its count with
+//! `gateway login unlock <username>` ([`unlock`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -46,7 +50,7 @@ pub async fn admit<'a>(
     let user = user_tag(username);
     let attempt = Attempt {
         shared,
-        by_ip: format!("login:ip:{ip}"),
+        by_ip: format!("login:ip:{}", ip_bucket(client)),
         by_user: format!("login:user:{user}"),
         known: format!("login:known:{user}:{ip}"),
     };
@@ -61,6 +65,28 @@ pub async fn admit<'a>(
         return Err(ApiError::RateLimited);
     }
     Ok(attempt)
+}
+
+/// Clears the username's failure count, so it can log in from anywhere again (the
+/// operator's `gateway login unlock`). Counts per client IP are left as they are.
+pub async fn unlock(shared: &Shared, username: &str) -> Result<(), ApiError> {
+    shared
+        .reset(&format!("login:user:{}", user_tag(username)))
+        .await?;
+    Ok(())
+}
+
+/// The per-IP counter's bucket: an IPv4 address, or the /64 network of an IPv6 one (a
+/// single host usually holds a whole /64, so its addresses are one client).
+fn ip_bucket(client: Option<IpAddr>) -> String {
+    match client.map(|ip| ip.to_canonical()) {
+        None => "unknown".to_owned(),
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => {
+            let prefix = u128::from(v6) & !(u128::from(u64::MAX));
+            format!("{}/64", std::net::Ipv6Addr::from(prefix))
+        }
+    }
 }
 
 impl Attempt<'_> {
@@ -106,6 +132,36 @@ mod tests {
                 .unwrap(),
             MAX_FAILED_PER_IP
         );
+    }
+
+    #[tokio::test]
+    async fn the_addresses_of_one_ipv6_64_share_one_count() {
+        let shared = Shared::memory();
+        for i in 0..MAX_FAILED_PER_IP {
+            let addr = format!("2001:db8:1:2:{i:x}::1");
+            let _ = admit(&shared, ip(&addr), "root").await.unwrap();
+        }
+        assert!(
+            admit(&shared, ip("2001:db8:1:2:ffff:1:2:3"), "root")
+                .await
+                .is_err()
+        );
+        // The next /64, and IPv4 addresses, count on their own.
+        assert!(admit(&shared, ip("2001:db8:1:3::1"), "root").await.is_ok());
+        assert!(admit(&shared, ip("10.0.0.2"), "root").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unlock_clears_the_usernames_count_only() {
+        let shared = Shared::memory();
+        for i in 0..MAX_FAILED_PER_USER {
+            let _ = admit(&shared, ip(&format!("10.9.0.{i}")), "root")
+                .await
+                .unwrap();
+        }
+        assert!(admit(&shared, ip("10.9.1.1"), "root").await.is_err());
+        unlock(&shared, " Root").await.unwrap();
+        assert!(admit(&shared, ip("10.9.1.2"), "root").await.is_ok());
     }
 
     #[tokio::test]

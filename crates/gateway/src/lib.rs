@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod channel_health;
+pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod generation;

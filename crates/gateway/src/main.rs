@@ -1,5 +1,5 @@
 //! `gateway`: start Tollgate with the configuration from the environment, or run an
-//! operator command (`gateway ledger verify`).
+//! operator command (`gateway ledger verify`, `gateway login unlock <username>`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -9,7 +9,10 @@ use gateway::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: gateway                 start the gateway (configured by environment)
-       gateway ledger verify   check balance = sum of ledger for every user (exit 1 on a difference)";
+       gateway ledger verify   check balance = sum of ledger for every user (exit 1 on a difference)
+       gateway login unlock <username>
+                               clear the username's login failures in Redis (exit 1 without REDIS_URL:
+                               the counters are in the gateway's process, and a restart clears them)";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -32,6 +35,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ["ledger", "verify"] => ledger_verify(&config).await,
+        ["login", "unlock", username] => login_unlock(&config, username).await,
         ["-h" | "--help" | "help"] => {
             writeln!(std::io::stdout(), "{USAGE}")?;
             Ok(ExitCode::SUCCESS)
@@ -60,5 +64,16 @@ async fn ledger_verify(config: &Config) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Clears a username's login failures; exit code 1 when they live in a gateway process
+/// this command cannot reach.
+async fn login_unlock(config: &Config, username: &str) -> anyhow::Result<ExitCode> {
+    let outcome = gateway::cli::login_unlock(config, username).await?;
+    writeln!(std::io::stdout(), "{}", outcome.message(username))?;
+    Ok(match outcome {
+        gateway::cli::Unlock::Cleared => ExitCode::SUCCESS,
+        gateway::cli::Unlock::InProcess => ExitCode::FAILURE,
     })
 }

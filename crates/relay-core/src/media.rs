@@ -308,8 +308,7 @@ pub fn form_with_model(
     if model == upstream_model {
         return Ok(raw.clone());
     }
-    let boundary = multipart::boundary(content_type)
-        .ok_or_else(|| RelayError::InvalidRequest("expected multipart/form-data".into()))?;
+    let boundary = multipart::boundary(content_type)?;
     let fields = multipart::fields(raw, &boundary)?;
     Ok(multipart::replace_text(
         raw,

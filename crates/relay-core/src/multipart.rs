@@ -34,19 +34,25 @@ impl Field {
     }
 }
 
-/// The boundary of a `multipart/form-data` content type.
-pub fn boundary(content_type: &str) -> Option<String> {
-    let (kind, params) = content_type.split_once(';')?;
-    if !kind.trim().eq_ignore_ascii_case("multipart/form-data") {
-        return None;
+/// The boundary of a `multipart/form-data` content type. A content type that is not
+/// `multipart/form-data`, or whose parameters an upstream could read otherwise (two
+/// `boundary` parameters: Python takes the last, we took the first), is refused.
+pub fn boundary(content_type: &str) -> Result<String, RelayError> {
+    let (kind, params) = header_value(content_type).map_err(bad_content_type)?;
+    if kind != "multipart/form-data" {
+        return Err(RelayError::InvalidRequest(
+            "this endpoint takes multipart/form-data".into(),
+        ));
     }
-    params.split(';').find_map(|p| {
-        let (k, v) = p.trim().split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case("boundary")
-            .then(|| v.trim().trim_matches('"').to_owned())
-            .filter(|b| !b.is_empty() && b.len() <= 200)
-    })
+    params
+        .into_iter()
+        .find_map(|(k, v)| (k == "boundary").then_some(v))
+        .filter(|b| !b.is_empty() && b.len() <= 200)
+        .ok_or_else(|| bad_content_type("no usable boundary"))
+}
+
+fn bad_content_type(message: &str) -> RelayError {
+    RelayError::InvalidRequest(format!("malformed multipart content type: {message}"))
 }
 
 fn bad(message: &str) -> RelayError {
@@ -72,7 +78,7 @@ pub fn fields(body: &[u8], boundary: &str) -> Result<Vec<Field>, RelayError> {
         let head_len =
             memmem::find(rest, b"\r\n\r\n").ok_or_else(|| bad("a part has no headers"))?;
         let head = std::str::from_utf8(&rest[..head_len]).map_err(|_| bad("part headers"))?;
-        let (name, filename) = disposition(head).ok_or_else(|| bad("a part has no name"))?;
+        let (name, filename) = disposition(head).map_err(bad)?;
         let start = at + head_len + 4;
         let content = body.get(start..).ok_or_else(|| bad("truncated"))?;
         let len = memmem::find(content, next_part.as_bytes())
@@ -90,27 +96,125 @@ pub fn fields(body: &[u8], boundary: &str) -> Result<Vec<Field>, RelayError> {
     }
 }
 
-/// `name` and `filename` from the part's `Content-Disposition: form-data; …` header.
-fn disposition(head: &str) -> Option<(String, Option<String>)> {
-    let line = head.lines().find(|l| {
-        l.split(':')
-            .next()
-            .is_some_and(|h| h.trim().eq_ignore_ascii_case("content-disposition"))
-    })?;
-    let params = line.split_once(':')?.1;
-    let mut name = None;
-    let mut filename = None;
-    for p in params.split(';') {
-        if let Some((k, v)) = p.trim().split_once('=') {
-            let v = v.trim().trim_matches('"').to_owned();
-            match k.trim().to_ascii_lowercase().as_str() {
-                "name" => name = Some(v),
-                "filename" => filename = Some(v),
-                _ => {}
-            }
+/// `name` and `filename` from the part's one `Content-Disposition: form-data; …`
+/// header. Anything Go's or Python's form parsers could read otherwise is refused: a
+/// folded or malformed header line, two dispositions, another disposition type, and
+/// the parameters [`header_value`] refuses.
+fn disposition(head: &str) -> Result<(String, Option<String>), &'static str> {
+    let mut found = None;
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) || line.contains(['\r', '\n']) {
+            return Err("a folded part header");
+        }
+        let (header, value) = line
+            .split_once(':')
+            .ok_or("a part header without a colon")?;
+        if header.trim() != header {
+            return Err("a part header name with spaces");
+        }
+        if header.eq_ignore_ascii_case("content-disposition") && found.replace(value).is_some() {
+            return Err("a part with two Content-Disposition headers");
         }
     }
-    Some((name?, filename))
+    let (kind, params) = header_value(found.ok_or("a part has no Content-Disposition")?)?;
+    if kind != "form-data" {
+        return Err("a part that is not form-data");
+    }
+    let mut name = None;
+    let mut filename = None;
+    for (key, value) in params {
+        match key.as_str() {
+            "name" => name = Some(value),
+            "filename" => filename = Some(value),
+            _ => {}
+        }
+    }
+    Ok((name.ok_or("a part has no name")?, filename))
+}
+
+/// A header value's parameters: (key in lower case, value unquoted), in order.
+type Params = Vec<(String, String)>;
+
+/// A header value's type (lower case) and its parameters (keys in lower case, values
+/// unquoted), parsed as Go's `mime.ParseMediaType` does: `;` inside a quoted string is
+/// text, and a trailing `;` is allowed. Refused, because parsers disagree on them:
+/// RFC 2231 parameters (`name*`, `name*0`), a parameter given twice, escapes other than
+/// `\"` and `\\`, and anything that is not a token or a quoted string.
+fn header_value(value: &str) -> Result<(String, Params), &'static str> {
+    let (kind, mut rest) = value.split_once(';').unwrap_or((value, ""));
+    let kind = kind.trim().to_ascii_lowercase();
+    if kind.is_empty() {
+        return Err("no type before the parameters");
+    }
+    let mut params: Params = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return Ok((kind, params));
+        }
+        let (key, value, after) = parameter(rest)?;
+        if key.contains('*') {
+            return Err("RFC 2231 parameters (name*) are not accepted");
+        }
+        if params.iter().any(|(k, _)| *k == key) {
+            return Err("a parameter is given twice");
+        }
+        params.push((key, value));
+        rest = after.trim_start();
+        match rest.strip_prefix(';') {
+            Some(next) => rest = next,
+            None if rest.is_empty() => return Ok((kind, params)),
+            None => return Err("text after a parameter's value"),
+        }
+    }
+}
+
+/// One `key = value` at the start of `s`: the key in lower case, the value unquoted,
+/// and what follows the value.
+fn parameter(s: &str) -> Result<(String, String, &str), &'static str> {
+    let key_len = s.find(|c| !is_token(c)).unwrap_or(s.len());
+    let (key, rest) = s.split_at(key_len);
+    if key.is_empty() {
+        return Err("a parameter without a name");
+    }
+    let rest = rest
+        .trim_start()
+        .strip_prefix('=')
+        .ok_or("a parameter without a value")?
+        .trim_start();
+    let (value, after) = match rest.strip_prefix('"') {
+        Some(quoted) => quoted_string(quoted)?,
+        None => {
+            let len = rest.find(|c| !is_token(c)).unwrap_or(rest.len());
+            if len == 0 {
+                return Err("a parameter with an empty value");
+            }
+            (rest[..len].to_owned(), &rest[len..])
+        }
+    };
+    Ok((key.to_ascii_lowercase(), value, after))
+}
+
+/// The text of a quoted string whose opening quote is gone, and what follows it.
+fn quoted_string(s: &str) -> Result<(String, &str), &'static str> {
+    let mut out = String::new();
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok((out, &s[i + 1..])),
+            '\\' => match chars.next() {
+                Some((_, e @ ('"' | '\\'))) => out.push(e),
+                _ => return Err("a quoted string with an escape parsers read differently"),
+            },
+            c => out.push(c),
+        }
+    }
+    Err("a quoted string without its closing quote")
+}
+
+/// Whether `c` may stand in a token (RFC 9110: visible ASCII but the separators).
+fn is_token(c: char) -> bool {
+    c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c)
 }
 
 /// The text of the first field called `name`.
@@ -145,10 +249,9 @@ mod tests {
     #[test]
     fn text_fields_and_file_parts_are_found_and_the_model_can_be_swapped() {
         assert_eq!(
-            boundary("multipart/form-data; boundary=XyZ").as_deref(),
-            Some("XyZ")
+            boundary("multipart/form-data; boundary=XyZ").unwrap(),
+            "XyZ"
         );
-        assert!(boundary("application/json").is_none());
         let body = Bytes::from_static(BODY.as_bytes());
         let f = fields(&body, "XyZ").unwrap();
         assert_eq!(f.len(), 2);
@@ -159,6 +262,71 @@ mod tests {
         let f2 = fields(&swapped, "XyZ").unwrap();
         assert_eq!(text_field(&swapped, &f2, "model"), Some("whisper-large"));
         assert_eq!(&swapped[f2[1].start..f2[1].end], b"ID3\x00\x01");
+    }
+
+    /// The parts of a one-part form whose `Content-Disposition` value is `disposition`.
+    fn parts_of(disposition: &str) -> Result<Vec<Field>, RelayError> {
+        let body = format!("--B\r\nContent-Disposition: {disposition}\r\n\r\nv\r\n--B--\r\n");
+        fields(body.as_bytes(), "B")
+    }
+
+    #[test]
+    fn quoted_names_are_read_as_go_and_python_read_them() {
+        let name = |d: &str| parts_of(d).unwrap()[0].name.clone();
+        assert_eq!(name(r#"form-data; name="q;name=model""#), "q;name=model");
+        assert_eq!(name(r#"form-data; name="a\"b\\c""#), "a\"b\\c");
+        assert_eq!(name("form-data; name=model"), "model");
+        assert_eq!(name(r#"Form-Data ; NAME = "model" ;"#), "model");
+        let f = &parts_of(r#"form-data; filename="x;y.png"; name="image""#).unwrap()[0];
+        assert_eq!(
+            (f.name.as_str(), f.filename.as_deref()),
+            ("image", Some("x;y.png"))
+        );
+    }
+
+    #[test]
+    fn dispositions_an_upstream_could_read_otherwise_are_refused() {
+        for d in [
+            "form-data; name*=UTF-8''model",
+            "form-data; name=\"x\"; name*=UTF-8''model",
+            "form-data; name*0=mo; name*1=del",
+            "form-data; name=\"x\"; filename*=UTF-8''a.png",
+            r#"form-data; name="prompt"; name="model""#,
+            r#"form-data; name="model"; NAME="n""#,
+            r#"attachment; name="model""#,
+            r#"name="model""#,
+            r#"form-data; name="model"#,
+            r#"form-data; name="model"x"#,
+            "form-data; name",
+        ] {
+            assert!(parts_of(d).is_err(), "{d}");
+        }
+        // A part with two dispositions, or a folded header line.
+        let two = "--B\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nv\r\n--B--\r\n";
+        assert!(fields(two.as_bytes(), "B").is_err());
+        let folded =
+            "--B\r\nContent-Disposition: form-data;\r\n name=\"model\"\r\n\r\nv\r\n--B--\r\n";
+        assert!(fields(folded.as_bytes(), "B").is_err());
+    }
+
+    #[test]
+    fn a_content_type_with_two_boundaries_or_a_bad_parameter_is_refused() {
+        assert_eq!(
+            boundary(r#"multipart/form-data; charset=utf-8; boundary="a;b""#).unwrap(),
+            "a;b"
+        );
+        for ct in [
+            "multipart/form-data; boundary=A; boundary=B",
+            "multipart/form-data; boundary=A; Boundary=\"B\"",
+            "multipart/form-data; boundary*=UTF-8''A",
+            "multipart/form-data; boundary=\"A",
+            "multipart/form-data",
+            "multipart/form-data; boundary=",
+            "multipart/mixed; boundary=A",
+            "application/json",
+        ] {
+            assert!(boundary(ct).is_err(), "{ct}");
+        }
     }
 
     #[test]

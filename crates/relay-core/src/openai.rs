@@ -33,6 +33,10 @@ pub struct ChatHead {
     /// Legacy completions: generated `best_of` times, billed for all.
     #[serde(default)]
     pub best_of: Option<i64>,
+    /// The Responses API's `background`: refused, since a queued answer carries no
+    /// usage and the relay does not serve background retrieval.
+    #[serde(default)]
+    background: Option<Value>,
     /// The protocol the body was read as (which output-limit fields it has).
     #[serde(skip)]
     proto: Protocol,
@@ -86,7 +90,24 @@ impl ChatHead {
         }
         head.proto = proto;
         head.check_choices()?;
+        head.check_background()?;
         Ok(head)
+    }
+
+    /// A Responses request run in the background is refused: the upstream answers
+    /// `queued` without usage and runs the whole job, which the relay could not charge.
+    fn check_background(&self) -> Result<(), RelayError> {
+        let background = self
+            .background
+            .as_ref()
+            .is_some_and(|b| *b != Value::Bool(false));
+        if self.proto == Protocol::OpenAiResponses && background {
+            return Err(RelayError::InvalidRequest(
+                "'background' is not supported: the gateway does not relay background responses"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Choices beyond OpenAI's own ceiling (128) are refused, not held for less.
@@ -133,6 +154,9 @@ impl ChatHead {
         struct Body {
             #[serde(default)]
             contents: Option<IgnoredAny>,
+            /// Google's `GenerateContentRequest.model`, as `models/{model}`.
+            #[serde(default)]
+            model: Option<String>,
             #[serde(default, alias = "generation_config")]
             generation_config: Option<GenerationConfig>,
         }
@@ -147,6 +171,14 @@ impl ChatHead {
         let b: Body = serde_json::from_slice(body).map_err(|e| {
             RelayError::InvalidRequest(format!("request body is not valid JSON: {e}"))
         })?;
+        crate::ambiguity::check_gemini(body)?;
+        if let Some(named) = &b.model
+            && named.strip_prefix("models/").unwrap_or(named) != model
+        {
+            return Err(RelayError::InvalidRequest(
+                "the body's 'model' differs from the model in the path".into(),
+            ));
+        }
         if b.contents.is_none() {
             return Err(RelayError::InvalidRequest("'contents' is required".into()));
         }
@@ -165,6 +197,7 @@ impl ChatHead {
             stream_options: None,
             n: config.as_ref().and_then(|c| c.candidate_count),
             best_of: None,
+            background: None,
             proto: Protocol::GeminiGenerate,
             messages: None,
             prompt: None,
@@ -175,11 +208,7 @@ impl ChatHead {
 
     /// A form upload's head, from its `model` and `n` fields.
     pub fn form(content_type: Option<&str>, body: &[u8]) -> Result<Self, RelayError> {
-        let boundary = content_type
-            .and_then(crate::multipart::boundary)
-            .ok_or_else(|| {
-                RelayError::InvalidRequest("this endpoint takes multipart/form-data".into())
-            })?;
+        let boundary = crate::multipart::boundary(content_type.unwrap_or_default())?;
         let fields = crate::multipart::fields(body, &boundary)?;
         crate::ambiguity::check_form(&fields)?;
         let text = |name: &str| crate::multipart::text_field(body, &fields, name);
@@ -214,6 +243,7 @@ impl ChatHead {
             stream_options: None,
             n,
             best_of: None,
+            background: None,
             proto: Protocol::OpenAiImageEdits,
             messages: None,
             prompt: None,
@@ -708,6 +738,33 @@ mod tests {
         let e = ChatHead::parse(br#"{"model":"m"}"#).unwrap_err();
         assert!(e.to_string().contains("'messages'"));
         assert!(ChatHead::parse(b"{nope").is_err());
+    }
+
+    #[test]
+    fn a_responses_request_in_the_background_is_refused_naming_the_field() {
+        let parse = |body: &str| ChatHead::parse_for(Protocol::OpenAiResponses, body.as_bytes());
+        let e = parse(r#"{"model":"m","input":"hi","background":true}"#).unwrap_err();
+        assert!(e.to_string().contains("'background'"), "{e}");
+        assert!(parse(r#"{"model":"m","input":"hi","background":"yes"}"#).is_err());
+        assert!(parse(r#"{"model":"m","input":"hi","background":false}"#).is_ok());
+        assert!(parse(r#"{"model":"m","input":"hi","background":null}"#).is_ok());
+    }
+
+    #[test]
+    fn a_gemini_body_must_name_the_paths_model_if_it_names_one() {
+        let body = |model: &str| {
+            format!(
+                r#"{{"contents":[],"model":"{model}","generationConfig":{{"maxOutputTokens":9}}}}"#
+            )
+        };
+        let head = ChatHead::gemini(body("models/g-1").as_bytes(), "g-1", false).unwrap();
+        assert_eq!((head.model(), head.max_output()), ("g-1", Some(9)));
+        assert!(ChatHead::gemini(body("g-1").as_bytes(), "g-1", false).is_ok());
+        let e = ChatHead::gemini(body("models/g-pro").as_bytes(), "g-1", false).unwrap_err();
+        assert!(e.to_string().contains("'model'"), "{e}");
+        let shadowed =
+            br#"{"contents":[],"generationConfig":{"maxOutputTokens":9,"MaxOutputTokens":99}}"#;
+        assert!(ChatHead::gemini(shadowed, "g-1", false).is_err());
     }
 
     #[test]

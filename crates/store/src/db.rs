@@ -60,18 +60,21 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, StoreError> {
     Ok(db)
 }
 
-/// Whether a database error means the database could not be reached (connection
-/// refused or lost, no pooled connection within the acquire timeout).
+/// Whether a database error means the database could not serve (connection refused or
+/// lost, no pooled connection within the acquire timeout, or a server that is shutting
+/// down, starting, full of connections or read-only: see [`UNAVAILABLE_SQLSTATES`]).
 pub fn is_unreachable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::sqlx::Error as SqlxError;
     use sea_orm::{DbErr, RuntimeErr};
     let sqlx_unreachable = |e: &RuntimeErr| match e {
-        RuntimeErr::SqlxError(e) => matches!(
-            e.as_ref(),
-            sea_orm::sqlx::Error::Io(_)
-                | sea_orm::sqlx::Error::PoolTimedOut
-                | sea_orm::sqlx::Error::PoolClosed
-                | sea_orm::sqlx::Error::WorkerCrashed
-        ),
+        RuntimeErr::SqlxError(e) => match e.as_ref() {
+            SqlxError::Io(_)
+            | SqlxError::PoolTimedOut
+            | SqlxError::PoolClosed
+            | SqlxError::WorkerCrashed => true,
+            SqlxError::Database(db) => db.code().is_some_and(|code| unavailable_sqlstate(&code)),
+            _ => false,
+        },
         _ => false,
     };
     match e {
@@ -79,6 +82,16 @@ pub fn is_unreachable(e: &sea_orm::DbErr) -> bool {
         DbErr::Exec(e) | DbErr::Query(e) => sqlx_unreachable(e),
         _ => false,
     }
+}
+
+/// Postgres SQLSTATEs of a server that cannot serve for now, whatever the query:
+/// `57P01` admin shutdown, `57P02` crash shutdown, `57P03` cannot connect now (starting
+/// up), `53300` too many connections, `25006` read-only transaction (a replica after a
+/// failover). Class `08` (connection exceptions) counts too.
+const UNAVAILABLE_SQLSTATES: [&str; 5] = ["57P01", "57P02", "57P03", "53300", "25006"];
+
+fn unavailable_sqlstate(code: &str) -> bool {
+    UNAVAILABLE_SQLSTATES.contains(&code) || code.starts_with("08")
 }
 
 /// True when the database answers a trivial query.
@@ -103,4 +116,78 @@ fn ensure_sqlite_dir(url: &str) -> Result<(), StoreError> {
             .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::sync::Arc;
+
+    use sea_orm::sqlx::error::{DatabaseError, ErrorKind};
+    use sea_orm::{DbErr, RuntimeErr};
+
+    use super::*;
+
+    /// A database error carrying only a SQLSTATE.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Other
+        }
+    }
+
+    fn failed_with(code: &'static str) -> [DbErr; 2] {
+        let sqlx = || Arc::new(sea_orm::sqlx::Error::Database(Box::new(Sqlstate(code))));
+        [
+            DbErr::Query(RuntimeErr::SqlxError(sqlx())),
+            DbErr::Exec(RuntimeErr::SqlxError(sqlx())),
+        ]
+    }
+
+    #[test]
+    fn a_postgres_shutting_down_starting_or_full_is_unavailable() {
+        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections,
+        // read_only_sql_transaction (a replica after failover), connection_failure.
+        for code in ["57P01", "57P02", "57P03", "53300", "25006", "08006"] {
+            for e in failed_with(code) {
+                assert!(is_unreachable(&e), "{code}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_query_is_not_an_outage() {
+        // unique_violation, syntax_error, query_canceled.
+        for code in ["23505", "42601", "57014"] {
+            for e in failed_with(code) {
+                assert!(!is_unreachable(&e), "{code}");
+            }
+        }
+        assert!(!is_unreachable(&DbErr::RecordNotFound("x".into())));
+    }
 }

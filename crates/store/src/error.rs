@@ -32,14 +32,69 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Db(e) => crate::db::is_unreachable(e),
-            StoreError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-            }
+            StoreError::Redis(e) => redis_unavailable(e),
             StoreError::RedisPool(_) => true,
             StoreError::Config(_) | StoreError::Corrupt(_) => false,
+        }
+    }
+}
+
+/// Whether Redis could not serve: unreachable, or up but unable to answer for now
+/// (`LOADING` its data, `READONLY` replica after a failover, `MASTERDOWN`, `OOM` at its
+/// memory limit). Each passes by itself; none is the request's fault.
+fn redis_unavailable(e: &deadpool_redis::redis::RedisError) -> bool {
+    use deadpool_redis::redis::{ErrorKind, ServerErrorKind};
+    let server_down = matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading | ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown
+        )
+    );
+    server_down
+        || e.code() == Some("OOM")
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+}
+
+#[cfg(test)]
+mod tests {
+    use deadpool_redis::redis::{self, RedisError};
+
+    use super::*;
+
+    /// The error Redis answers with `line` (`-CODE message`).
+    fn redis_error(line: &str) -> RedisError {
+        redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+            .unwrap()
+            .extract_error()
+            .unwrap_err()
+    }
+
+    #[test]
+    fn a_redis_loading_read_only_masterless_or_full_is_unavailable() {
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "READONLY You can't write against a read only replica.",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+        ] {
+            let e = StoreError::Redis(redis_error(line));
+            assert!(e.is_unavailable(), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_redis_command_error_is_not_an_outage() {
+        for line in [
+            "ERR wrong number of arguments",
+            "NOSCRIPT No matching script",
+        ] {
+            assert!(
+                !StoreError::Redis(redis_error(line)).is_unavailable(),
+                "{line}"
+            );
         }
     }
 }

@@ -156,7 +156,10 @@ pub async fn change_password(
     body: web::Bytes,
 ) -> Result<HttpResponse, Html> {
     let f: PasswordForm = c.form(&body)?;
-    match auth::change_password(&state, &c.who, f.current_password, Some(f.password)).await {
+    let client = state.trusted_proxies.client_ip(&req);
+    let changed =
+        auth::change_password(&state, &c.who, client, f.current_password, Some(f.password)).await;
+    match changed {
         Ok(u) => {
             // Older sessions (a stolen cookie among them) end; this one goes on.
             let token = auth::new_session(&state, &u).map_err(Html)?;
