@@ -113,6 +113,7 @@ impl Application {
             breakers,
             health,
             availability,
+            metrics: Arc::new(relay_core::metrics::Metrics::new()),
         });
         let admin = web::Data::new(admin_web::AdminState {
             db,
@@ -139,6 +140,7 @@ impl Application {
                 .app_data(admin.clone())
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(health::readyz))
+                .route("/metrics", web::get().to(health::metrics))
                 .route(
                     "/api/channels/{id}/test",
                     web::post().to(crate::channel_health::test_channel),

@@ -79,3 +79,20 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .json(body)
     }
 }
+
+/// `GET /metrics`: the Prometheus (OpenMetrics) text exposition.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let snap = state.snapshot.load();
+    let channels: Vec<(i64, bool)> = snap
+        .catalog
+        .channels
+        .iter()
+        .map(|c| {
+            let open = state.breakers.gate(c.id) != relay_core::health::Gate::Open;
+            (c.id, open)
+        })
+        .collect();
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render(state.writer.backlog(), &channels))
+}

@@ -625,6 +625,12 @@ fn reject(state: &AppState, mut record: GenerationRecord, err: &RelayError, star
     // While the writer refuses (the database is away or its backlog is full) the
     // records of refused calls, which carry no money, are not queued: a long outage
     // under load must not grow memory with them.
+    state.metrics.request(
+        &record.endpoint,
+        &record.model,
+        record.status_code,
+        started.elapsed().as_secs_f64(),
+    );
     if state.writer.refuses() {
         tracing::debug!(generation.id = %record.id, "refused call not recorded during an outage");
         return;

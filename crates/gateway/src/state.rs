@@ -62,6 +62,8 @@ pub struct AppState {
     pub health: crate::channel_health::Health,
     /// Whether the database and Redis answer (probed every second).
     pub availability: Arc<store::Availability>,
+    /// What `GET /metrics` shows.
+    pub metrics: Arc<relay_core::metrics::Metrics>,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
             wallet: Arc::clone(&self.wallet),
             writer: self.writer.clone(),
             tasks: self.tasks.clone(),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod health;
 pub mod hold;
 pub mod media;
 pub mod meter;
+pub mod metrics;
 pub mod multipart;
 pub mod openai;
 pub mod probe;

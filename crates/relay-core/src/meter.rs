@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use billing::{Charge, GenerationRecord, Hold, LedgerWriter, Price, Usage, Wallet};
+
+use crate::metrics::Settled;
 use tokio_util::task::TaskTracker;
 
 /// What settling needs, shared by every request.
@@ -14,6 +16,8 @@ pub struct Settler {
     pub wallet: Arc<Wallet>,
     pub writer: LedgerWriter,
     pub tasks: TaskTracker,
+    /// What `/metrics` shows.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The money side of one request in flight.
@@ -71,6 +75,24 @@ impl Meter {
         let mut record = self.record.clone();
         record.generation_time_ms = Some(ms(now - self.started));
         record.latency_ms = Some(ms(self.first_byte.unwrap_or(now) - self.started));
+        let metrics = &self.settler.metrics;
+        let status = match &outcome {
+            Outcome::Served(_) => record.status_code,
+            Outcome::Failed { status, .. } => *status,
+        };
+        metrics.request(
+            &record.endpoint,
+            &record.model,
+            status,
+            (now - self.started).as_secs_f64(),
+        );
+        if let (Outcome::Served(_), Some(first)) = (&outcome, self.first_byte) {
+            metrics.first_byte(record.channel_id, (first - self.started).as_secs_f64());
+        }
+        metrics.settled(match outcome {
+            Outcome::Served(_) => Settled::Charged,
+            Outcome::Failed { .. } => Settled::Released,
+        });
         let settler = self.settler.clone();
         let (price, mult, key_limited) = (self.price, self.multiplier_ppm, self.key_limited);
         self.settler.tasks.spawn(async move {
@@ -121,6 +143,14 @@ impl Drop for Meter {
             record.cancelled = true;
             record.error = Some("cancelled".into());
             record.generation_time_ms = Some(ms(self.started.elapsed()));
+            let metrics = &self.settler.metrics;
+            metrics.request(
+                &record.endpoint,
+                &record.model,
+                499,
+                self.started.elapsed().as_secs_f64(),
+            );
+            metrics.settled(Settled::Cancelled);
             self.settler.tasks.spawn(async move {
                 if let Err(e) = settler.wallet.release(hold).await {
                     tracing::error!(error = %e, "releasing a hold failed");
