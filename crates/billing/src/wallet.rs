@@ -1004,6 +1004,29 @@ mod tests {
         Wallet::new(db, &shared)
     }
 
+    /// A customer in the wallet's database with `balance` at revision `rev`.
+    async fn alice(w: &Wallet, balance: i64, rev: i64) -> user::Model {
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        let now = chrono::Utc::now();
+        user::ActiveModel {
+            username: Set("alice".into()),
+            password_hash: Set(String::new()),
+            role: Set("customer".into()),
+            group_name: Set("default".into()),
+            parent_id: Set(None),
+            status: Set("enabled".into()),
+            balance: Set(balance),
+            used: Set(0),
+            rev: Set(rev),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&w.db)
+        .await
+        .unwrap()
+    }
+
     fn state(account: Account, limit: i64, rev: i64) -> Synced {
         Synced {
             account,
@@ -1087,26 +1110,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refresh_sets_every_counter_from_the_database_keeping_what_is_held() {
-        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
         let w = wallet().await;
-        let now = chrono::Utc::now();
-        let alice = user::ActiveModel {
-            username: Set("alice".into()),
-            password_hash: Set(String::new()),
-            role: Set("customer".into()),
-            group_name: Set("default".into()),
-            parent_id: Set(None),
-            status: Set("enabled".into()),
-            balance: Set(1_000),
-            used: Set(0),
-            rev: Set(3),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
-        .insert(&w.db)
-        .await
-        .unwrap();
+        let alice = alice(&w, 1_000, 3).await;
         // The counter drifted above the database (a commit it never heard of).
         w.sync(&[state(Account::User(alice.id), 5_000, 2)])
             .await
@@ -1142,31 +1147,12 @@ mod tests {
 
     #[tokio::test]
     async fn live_holds_are_posted_again_when_redis_loses_its_data() {
-        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
         let w = wallet().await;
         let Backend::Redis { pool, prefix, .. } = &w.backend else {
             // In process, the counters live and die with the holds.
             return;
         };
-        let now = chrono::Utc::now();
-        let alice = user::ActiveModel {
-            username: Set("alice".into()),
-            password_hash: Set(String::new()),
-            role: Set("customer".into()),
-            group_name: Set("default".into()),
-            parent_id: Set(None),
-            status: Set("enabled".into()),
-            balance: Set(1_000),
-            used: Set(0),
-            rev: Set(1),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
-        .insert(&w.db)
-        .await
-        .unwrap()
-        .id;
+        let alice = alice(&w, 1_000, 1).await.id;
         w.recover_if_lost().await.unwrap();
         let streaming = w.reserve(alice, None, 400).await.unwrap();
         let settled = w.reserve(alice, None, 100).await.unwrap();

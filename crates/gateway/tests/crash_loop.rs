@@ -113,40 +113,14 @@ async fn five_kills_under_load_then_a_drained_balance_serves_nothing_unpaid() {
     let mut gw = Gateway::start_on(&dir.0, "run0", &backend, &extra);
     let port = gw.port;
     gw.wait_healthy(&http).await;
-    let token = login_root(&http, &gw).await;
-    let (_, me) = api(&http, &gw, reqwest::Method::GET, "/api/me", &token, None).await;
-    let root = me["id"].as_i64().unwrap();
-    let setup = [
-        (
-            reqwest::Method::POST,
-            format!("/api/users/{root}/credits"),
-            json!({"amount": 100}),
-        ),
-        (
-            reqwest::Method::POST,
-            "/api/channels".to_owned(),
-            json!({"name": "mock", "type": "openai", "base_url": upstream, "keys": ["sk-up"], "models": [MODEL]}),
-        ),
-        (
-            reqwest::Method::PUT,
-            format!("/api/pricing/models/{MODEL}"),
-            json!({"input": 100, "output": 1000}),
-        ),
-    ];
-    for (method, path, body) in setup {
-        let (status, v) = api(&http, &gw, method, &path, &token, Some(body)).await;
-        assert!((200..300).contains(&status), "{path}: {v}");
-    }
-    let (_, key) = api(
+    let (_, root, key) = provision(
         &http,
         &gw,
-        reqwest::Method::POST,
-        "/api/keys",
-        &token,
-        Some(json!({"name": "load"})),
+        &upstream,
+        100.0,
+        json!({"input": 100, "output": 1000}),
     )
     .await;
-    let key = key["key"].as_str().unwrap().to_owned();
     let url = gw.url("/v1/chat/completions");
 
     // Thirty-two clients stream while the gateway is killed five times: the writer

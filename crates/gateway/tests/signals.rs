@@ -181,40 +181,14 @@ async fn sigkill_under_load_leaves_every_balance_equal_to_its_ledger() {
         .unwrap();
     let mut gw = Gateway::start(&dir.0, "first");
     gw.wait_healthy(&http).await;
-    let token = login_root(&http, &gw).await;
-    let (_, me) = api(&http, &gw, reqwest::Method::GET, "/api/me", &token, None).await;
-    let root = me["id"].as_i64().unwrap();
-    let setup = [
-        (
-            reqwest::Method::POST,
-            format!("/api/users/{root}/credits"),
-            json!({"amount": 1}),
-        ),
-        (
-            reqwest::Method::POST,
-            "/api/channels".to_owned(),
-            json!({"name": "mock", "type": "openai", "base_url": upstream, "keys": ["sk-up"], "models": [MODEL]}),
-        ),
-        (
-            reqwest::Method::PUT,
-            format!("/api/pricing/models/{MODEL}"),
-            json!({"input": 0.15, "output": 0.6}),
-        ),
-    ];
-    for (method, path, body) in setup {
-        let (status, v) = api(&http, &gw, method, &path, &token, Some(body)).await;
-        assert!((200..300).contains(&status), "{path}: {v}");
-    }
-    let (_, key) = api(
+    let (_, root, key) = provision(
         &http,
         &gw,
-        reqwest::Method::POST,
-        "/api/keys",
-        &token,
-        Some(json!({"name": "load"})),
+        &upstream,
+        1.0,
+        json!({"input": 0.15, "output": 0.6}),
     )
     .await;
-    let key = key["key"].as_str().unwrap().to_owned();
 
     // Eight clients streaming back to back; each stream takes about a second.
     let url = gw.url("/v1/chat/completions");

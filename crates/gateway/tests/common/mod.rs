@@ -306,6 +306,50 @@ pub async fn login_root(http: &reqwest::Client, gw: &Gateway) -> String {
     v["token"].as_str().unwrap().to_owned()
 }
 
+/// Root of a fresh gateway: `credits` minted to itself, a channel on `upstream` serving
+/// [`MODEL`] priced at `price` (credits per 1M tokens), and a key of its own.
+/// Returns (root's token, root's id, the key).
+pub async fn provision(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    upstream: &str,
+    credits: f64,
+    price: Value,
+) -> (String, i64, String) {
+    let token = login_root(http, gw).await;
+    let (_, me) = api(http, gw, reqwest::Method::GET, "/api/me", &token, None).await;
+    let root = me["id"].as_i64().unwrap();
+    let setup = [
+        (
+            reqwest::Method::POST,
+            format!("/api/users/{root}/credits"),
+            json!({"amount": credits}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/channels".to_owned(),
+            json!({"name": "mock", "type": "openai", "base_url": upstream, "keys": ["sk-up"], "models": [MODEL]}),
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/api/pricing/models/{MODEL}"),
+            price,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/keys".to_owned(),
+            json!({"name": "load"}),
+        ),
+    ];
+    let mut key = Value::Null;
+    for (method, path, body) in setup {
+        let (status, v) = api(http, gw, method, &path, &token, Some(body)).await;
+        assert!((200..300).contains(&status), "{path}: {v}");
+        key = v;
+    }
+    (token, root, key["key"].as_str().unwrap().to_owned())
+}
+
 /// Credits are JSON numbers; serde_json's default float parsing may be 1 ULP off.
 pub fn assert_credits(got: &Value, want: f64, context: &Value) {
     let got = got
