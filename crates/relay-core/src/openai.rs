@@ -732,6 +732,84 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_clients_own_protocols_limit_fields_count_and_the_largest_wins() {
+        let chat = ChatHead::parse(
+            br#"{"model":"m","messages":[],"max_tokens":64000,"max_completion_tokens":1,"max_output_tokens":1}"#,
+        )
+        .unwrap();
+        assert_eq!(chat.max_output(), Some(64_000));
+        // A Responses field on a chat body is no limit: the relay sets its own.
+        let foreign =
+            ChatHead::parse(br#"{"model":"m","messages":[],"max_output_tokens":1}"#).unwrap();
+        assert_eq!(foreign.max_output(), None);
+        let responses = ChatHead::parse_for(
+            Protocol::OpenAiResponses,
+            br#"{"model":"m","input":"x","max_output_tokens":9,"max_tokens":1}"#,
+        )
+        .unwrap();
+        assert_eq!(responses.max_output(), Some(9));
+        let messages = ChatHead::parse_for(
+            Protocol::AnthropicMessages,
+            br#"{"model":"m","messages":[],"max_tokens":32000,"max_completion_tokens":1}"#,
+        )
+        .unwrap();
+        assert_eq!(messages.max_output(), Some(32_000));
+    }
+
+    #[test]
+    fn best_of_counts_as_choices_and_more_than_128_is_refused() {
+        let head = ChatHead::parse_for(
+            Protocol::OpenAiCompletions,
+            br#"{"model":"m","prompt":"x","best_of":20,"n":2}"#,
+        )
+        .unwrap();
+        assert_eq!(head.choices(), 20);
+        for body in [
+            &br#"{"model":"m","messages":[],"n":129}"#[..],
+            br#"{"model":"m","prompt":"x","best_of":500}"#,
+            br#"{"model":"m","messages":[],"n":0}"#,
+        ] {
+            let proto = if body.windows(6).any(|w| w == b"prompt") {
+                Protocol::OpenAiCompletions
+            } else {
+                Protocol::OpenAiChat
+            };
+            assert!(ChatHead::parse_for(proto, body).is_err());
+        }
+    }
+
+    #[test]
+    fn a_snake_case_gemini_body_is_held_for_its_candidates_and_limit() {
+        let head = ChatHead::gemini(
+            br#"{"contents":[],"generation_config":{"candidate_count":8,"max_output_tokens":500}}"#,
+            "gemini-2.5-pro",
+            false,
+        )
+        .unwrap();
+        assert_eq!((head.choices(), head.max_output()), (8, Some(500)));
+        // Both spellings at once: refused, not read one way here and another upstream.
+        assert!(
+            ChatHead::gemini(
+                br#"{"contents":[],"generationConfig":{},"generation_config":{"candidate_count":8}}"#,
+                "g",
+                false
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn reasoning_and_audio_deltas_are_output_that_was_delivered() {
+        let mut out = String::new();
+        let delta: Delta = serde_json::from_str(
+            r#"{"reasoning":"thinking…","audio":{"id":"a","data":"UklGRg==","transcript":"hi"}}"#,
+        )
+        .unwrap();
+        delta.append_text(&mut out);
+        assert_eq!(out, "thinking…hi");
+    }
+
+    #[test]
     fn a_request_without_model_or_messages_names_the_missing_field() {
         let e = ChatHead::parse(br#"{"messages":[]}"#).unwrap_err();
         assert!(e.to_string().contains("'model'"));
