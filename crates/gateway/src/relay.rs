@@ -531,7 +531,7 @@ async fn hold_for(
     let held = match state.wallet.reserve(user, limited_key, plan.amount).await {
         Err(billing::BillingError::Insufficient) if plan.set_limit => {
             let available = wallet_available(state, user, limited_key).await?;
-            plan = hold::affordable(proto, price, mult, head, &body, plan, available)
+            plan = hold::affordable(proto, price, mult, head, plan, available)
                 .ok_or(RelayError::InsufficientQuota)?;
             state.wallet.reserve(user, limited_key, plan.amount).await
         }

@@ -26,6 +26,8 @@ pub struct Plan {
     pub output_tokens: i64,
     /// Whether the client named no output limit (so the relay sets `output_tokens`).
     pub set_limit: bool,
+    /// The input side, measured once from the body (prompt bound, images, seconds).
+    input: Usage,
 }
 
 /// Whether `proto` generates tokens whose count the client may limit.
@@ -57,74 +59,63 @@ pub fn plan(
             limits_output(proto),
         ),
     };
+    let input = measure(proto, head, body);
     Plan {
-        amount: cost(proto, price, multiplier_ppm, head, body, output_tokens),
+        amount: cost(proto, price, multiplier_ppm, head, input, output_tokens),
         output_tokens,
         set_limit,
+        input,
     }
 }
 
 /// When `plan` does not fit in `available` and the client set no limit: the largest
 /// output limit that does (as OpenRouter does), or `None` when not even one token fits.
+/// The body is not read again: the bisection prices the plan's measured input.
 pub fn affordable(
     proto: Protocol,
     price: &Price,
     multiplier_ppm: i64,
     head: &ChatHead,
-    body: &[u8],
     plan: Plan,
     available: i64,
 ) -> Option<Plan> {
     if !plan.set_limit || available <= 0 {
         return None;
     }
-    let fits = |n: i64| cost(proto, price, multiplier_ppm, head, body, n) <= available;
-    if !fits(1) {
+    let at = |n: i64| cost(proto, price, multiplier_ppm, head, plan.input, n);
+    if at(1) > available {
         return None;
     }
     // The cost grows with the output limit: the largest that fits, by bisection.
     let (mut lo, mut hi) = (1_i64, plan.output_tokens);
     while lo < hi {
         let mid = lo + (hi - lo + 1) / 2;
-        if fits(mid) {
+        if at(mid) <= available {
             lo = mid;
         } else {
             hi = mid - 1;
         }
     }
     Some(Plan {
-        amount: cost(proto, price, multiplier_ppm, head, body, lo),
+        amount: at(lo),
         output_tokens: lo,
-        set_limit: true,
+        ..plan
     })
 }
 
-fn cost(
-    proto: Protocol,
-    price: &Price,
-    multiplier_ppm: i64,
-    head: &ChatHead,
-    body: &[u8],
-    output_tokens: i64,
-) -> i64 {
-    let choices = head.choices();
-    let usage = match proto {
-        Protocol::OpenAiEmbeddings | Protocol::OpenAiModerations => Usage {
+/// The input side of a request's usage at most: prompt tokens, images, seconds.
+fn measure(proto: Protocol, head: &ChatHead, body: &[u8]) -> Usage {
+    match proto {
+        // An image request may return `n` images.
+        Protocol::OpenAiImages => Usage {
             prompt_tokens: tokens::prompt_bound(body),
+            images: head.choices(),
             ..Usage::default()
         },
-        // An image request may return `n` images.
-        Protocol::OpenAiImages | Protocol::OpenAiImageEdits | Protocol::OpenAiImageVariations => {
-            Usage {
-                prompt_tokens: if proto == Protocol::OpenAiImages {
-                    tokens::prompt_bound(body)
-                } else {
-                    0
-                },
-                images: choices,
-                ..Usage::default()
-            }
-        }
+        Protocol::OpenAiImageEdits | Protocol::OpenAiImageVariations => Usage {
+            images: head.choices(),
+            ..Usage::default()
+        },
         // Characters of input (at most the body's bytes).
         Protocol::OpenAiSpeech => Usage {
             prompt_tokens: i64::try_from(body.len()).unwrap_or(i64::MAX),
@@ -136,15 +127,33 @@ fn cost(
             Usage {
                 seconds,
                 prompt_tokens: seconds.saturating_mul(AUDIO_TOKENS_PER_SECOND),
-                completion_tokens: output_tokens,
                 ..Usage::default()
             }
         }
         _ => Usage {
             prompt_tokens: tokens::prompt_bound(body),
-            completion_tokens: output_tokens.saturating_mul(choices),
             ..Usage::default()
         },
+    }
+}
+
+/// What `input` plus `output_tokens` (for every choice) can cost at most.
+fn cost(
+    proto: Protocol,
+    price: &Price,
+    multiplier_ppm: i64,
+    head: &ChatHead,
+    input: Usage,
+    output_tokens: i64,
+) -> i64 {
+    let completion_tokens = match proto {
+        Protocol::OpenAiTranscriptions | Protocol::OpenAiTranslations => output_tokens,
+        p if limits_output(p) => output_tokens.saturating_mul(head.choices()),
+        _ => 0,
+    };
+    let usage = Usage {
+        completion_tokens,
+        ..input
     };
     // The prompt may be written to the provider's cache, which can cost more than
     // plain input (1.25 × by default): the hold takes the dearer of the two.
@@ -252,43 +261,23 @@ mod tests {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
         let head = ChatHead::parse(body).unwrap();
         let p = plan(Protocol::OpenAiChat, &mini(), 1_000_000, &head, body);
-        let fit = affordable(
-            Protocol::OpenAiChat,
-            &mini(),
-            1_000_000,
-            &head,
-            body,
-            p,
-            300,
-        )
-        .unwrap();
+        let fit = affordable(Protocol::OpenAiChat, &mini(), 1_000_000, &head, p, 300).unwrap();
         assert!(fit.amount <= 300 && fit.output_tokens > 400, "{fit:?}");
         let more = cost(
             Protocol::OpenAiChat,
             &mini(),
             1_000_000,
             &head,
-            body,
+            p.input,
             fit.output_tokens + 1,
         );
         assert!(more > 300);
-        assert!(affordable(Protocol::OpenAiChat, &mini(), 1_000_000, &head, body, p, 0).is_none());
+        assert!(affordable(Protocol::OpenAiChat, &mini(), 1_000_000, &head, p, 0).is_none());
         // A client that named its limit is not second-guessed.
         let limited = br#"{"model":"m","max_tokens":5000,"messages":[]}"#;
         let head = ChatHead::parse(limited).unwrap();
         let p = plan(Protocol::OpenAiChat, &mini(), 1_000_000, &head, limited);
-        assert!(
-            affordable(
-                Protocol::OpenAiChat,
-                &mini(),
-                1_000_000,
-                &head,
-                limited,
-                p,
-                300
-            )
-            .is_none()
-        );
+        assert!(affordable(Protocol::OpenAiChat, &mini(), 1_000_000, &head, p, 300).is_none());
     }
 
     #[test]
