@@ -2,11 +2,14 @@
 # Tollgate benchmark: a mock OpenAI upstream (nginx, fixed answers) called directly
 # and through the gateway, under wrk. See bench/README.md.
 #
-#   bash bench/run.sh                 # full run (builds the gateway in release)
-#   bash bench/run.sh --direct-only   # only the mock, no gateway (checks the harness)
+#   bash bench/run.sh                     # full run on SQLite + in-process (builds release)
+#   bash bench/run.sh --backend postgres  # the same on Postgres + Redis (production setup)
+#   bash bench/run.sh --direct-only       # only the mock, no gateway (checks the harness)
 #
 # Env: BENCH_SECONDS (10) per measured run, BENCH_WARMUP (1) seconds of warm-up before
-# each run, SKIP_BUILD=1 to use an existing binary, GATEWAY_BIN (target/release/gateway).
+# each run, SKIP_BUILD=1 to use an existing binary, GATEWAY_BIN (target/release/gateway),
+# PG_ADMIN_URL and BENCH_REDIS_URL for --backend postgres, BENCH_RECORD=0 to leave
+# bench/RESULTS.md alone.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -15,12 +18,20 @@ SECS=${BENCH_SECONDS:-10}
 WARMUP=${BENCH_WARMUP:-1}
 GW_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
 DIRECT_ONLY=0
-case "${1:-}" in
-  "") ;;
-  --direct-only) DIRECT_ONLY=1 ;;
-  -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-  *) echo "usage: $0 [--direct-only]" >&2; exit 2 ;;
-esac
+BACKEND=sqlite
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --direct-only) DIRECT_ONLY=1 ;;
+    --backend) BACKEND=${2:-}; shift ;;
+    --backend=*) BACKEND=${1#--backend=} ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--backend sqlite|postgres] [--direct-only]" >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$BACKEND" in sqlite|postgres) ;; *) echo "--backend: sqlite or postgres" >&2; exit 2 ;; esac
+PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+BENCH_REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379}
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
@@ -55,11 +66,15 @@ command -v python3 >/dev/null || die "python3 is required"
 # ---------------------------------------------------------------- temp dir + cleanup
 T=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
 chmod 755 "$T"
-NGINX_PID="" GW_PID="" SAMPLER_PID=""
+NGINX_PID="" GW_PID="" SAMPLER_PID="" SLOW_PID="" PG_DBS=() REDIS_PREFIXES=()
 cleanup() {
   local rc=$?
-  for pid in "$SAMPLER_PID" "$GW_PID" "$NGINX_PID"; do
+  for pid in "$SAMPLER_PID" "$GW_PID" "$NGINX_PID" "$SLOW_PID"; do
     if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  done
+  for db in "${PG_DBS[@]}"; do psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; done
+  for p in "${REDIS_PREFIXES[@]}"; do
+    redis-cli -u "$BENCH_REDIS_URL" --scan --pattern "$p:*" | xargs -r redis-cli -u "$BENCH_REDIS_URL" del >/dev/null 2>&1 || true
   done
   rm -rf "$T"
   exit "$rc"
@@ -161,12 +176,59 @@ if [[ $DIRECT_ONLY -eq 0 ]]; then
     (cd "$ROOT" && cargo build --release -p gateway)
   fi
   [[ -x $GW_BIN ]] || die "no gateway binary at $GW_BIN"
+  # backend_env NAME: the environment of a gateway on a fresh database (and Redis
+  # namespace) of this run's backend.
+  backend_env() {
+    if [[ $BACKEND == postgres ]]; then
+      local db="tg_bench_$$_$1"
+      psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $db" >/dev/null || die "cannot create database $db at $PG_ADMIN_URL"
+      PG_DBS+=("$db")
+      REDIS_PREFIXES+=("tgbench$$$1")
+      echo "DATABASE_URL=${PG_ADMIN_URL%/*}/$db REDIS_URL=$BENCH_REDIS_URL TOLLGATE_REDIS_PREFIX=tgbench$$$1"
+    else
+      echo "DATABASE_URL=sqlite://$T/$1.db?mode=rwc"
+    fi
+  }
+  SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+
+  # Cold start: exec to the first 200 from /healthz, on a fresh database (migrations
+  # included), three times; the median is reported.
+  for i in 1 2 3; do
+    # shellcheck disable=SC2046
+    env $(backend_env "cold$i") TOLLGATE_ROOT_PASSWORD=benchpass TOLLGATE_SECRET_KEY="$SECRET" RUST_LOG=warn \
+      python3 - "$GW_BIN" "$(free_port)" >>"$T/cold" <<'PY' || die "cold start failed"
+import os, socket, subprocess, sys, time
+bin_, port = sys.argv[1], int(sys.argv[2])
+env = dict(os.environ, TOLLGATE_ADDR=f"127.0.0.1:{port}")
+t0 = time.monotonic()
+p = subprocess.Popen([bin_], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+ms = None
+while time.monotonic() - t0 < 30 and p.poll() is None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                ms = (time.monotonic() - t0) * 1000
+                break
+    except OSError:
+        pass
+    time.sleep(0.002)
+p.terminate(); p.wait()
+if ms is None:
+    sys.exit("gateway never answered /healthz")
+print(f"{ms:.1f}")
+PY
+  done
+  COLD_MS=$(sort -n "$T/cold" | sed -n 2p)
+  log "cold start to /healthz: $(tr '\n' ' ' <"$T/cold")ms (median $COLD_MS)"
+
   GW_PORT=$(free_port)
   GW="http://127.0.0.1:$GW_PORT"
+  # shellcheck disable=SC2046
+  env $(backend_env main) \
   TOLLGATE_ADDR=127.0.0.1:$GW_PORT \
-  DATABASE_URL="sqlite://$T/bench.db?mode=rwc" \
   TOLLGATE_ROOT_PASSWORD=benchpass \
-  TOLLGATE_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))') \
+  TOLLGATE_SECRET_KEY=$SECRET \
   RUST_LOG=warn \
     "$GW_BIN" >"$T/gateway.log" 2>&1 &
   GW_PID=$!
@@ -199,6 +261,12 @@ if [[ $DIRECT_ONLY -eq 0 ]]; then
   api POST /channels "{\"name\":\"mock-stream\",\"type\":\"openai\",\"base_url\":\"$MOCK/stream\",\"keys\":[\"sk-upstream\"],\"models\":[\"gpt-4o-mini-stream\"],\"model_mapping\":{\"gpt-4o-mini-stream\":\"gpt-4o-mini\"}}" >/dev/null
   api PUT /pricing/models/gpt-4o-mini '{"input":0.15,"output":0.6}' >/dev/null
   api PUT /pricing/models/gpt-4o-mini-stream '{"input":0.15,"output":0.6}' >/dev/null
+  SLOW_PORT=$(free_port)
+  python3 "$BENCH_DIR/slow_stream.py" serve "$SLOW_PORT" 64 20 &
+  SLOW_PID=$!
+  SLOW="http://127.0.0.1:$SLOW_PORT"
+  api POST /channels "{\"name\":\"mock-slow\",\"type\":\"openai\",\"base_url\":\"$SLOW\",\"keys\":[\"sk-upstream\"],\"models\":[\"gpt-4o-mini-slow\"],\"model_mapping\":{\"gpt-4o-mini-slow\":\"gpt-4o-mini\"}}" >/dev/null
+  api PUT /pricing/models/gpt-4o-mini-slow '{"input":0.15,"output":0.6}' >/dev/null
   SK=$(api POST /keys '{"name":"bench"}' | field key)
   BALANCE0=$(api GET /me | field balance)
   log "set up: root id $ROOT_ID, 2 channels, 2 prices, key ${SK:0:7}…; balance $BALANCE0"
@@ -223,12 +291,18 @@ fi
 
 # ---------------------------------------------------------------- load
 # bench NAME URL BODY KEY CONNS THREADS: warm up, then one measured wrk run.
+cpu_ticks() { if [[ -n $GW_PID ]]; then awk '{print $14 + $15}' "/proc/$GW_PID/stat"; else echo 0; fi; }
 bench() {
-  local name=$1 url=$2 body=$3 key=$4 conns=$5 threads=$6 line
+  local name=$1 url=$2 body=$3 key=$4 conns=$5 threads=$6 line t0 t1 reqs
   log "$name: wrk -c$conns -t$threads -d${SECS}s $url"
   BENCH_BODY=$body BENCH_AUTH=$key wrk -c"$conns" -t"$threads" -d"${WARMUP}s" -s "$BENCH_DIR/post.lua" "$url" >/dev/null
+  t0=$(cpu_ticks)
   BENCH_BODY=$body BENCH_AUTH=$key wrk -c"$conns" -t"$threads" -d"${SECS}s" -s "$BENCH_DIR/post.lua" "$url" >"$T/wrk-$name.txt"
+  t1=$(cpu_ticks)
   line=$(grep '^BENCH ' "$T/wrk-$name.txt") || die "no result from wrk: $(cat "$T/wrk-$name.txt")"
+  reqs=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")
+  # The gateway's user + system CPU over the measured run (/proc ticks are 10 ms).
+  line="$line cpu_us=$(( (t1 - t0) * 10000 / (reqs > 0 ? reqs : 1) ))"
   echo "$name ${line#BENCH }" >>"$T/results"
   echo "   ${line#BENCH }" >&2
 }
@@ -242,6 +316,13 @@ bench direct_st32 "$MOCK/stream/v1/chat/completions" "$ST" "" 32 2
 bench direct_ns1 "$MOCK/v1/chat/completions" "$NS" "" 1 1
 [[ $DIRECT_ONLY -eq 1 ]] || bench gateway_ns1 "$GW/v1/chat/completions" "$NS" "$SK" 1 1
 
+if [[ $DIRECT_ONLY -eq 0 ]]; then
+  log "slow stream: 64 events 20 ms apart, 3 streams, direct then through the gateway"
+  python3 "$BENCH_DIR/slow_stream.py" measure "$SLOW/v1/chat/completions" gpt-4o-mini "" 3 | sed 's/^SLOW /slow_direct /' >>"$T/results"
+  python3 "$BENCH_DIR/slow_stream.py" measure "$GW/v1/chat/completions" gpt-4o-mini-slow "$SK" 3 | sed 's/^SLOW /slow_gateway /' >>"$T/results"
+  tail -2 "$T/results" | sed 's/^/   /' >&2
+fi
+
 RSS_PEAK=""
 if [[ $DIRECT_ONLY -eq 0 ]]; then
   kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
@@ -252,19 +333,25 @@ if [[ $DIRECT_ONLY -eq 0 ]]; then
 fi
 
 # ---------------------------------------------------------------- summary
-python3 - "$T/results" "$DIRECT_ONLY" "${RSS_IDLE:-}" "$RSS_PEAK" "$SECS" <<'PY'
-import sys
-path, direct_only, rss_idle, rss_peak, secs = sys.argv[1:]
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || COMMIT="$COMMIT+dirty"
+python3 - "$T/results" "$DIRECT_ONLY" "${RSS_IDLE:-}" "$RSS_PEAK" "$SECS" "$BACKEND" "${COLD_MS:-}" "$COMMIT" >"$T/table" <<'PY'
+import sys, datetime
+path, direct_only, rss_idle, rss_peak, secs, backend, cold_ms, commit = sys.argv[1:]
 direct_only = direct_only == "1"
 r = {}
 for line in open(path):
     name, *kv = line.split()
     r[name] = {k: float(v) for k, v in (x.split("=") for x in kv)}
+fails = []
+def verdict(ok, what):
+    if not ok:
+        fails.append(what)
+    return "PASS" if ok else "FAIL"
 
-def verdict(ok):
-    return "" if ok is None else ("PASS" if ok else "FAIL")
-
-print(f"\nTollgate bench ({secs} s per run; wrk, nginx and gateway share this machine's cores)\n")
+backend_label = {"sqlite": "SQLite + in-process", "postgres": "Postgres + Redis"}[backend]
+print(f"### {datetime.date.today()} · commit {commit} · {backend_label} · {secs} s per run\n")
+print("```")
 print(f"{'throughput (req/s)':<28}{'direct':>11}{'gateway':>11}{'ratio':>8}  {'target':<9}")
 for key, label, target in (("ns32", "non-stream, 32 conns", 0.30), ("st32", "stream, 32 conns", 0.20)):
     d, g = r[f"direct_{key}"], r.get(f"gateway_{key}")
@@ -272,7 +359,7 @@ for key, label, target in (("ns32", "non-stream, 32 conns", 0.30), ("st32", "str
         print(f"{label:<28}{d['rps']:>11.0f}{'-':>11}{'-':>8}  >= {target:.2f}")
     else:
         ratio = g["rps"] / d["rps"]
-        print(f"{label:<28}{d['rps']:>11.0f}{g['rps']:>11.0f}{ratio:>8.3f}  >= {target:.2f}   {verdict(ratio >= target)}")
+        print(f"{label:<28}{d['rps']:>11.0f}{g['rps']:>11.0f}{ratio:>8.3f}  >= {target:.2f}   {verdict(ratio >= target, label)}")
 
 print(f"\n{'latency, 1 conn (ms)':<28}{'direct':>11}{'gateway':>11}{'added':>8}  {'target':<9}")
 d, g = r["direct_ns1"], r.get("gateway_ns1")
@@ -282,17 +369,37 @@ for pct, target in (("p50", 0.1), ("p99", 0.5)):
         print(f"{pct:<28}{dm:>11.3f}{'-':>11}{'-':>8}  <= {target}")
     else:
         gm = g[f"{pct}_us"] / 1000
-        print(f"{pct:<28}{dm:>11.3f}{gm:>11.3f}{gm - dm:>8.3f}  <= {target:<6}   {verdict(gm - dm <= target)}")
+        print(f"{pct:<28}{dm:>11.3f}{gm:>11.3f}{gm - dm:>8.3f}  <= {target:<6}   {verdict(gm - dm <= target, 'added ' + pct)}")
 
 if not direct_only:
+    cpu = r["gateway_ns32"]["cpu_us"]
+    print(f"\n{'gateway CPU per request (µs)':<28}{cpu:>11.0f}{'':>19}  <= 60       {verdict(cpu <= 60, 'cpu/request')}")
     print(f"\n{'gateway memory (MiB)':<28}{'RSS':>11}{'':>19}  {'target':<9}")
     for label, kb, target in (("idle, before load", rss_idle, 12), ("peak, during load", rss_peak, 32)):
         mib = float(kb or 0) / 1024
-        print(f"{label:<28}{mib:>11.1f}{'':>19}  <= {target:<6}   {verdict(mib <= target)}")
+        print(f"{label:<28}{mib:>11.1f}{'':>19}  <= {target:<6}   {verdict(mib <= target, 'rss ' + label)}")
+    cold = float(cold_ms or "nan")
+    print(f"\n{'cold start to /healthz (ms)':<28}{cold:>11.1f}{'':>19}  <= 200      {verdict(cold <= 200, 'cold start')}")
+    print(f"\n{'slow stream (64 × 20 ms)':<28}{'direct':>11}{'gateway':>11}")
+    sd, sg = r["slow_direct"], r["slow_gateway"]
+    for k, label in (("events", "events received"), ("p50_ms", "delay p50 (ms)"), ("p99_ms", "delay p99 (ms)"), ("max_ms", "delay max (ms)"), ("stalls", "events > 2 ms late")):
+        fmt = (lambda v: f"{v:>11.0f}") if k in ("events", "stalls") else (lambda v: f"{v:>11.3f}")
+        extra = ""
+        if k == "stalls":
+            extra = f"  == 0       {verdict(sg['stalls'] == 0 and sg['lost'] == 0, 'slow stream')}"
+        print(f"{label:<28}{fmt(sd[k])}{fmt(sg[k])}{extra}")
 
 bad = [f"{n}: {int(v['non2xx'])} non-2xx, {int(v['sockerr'])} socket errors"
-       for n, v in r.items() if v["non2xx"] or v["sockerr"]]
+       for n, v in r.items() if v.get("non2xx") or v.get("sockerr")]
 if bad:
     print("\nWARNING: errors during load; the numbers above are not valid:\n  " + "\n  ".join(bad))
-print()
+print("```")
+print(f"\n{'all targets met' if not fails and not bad else 'not met: ' + ', '.join(fails)}\n")
 PY
+echo
+cat "$T/table"
+if [[ $DIRECT_ONLY -eq 0 && ${BENCH_RECORD:-1} != 0 ]]; then
+  [[ -f $BENCH_DIR/RESULTS.md ]] || printf '# bench results\n\nEvery run of `bench/run.sh`, newest last (the script appends its table here).\n\n' >"$BENCH_DIR/RESULTS.md"
+  cat "$T/table" >>"$BENCH_DIR/RESULTS.md"
+  log "table appended to bench/RESULTS.md"
+fi

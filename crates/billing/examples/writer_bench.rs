@@ -1,8 +1,11 @@
 //! How many settled generations per second the batched writer commits.
 //!
-//! `cargo run --release -p billing --example writer_bench -- <DATABASE_URL> [records] [users]`
+//! `cargo run --release -p billing --example writer_bench -- <DATABASE_URL> [records] [users] [REDIS_URL]`
 //! (a fresh database: it creates users and writes generations, charges and ledger
-//! rows). `bench/writer.sh` makes a throw-away Postgres database and runs it.
+//! rows; with a Redis URL the wallet's counters live there, as in production).
+//! `bench/writer.sh` makes a throw-away Postgres database and runs it. The holds are
+//! taken and settled first; the clock runs from the first record handed to the writer
+//! until the last is committed and its hold released in the wallet.
 
 #![allow(
     clippy::unwrap_used,
@@ -28,7 +31,12 @@ async fn main() {
     let records: usize = args.get(2).map_or(50_000, |n| n.parse().unwrap());
     let users: i64 = args.get(3).map_or(100, |n| n.parse().unwrap());
     let db = store::db::connect(url).await.unwrap();
-    let shared = store::Shared::memory();
+    let shared = match args.get(4) {
+        Some(redis) => store::Shared::redis(redis, &format!("tgbench{}", std::process::id()))
+            .await
+            .unwrap(),
+        None => store::Shared::memory(),
+    };
     let wallet = Arc::new(Wallet::new(db.clone(), &shared));
     let now = chrono::Utc::now();
     let mut ids = Vec::new();
@@ -73,8 +81,7 @@ async fn main() {
             .unwrap();
         ids.push(u.id);
     }
-    let (writer, _task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
-    let started = Instant::now();
+    let mut settled = Vec::with_capacity(records);
     for i in 0..records {
         let user_id = ids[i % ids.len()];
         let hold = wallet.reserve(user_id, None, 40).await.unwrap();
@@ -110,16 +117,21 @@ async fn main() {
             attempts: None,
             created_at: now,
         };
-        writer.submit(
+        settled.push((
             record,
-            Some(Charge {
+            Charge {
                 user_id,
                 key_id: 1,
                 key_limited: false,
                 pending,
                 lease,
-            }),
-        );
+            },
+        ));
+    }
+    let (writer, _task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
+    let started = Instant::now();
+    for (record, charge) in settled {
+        writer.submit(record, Some(charge));
     }
     let queued = started.elapsed();
     writer.flush().await;

@@ -413,7 +413,7 @@ async fn relay(
         created_at: chrono::Utc::now(),
     };
     let prepared = async {
-        if !state.serving() {
+        if !state.availability.serving() || !state.writer.admit().await {
             return Err(RelayError::ServiceUnavailable);
         }
         admission::check_ip(&caller, ip)?;

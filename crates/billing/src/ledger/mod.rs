@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    EntityTrait, ExprTrait, QueryFilter, TransactionTrait,
+    DbBackend, EntityTrait, ExprTrait, QueryFilter, TransactionTrait,
 };
 use store::entities::{api_key, generation, transaction, user};
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 
 use crate::wallet::{Account, Synced};
 use crate::{BillingError, Usage, Wallet};
+
+mod postgres;
 
 /// Everything known about one relay request when it ends.
 #[derive(Clone, Debug)]
@@ -64,16 +66,46 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// Records waiting for the database, at most [`MAX_BACKLOG`] before admission refuses
-/// new requests (records of requests already answered are always kept).
+/// Records waiting for the database, at most [`MAX_BACKLOG`] (and [`MAX_BACKLOG_BYTES`])
+/// before admission refuses new requests; records of requests already admitted are
+/// always kept, so the backlog can pass the bound only by what is in flight.
 pub const MAX_BACKLOG: usize = 10_000;
+
+/// The backlog's bound in bytes (records carry error texts and attempt lists).
+pub const MAX_BACKLOG_BYTES: usize = 16 << 20;
+
+/// Past this share of either bound (in quarters), admission waits for the writer to
+/// catch up before it admits: the relay slows before it refuses.
+const SLOW_AT_QUARTERS: usize = 3;
+
+/// How long admission waits for the backlog to drain before it refuses.
+const ADMIT_WAIT: Duration = Duration::from_millis(250);
 
 /// Hands records to the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct LedgerWriter {
     tx: mpsc::UnboundedSender<Msg>,
     backlog: Arc<AtomicUsize>,
+    backlog_bytes: Arc<AtomicUsize>,
     db_down: Arc<AtomicBool>,
+}
+
+impl GenerationRecord {
+    /// About how much memory the record holds while it waits for the writer.
+    fn footprint(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        std::mem::size_of::<Self>()
+            + self.id.capacity()
+            + self.model.capacity()
+            + self.endpoint.capacity()
+            + text(&self.upstream_id)
+            + text(&self.provider_name)
+            + text(&self.upstream_model)
+            + text(&self.finish_reason)
+            + text(&self.error)
+            + text(&self.client_ip)
+            + text(&self.attempts)
+    }
 }
 
 const MAX_BATCH: usize = 512;
@@ -86,6 +118,7 @@ impl LedgerWriter {
         let writer = LedgerWriter {
             tx,
             backlog: Arc::new(AtomicUsize::new(0)),
+            backlog_bytes: Arc::new(AtomicUsize::new(0)),
             db_down: Arc::new(AtomicBool::new(false)),
         };
         let task = tokio::spawn(run(db, wallet, rx, writer.clone()));
@@ -94,9 +127,12 @@ impl LedgerWriter {
 
     /// Queues a generation (and its charge, if any) for the next batch.
     pub fn submit(&self, record: GenerationRecord, charge: Option<Charge>) {
+        let bytes = record.footprint();
         self.backlog.fetch_add(1, Ordering::Relaxed);
+        self.backlog_bytes.fetch_add(bytes, Ordering::Relaxed);
         if self.tx.send(Msg::Record(Box::new(record), charge)).is_err() {
             self.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.backlog_bytes.fetch_sub(bytes, Ordering::Relaxed);
             tracing::error!("ledger writer is gone; a generation was not recorded");
         }
     }
@@ -106,10 +142,41 @@ impl LedgerWriter {
         self.backlog.load(Ordering::Relaxed)
     }
 
+    /// Bytes those records hold (about).
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog_bytes.load(Ordering::Relaxed)
+    }
+
     /// Whether new requests must be refused: the backlog is full, or the writer's
     /// last attempt found the database unreachable.
     pub fn refuses(&self) -> bool {
-        self.backlog() >= MAX_BACKLOG || self.db_down.load(Ordering::Relaxed)
+        self.backlog() >= MAX_BACKLOG
+            || self.backlog_bytes() >= MAX_BACKLOG_BYTES
+            || self.db_down.load(Ordering::Relaxed)
+    }
+
+    /// Whether the backlog is past the share of its bounds where admission slows.
+    fn pressed(&self) -> bool {
+        self.backlog() * 4 >= MAX_BACKLOG * SLOW_AT_QUARTERS
+            || self.backlog_bytes() * 4 >= MAX_BACKLOG_BYTES * SLOW_AT_QUARTERS
+    }
+
+    /// Admission's question: may a new request start? Below three quarters of the
+    /// backlog's bounds, yes at once; above, the request waits (up to 250 ms) for the
+    /// writer to catch up, which slows the relay to the writer's pace, and is refused
+    /// if the backlog is still full (or the database unreachable).
+    pub async fn admit(&self) -> bool {
+        if self.db_down.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !self.pressed() {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+        while self.pressed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        !self.refuses()
     }
 
     /// Waits until everything submitted before this call is committed.
@@ -135,16 +202,23 @@ async fn run(
             Msg::Flush(w) => waiters.push(w),
         };
         push(first, &mut batch);
+        // Gather by sleeping, then draining: a receiver waiting in `recv` is woken (a
+        // thread hand-off) by every record sent, a sleeping one by none.
         let deadline = tokio::time::Instant::now() + GATHER;
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(m)) => push(m, &mut batch),
-                _ => break,
+            match rx.try_recv() {
+                Ok(m) => push(m, &mut batch),
+                Err(mpsc::error::TryRecvError::Empty) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep_until(deadline).await;
+                }
+                Err(_) => break,
             }
         }
         if !batch.is_empty() {
             commit_with_retry(&db, &wallet, &batch, &writer.db_down).await;
+            let bytes: usize = batch.iter().map(|(r, _)| r.footprint()).sum();
             writer.backlog.fetch_sub(batch.len(), Ordering::Relaxed);
+            writer.backlog_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
         for w in waiters {
             let _ = w.send(());
@@ -168,8 +242,21 @@ async fn commit_with_retry(
         match commit(db, batch).await {
             Ok(done) => {
                 db_down.store(false, Ordering::Relaxed);
-                for (item, charged) in batch.iter().zip(&done.charged) {
-                    follow_wallet(wallet, item, *charged, &done.synced).await;
+                let holds: Vec<crate::wallet::Committed> = batch
+                    .iter()
+                    .filter_map(|(_, c)| c.as_ref())
+                    .map(|c| crate::wallet::Committed {
+                        user_id: c.user_id,
+                        key_id: c.key_limited.then_some(c.key_id),
+                        lease: c.lease,
+                        pending: c.pending,
+                    })
+                    .collect();
+                if let Err(e) = wallet.flushed_many(&holds, &done.synced).await {
+                    tracing::warn!(error = ?e, "batched wallet update failed; following one by one");
+                    for (item, charged) in batch.iter().zip(&done.charged) {
+                        follow_wallet(wallet, item, *charged, &done.synced).await;
+                    }
                 }
                 return;
             }
@@ -303,6 +390,102 @@ struct Committed {
     synced: Vec<Synced>,
 }
 
+/// A ledger line of a batch: the charge of record `index`, and the balance after it.
+struct Line {
+    index: usize,
+    user_id: i64,
+    amount: i64,
+    balance_after: i64,
+}
+
+/// The batch's positive charges by user: (record index, pending amount), in order.
+fn by_user(batch: &[(GenerationRecord, Option<Charge>)]) -> BTreeMap<i64, Vec<(usize, i64)>> {
+    let mut by_user: BTreeMap<i64, Vec<(usize, i64)>> = BTreeMap::new();
+    for (i, (_, charge)) in batch.iter().enumerate() {
+        if let Some(c) = charge.filter(|c| c.pending > 0) {
+            by_user.entry(c.user_id).or_default().push((i, c.pending));
+        }
+    }
+    by_user
+}
+
+/// A user's charges, all covered by one debit of their total: each is charged in full
+/// and its ledger line carries the balance running down from `before`.
+fn runs_down(
+    user_id: i64,
+    before: i64,
+    items: &[(usize, i64)],
+    charged: &mut [i64],
+    lines: &mut Vec<Line>,
+) {
+    let mut balance = before;
+    for &(index, pending) in items {
+        balance -= pending;
+        charged[index] = pending;
+        lines.push(Line {
+            index,
+            user_id,
+            amount: pending,
+            balance_after: balance,
+        });
+    }
+}
+
+/// A user's charges when the balance `before` cannot cover them all: each takes what
+/// is left, in order, and what it could not take is its shortfall (reported). Returns
+/// the total taken.
+fn split_short(
+    batch: &[(GenerationRecord, Option<Charge>)],
+    user_id: i64,
+    before: i64,
+    items: &[(usize, i64)],
+    charged: &mut [i64],
+    shortfall: &mut [i64],
+    lines: &mut Vec<Line>,
+) -> i64 {
+    let mut balance = Ord::max(before, 0);
+    let mut taken = 0;
+    for &(index, pending) in items {
+        let amount = Ord::min(pending, balance);
+        if amount < pending {
+            report_shortfall(&batch[index].0.id, user_id, pending, amount);
+            shortfall[index] = pending - amount;
+        }
+        if amount > 0 {
+            balance -= amount;
+            taken += amount;
+            charged[index] = amount;
+            lines.push(Line {
+                index,
+                user_id,
+                amount,
+                balance_after: balance,
+            });
+        }
+    }
+    taken
+}
+
+fn report_shortfall(generation: &str, user_id: i64, pending: i64, charged: i64) {
+    crate::metrics::SHORTFALLS.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::SHORTFALL_MICROS.fetch_add(
+        u64::try_from(pending - charged).unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    tracing::error!(
+        user.id = user_id,
+        generation.id = %generation,
+        pending,
+        charged,
+        "settled charge exceeds the balance; charged what was there"
+    );
+}
+
+/// The generation's error when its charge fell short.
+fn shortfall_error(shortfall: i64) -> Option<String> {
+    (shortfall > 0).then(|| format!("charge_shortfall: {shortfall} µc owed were not charged"))
+}
+
 /// Commits one batch. Charges are summed per user (one conditional update each) and
 /// per key; every charge gets its own ledger row, with the balance after it. A charge
 /// the balance cannot fully cover (the wallet should make that impossible) takes what
@@ -311,62 +494,43 @@ async fn commit(
     db: &DatabaseConnection,
     batch: &[(GenerationRecord, Option<Charge>)],
 ) -> Result<Committed, BillingError> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        return postgres::commit(db.get_postgres_connection_pool(), batch).await;
+    }
     let txn = db.begin().await?;
     let now = Utc::now();
     let mut charged = vec![0_i64; batch.len()];
     let mut shortfall = vec![0_i64; batch.len()];
     let mut synced = Vec::new();
-    let mut by_user: BTreeMap<i64, Vec<(usize, i64)>> = BTreeMap::new();
-    for (i, (_, charge)) in batch.iter().enumerate() {
-        if let Some(c) = charge.filter(|c| c.pending > 0) {
-            by_user.entry(c.user_id).or_default().push((i, c.pending));
-        }
-    }
-    let mut ledger_rows = Vec::new();
-    let entry =
-        |i: usize, amount: i64, balance_after: i64, user_id: i64| transaction::ActiveModel {
-            user_id: Set(user_id),
-            kind: Set("consume".to_owned()),
-            amount: Set(-amount),
-            balance_after: Set(balance_after),
-            reference: Set(Some(batch[i].0.id.clone())),
-            note: Set(Some(clean(&batch[i].0.model))),
-            created_at: Set(now),
-            ..Default::default()
-        };
-    for (user_id, items) in by_user {
+    let mut lines = Vec::new();
+    for (user_id, items) in by_user(batch) {
         let total: i64 = items.iter().map(|(_, p)| p).sum();
         if let Some(after) = conditional_debit(&txn, user_id, total, true, now).await? {
-            let mut balance = after.balance + total;
-            for (i, pending) in items {
-                balance -= pending;
-                charged[i] = pending;
-                ledger_rows.push(entry(i, pending, balance, user_id));
-            }
+            runs_down(
+                user_id,
+                after.balance + total,
+                &items,
+                &mut charged,
+                &mut lines,
+            );
             synced.push(after.synced(user_id));
             continue;
         }
         let mut last = None;
-        for (i, pending) in items {
+        for (index, pending) in items {
             let (amount, after) = debit(&txn, user_id, pending, now).await?;
             if amount < pending {
-                shortfall[i] = pending - amount;
-                crate::metrics::SHORTFALLS.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::SHORTFALL_MICROS.fetch_add(
-                    u64::try_from(pending - amount).unwrap_or(0),
-                    Ordering::Relaxed,
-                );
-                tracing::error!(
-                    user.id = user_id,
-                    generation.id = %batch[i].0.id,
-                    pending,
-                    charged = amount,
-                    "settled charge exceeds the balance; charged what was there"
-                );
+                shortfall[index] = pending - amount;
+                report_shortfall(&batch[index].0.id, user_id, pending, amount);
             }
             if amount > 0 {
-                charged[i] = amount;
-                ledger_rows.push(entry(i, amount, after.balance, user_id));
+                charged[index] = amount;
+                lines.push(Line {
+                    index,
+                    user_id,
+                    amount,
+                    balance_after: after.balance,
+                });
             }
             last = Some(after);
         }
@@ -401,6 +565,19 @@ async fn commit(
             });
         }
     }
+    let ledger_rows: Vec<_> = lines
+        .iter()
+        .map(|l| transaction::ActiveModel {
+            user_id: Set(l.user_id),
+            kind: Set("consume".to_owned()),
+            amount: Set(-l.amount),
+            balance_after: Set(l.balance_after),
+            reference: Set(Some(batch[l.index].0.id.clone())),
+            note: Set(Some(clean(&batch[l.index].0.model))),
+            created_at: Set(now),
+            ..Default::default()
+        })
+        .collect();
     for chunk in shaped_chunks(&ledger_rows) {
         transaction::Entity::insert_many(chunk.to_vec())
             .exec(&txn)
@@ -529,13 +706,7 @@ fn clean_opt(s: &Option<String>) -> Option<String> {
 }
 
 fn generation_row(r: &GenerationRecord, cost: i64, shortfall: i64) -> generation::ActiveModel {
-    let error = if shortfall > 0 {
-        Some(format!(
-            "charge_shortfall: {shortfall} µc owed were not charged"
-        ))
-    } else {
-        clean_opt(&r.error)
-    };
+    let error = shortfall_error(shortfall).or_else(|| clean_opt(&r.error));
     generation::ActiveModel {
         id: Set(r.id.clone()),
         upstream_id: Set(clean_opt(&r.upstream_id)),
