@@ -3,9 +3,11 @@
 //! the writer to ~6,000 generations/s; here every column travels as one array and
 //! `UNNEST` turns the arrays back into rows on the server.
 //!
-//! Statements are kept under [`MAX_MESSAGE`] bytes: sqlx does not set `TCP_NODELAY`, and
-//! a message that spans an odd number of full loopback segments waits ~40 ms for the
-//! server's delayed ACK (Nagle) before its tail is sent.
+//! Statements are kept under [`MAX_MESSAGE`] bytes, inside one TLS record: sqlx does not
+//! set `TCP_NODELAY`, and over TLS (`sslmode=prefer` takes it wherever the server offers
+//! it) each 16 KiB record is its own `send`; the second of a message waits for the
+//! server's delayed ACK (Nagle), 40 ms a statement. Measured: 512 generations took
+//! 220 ms to insert in 48 KiB statements, against about 8 ms in 12 KiB ones.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,8 +19,9 @@ use super::{Committed, Line, clean, clean_opt, runs_down, shortfall_error, split
 use crate::wallet::{Account, Synced};
 use crate::{BillingError, Charge, GenerationRecord};
 
-/// Largest statement (its bound arrays) sent at once, in bytes.
-const MAX_MESSAGE: usize = 48 * 1024;
+/// Largest statement (its bound arrays, as estimated generously) sent at once, in bytes:
+/// under a TLS record's 16 KiB with room for the message framing.
+const MAX_MESSAGE: usize = 12 * 1024;
 
 fn db_err(e: sqlx::Error) -> BillingError {
     BillingError::from(DbErr::Exec(RuntimeErr::SqlxError(e.into())))
