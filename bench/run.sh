@@ -9,7 +9,8 @@
 # Env: BENCH_SECONDS (10) per measured run, BENCH_WARMUP (1) seconds of warm-up before
 # each run, SKIP_BUILD=1 to use an existing binary, GATEWAY_BIN (target/release/gateway),
 # PG_ADMIN_URL and BENCH_REDIS_URL for --backend postgres, BENCH_RECORD=0 to leave
-# bench/RESULTS.md alone.
+# bench/RESULTS.md alone, BENCH_PERF=FILE to `perf record` the gateway during the
+# non-stream run (its CPU figure then includes perf's own cost).
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -297,8 +298,14 @@ bench() {
   log "$name: wrk -c$conns -t$threads -d${SECS}s $url"
   BENCH_BODY=$body BENCH_AUTH=$key wrk -c"$conns" -t"$threads" -d"${WARMUP}s" -s "$BENCH_DIR/post.lua" "$url" >/dev/null
   t0=$(cpu_ticks)
+  local perf_pid=""
+  if [[ -n ${BENCH_PERF:-} && $name == gateway_ns32 ]]; then
+    perf record -q -F 1999 -g -p "$GW_PID" -o "$BENCH_PERF" -- sleep "$SECS" 2>/dev/null &
+    perf_pid=$!
+  fi
   BENCH_BODY=$body BENCH_AUTH=$key wrk -c"$conns" -t"$threads" -d"${SECS}s" -s "$BENCH_DIR/post.lua" "$url" >"$T/wrk-$name.txt"
   t1=$(cpu_ticks)
+  if [[ -n $perf_pid ]]; then wait "$perf_pid" || true; fi
   line=$(grep '^BENCH ' "$T/wrk-$name.txt") || die "no result from wrk: $(cat "$T/wrk-$name.txt")"
   reqs=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")
   # The gateway's user + system CPU over the measured run (/proc ticks are 10 ms).

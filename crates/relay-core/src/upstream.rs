@@ -42,26 +42,52 @@ impl Failure {
     }
 }
 
-/// The shared client: TCP_NODELAY, pooled keep-alive connections, connect timeout.
+/// The upstream client: TCP_NODELAY, pooled keep-alive connections, connect timeout.
+///
+/// One pool per thread: a pooled connection is driven by a task on the runtime that
+/// opened it, so with one shared pool a request served by one actix worker often rode
+/// a connection owned by the other, and every request and answer crossed threads (a
+/// wake and a context switch each way). Each worker keeps its own connections instead.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    http: reqwest::Client,
+    /// Used where a thread's own client cannot be built (it never fails once this did).
+    fallback: reqwest::Client,
+}
+
+thread_local! {
+    static THREAD_CLIENT: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+}
+
+fn build_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .build()
 }
 
 impl UpstreamClient {
     pub fn new() -> Result<Self, RelayError> {
         install_tls_provider();
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(512)
-            .build()
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot build the upstream HTTP client");
-                RelayError::Internal
-            })?;
-        Ok(UpstreamClient { http })
+        let fallback = build_client().map_err(|e| {
+            tracing::error!(error = %e, "cannot build the upstream HTTP client");
+            RelayError::Internal
+        })?;
+        Ok(UpstreamClient { fallback })
+    }
+
+    /// This thread's client (made on first use).
+    fn http(&self) -> reqwest::Client {
+        THREAD_CLIENT
+            .with(|c| {
+                if let Some(client) = c.get() {
+                    return Some(client.clone());
+                }
+                let client = build_client().ok()?;
+                Some(c.get_or_init(|| client).clone())
+            })
+            .unwrap_or_else(|| self.fallback.clone())
     }
 
     /// POSTs a JSON body to `path` on `channel` with `key`, waiting at most the
@@ -88,7 +114,7 @@ impl UpstreamClient {
         extra: &[(&'static str, String)],
     ) -> Result<reqwest::Response, Failure> {
         let mut req = self
-            .http
+            .http()
             .post(channel_url(channel, path, model))
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
