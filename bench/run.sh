@@ -300,7 +300,7 @@ bench() {
   t0=$(cpu_ticks)
   local perf_pid=""
   if [[ -n ${BENCH_PERF:-} && $name == gateway_ns32 ]]; then
-    perf record -q -F 1999 -g -p "$GW_PID" -o "$BENCH_PERF" -- sleep "$SECS" 2>/dev/null &
+    perf record -q -F ${BENCH_PERF_HZ:-1999} ${BENCH_PERF_CG:--g} -p "$GW_PID" -o "$BENCH_PERF" -- sleep "$SECS" 2>/dev/null &
     perf_pid=$!
   fi
   BENCH_BODY=$body BENCH_AUTH=$key wrk -c"$conns" -t"$threads" -d"${SECS}s" -s "$BENCH_DIR/post.lua" "$url" >"$T/wrk-$name.txt"

@@ -3,6 +3,7 @@
 //! its ledger row are always in the same transaction, so `balance = Σ ledger` holds
 //! even if the process dies between batches.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,10 +12,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, EntityTrait, ExprTrait, QueryFilter, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, ExprTrait,
+    QueryFilter,
 };
-use store::entities::{api_key, generation, transaction, user};
+use store::entities::{generation, user};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -22,6 +23,7 @@ use crate::wallet::{Account, Synced};
 use crate::{BillingError, Usage, Wallet};
 
 mod postgres;
+mod sqlite;
 
 /// Everything known about one relay request when it ends.
 #[derive(Clone, Debug)]
@@ -486,133 +488,19 @@ fn shortfall_error(shortfall: i64) -> Option<String> {
     (shortfall > 0).then(|| format!("charge_shortfall: {shortfall} µc owed were not charged"))
 }
 
-/// Commits one batch. Charges are summed per user (one conditional update each) and
-/// per key; every charge gets its own ledger row, with the balance after it. A charge
-/// the balance cannot fully cover (the wallet should make that impossible) takes what
-/// is there and is reported as an error with a metric, never passed over silently.
+/// Commits one batch, in one transaction. Charges are summed per user (one conditional
+/// update each) and per key; every charge gets its own ledger row, with the balance
+/// after it. A charge the balance cannot fully cover (the wallet should make that
+/// impossible) takes what is there and is reported as an error with a metric, never
+/// passed over silently.
 async fn commit(
     db: &DatabaseConnection,
     batch: &[(GenerationRecord, Option<Charge>)],
 ) -> Result<Committed, BillingError> {
-    if db.get_database_backend() == DbBackend::Postgres {
-        return postgres::commit(db.get_postgres_connection_pool(), batch).await;
+    match db.get_database_backend() {
+        DbBackend::Postgres => postgres::commit(db.get_postgres_connection_pool(), batch).await,
+        _ => sqlite::commit(db.get_sqlite_connection_pool(), batch).await,
     }
-    let txn = db.begin().await?;
-    let now = Utc::now();
-    let mut charged = vec![0_i64; batch.len()];
-    let mut shortfall = vec![0_i64; batch.len()];
-    let mut synced = Vec::new();
-    let mut lines = Vec::new();
-    for (user_id, items) in by_user(batch) {
-        let total: i64 = items.iter().map(|(_, p)| p).sum();
-        if let Some(after) = conditional_debit(&txn, user_id, total, true, now).await? {
-            runs_down(
-                user_id,
-                after.balance + total,
-                &items,
-                &mut charged,
-                &mut lines,
-            );
-            synced.push(after.synced(user_id));
-            continue;
-        }
-        let mut last = None;
-        for (index, pending) in items {
-            let (amount, after) = debit(&txn, user_id, pending, now).await?;
-            if amount < pending {
-                shortfall[index] = pending - amount;
-                report_shortfall(&batch[index].0.id, user_id, pending, amount);
-            }
-            if amount > 0 {
-                charged[index] = amount;
-                lines.push(Line {
-                    index,
-                    user_id,
-                    amount,
-                    balance_after: after.balance,
-                });
-            }
-            last = Some(after);
-        }
-        if let Some(after) = last {
-            synced.push(after.synced(user_id));
-        }
-    }
-    let mut by_key: BTreeMap<i64, i64> = BTreeMap::new();
-    for (i, (_, charge)) in batch.iter().enumerate() {
-        if let Some(c) = charge.filter(|_| charged[i] > 0) {
-            *by_key.entry(c.key_id).or_default() += charged[i];
-        }
-    }
-    for (key_id, amount) in by_key {
-        let rows = api_key::Entity::update_many()
-            .col_expr(
-                api_key::Column::Used,
-                Expr::col(api_key::Column::Used).add(amount),
-            )
-            .col_expr(api_key::Column::Rev, Expr::col(api_key::Column::Rev).add(1))
-            .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
-            .filter(api_key::Column::Id.eq(key_id))
-            .exec_with_returning(&txn)
-            .await?;
-        if let Some(k) = rows.first()
-            && let Some(limit) = k.credit_limit
-        {
-            synced.push(Synced {
-                account: Account::Key(key_id),
-                limit: limit - k.used,
-                rev: k.rev,
-            });
-        }
-    }
-    let ledger_rows: Vec<_> = lines
-        .iter()
-        .map(|l| transaction::ActiveModel {
-            user_id: Set(l.user_id),
-            kind: Set("consume".to_owned()),
-            amount: Set(-l.amount),
-            balance_after: Set(l.balance_after),
-            reference: Set(Some(batch[l.index].0.id.clone())),
-            note: Set(Some(clean(&batch[l.index].0.model))),
-            created_at: Set(now),
-            ..Default::default()
-        })
-        .collect();
-    for chunk in shaped_chunks(&ledger_rows) {
-        transaction::Entity::insert_many(chunk.to_vec())
-            .exec(&txn)
-            .await?;
-    }
-    let rows: Vec<_> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, (r, _))| generation_row(r, charged[i], shortfall[i]))
-        .collect();
-    for chunk in shaped_chunks(&rows) {
-        generation::Entity::insert_many(chunk.to_vec())
-            .exec(&txn)
-            .await?;
-    }
-    txn.commit().await?;
-    Ok(Committed { charged, synced })
-}
-
-/// Splits rows into chunks of 16, 4 and 1: a multi-row INSERT's SQL text depends on
-/// its row count, and the driver caches prepared statements by text, so a handful of
-/// shapes are parsed once instead of a new statement for every batch size. Chunks stay
-/// small because sqlx does not set TCP_NODELAY: 64-row generation inserts to Postgres
-/// over TCP stalled ~40 ms each on Nagle + delayed ACK (1.3k/s against 14k/s at 16).
-fn shaped_chunks<T>(rows: &[T]) -> Vec<&[T]> {
-    let mut out = Vec::new();
-    let mut rest = rows;
-    for size in [16, 4, 1] {
-        while rest.len() >= size {
-            let (head, tail) = rest.split_at(size);
-            out.push(head);
-            rest = tail;
-        }
-    }
-    out
 }
 
 /// A user's balance after a debit, at the revision the debit gave it.
@@ -630,34 +518,6 @@ impl After {
             limit: self.balance,
             rev: self.rev,
         }
-    }
-}
-
-/// Takes up to `amount` from a user's balance with one conditional update each try,
-/// never below zero; returns (taken, state after).
-pub async fn debit(
-    txn: &DatabaseTransaction,
-    user_id: i64,
-    amount: i64,
-    now: DateTime<Utc>,
-) -> Result<(i64, After), BillingError> {
-    if let Some(after) = conditional_debit(txn, user_id, amount, true, now).await? {
-        return Ok((amount, after));
-    }
-    // Not enough: take what is there (the wallet should have prevented this).
-    let Some(u) = user::Entity::find_by_id(user_id).one(txn).await? else {
-        return Ok((0, After { balance: 0, rev: 0 }));
-    };
-    let current = After {
-        balance: u.balance,
-        rev: u.rev,
-    };
-    if u.balance <= 0 {
-        return Ok((0, current));
-    }
-    match conditional_debit(txn, user_id, u.balance, true, now).await? {
-        Some(after) => Ok((u.balance, after)),
-        None => Ok((0, current)),
     }
 }
 
@@ -697,57 +557,14 @@ pub(crate) async fn conditional_debit<C: ConnectionTrait>(
 
 /// Text from upstreams goes into the database: NUL bytes (which Postgres refuses) are
 /// dropped.
-fn clean(s: &str) -> String {
-    s.replace('\0', "")
+fn clean(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', ""))
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 fn clean_opt(s: &Option<String>) -> Option<String> {
-    s.as_deref().map(clean)
-}
-
-fn generation_row(r: &GenerationRecord, cost: i64, shortfall: i64) -> generation::ActiveModel {
-    let error = shortfall_error(shortfall).or_else(|| clean_opt(&r.error));
-    generation::ActiveModel {
-        id: Set(r.id.clone()),
-        upstream_id: Set(clean_opt(&r.upstream_id)),
-        user_id: Set(r.user_id),
-        key_id: Set(r.key_id),
-        channel_id: Set(r.channel_id),
-        provider_name: Set(clean_opt(&r.provider_name)),
-        model: Set(clean(&r.model)),
-        upstream_model: Set(clean_opt(&r.upstream_model)),
-        endpoint: Set(r.endpoint.clone()),
-        streamed: Set(r.streamed),
-        cancelled: Set(r.cancelled),
-        finish_reason: Set(clean_opt(&r.finish_reason)),
-        tokens_prompt: Set(r.usage.prompt_tokens),
-        tokens_completion: Set(r.usage.completion_tokens),
-        tokens_cached: Set(r.usage.cached_tokens),
-        tokens_reasoning: Set(r.usage.reasoning_tokens),
-        tokens_cache_write: Set(r.usage.cache_write_tokens),
-        num_media: Set(r.usage.images),
-        latency_ms: Set(r.latency_ms),
-        generation_time_ms: Set(r.generation_time_ms),
-        cost: Set(cost),
-        status: Set(r.status.to_owned()),
-        status_code: Set(i32::from(r.status_code)),
-        error: Set(error),
-        client_ip: Set(clean_opt(&r.client_ip)),
-        attempts: Set(clean_opt(&r.attempts)),
-        created_at: Set(r.created_at),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shaped_chunks;
-
-    #[test]
-    fn rows_are_split_into_a_few_fixed_insert_shapes() {
-        let rows: Vec<u32> = (0..87).collect();
-        let sizes: Vec<usize> = shaped_chunks(&rows).iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, [16, 16, 16, 16, 16, 4, 1, 1, 1]);
-        assert_eq!(shaped_chunks(&rows).concat(), rows);
-        assert!(shaped_chunks::<u32>(&[]).is_empty());
-    }
+    s.as_deref().map(|s| clean(s).into_owned())
 }

@@ -207,7 +207,7 @@ async fn insert_ledger(
         let refs: Vec<&str> = lines.iter().map(|l| batch[l.index].0.id.as_str()).collect();
         let notes: Vec<String> = lines
             .iter()
-            .map(|l| clean(&batch[l.index].0.model))
+            .map(|l| clean(&batch[l.index].0.model).into_owned())
             .collect();
         sqlx::query(
             "INSERT INTO transactions (user_id, kind, amount, balance_after, reference, note, created_at) \
@@ -284,7 +284,7 @@ async fn insert_generations(
             c.key_id.push(r.key_id);
             c.channel_id.push(r.channel_id);
             c.provider_name.push(clean_opt(&r.provider_name));
-            c.model.push(clean(&r.model));
+            c.model.push(clean(&r.model).into_owned());
             c.upstream_model.push(clean_opt(&r.upstream_model));
             c.endpoint.push(r.endpoint.clone());
             c.streamed.push(r.streamed);
