@@ -98,12 +98,29 @@ impl Application {
             client.clone(),
             Arc::clone(&breakers),
         ));
+        let tasks = TaskTracker::new();
+        let metrics = Arc::new(relay_core::metrics::Metrics::new());
+        let pipeline = relay_core::pipeline::Pipeline {
+            settler: relay_core::meter::Settler {
+                wallet: Arc::clone(&wallet) as Arc<dyn relay_core::funds::Funds>,
+                writer: Arc::new(writer.clone()),
+                tasks: tasks.clone(),
+                metrics: Arc::clone(&metrics),
+            },
+            shared: Arc::clone(&shared),
+            availability: Arc::clone(&availability),
+            client: client.clone(),
+            breakers: Arc::clone(&breakers),
+            health: health.clone(),
+            max_body_mb: config.max_body_mb,
+            max_upstream_mb: config.max_upstream_mb,
+        };
         let state = web::Data::new(AppState {
             db: db.clone(),
             shared: Arc::clone(&shared),
             wallet: Arc::clone(&wallet),
             writer,
-            tasks: TaskTracker::new(),
+            tasks,
             snapshot,
             client,
             secrets: secrets.clone(),
@@ -113,7 +130,8 @@ impl Application {
             breakers,
             health,
             availability,
-            metrics: Arc::new(relay_core::metrics::Metrics::new()),
+            metrics,
+            pipeline,
         });
         let admin = web::Data::new(admin_web::AdminState {
             db,

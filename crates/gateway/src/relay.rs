@@ -3,20 +3,16 @@
 //! `X-Generation-Id`.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
-use billing::{GenerationRecord, Usage};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use relay_core::RelayError;
-use relay_core::admission::{self, Admitted, Caller};
-use relay_core::meter::Meter;
-use relay_core::openai::ChatHead;
+use relay_core::admission;
+use relay_core::pipeline::{Answered, GeminiRoute, Inbound, new_generation_id};
 use relay_core::protocol::Protocol;
-use relay_core::relay::{ChatAnswer, ChatDeps, RelayRequest};
+use relay_core::relay::ChatAnswer;
 
 use crate::state::AppState;
 
@@ -44,10 +40,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         // google-genai defaults to API version v1: same request, other prefix.
         .route("/v1/models/{target}", web::post().to(gemini_generate))
         .route("/v1/models", web::get().to(models));
-}
-
-fn new_generation_id() -> String {
-    format!("gen-{}", uuid::Uuid::now_v7().simple())
 }
 
 /// The client's key from `Authorization: Bearer …`.
@@ -119,33 +111,6 @@ pub fn client_ip(state: &AppState, req: &HttpRequest) -> Option<IpAddr> {
 /// An OpenAI-shaped error answer.
 pub fn openai_error(err: &RelayError, generation_id: &str) -> HttpResponse {
     error_with_body(err, generation_id, err.openai_body())
-}
-
-/// Reads the request body up to the configured limit.
-async fn read_limited(
-    mut payload: web::Payload,
-    req: &HttpRequest,
-    limit_mb: usize,
-) -> Result<Bytes, RelayError> {
-    let limit = limit_mb.saturating_mul(1024 * 1024);
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(RelayError::RequestTooLarge(limit_mb));
-    }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|_| RelayError::InvalidRequest("the request body could not be read".into()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(RelayError::RequestTooLarge(limit_mb));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 /// `POST /v1/chat/completions`
@@ -283,35 +248,19 @@ async fn count(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let id = new_generation_id();
     let snap = state.snapshot.load_full();
-    let counted = async {
-        let caller = admission::authenticate(&snap.catalog, api_key(&req, proto).as_deref())?;
-        admission::check_ip(&caller, client_ip(&state, &req))?;
-        let body = read_limited(payload, &req, state.config.max_body_mb).await?;
-        let head = match &gemini_model {
-            Some(model) => ChatHead::gemini(&body, model, false)?,
-            None => ChatHead::parse_for(proto, &body)?,
-        };
-        let admitted =
-            admission::admit_model(&snap.catalog, &snap.router, &caller, head.model(), proto)?;
-        check_rpm(&state, &caller).await?;
-        relay_core::count::count_tokens(&snap.router, &state.client, &admitted, proto, &body).await
-    }
-    .await;
-    match counted {
-        Ok(answer) => HttpResponse::Ok()
+    let gemini = gemini_model.map(|model| GeminiRoute {
+        model,
+        stream: false,
+    });
+    let inbound = inbound(&state, &req, proto, payload, gemini);
+    match state.pipeline.count(snap.routing(), inbound).await {
+        (id, Ok(answer)) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "application/json"))
             .insert_header((GENERATION_HEADER, id))
             .body(answer),
-        Err(e) => error_response(proto, &e, &id),
+        (id, Err(e)) => error_response(proto, &e, &id),
     }
-}
-
-/// Where a Gemini request's model and method come from: the path.
-pub struct GeminiRoute {
-    pub model: String,
-    pub stream: bool,
 }
 
 /// `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse`
@@ -373,7 +322,32 @@ fn forwarded_headers(req: &HttpRequest, proto: Protocol) -> Vec<(&'static str, S
         .collect()
 }
 
-/// One relay request in `proto`, from the key to the answer.
+/// What the pipeline needs of the HTTP request.
+fn inbound(
+    state: &AppState,
+    req: &HttpRequest,
+    proto: Protocol,
+    payload: web::Payload,
+    gemini: Option<GeminiRoute>,
+) -> Inbound<web::Payload> {
+    Inbound {
+        proto,
+        key: api_key(req, proto),
+        ip: client_ip(state, req),
+        declared_len: req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok()),
+        content_type: content_type(req).map(str::to_owned),
+        body: payload,
+        gemini,
+        extra: forwarded_headers(req, proto),
+    }
+}
+
+/// One relay request in `proto`: extract, one call into the pipeline, the answer in
+/// the client's protocol.
 async fn relay(
     proto: Protocol,
     state: web::Data<AppState>,
@@ -381,101 +355,13 @@ async fn relay(
     payload: web::Payload,
     gemini: Option<GeminiRoute>,
 ) -> HttpResponse {
-    let started = Instant::now();
-    let id = new_generation_id();
     let snap = state.snapshot.load_full();
-    let caller = match admission::authenticate(&snap.catalog, api_key(&req, proto).as_deref()) {
-        Ok(c) => c,
-        Err(e) => return error_response(proto, &e, &id),
-    };
-    let ip = client_ip(&state, &req);
-    let mut record = GenerationRecord {
-        id: id.clone(),
-        upstream_id: None,
-        user_id: caller.user.id,
-        key_id: caller.key.id,
-        channel_id: None,
-        provider_name: None,
-        model: String::new(),
-        upstream_model: None,
-        endpoint: proto.path().to_owned(),
-        streamed: false,
-        cancelled: false,
-        finish_reason: None,
-        usage: Usage::default(),
-        latency_ms: None,
-        generation_time_ms: None,
-        status: "error",
-        status_code: 200,
-        error: None,
-        client_ip: ip.map(|i| i.to_string()),
-        attempts: None,
-        created_at: chrono::Utc::now(),
-    };
-    let prepared = async {
-        if !state.availability.serving() || !state.writer.admit().await {
-            return Err(RelayError::ServiceUnavailable);
-        }
-        admission::check_ip(&caller, ip)?;
-        let body = read_limited(payload, &req, state.config.max_body_mb).await?;
-        let head = match &gemini {
-            Some(route) => ChatHead::gemini(&body, &route.model, route.stream)?,
-            None if proto.is_multipart() => ChatHead::form(content_type(&req), &body)?,
-            None => ChatHead::parse_for(proto, &body)?,
-        };
-        if head.is_stream() && proto.never_streams() {
-            return Err(RelayError::InvalidRequest(
-                "'stream' is not supported on this endpoint".into(),
-            ));
-        }
-        let admitted =
-            admission::admit_model(&snap.catalog, &snap.router, &caller, head.model(), proto)?;
-        check_rpm(&state, &caller).await?;
-        Ok::<_, RelayError>((body, head, admitted))
-    }
-    .await;
-    let (body, head, admitted) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            reject(&state, record, &e, started);
-            return error_response(proto, &e, &id);
-        }
-    };
-    record.model = admitted.model.clone();
-    record.streamed = head.is_stream();
-    let (hold, body) = match hold_for(&state, proto, &admitted, &head, body).await {
-        Ok(held) => held,
-        Err(e) => {
-            reject(&state, record, &e, started);
-            return error_response(proto, &e, &id);
-        }
-    };
-    let meter = Meter::new(
-        state.settler(),
-        hold,
-        admitted.price,
-        admitted.multiplier_ppm,
-        record,
-        started,
-    );
-    let snap_router = &snap.router;
-    let deps = ChatDeps {
-        router: snap_router,
-        client: &state.client,
-        breakers: &state.breakers,
-        health: state.health.as_ref(),
-        max_tries: snap.max_tries,
-        max_answer_bytes: state.config.max_upstream_mb.saturating_mul(1024 * 1024),
-    };
-    let extra = forwarded_headers(&req, proto);
-    let request = RelayRequest {
-        proto,
-        head: &head,
-        raw: &body,
-        extra: &extra,
-        content_type: proto.is_multipart().then(|| content_type(&req)).flatten(),
-    };
-    match relay_core::relay::chat(&deps, &admitted, &request, meter).await {
+    let inbound = inbound(&state, &req, proto, payload, gemini);
+    let Answered {
+        generation_id: id,
+        result,
+    } = state.pipeline.relay(snap.routing(), inbound).await;
+    match result {
         Ok(ChatAnswer::Complete(answer)) => HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "application/json"))
             .insert_header((GENERATION_HEADER, id))
@@ -507,135 +393,6 @@ fn content_type(req: &HttpRequest) -> Option<&str> {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-}
-
-/// Holds the most this request can cost. When the client named no output limit and
-/// the model's ceiling does not fit in what is left, the largest limit that does is
-/// held instead; either way the upstream is told the limit held (the body returned).
-async fn hold_for(
-    state: &AppState,
-    proto: Protocol,
-    admitted: &Admitted,
-    head: &ChatHead,
-    body: Bytes,
-) -> Result<(billing::Hold, Bytes), RelayError> {
-    use relay_core::hold;
-    let (price, mult) = (&admitted.price, admitted.multiplier_ppm);
-    let user = admitted.caller.user.id;
-    let limited_key = admitted
-        .caller
-        .key
-        .credit_limit
-        .map(|_| admitted.caller.key.id);
-    let mut plan = hold::plan(proto, price, mult, head, &body);
-    let held = match state.wallet.reserve(user, limited_key, plan.amount).await {
-        Err(billing::BillingError::Insufficient) if plan.set_limit => {
-            let available = wallet_available(state, user, limited_key).await?;
-            plan = hold::affordable(proto, price, mult, head, plan, available)
-                .ok_or(RelayError::InsufficientQuota)?;
-            state.wallet.reserve(user, limited_key, plan.amount).await
-        }
-        other => other,
-    };
-    let held = held.map_err(|e| match e {
-        billing::BillingError::Insufficient => RelayError::InsufficientQuota,
-        other => wallet_failure(&other),
-    })?;
-    let body = if plan.set_limit {
-        match hold::with_output_limit(proto, head.model(), &body, plan.output_tokens) {
-            Ok(b) => b,
-            Err(e) => {
-                if let Err(err) = state.wallet.release(held).await {
-                    tracing::error!(error = ?err, "releasing a hold failed");
-                }
-                return Err(e);
-            }
-        }
-    } else {
-        body
-    };
-    Ok((held, body))
-}
-
-/// What the user (and its limited key) may still spend.
-async fn wallet_available(
-    state: &AppState,
-    user: i64,
-    key: Option<i64>,
-) -> Result<i64, RelayError> {
-    let mut available = i64::MAX;
-    let accounts =
-        std::iter::once(billing::Account::User(user)).chain(key.map(billing::Account::Key));
-    for acct in accounts {
-        let a = state
-            .wallet
-            .available(acct)
-            .await
-            .map_err(|e| wallet_failure(&e))?;
-        available = available.min(a.unwrap_or(0));
-    }
-    Ok(available)
-}
-
-/// A wallet that could not answer: Redis (or the database behind it) is away.
-fn wallet_failure(e: &billing::BillingError) -> RelayError {
-    match e {
-        billing::BillingError::Store(s) if s.is_unavailable() => {
-            tracing::warn!(error = ?e, "wallet unreachable");
-            RelayError::ServiceUnavailable
-        }
-        _ => {
-            tracing::error!(error = ?e, "reservation failed");
-            RelayError::Internal
-        }
-    }
-}
-
-async fn check_rpm(state: &AppState, caller: &Caller) -> Result<(), RelayError> {
-    let Some(rpm) = caller.key.rpm else {
-        return Ok(());
-    };
-    let count = state
-        .shared
-        .incr(&format!("rpm:{}", caller.key.id), Duration::from_secs(60))
-        .await
-        .map_err(|e| {
-            if e.is_unavailable() {
-                tracing::warn!(error = ?e, "rate-limit counter unreachable");
-                RelayError::ServiceUnavailable
-            } else {
-                tracing::error!(error = ?e, "rate-limit counter failed");
-                RelayError::Internal
-            }
-        })?;
-    if count > i64::from(rpm) {
-        return Err(RelayError::RateLimited(rpm));
-    }
-    Ok(())
-}
-
-/// Records a request refused before it reached an upstream (nothing is charged).
-fn reject(state: &AppState, mut record: GenerationRecord, err: &RelayError, started: Instant) {
-    record.status = "error";
-    record.status_code = err.status();
-    record.error = Some(err.code().to_owned());
-    let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-    record.latency_ms = Some(ms);
-    record.generation_time_ms = Some(ms);
-    // While the writer refuses (the database is away or its backlog is full) the
-    // records of refused calls, which carry no money, are not queued: a long outage
-    // under load must not grow memory with them.
-    state.metrics.request(
-        &record.endpoint,
-        &record.model,
-        record.status_code,
-        started.elapsed().as_secs_f64(),
-    );
-    if state.writer.refuses() {
-        tracing::debug!(generation.id = %record.id, "refused call not recorded during an outage");
-        return;
-    }
-    state.writer.submit(record, None);
 }
 
 /// `GET /v1/models`: exactly the models this key may call — in Anthropic's shape when

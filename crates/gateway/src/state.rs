@@ -10,7 +10,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use billing::{LedgerWriter, Wallet};
 use relay_core::Router;
-use relay_core::meter::Settler;
 use relay_core::upstream::UpstreamClient;
 use sea_orm::DatabaseConnection;
 use store::secret::SecretBox;
@@ -30,6 +29,17 @@ pub struct Snapshot {
     pub router: Router,
     /// Channels tried per request (the admin's setting, else the environment's).
     pub max_tries: usize,
+}
+
+impl Snapshot {
+    /// What the relay pipeline reads of it.
+    pub fn routing(&self) -> relay_core::pipeline::Routing<'_> {
+        relay_core::pipeline::Routing {
+            catalog: &self.catalog,
+            router: &self.router,
+            max_tries: self.max_tries,
+        }
+    }
 }
 
 /// Shared by every worker and handler.
@@ -64,24 +74,8 @@ pub struct AppState {
     pub availability: Arc<store::Availability>,
     /// What `GET /metrics` shows.
     pub metrics: Arc<relay_core::metrics::Metrics>,
-}
-
-impl AppState {
-    /// Whether relay requests may be admitted: the database and Redis answer and the
-    /// ledger writer's backlog has room.
-    pub fn serving(&self) -> bool {
-        self.availability.serving() && !self.writer.refuses()
-    }
-
-    /// What meters need to settle.
-    pub fn settler(&self) -> Settler {
-        Settler {
-            wallet: Arc::clone(&self.wallet),
-            writer: self.writer.clone(),
-            tasks: self.tasks.clone(),
-            metrics: Arc::clone(&self.metrics),
-        }
-    }
+    /// The relay's request pipeline (sharing the parts above).
+    pub pipeline: relay_core::pipeline::Pipeline,
 }
 
 /// Loads the catalog and swaps it in; tells other instances when asked to.

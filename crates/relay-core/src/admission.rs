@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use billing::Price;
 use chrono::Utc;
-use store::catalog::{Catalog, KeyEntry, UserEntry};
+use store::catalog::{Catalog, ChannelStatus, KeyEntry, Standing, UserEntry};
 
 use crate::protocol::Protocol;
 use crate::{RelayError, Router};
@@ -39,10 +39,10 @@ pub fn authenticate(catalog: &Catalog, raw_key: Option<&str>) -> Result<Caller, 
         .keys
         .get(&store::hash_secret(raw))
         .ok_or(RelayError::InvalidApiKey("invalid API key"))?;
-    match key.status.as_str() {
-        "enabled" => {}
-        "disabled" => return Err(RelayError::InvalidApiKey("this API key is disabled")),
-        _ => return Err(RelayError::InvalidApiKey("invalid API key")),
+    match key.status {
+        Standing::Enabled => {}
+        Standing::Disabled => return Err(RelayError::InvalidApiKey("this API key is disabled")),
+        Standing::Other => return Err(RelayError::InvalidApiKey("invalid API key")),
     }
     if key.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(RelayError::InvalidApiKey("this API key has expired"));
@@ -51,7 +51,7 @@ pub fn authenticate(catalog: &Catalog, raw_key: Option<&str>) -> Result<Caller, 
         .users
         .get(&key.user_id)
         .ok_or(RelayError::InvalidApiKey("invalid API key"))?;
-    if user.status != "enabled" {
+    if user.status != Standing::Enabled {
         return Err(RelayError::UserDisabled);
     }
     Ok(Caller {
@@ -85,8 +85,8 @@ pub fn admit_model(
     if !router.serves_where(&caller.user.group, model, |k| proto.served_by(k)) {
         // Served, but only by channels that are out of service right now: 503, not 404.
         let resting = catalog.channels.iter().any(|c| {
-            proto.served_by(&c.kind)
-                && c.status == "auto_disabled"
+            proto.served_by(c.kind)
+                && c.status == ChannelStatus::AutoDisabled
                 && c.groups.contains(&caller.user.group)
                 && (c.models.iter().any(|m| m == model) || c.model_mapping.contains_key(model))
         });

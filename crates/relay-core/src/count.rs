@@ -8,6 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use store::catalog::ChannelKind;
+
 use crate::admission::Admitted;
 use crate::protocol::Protocol;
 use crate::upstream::{UpstreamClient, read_body};
@@ -23,8 +25,8 @@ pub async fn count_tokens(
     raw: &Bytes,
 ) -> Result<Bytes, RelayError> {
     let (kind, field) = match proto {
-        Protocol::GeminiGenerate => ("gemini", "totalTokens"),
-        _ => ("anthropic", "input_tokens"),
+        Protocol::GeminiGenerate => (ChannelKind::Gemini, "totalTokens"),
+        _ => (ChannelKind::Anthropic, "input_tokens"),
     };
     let group = &admitted.caller.user.group;
     if let Some(channel) = router.pick_where(group, &admitted.model, |c| c.kind == kind)
@@ -34,7 +36,7 @@ pub async fn count_tokens(
         let mut body: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
             RelayError::InvalidRequest(format!("request body is not a JSON object: {e}"))
         })?;
-        let path = if kind == "gemini" {
+        let path = if kind == ChannelKind::Gemini {
             format!("/v1beta/models/{upstream_model}:countTokens")
         } else {
             body.insert("model".into(), Value::from(upstream_model.as_str()));

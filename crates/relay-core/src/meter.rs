@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use billing::{Charge, GenerationRecord, Hold, LedgerWriter, Price, Usage, Wallet};
+use billing::{Charge, GenerationRecord, Hold, Price, Usage};
+
+use crate::funds::{Funds, Records};
 
 use crate::metrics::Settled;
 use tokio_util::task::TaskTracker;
@@ -13,8 +15,8 @@ use tokio_util::task::TaskTracker;
 /// What settling needs, shared by every request.
 #[derive(Clone)]
 pub struct Settler {
-    pub wallet: Arc<Wallet>,
-    pub writer: LedgerWriter,
+    pub wallet: Arc<dyn Funds>,
+    pub writer: Arc<dyn Records>,
     pub tasks: TaskTracker,
     /// What `/metrics` shows.
     pub metrics: Arc<crate::metrics::Metrics>,

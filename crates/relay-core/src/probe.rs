@@ -72,7 +72,7 @@ async fn probe_failure(
     model: &str,
 ) -> Result<u64, Failure> {
     let body = probe_body(model).map_err(|_| Failure::Unconvertible("probe body".into()))?;
-    let proto = Protocol::OpenAiChat.for_channel(&channel.kind);
+    let proto = Protocol::OpenAiChat.for_channel(channel.kind);
     let body = if proto == Protocol::OpenAiChat {
         body
     } else {

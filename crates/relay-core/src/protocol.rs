@@ -1,6 +1,8 @@
 //! The client protocols the relay speaks natively, and what differs between them on
 //! the wire: path, upstream authentication, error shape, stream framing.
 
+use store::catalog::ChannelKind;
+
 /// A client protocol, served by channels of the same kind (conversion between kinds is
 /// the job of the protocol adapters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,7 +74,7 @@ impl Protocol {
     }
 
     /// The channel type that speaks this protocol.
-    pub fn channel_kind(self) -> &'static str {
+    pub fn channel_kind(self) -> ChannelKind {
         match self {
             Protocol::OpenAiChat
             | Protocol::OpenAiCompletions
@@ -85,15 +87,15 @@ impl Protocol {
             | Protocol::OpenAiImageVariations
             | Protocol::OpenAiSpeech
             | Protocol::OpenAiTranscriptions
-            | Protocol::OpenAiTranslations => "openai",
-            Protocol::AnthropicMessages => "anthropic",
-            Protocol::GeminiGenerate => "gemini",
+            | Protocol::OpenAiTranslations => ChannelKind::OpenAi,
+            Protocol::AnthropicMessages => ChannelKind::Anthropic,
+            Protocol::GeminiGenerate => ChannelKind::Gemini,
         }
     }
 
     /// Whether errors and streams use OpenAI's shapes.
     pub fn is_openai(self) -> bool {
-        self.channel_kind() == "openai"
+        self.channel_kind() == ChannelKind::OpenAi
     }
 
     /// The body field a request of this protocol cannot do without.
@@ -116,18 +118,22 @@ impl Protocol {
     /// Whether a channel of type `kind` can serve this protocol: its own kind, any
     /// chat-speaking kind for the chat protocols (by conversion), and Azure wherever
     /// OpenAI serves.
-    pub fn served_by(self, kind: &str) -> bool {
+    pub fn served_by(self, kind: ChannelKind) -> bool {
         let native = self.channel_kind();
         kind == native
-            || (native == "openai" && kind == "azure")
+            || (native == ChannelKind::OpenAi && kind == ChannelKind::Azure)
             || (crate::convert::converts(self) && Protocol::of_channel(kind).is_some())
     }
 
     /// What to speak to a channel of type `kind` for a client of this protocol: the
     /// client's own protocol when the channel speaks it, else the channel's chat
     /// protocol (the request is converted).
-    pub fn for_channel(self, kind: &str) -> Protocol {
-        let kind = if kind == "azure" { "openai" } else { kind };
+    pub fn for_channel(self, kind: ChannelKind) -> Protocol {
+        let kind = if kind == ChannelKind::Azure {
+            ChannelKind::OpenAi
+        } else {
+            kind
+        };
         if kind == self.channel_kind() {
             self
         } else {
@@ -163,12 +169,12 @@ impl Protocol {
     }
 
     /// The protocol a channel type speaks.
-    pub fn of_channel(kind: &str) -> Option<Protocol> {
+    pub fn of_channel(kind: ChannelKind) -> Option<Protocol> {
         match kind {
-            "openai" | "azure" => Some(Protocol::OpenAiChat),
-            "anthropic" => Some(Protocol::AnthropicMessages),
-            "gemini" => Some(Protocol::GeminiGenerate),
-            _ => None,
+            ChannelKind::OpenAi | ChannelKind::Azure => Some(Protocol::OpenAiChat),
+            ChannelKind::Anthropic => Some(Protocol::AnthropicMessages),
+            ChannelKind::Gemini => Some(Protocol::GeminiGenerate),
+            ChannelKind::Unknown => None,
         }
     }
 }

@@ -86,7 +86,7 @@ pub async fn chat(
     let group = &admitted.caller.user.group;
     while attempts.len() < deps.max_tries.max(1) + chat_only.len() {
         let Some(channel) = deps.router.pick_where(group, &admitted.model, |c| {
-            req.proto.served_by(&c.kind)
+            req.proto.served_by(c.kind)
                 && !tried.excluded.contains(&c.id)
                 && deps.breakers.gate(c.id) != Gate::Shut
         }) else {
@@ -416,7 +416,7 @@ async fn try_channel(
     let proto = if via_chat {
         Protocol::OpenAiChat
     } else {
-        req.proto.for_channel(&channel.kind)
+        req.proto.for_channel(channel.kind)
     };
     let converting = proto != req.proto;
     let (body, extra) = if converting {

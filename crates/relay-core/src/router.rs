@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use rand::Rng;
-use store::catalog::{Catalog, ChannelEntry};
+use store::catalog::{Catalog, ChannelEntry, ChannelKind, ChannelStatus};
 
 /// Channels of one priority, with their weights.
 #[derive(Debug, Default)]
@@ -14,26 +14,28 @@ pub struct Tier {
     pub channels: Vec<Arc<ChannelEntry>>,
 }
 
-/// The routing index, rebuilt whole on every catalog change.
+/// The routing index, rebuilt whole on every catalog change: group, then model (two
+/// lookups by `&str`, nothing allocated per request).
 #[derive(Debug, Default)]
 pub struct Router {
-    routes: HashMap<(String, String), Vec<Tier>>,
+    routes: HashMap<String, HashMap<String, Vec<Tier>>>,
 }
 
 impl Router {
     /// Indexes every enabled channel that has at least one usable key.
     pub fn build(catalog: &Catalog) -> Self {
-        let mut routes: HashMap<(String, String), Vec<Tier>> = HashMap::new();
+        let mut routes: HashMap<String, HashMap<String, Vec<Tier>>> = HashMap::new();
         for ch in catalog
             .channels
             .iter()
-            .filter(|c| c.status == "enabled" && !c.keys.is_empty())
+            .filter(|c| c.status == ChannelStatus::Enabled && !c.keys.is_empty())
         {
             for group in &ch.groups {
                 let mut models: BTreeSet<&str> = ch.models.iter().map(String::as_str).collect();
                 models.extend(ch.model_mapping.keys().map(String::as_str));
+                let by_model = routes.entry(group.clone()).or_default();
                 for model in models {
-                    let tiers = routes.entry((group.clone(), model.to_owned())).or_default();
+                    let tiers = by_model.entry(model.to_owned()).or_default();
                     match tiers.iter_mut().find(|t| t.priority == ch.priority) {
                         Some(t) => t.channels.push(Arc::clone(ch)),
                         None => tiers.push(Tier {
@@ -44,53 +46,61 @@ impl Router {
                 }
             }
         }
-        for tiers in routes.values_mut() {
+        for tiers in routes.values_mut().flat_map(HashMap::values_mut) {
             tiers.sort_by_key(|t| std::cmp::Reverse(t.priority));
         }
         Router { routes }
     }
 
+    fn tiers(&self, group: &str, model: &str) -> Option<&[Tier]> {
+        self.routes.get(group)?.get(model).map(Vec::as_slice)
+    }
+
     /// Whether an enabled channel of type `kind` serves `model` to `group`.
-    pub fn serves_where(&self, group: &str, model: &str, kind: impl Fn(&str) -> bool) -> bool {
-        self.routes
-            .get(&(group.to_owned(), model.to_owned()))
-            .is_some_and(|tiers| {
-                tiers
-                    .iter()
-                    .any(|t| t.channels.iter().any(|c| kind(&c.kind)))
-            })
+    pub fn serves_where(
+        &self,
+        group: &str,
+        model: &str,
+        kind: impl Fn(ChannelKind) -> bool,
+    ) -> bool {
+        self.tiers(group, model).is_some_and(|tiers| {
+            tiers
+                .iter()
+                .any(|t| t.channels.iter().any(|c| kind(c.kind)))
+        })
     }
 
     /// Every model channels of type `kind` serve to `group`, sorted.
     pub fn models_for_group_where(
         &self,
         group: &str,
-        kind: impl Fn(&str) -> bool,
+        kind: impl Fn(ChannelKind) -> bool,
     ) -> BTreeSet<&str> {
         self.routes
-            .iter()
-            .filter(|((g, _), tiers)| {
-                g == group
-                    && tiers
-                        .iter()
-                        .any(|t| t.channels.iter().any(|c| kind(&c.kind)))
+            .get(group)
+            .into_iter()
+            .flatten()
+            .filter(|(_, tiers)| {
+                tiers
+                    .iter()
+                    .any(|t| t.channels.iter().any(|c| kind(c.kind)))
             })
-            .map(|((_, m), _)| m.as_str())
+            .map(|(m, _)| m.as_str())
             .collect()
     }
 
     /// Whether any enabled channel serves `model` to `group`.
     pub fn serves(&self, group: &str, model: &str) -> bool {
-        self.routes
-            .contains_key(&(group.to_owned(), model.to_owned()))
+        self.tiers(group, model).is_some()
     }
 
     /// Every model served to `group`, sorted.
     pub fn models_for_group(&self, group: &str) -> BTreeSet<&str> {
         self.routes
-            .keys()
-            .filter(|(g, _)| g == group)
-            .map(|(_, m)| m.as_str())
+            .get(group)
+            .into_iter()
+            .flat_map(HashMap::keys)
+            .map(String::as_str)
             .collect()
     }
 
@@ -107,7 +117,7 @@ impl Router {
         model: &str,
         accept: impl Fn(&ChannelEntry) -> bool,
     ) -> Option<Arc<ChannelEntry>> {
-        let tiers = self.routes.get(&(group.to_owned(), model.to_owned()))?;
+        let tiers = self.tiers(group, model)?;
         let mut rng = rand::rng();
         for tier in tiers {
             let open: Vec<&Arc<ChannelEntry>> =
@@ -138,7 +148,7 @@ mod tests {
         Arc::new(ChannelEntry {
             id,
             name: format!("c{id}"),
-            kind: "openai".into(),
+            kind: ChannelKind::OpenAi,
             base_url: "http://x".into(),
             models: vec!["m".into()],
             model_mapping: HashMap::from([("alias".to_owned(), "m".to_owned())]),
@@ -147,7 +157,7 @@ mod tests {
             weight,
             headers: vec![],
             timeout_s: 30,
-            status: status.into(),
+            status: ChannelStatus::parse(status),
             keys: vec![ChannelSecret {
                 id,
                 secret: "k".into(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use store::catalog::ChannelEntry;
+use store::catalog::{ChannelEntry, ChannelKind};
 
 use crate::RelayError;
 
@@ -113,24 +113,26 @@ impl UpstreamClient {
         (body, content_type): (Bytes, &str),
         extra: &[(&'static str, String)],
     ) -> Result<reqwest::Response, Failure> {
-        let mut req = self
-            .http()
-            .post(channel_url(channel, path, model))
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body);
-        req = if channel.kind == "azure" {
-            req.header("api-key", key)
-        } else if channel.kind == "gemini" {
-            req.header("x-goog-api-key", key)
-        } else if channel.kind == "anthropic" {
-            let version = extra
-                .iter()
-                .find(|(n, _)| *n == "anthropic-version")
-                .map_or("2023-06-01", |(_, v)| v.as_str());
-            req.header("x-api-key", key)
-                .header("anthropic-version", version)
-        } else {
-            req.bearer_auth(key)
+        let http = self.http();
+        let mut req = match parsed_url(channel, path, model) {
+            Ok(url) => http.post(url),
+            // reqwest refuses it with its own error, reported as a failed try.
+            Err(text) => http.post(text),
+        }
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body);
+        req = match channel.kind {
+            ChannelKind::Azure => req.header("api-key", key),
+            ChannelKind::Gemini => req.header("x-goog-api-key", key),
+            ChannelKind::Anthropic => {
+                let version = extra
+                    .iter()
+                    .find(|(n, _)| *n == "anthropic-version")
+                    .map_or("2023-06-01", |(_, v)| v.as_str());
+                req.header("x-api-key", key)
+                    .header("anthropic-version", version)
+            }
+            ChannelKind::OpenAi | ChannelKind::Unknown => req.bearer_auth(key),
         };
         for (name, value) in extra.iter().filter(|(n, _)| *n != "anthropic-version") {
             req = req.header(*name, value.as_str());
@@ -148,6 +150,60 @@ impl UpstreamClient {
             Ok(Err(_)) => Err(Failure::Connect),
             Ok(Ok(resp)) => Ok(resp),
         }
+    }
+}
+
+/// How many parsed upstream URLs each thread keeps.
+const URL_CACHE: usize = 64;
+
+/// One parsed URL: (channel id, base URL, path, model, the URL).
+type CachedUrl = (i64, String, String, String, reqwest::Url);
+
+thread_local! {
+    /// (channel id, base URL, path, model) -> the parsed URL. Parsing (with IDNA host
+    /// processing) on every request showed in the profile; the key holds the base URL,
+    /// so a channel edited in the console can never be served a stale address.
+    static URLS: std::cell::RefCell<Vec<CachedUrl>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`channel_url`], parsed once per thread and reused (`Err`: the text, which does not
+/// parse).
+fn parsed_url(channel: &ChannelEntry, path: &str, model: &str) -> Result<reqwest::Url, String> {
+    let hit = URLS.with(|cache| {
+        cache
+            .borrow()
+            .iter()
+            .find(|(id, base, p, m, _)| {
+                *id == channel.id
+                    && p == path
+                    && (channel.kind != ChannelKind::Azure || m == model)
+                    && *base == channel.base_url
+            })
+            .map(|entry| entry.4.clone())
+    });
+    if let Some(url) = hit {
+        return Ok(url);
+    }
+    let text = channel_url(channel, path, model);
+    match reqwest::Url::parse(&text) {
+        Ok(url) => {
+            URLS.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                if cache.len() >= URL_CACHE {
+                    cache.clear();
+                }
+                cache.push((
+                    channel.id,
+                    channel.base_url.clone(),
+                    path.to_owned(),
+                    model.to_owned(),
+                    url.clone(),
+                ));
+            });
+            Ok(url)
+        }
+        Err(_) => Err(text),
     }
 }
 
@@ -199,7 +255,7 @@ pub const AZURE_API_VERSION: &str = "2024-10-21";
 /// base URL is its resource endpoint, optionally with `?api-version=`; the model is
 /// the deployment's name.
 pub fn channel_url(channel: &ChannelEntry, path: &str, model: &str) -> String {
-    if channel.kind != "azure" {
+    if channel.kind != ChannelKind::Azure {
         return endpoint_url(&channel.base_url, path);
     }
     let (origin, query) = channel

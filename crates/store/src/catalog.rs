@@ -27,13 +27,87 @@ pub struct Catalog {
     pub groups: HashMap<String, i64>,
 }
 
+/// What an upstream channel speaks, parsed once when the catalog loads (the relay
+/// never compares type strings per request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    OpenAi,
+    /// OpenAI's API on an Azure resource (deployments, `api-key`, `api-version`).
+    Azure,
+    Anthropic,
+    Gemini,
+    /// A type this build does not know: such a channel serves nothing.
+    Unknown,
+}
+
+impl ChannelKind {
+    pub fn parse(kind: &str) -> Self {
+        match kind {
+            "openai" => ChannelKind::OpenAi,
+            "azure" => ChannelKind::Azure,
+            "anthropic" => ChannelKind::Anthropic,
+            "gemini" => ChannelKind::Gemini,
+            _ => ChannelKind::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::OpenAi => "openai",
+            ChannelKind::Azure => "azure",
+            ChannelKind::Anthropic => "anthropic",
+            ChannelKind::Gemini => "gemini",
+            ChannelKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// Whether a channel is in service: `enabled`, `auto_disabled` (by its breaker or a
+/// dead key; it comes back on its own) or `disabled` (by an operator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelStatus {
+    Enabled,
+    AutoDisabled,
+    Disabled,
+}
+
+impl ChannelStatus {
+    /// Anything but the two known resting states reads as disabled.
+    pub fn parse(status: &str) -> Self {
+        match status {
+            "enabled" => ChannelStatus::Enabled,
+            "auto_disabled" => ChannelStatus::AutoDisabled,
+            _ => ChannelStatus::Disabled,
+        }
+    }
+}
+
+/// Whether a customer key or a user may be used: anything but `enabled` may not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Enabled,
+    Disabled,
+    /// A status this build does not know (treated as not usable).
+    Other,
+}
+
+impl Standing {
+    pub fn parse(status: &str) -> Self {
+        match status {
+            "enabled" => Standing::Enabled,
+            "disabled" => Standing::Disabled,
+            _ => Standing::Other,
+        }
+    }
+}
+
 /// A customer key as admission sees it.
 #[derive(Debug)]
 pub struct KeyEntry {
     pub id: i64,
     pub user_id: i64,
     pub name: String,
-    pub status: String,
+    pub status: Standing,
     pub expires_at: Option<DateTime<Utc>>,
     pub models: Option<HashSet<String>>,
     pub allow_ips: Option<Vec<IpNet>>,
@@ -66,7 +140,7 @@ pub struct UserEntry {
     pub role: String,
     pub group: String,
     pub parent_id: Option<i64>,
-    pub status: String,
+    pub status: Standing,
     pub balance: i64,
     pub used: i64,
 }
@@ -76,7 +150,7 @@ pub struct UserEntry {
 pub struct ChannelEntry {
     pub id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: ChannelKind,
     pub base_url: String,
     pub models: Vec<String>,
     pub model_mapping: HashMap<String, String>,
@@ -85,7 +159,7 @@ pub struct ChannelEntry {
     pub weight: u32,
     pub headers: Vec<(String, String)>,
     pub timeout_s: u64,
-    pub status: String,
+    pub status: ChannelStatus,
     pub keys: Vec<ChannelSecret>,
     /// Round-robin position over `keys`.
     pub next_key: AtomicUsize,
@@ -247,7 +321,7 @@ fn key_entry(k: api_key::Model) -> KeyEntry {
         id: k.id,
         user_id: k.user_id,
         name: k.name,
-        status: k.status,
+        status: Standing::parse(&k.status),
         expires_at: k.expires_at,
         models: json_list(k.models.as_deref()).map(|m| m.into_iter().collect()),
         allow_ips,
@@ -264,7 +338,7 @@ fn user_entry(u: user::Model) -> UserEntry {
         role: u.role,
         group: u.group_name,
         parent_id: u.parent_id,
-        status: u.status,
+        status: Standing::parse(&u.status),
         balance: u.balance,
         used: u.used,
     }
@@ -276,7 +350,7 @@ pub fn channel_entry_from(c: channel::Model, keys: Vec<ChannelSecret>) -> Channe
     ChannelEntry {
         id: c.id,
         name: c.name,
-        kind: c.kind,
+        kind: ChannelKind::parse(&c.kind),
         base_url: c.base_url,
         models: serde_json::from_str(&c.models).unwrap_or_default(),
         model_mapping: serde_json::from_str(&c.model_mapping).unwrap_or_default(),
@@ -285,7 +359,7 @@ pub fn channel_entry_from(c: channel::Model, keys: Vec<ChannelSecret>) -> Channe
         weight: u32::try_from(c.weight).unwrap_or(1),
         headers: headers.into_iter().collect(),
         timeout_s: u64::try_from(c.timeout_s).unwrap_or(300),
-        status: c.status,
+        status: ChannelStatus::parse(&c.status),
         keys,
         next_key: AtomicUsize::new(0),
     }
@@ -308,7 +382,7 @@ mod tests {
         let channel = ChannelEntry {
             id: 7,
             name: "main".into(),
-            kind: "openai".into(),
+            kind: ChannelKind::OpenAi,
             base_url: "https://user:pa55word@api.example.com/v1?key=AIzaSecretInQuery".into(),
             models: vec!["gpt-4o-mini".into()],
             model_mapping: HashMap::new(),
@@ -317,7 +391,7 @@ mod tests {
             weight: 1,
             headers: vec![("X-Upstream-Token".into(), "hdr-secret-value".into())],
             timeout_s: 60,
-            status: "enabled".into(),
+            status: ChannelStatus::Enabled,
             keys: vec![ChannelSecret {
                 id: 3,
                 secret: "sk-live-supersecret".into(),
