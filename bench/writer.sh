@@ -17,4 +17,4 @@ else
   trap 'psql "$admin" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)"' EXIT
   url="${admin%/*}/$name"
 fi
-cargo run --quiet --release -p billing --example writer_bench -- "$url" "$records" "$users"
+cargo run --quiet --release -p billing --example writer_bench -- "$url" "$records" "$users" ${REDIS_URL:+"$REDIS_URL"}

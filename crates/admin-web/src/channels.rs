@@ -394,6 +394,31 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// The body of `POST /api/channels/{id}/test`: the model to test (else the channel's
+/// first).
+#[derive(serde::Deserialize, Default)]
+pub struct TestBody {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// `POST /api/channels/{id}/test`: one small real request; latency or the error.
+pub async fn test(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    id: web::Path<i64>,
+    body: Option<web::Json<TestBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let model = body.and_then(|b| b.into_inner().model);
+    let result = test_channel(&state, &who, id.into_inner(), model).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "ok": result.ok,
+        "latency_ms": result.latency_ms,
+        "model": result.model,
+        "error": result.error,
+    })))
+}
+
 /// Sends one small real request through the channel (the gateway does it, see
 /// [`crate::state::ChannelTester`]) and records the latency or the error.
 pub async fn test_channel(

@@ -44,6 +44,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/channels/{id}", web::get().to(channels::get))
             .route("/channels/{id}", web::patch().to(channels::patch))
             .route("/channels/{id}", web::delete().to(channels::delete))
+            .route("/channels/{id}/test", web::post().to(channels::test))
+            .route("/ledger/verify", web::get().to(crate::ledger::verify))
             .route("/pricing", web::get().to(pricing::get))
             .route("/pricing/models/{model}", web::put().to(pricing::put_model))
             .route(

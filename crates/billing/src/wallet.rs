@@ -115,6 +115,10 @@ struct Scripts {
 
 /// The admission authority for every account.
 pub struct Wallet {
+    /// Redis: the hot path's per-thread connections (reserve, settle, release).
+    link: Option<store::RedisLink>,
+    /// Redis: this instance's lease hash (made once, not per request).
+    lease_key: String,
     db: DatabaseConnection,
     backend: Backend,
     /// This process's name in the lease registry.
@@ -286,10 +290,17 @@ impl Wallet {
             },
             None => Backend::Memory(Mutex::new(HashMap::new())),
         };
+        let instance = uuid_like();
+        let lease_key = match &backend {
+            Backend::Memory(_) => String::new(),
+            Backend::Redis { prefix, .. } => format!("{prefix}:lease:{instance}"),
+        };
         Wallet {
+            link: shared.redis_link().cloned(),
+            lease_key,
             db,
             backend,
-            instance: uuid_like(),
+            instance,
             next_lease: AtomicU64::new(1),
             maintenance: Mutex::new(Vec::new()),
             deferred: Mutex::new(Vec::new()),
@@ -299,11 +310,19 @@ impl Wallet {
     }
 
     /// This instance's lease hash in Redis ("" in process: nothing to lease).
-    fn lease_key(&self) -> String {
-        match &self.backend {
-            Backend::Memory(_) => String::new(),
-            Backend::Redis { prefix, .. } => format!("{prefix}:lease:{}", self.instance),
-        }
+    fn lease_key(&self) -> &str {
+        &self.lease_key
+    }
+
+    /// The hot path's Redis connection for this thread.
+    async fn hot_conn(
+        &self,
+    ) -> Result<(&store::RedisLink, redis::aio::MultiplexedConnection), BillingError> {
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| BillingError::Store(store::StoreError::Config("no redis".into())))?;
+        Ok((link, link.conn().await?))
     }
 
     /// Starts the background upkeep: every [`REFRESH`] the counters are set again from
@@ -611,22 +630,23 @@ impl Wallet {
                 Ok(charge)
             }
             Backend::Redis {
-                pool,
+                pool: _,
                 prefix,
                 scripts,
             } => {
-                let mut conn = pool.get().await?;
+                let (link, mut conn) = self.hot_conn().await?;
                 let mut inv = scripts.settle.prepare_invoke();
                 for a in &accounts {
                     inv.key(redis_key(prefix, *a));
                 }
-                let charge: i64 = inv
-                    .arg(hold.amount)
-                    .arg(charge)
-                    .arg(self.lease_key())
-                    .arg(hold.lease)
-                    .invoke_async(&mut conn)
-                    .await?;
+                let charge: i64 = link.checked(
+                    inv.arg(hold.amount)
+                        .arg(charge)
+                        .arg(self.lease_key())
+                        .arg(hold.lease)
+                        .invoke_async(&mut conn)
+                        .await,
+                )?;
                 if let Some(live) = lock(&self.live).get_mut(&hold.lease) {
                     live.1 = charge;
                 }
@@ -702,7 +722,7 @@ impl Wallet {
             for a in &accounts {
                 cmd.arg(redis_key(prefix, *a));
             }
-            cmd.arg(&lease_key).arg(h.lease);
+            cmd.arg(lease_key).arg(h.lease);
             for a in &accounts {
                 match synced.iter().find(|s| s.account == *a) {
                     Some(st) => cmd.arg(st.limit).arg(st.rev),
@@ -791,21 +811,22 @@ impl Wallet {
                 Ok(Reserve::Done)
             }
             Backend::Redis {
-                pool,
+                pool: _,
                 prefix,
                 scripts,
             } => {
-                let mut conn = pool.get().await?;
+                let (link, mut conn) = self.hot_conn().await?;
                 let mut inv = scripts.reserve.prepare_invoke();
                 for a in accounts {
                     inv.key(redis_key(prefix, *a));
                 }
-                let r: i64 = inv
+                let r = inv
                     .arg(amount)
                     .arg(self.lease_key())
                     .arg(lease)
                     .invoke_async(&mut conn)
-                    .await?;
+                    .await;
+                let r: i64 = link.checked(r)?;
                 Ok(match r {
                     1 => Reserve::Done,
                     0 => Reserve::Short,
@@ -972,11 +993,11 @@ impl Wallet {
                 Ok(())
             }
             Backend::Redis {
-                pool,
+                pool: _,
                 prefix,
                 scripts,
             } => {
-                let mut conn = pool.get().await?;
+                let (link, mut conn) = self.hot_conn().await?;
                 let mut inv = scripts.flushed.prepare_invoke();
                 inv.arg(self.lease_key()).arg(lease);
                 for a in accounts {
@@ -986,7 +1007,7 @@ impl Wallet {
                         None => inv.arg("").arg(""),
                     };
                 }
-                let _: i64 = inv.invoke_async(&mut conn).await?;
+                let _: i64 = link.checked(inv.invoke_async(&mut conn).await)?;
                 Ok(())
             }
         }

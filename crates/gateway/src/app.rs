@@ -159,14 +159,6 @@ impl Application {
                 .route("/healthz", web::get().to(health::healthz))
                 .route("/readyz", web::get().to(health::readyz))
                 .route("/metrics", web::get().to(health::metrics))
-                .route(
-                    "/api/channels/{id}/test",
-                    web::post().to(crate::channel_health::test_channel),
-                )
-                .route(
-                    "/api/ledger/verify",
-                    web::get().to(admin_web::ledger::verify),
-                )
                 .configure(relay::configure)
                 .configure(generation::configure)
                 .configure(crate::dashboard::configure)

@@ -7,18 +7,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{HttpResponse, web};
-use admin_web::auth::AuthUser;
-use admin_web::{AdminState, ApiError};
-use chrono::Utc;
+use actix_web::web;
+use admin_web::ApiError;
 use relay_core::health::{Breakers, HealthSink, SuspectKey};
 use relay_core::probe::{confirm_dead, probe};
 use relay_core::upstream::UpstreamClient;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
-use serde::Deserialize;
-use store::catalog::{ChannelEntry, ChannelSecret};
-use store::entities::{channel, channel_key};
+use sea_orm::DatabaseConnection;
 use store::secret::SecretBox;
 
 use crate::state::{AppState, Reloader};
@@ -86,48 +80,10 @@ async fn disable_key(
     key_id: i64,
     reason: String,
 ) -> Result<(), sea_orm::DbErr> {
-    {
-        let changed = channel_key::Entity::update_many()
-            .col_expr(channel_key::Column::Status, Expr::value("auto_disabled"))
-            .col_expr(
-                channel_key::Column::DisabledReason,
-                Expr::value(reason.clone()),
-            )
-            .filter(channel_key::Column::Id.eq(key_id))
-            .filter(channel_key::Column::Status.eq("enabled"))
-            .exec(db)
-            .await?;
-        if changed.rows_affected == 0 {
-            return Ok(());
-        }
-        tracing::warn!(channel.id = channel_id, channel_key.id = key_id, reason = %reason, "channel key auto-disabled");
-        let left = channel_key::Entity::find()
-            .filter(channel_key::Column::ChannelId.eq(channel_id))
-            .filter(channel_key::Column::Status.eq("enabled"))
-            .count(db)
-            .await?;
-        let mut update = channel::Entity::update_many()
-            .col_expr(channel::Column::LastError, Expr::value(reason.clone()));
-        if left == 0 {
-            update = update
-                .col_expr(channel::Column::Status, Expr::value("auto_disabled"))
-                .col_expr(
-                    channel::Column::DisabledReason,
-                    Expr::value(format!("every key is disabled; last: {reason}")),
-                );
-            tracing::warn!(
-                channel.id = channel_id,
-                "channel auto-disabled: no usable key left"
-            );
-        }
-        update
-            .filter(channel::Column::Id.eq(channel_id))
-            .filter(channel::Column::Status.eq("enabled"))
-            .exec(db)
-            .await?;
+    if store::channel_health::auto_disable_key(db, channel_id, key_id, &reason).await? {
         reloader.reload_everywhere().await;
-        Ok(())
     }
+    Ok(())
 }
 
 impl HealthSink for GatewayHealth {
@@ -177,72 +133,11 @@ impl HealthSink for GatewayHealth {
         }
         let db = self.db.clone();
         tokio::spawn(async move {
-            let result = channel::Entity::update_many()
-                .col_expr(channel::Column::LastError, Expr::value(error))
-                .filter(channel::Column::Id.eq(channel_id))
-                .exec(&db)
-                .await;
-            if let Err(e) = result {
+            if let Err(e) = store::channel_health::record_error(&db, channel_id, error).await {
                 tracing::error!(error = ?e, "could not record a channel error");
             }
         });
     }
-}
-
-/// A channel and all its keys (enabled first), decrypted, straight from the database.
-async fn load_channel(
-    db: &DatabaseConnection,
-    secrets: &SecretBox,
-    id: i64,
-) -> Result<Option<(channel::Model, ChannelEntry, Vec<channel_key::Model>)>, ApiError> {
-    let Some(row) = channel::Entity::find_by_id(id).one(db).await? else {
-        return Ok(None);
-    };
-    let mut keys = channel_key::Entity::find()
-        .filter(channel_key::Column::ChannelId.eq(id))
-        .all(db)
-        .await?;
-    keys.sort_by_key(|k| (k.status != "enabled", k.id));
-    let secrets_list = keys
-        .iter()
-        .filter_map(|k| {
-            secrets
-                .open(&k.secret)
-                .ok()
-                .map(|secret| ChannelSecret { id: k.id, secret })
-        })
-        .collect();
-    let entry = store::catalog::channel_entry_from(row.clone(), secrets_list);
-    Ok(Some((row, entry, keys)))
-}
-
-async fn record_test(
-    db: &DatabaseConnection,
-    id: i64,
-    result: &Result<u64, String>,
-) -> Result<(), sea_orm::DbErr> {
-    let mut update = channel::Entity::update_many()
-        .col_expr(channel::Column::LastTestAt, Expr::value(Utc::now()));
-    update = match result {
-        Ok(ms) => update
-            .col_expr(
-                channel::Column::ResponseMs,
-                Expr::value(i32::try_from(*ms).unwrap_or(i32::MAX)),
-            )
-            .col_expr(
-                channel::Column::LastError,
-                Expr::value(Option::<String>::None),
-            ),
-        Err(e) => update.col_expr(channel::Column::LastError, Expr::value(e.clone())),
-    };
-    update.filter(channel::Column::Id.eq(id)).exec(db).await?;
-    Ok(())
-}
-
-#[derive(Deserialize, Default)]
-pub struct TestBody {
-    #[serde(default)]
-    model: Option<String>,
 }
 
 /// Tests a channel with one small real request (the first key, `model` or the
@@ -253,7 +148,7 @@ pub async fn run_test(
     id: i64,
     model: Option<String>,
 ) -> Result<admin_web::ChannelTest, ApiError> {
-    let (_, entry, _) = load_channel(&state.db, &state.secrets, id)
+    let (_, entry, _) = store::channel_health::load_channel(&state.db, &state.secrets, id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let model = model
@@ -264,7 +159,7 @@ pub async fn run_test(
         Some(key) => probe(&state.client, &entry, &key.secret, &upstream_model).await,
         None => Err("the channel has no key".to_owned()),
     };
-    record_test(&state.db, id, &result).await?;
+    store::channel_health::record_test(&state.db, id, &result).await?;
     state.reloader.reload_everywhere().await;
     Ok(match result {
         Ok(ms) => admin_web::ChannelTest {
@@ -280,23 +175,6 @@ pub async fn run_test(
             error: Some(e),
         },
     })
-}
-
-/// `POST /api/channels/{id}/test`: one small real request; latency or the error.
-pub async fn test_channel(
-    state: web::Data<AdminState>,
-    who: AuthUser,
-    id: web::Path<i64>,
-    body: Option<web::Json<TestBody>>,
-) -> Result<HttpResponse, ApiError> {
-    let model = body.and_then(|b| b.into_inner().model);
-    let result = admin_web::channels::test_channel(&state, &who, id.into_inner(), model).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "ok": result.ok,
-        "latency_ms": result.latency_ms,
-        "model": result.model,
-        "error": result.error,
-    })))
 }
 
 /// The console's and the API's channel test, done by the gateway.
@@ -322,16 +200,14 @@ pub async fn retest_auto_disabled(
     client: &UpstreamClient,
     reloader: &Reloader,
 ) {
-    let Ok(channels) = channel::Entity::find()
-        .filter(channel::Column::Status.eq("auto_disabled"))
-        .all(db)
-        .await
-    else {
+    let Ok(channels) = store::channel_health::auto_disabled_channels(db).await else {
         return;
     };
     let mut changed = false;
     for ch in channels {
-        let Ok(Some((_, entry, keys))) = load_channel(db, secrets, ch.id).await else {
+        let Ok(Some((_, entry, keys))) =
+            store::channel_health::load_channel(db, secrets, ch.id).await
+        else {
             continue;
         };
         let Some(model) = entry.models.first().cloned() else {
@@ -346,7 +222,7 @@ pub async fn retest_auto_disabled(
                 passed.push(key.id);
             }
         }
-        let _ = record_test(
+        let _ = store::channel_health::record_test(
             db,
             ch.id,
             &last
@@ -362,28 +238,9 @@ pub async fn retest_auto_disabled(
             continue;
         }
         let _ = keys;
-        let ok = channel_key::Entity::update_many()
-            .col_expr(channel_key::Column::Status, Expr::value("enabled"))
-            .col_expr(
-                channel_key::Column::DisabledReason,
-                Expr::value(Option::<String>::None),
-            )
-            .filter(channel_key::Column::Id.is_in(passed))
-            .filter(channel_key::Column::Status.ne("disabled"))
-            .exec(db)
+        let ok = store::channel_health::re_enable(db, ch.id, passed)
             .await
-            .is_ok()
-            && channel::Entity::update_many()
-                .col_expr(channel::Column::Status, Expr::value("enabled"))
-                .col_expr(
-                    channel::Column::DisabledReason,
-                    Expr::value(Option::<String>::None),
-                )
-                .filter(channel::Column::Id.eq(ch.id))
-                .filter(channel::Column::Status.eq("auto_disabled"))
-                .exec(db)
-                .await
-                .is_ok();
+            .is_ok();
         if ok {
             tracing::info!(
                 channel.id = ch.id,

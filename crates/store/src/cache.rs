@@ -20,12 +20,87 @@ if n > 0 then return redis.call('DECR', KEYS[1]) end
 return 0
 ";
 
+/// Connections for the relay's hot path (the wallet's reserve and settle): one
+/// multiplexed connection per thread, made on first use and dropped after an error that
+/// may have broken it.
+///
+/// The pool pings a connection (`UNWATCH` + `PING`, a round trip) every time it hands
+/// one out, and its connections are driven by a task on whichever runtime opened them:
+/// a reserve or a settle cost two round trips and a cross-thread hand-off each. Per
+/// thread, a command is one round trip driven where it was sent.
+#[derive(Clone)]
+pub struct RedisLink {
+    client: redis::Client,
+    /// Tells this link's connections from another's in the thread's cache.
+    id: usize,
+}
+
+static NEXT_LINK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static LINKS: std::cell::RefCell<Vec<(usize, redis::aio::MultiplexedConnection)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A command's wait, and a connection's, before Redis counts as unreachable.
+const LINK_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RedisLink {
+    fn new(client: redis::Client) -> Self {
+        RedisLink {
+            client,
+            id: NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// This thread's connection (made now if it has none).
+    pub async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let cached = LINKS.with(|l| {
+            l.borrow()
+                .iter()
+                .find(|(id, _)| *id == self.id)
+                .map(|(_, c)| c.clone())
+        });
+        if let Some(conn) = cached {
+            return Ok(conn);
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(LINK_TIMEOUT))
+            .set_response_timeout(Some(LINK_TIMEOUT));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        LINKS.with(|l| {
+            let mut l = l.borrow_mut();
+            l.retain(|(id, _)| *id != self.id);
+            l.push((self.id, conn.clone()));
+        });
+        Ok(conn)
+    }
+
+    /// Passes a command's result on; after an error that may have broken the
+    /// connection (I/O, a drop, a timeout), this thread's is dropped and the next
+    /// command connects again.
+    pub fn checked<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &result
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_unrecoverable_error())
+        {
+            LINKS.with(|l| l.borrow_mut().retain(|(id, _)| *id != self.id));
+        }
+        result
+    }
+}
+
 /// In-process or Redis-backed shared state.
 pub enum Shared {
     /// One instance: everything lives in this process.
     Memory(MemoryShared),
     /// Many instances: counters, flags and the bus live in Redis.
-    Redis(RedisShared),
+    Redis(Box<RedisShared>),
 }
 
 /// The in-process backend.
@@ -38,6 +113,7 @@ pub struct MemoryShared {
 pub struct RedisShared {
     pool: Pool,
     client: redis::Client,
+    link: RedisLink,
     prefix: String,
 }
 
@@ -66,11 +142,12 @@ impl Shared {
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| StoreError::Config(format!("redis pool: {e}")))?;
         let client = redis::Client::open(url)?;
-        let shared = Shared::Redis(RedisShared {
+        let shared = Shared::Redis(Box::new(RedisShared {
             pool,
+            link: RedisLink::new(client.clone()),
             client,
             prefix: prefix.to_owned(),
-        });
+        }));
         shared.ping().await?;
         Ok(shared)
     }
@@ -80,6 +157,14 @@ impl Shared {
         match self {
             Shared::Memory(_) => None,
             Shared::Redis(r) => Some((&r.pool, &r.prefix)),
+        }
+    }
+
+    /// The hot path's per-thread connections, when Redis is configured.
+    pub fn redis_link(&self) -> Option<&RedisLink> {
+        match self {
+            Shared::Memory(_) => None,
+            Shared::Redis(r) => Some(&r.link),
         }
     }
 
@@ -113,16 +198,19 @@ impl Shared {
                 Ok(entry.0)
             }
             Shared::Redis(r) => {
-                let mut conn = r.pool.get().await?;
+                // On the hot path (a key's rpm): the per-thread connection.
+                let mut conn = r.link.conn().await?;
                 let full = format!("{}:c:{key}", r.prefix);
-                let (count,): (i64,) = redis::pipe()
-                    .atomic()
-                    .incr(&full, 1)
-                    .expire(&full, window.as_secs().max(1) as i64)
-                    .arg("NX")
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await?;
+                let (count,): (i64,) = r.link.checked(
+                    redis::pipe()
+                        .atomic()
+                        .incr(&full, 1)
+                        .expire(&full, window.as_secs().max(1) as i64)
+                        .arg("NX")
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await,
+                )?;
                 Ok(count)
             }
         }

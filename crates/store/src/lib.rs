@@ -5,13 +5,14 @@
 pub mod availability;
 pub mod cache;
 pub mod catalog;
+pub mod channel_health;
 pub mod db;
 pub mod entities;
 pub mod error;
 pub mod secret;
 
 pub use availability::Availability;
-pub use cache::Shared;
+pub use cache::{RedisLink, Shared};
 pub use catalog::Catalog;
 pub use deadpool_redis;
 pub use error::StoreError;
