@@ -341,7 +341,8 @@ fi
 
 # ---------------------------------------------------------------- summary
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-[[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || COMMIT="$COMMIT+dirty"
+# (the results file itself does not count: every run changes it)
+[[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no -- . ':!bench/RESULTS.md' 2>/dev/null) ]] || COMMIT="$COMMIT+dirty"
 python3 - "$T/results" "$DIRECT_ONLY" "${RSS_IDLE:-}" "$RSS_PEAK" "$SECS" "$BACKEND" "${COLD_MS:-}" "$COMMIT" >"$T/table" <<'PY'
 import sys, datetime
 path, direct_only, rss_idle, rss_peak, secs, backend, cold_ms, commit = sys.argv[1:]

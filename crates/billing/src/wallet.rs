@@ -72,6 +72,18 @@ impl Slot {
     }
 }
 
+/// The link a hot-path command ran on, to report its result to.
+struct HotLink<'a> {
+    link: &'a store::RedisLink,
+    tag: store::cache::LinkTag,
+}
+
+impl HotLink<'_> {
+    fn checked<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        self.link.checked(self.tag, result)
+    }
+}
+
 /// A hold whose charge the writer committed, for [`Wallet::flushed_many`].
 #[derive(Clone, Copy, Debug)]
 pub struct Committed {
@@ -317,12 +329,13 @@ impl Wallet {
     /// The hot path's Redis connection for this thread.
     async fn hot_conn(
         &self,
-    ) -> Result<(&store::RedisLink, redis::aio::MultiplexedConnection), BillingError> {
+    ) -> Result<(HotLink<'_>, redis::aio::MultiplexedConnection), BillingError> {
         let link = self
             .link
             .as_ref()
             .ok_or_else(|| BillingError::Store(store::StoreError::Config("no redis".into())))?;
-        Ok((link, link.conn().await?))
+        let (conn, tag) = link.conn().await?;
+        Ok((HotLink { link, tag }, conn))
     }
 
     /// Starts the background upkeep: every [`REFRESH`] the counters are set again from

@@ -4,7 +4,11 @@
 //!
 //! `cargo run --release -p relay-core --example metrics_cost`
 
-#![allow(clippy::print_stdout, clippy::unwrap_used, reason = "a benchmark binary")]
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    reason = "a benchmark binary"
+)]
 
 use std::sync::Arc;
 use std::time::Instant;

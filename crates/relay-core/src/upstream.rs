@@ -156,8 +156,8 @@ impl UpstreamClient {
 /// How many parsed upstream URLs each thread keeps.
 const URL_CACHE: usize = 64;
 
-/// One parsed URL: (channel id, base URL, path, model, the URL).
-type CachedUrl = (i64, String, String, String, reqwest::Url);
+/// One parsed URL: ((channel id, kind), base URL, path, model, the URL).
+type CachedUrl = ((i64, ChannelKind), String, String, String, reqwest::Url);
 
 thread_local! {
     /// (channel id, base URL, path, model) -> the parsed URL. Parsing (with IDNA host
@@ -175,7 +175,7 @@ fn parsed_url(channel: &ChannelEntry, path: &str, model: &str) -> Result<reqwest
             .borrow()
             .iter()
             .find(|(id, base, p, m, _)| {
-                *id == channel.id
+                *id == (channel.id, channel.kind)
                     && p == path
                     && (channel.kind != ChannelKind::Azure || m == model)
                     && *base == channel.base_url
@@ -194,7 +194,7 @@ fn parsed_url(channel: &ChannelEntry, path: &str, model: &str) -> Result<reqwest
                     cache.clear();
                 }
                 cache.push((
-                    channel.id,
+                    (channel.id, channel.kind),
                     channel.base_url.clone(),
                     path.to_owned(),
                     model.to_owned(),

@@ -37,13 +37,21 @@ pub struct RedisLink {
 
 static NEXT_LINK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Tells one cached connection from another (a replacement gets a new tag).
+static NEXT_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 thread_local! {
-    static LINKS: std::cell::RefCell<Vec<(usize, redis::aio::MultiplexedConnection)>> =
+    /// (link id, tag, connection) for this thread.
+    static LINKS: std::cell::RefCell<Vec<(usize, u64, redis::aio::MultiplexedConnection)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A command's wait, and a connection's, before Redis counts as unreachable.
 const LINK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which connection a command ran on, for [`RedisLink::checked`].
+#[derive(Clone, Copy, Debug)]
+pub struct LinkTag(u64);
 
 impl RedisLink {
     fn new(client: redis::Client) -> Self {
@@ -53,16 +61,16 @@ impl RedisLink {
         }
     }
 
-    /// This thread's connection (made now if it has none).
-    pub async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+    /// This thread's connection (made now if it has none), with its tag.
+    pub async fn conn(&self) -> Result<(redis::aio::MultiplexedConnection, LinkTag), StoreError> {
         let cached = LINKS.with(|l| {
             l.borrow()
                 .iter()
-                .find(|(id, _)| *id == self.id)
-                .map(|(_, c)| c.clone())
+                .find(|(id, _, _)| *id == self.id)
+                .map(|(_, tag, c)| (c.clone(), LinkTag(*tag)))
         });
-        if let Some(conn) = cached {
-            return Ok(conn);
+        if let Some(found) = cached {
+            return Ok(found);
         }
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(LINK_TIMEOUT))
@@ -71,25 +79,40 @@ impl RedisLink {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        let tag = NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         LINKS.with(|l| {
             let mut l = l.borrow_mut();
-            l.retain(|(id, _)| *id != self.id);
-            l.push((self.id, conn.clone()));
+            l.retain(|(id, _, _)| *id != self.id);
+            l.push((self.id, tag, conn.clone()));
         });
-        Ok(conn)
+        Ok((conn, LinkTag(tag)))
     }
 
     /// Passes a command's result on; after an error that may have broken the
-    /// connection (I/O, a drop, a timeout), this thread's is dropped and the next
-    /// command connects again.
-    pub fn checked<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+    /// connection (I/O, a drop, a timeout) or that says it reached a node that cannot
+    /// serve writes (a replica after a failover), that connection is forgotten and the
+    /// next command connects again. Only the connection the command ran on (`tag`) is
+    /// forgotten: the task may have moved to another thread since it took it.
+    ///
+    /// The command that met the broken connection is not sent again (a reserve that
+    /// did reach Redis would then hold twice): right after Redis restarts, the first
+    /// command on each thread's old connection fails as unavailable (503, retry).
+    pub fn checked<T>(&self, tag: LinkTag, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        use redis::{ErrorKind, ServerErrorKind};
         if let Err(e) = &result
             && (e.is_io_error()
                 || e.is_connection_dropped()
                 || e.is_timeout()
-                || e.is_unrecoverable_error())
+                || e.is_unrecoverable_error()
+                || matches!(
+                    e.kind(),
+                    ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+                ))
         {
-            LINKS.with(|l| l.borrow_mut().retain(|(id, _)| *id != self.id));
+            LINKS.with(|l| {
+                l.borrow_mut()
+                    .retain(|(id, t, _)| !(*id == self.id && *t == tag.0))
+            });
         }
         result
     }
@@ -199,9 +222,10 @@ impl Shared {
             }
             Shared::Redis(r) => {
                 // On the hot path (a key's rpm): the per-thread connection.
-                let mut conn = r.link.conn().await?;
+                let (mut conn, tag) = r.link.conn().await?;
                 let full = format!("{}:c:{key}", r.prefix);
                 let (count,): (i64,) = r.link.checked(
+                    tag,
                     redis::pipe()
                         .atomic()
                         .incr(&full, 1)

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sqlx::{self, SqliteConnection, SqlitePool};
 use sea_orm::{DbErr, RuntimeErr};
 
-use super::{Committed, Line, clean, runs_down, shortfall_error, split_short};
+use super::{Committed, Line, clean, report_shortfall, runs_down, shortfall_error, split_short};
 use crate::wallet::{Account, Synced};
 use crate::{BillingError, Charge, GenerationRecord};
 
@@ -112,7 +112,9 @@ pub(super) async fn commit(
                 .await
                 .map_err(db_err)?
         else {
+            // The user is gone (deleted while the request ran): nothing can be taken.
             for &(i, pending) in &items {
+                report_shortfall(&batch[i].0.id, user_id, pending, 0);
                 shortfall[i] = pending;
             }
             continue;
