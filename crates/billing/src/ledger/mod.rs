@@ -568,3 +568,76 @@ fn clean(s: &str) -> Cow<'_, str> {
 fn clean_opt(s: &Option<String>) -> Option<String> {
     s.as_deref().map(|s| clean(s).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::task::Poll;
+
+    use super::{LedgerWriter, MAX_BACKLOG, MAX_BACKLOG_BYTES};
+
+    /// A writer whose task never runs: its backlog is whatever the test sets.
+    fn stalled() -> LedgerWriter {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::mem::forget(rx);
+        LedgerWriter {
+            tx,
+            backlog: Arc::new(AtomicUsize::new(0)),
+            backlog_bytes: Arc::new(AtomicUsize::new(0)),
+            db_down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Polls `admit` once: `Some(answer)` if it answered at once, `None` if it waits.
+    fn admit_now(w: &LedgerWriter) -> Option<bool> {
+        let mut fut = std::pin::pin!(w.admit());
+        let waker = std::task::Waker::noop();
+        match fut
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            Poll::Ready(ok) => Some(ok),
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_passes_a_light_backlog_slows_past_three_quarters_and_refuses_a_full_one() {
+        let w = stalled();
+        assert_eq!(admit_now(&w), Some(true), "an empty backlog admits at once");
+        w.backlog.store(MAX_BACKLOG * 3 / 4 - 1, Ordering::Relaxed);
+        assert_eq!(
+            admit_now(&w),
+            Some(true),
+            "under three quarters admits at once"
+        );
+
+        w.backlog.store(MAX_BACKLOG * 3 / 4, Ordering::Relaxed);
+        assert_eq!(admit_now(&w), None, "past three quarters admission waits");
+        // The writer catches up while the request waits: it is admitted.
+        let waiting = tokio::spawn({
+            let w = w.clone();
+            async move { w.admit().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        w.backlog.store(10, Ordering::Relaxed);
+        assert!(waiting.await.unwrap());
+
+        // Full and not draining: refused once the wait is over.
+        w.backlog.store(MAX_BACKLOG, Ordering::Relaxed);
+        assert!(w.refuses());
+        assert!(!w.admit().await);
+        w.backlog.store(0, Ordering::Relaxed);
+
+        // The bound in bytes counts as much as the bound in records.
+        w.backlog_bytes.store(MAX_BACKLOG_BYTES, Ordering::Relaxed);
+        assert!(w.refuses());
+        assert!(!w.admit().await);
+        w.backlog_bytes.store(0, Ordering::Relaxed);
+
+        // A database found unreachable refuses at once.
+        w.db_down.store(true, Ordering::Relaxed);
+        assert_eq!(admit_now(&w), Some(false));
+    }
+}
