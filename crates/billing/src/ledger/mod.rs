@@ -411,6 +411,40 @@ fn by_user(batch: &[(GenerationRecord, Option<Charge>)]) -> BTreeMap<i64, Vec<(u
     by_user
 }
 
+/// The batch's charges summed per key (what each key's `used` grows by).
+fn by_key(batch: &[(GenerationRecord, Option<Charge>)], charged: &[i64]) -> BTreeMap<i64, i64> {
+    let mut by_key: BTreeMap<i64, i64> = BTreeMap::new();
+    for (i, (_, charge)) in batch.iter().enumerate() {
+        if let Some(c) = charge.filter(|_| charged[i] > 0) {
+            *by_key.entry(c.key_id).or_default() += charged[i];
+        }
+    }
+    by_key
+}
+
+/// A user deleted while their requests ran: nothing can be taken, every charge is a
+/// reported shortfall.
+fn user_gone(
+    batch: &[(GenerationRecord, Option<Charge>)],
+    user_id: i64,
+    items: &[(usize, i64)],
+    shortfall: &mut [i64],
+) {
+    for &(i, pending) in items {
+        report_shortfall(&batch[i].0.id, user_id, pending, 0);
+        shortfall[i] = pending;
+    }
+}
+
+/// The wallet state a user's debit left.
+fn user_state(user_id: i64, balance: i64, rev: i64) -> Synced {
+    Synced {
+        account: Account::User(user_id),
+        limit: balance,
+        rev,
+    }
+}
+
 /// A user's charges, all covered by one debit of their total: each is charged in full
 /// and its ledger line carries the balance running down from `before`.
 fn runs_down(

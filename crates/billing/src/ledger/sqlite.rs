@@ -5,14 +5,15 @@
 //! query builder cost about a third of the gateway's CPU under load.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::{self, SqliteConnection, SqlitePool};
 use sea_orm::{DbErr, RuntimeErr};
 
-use super::{Committed, Line, clean, report_shortfall, runs_down, shortfall_error, split_short};
+use super::{
+    Committed, Line, clean, runs_down, shortfall_error, split_short, user_gone, user_state,
+};
 use crate::wallet::{Account, Synced};
 use crate::{BillingError, Charge, GenerationRecord};
 
@@ -95,11 +96,7 @@ pub(super) async fn commit(
         .map_err(db_err)?;
         if let Some((balance, rev)) = debited {
             runs_down(user_id, balance + total, &items, &mut charged, &mut lines);
-            synced.push(Synced {
-                account: Account::User(user_id),
-                limit: balance,
-                rev,
-            });
+            synced.push(user_state(user_id, balance, rev));
             continue;
         }
         // Short (the wallet should have made this impossible): each charge takes what
@@ -112,11 +109,7 @@ pub(super) async fn commit(
                 .await
                 .map_err(db_err)?
         else {
-            // The user is gone (deleted while the request ran): nothing can be taken.
-            for &(i, pending) in &items {
-                report_shortfall(&batch[i].0.id, user_id, pending, 0);
-                shortfall[i] = pending;
-            }
+            user_gone(batch, user_id, &items, &mut shortfall);
             continue;
         };
         let taken = split_short(
@@ -138,19 +131,10 @@ pub(super) async fn commit(
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
-        synced.push(Synced {
-            account: Account::User(user_id),
-            limit: balance,
-            rev,
-        });
+        synced.push(user_state(user_id, balance, rev));
     }
 
-    let mut by_key: BTreeMap<i64, i64> = BTreeMap::new();
-    for (i, (_, charge)) in batch.iter().enumerate() {
-        if let Some(c) = charge.filter(|_| charged[i] > 0) {
-            *by_key.entry(c.key_id).or_default() += charged[i];
-        }
-    }
+    let by_key = super::by_key(batch, &charged);
     for (key_id, amount) in by_key {
         let row = sqlx::query_as::<_, (Option<i64>, i64, i64)>(
             "UPDATE api_keys SET used = used + ?1, rev = rev + 1, last_used_at = ?2 \
