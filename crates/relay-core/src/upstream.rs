@@ -289,6 +289,50 @@ pub fn upstream_message(body: &[u8], status: u16) -> String {
 mod tests {
     use super::*;
 
+    fn entry(kind: ChannelKind, base_url: &str) -> ChannelEntry {
+        ChannelEntry {
+            id: 41,
+            name: "c".into(),
+            kind,
+            base_url: base_url.into(),
+            models: Vec::new(),
+            model_mapping: std::collections::HashMap::new(),
+            groups: Vec::new(),
+            priority: 0,
+            weight: 1,
+            headers: Vec::new(),
+            timeout_s: 10,
+            status: store::catalog::ChannelStatus::Enabled,
+            keys: Vec::new(),
+            next_key: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn a_cached_upstream_url_follows_an_edit_of_the_channels_type_or_base_url() {
+        let path = "/v1/chat/completions";
+        let url = |c: &ChannelEntry, model: &str| parsed_url(c, path, model).unwrap().to_string();
+        let openai = entry(ChannelKind::OpenAi, "https://res.example.com");
+        assert_eq!(
+            url(&openai, "gpt-4o"),
+            "https://res.example.com/v1/chat/completions"
+        );
+        // Same id and base URL, now an Azure resource: the deployment URL, not the cached one.
+        let azure = entry(ChannelKind::Azure, "https://res.example.com");
+        assert_eq!(
+            url(&azure, "gpt-4o"),
+            format!(
+                "https://res.example.com/openai/deployments/gpt-4o/chat/completions?api-version={AZURE_API_VERSION}"
+            )
+        );
+        assert!(url(&azure, "other").contains("/deployments/other/"));
+        let moved = entry(ChannelKind::OpenAi, "https://elsewhere.example.com/v1");
+        assert_eq!(
+            url(&moved, "m"),
+            "https://elsewhere.example.com/v1/chat/completions"
+        );
+    }
+
     #[test]
     fn base_urls_with_or_without_v1_and_slashes_join_the_same() {
         for base in [

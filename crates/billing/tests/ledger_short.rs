@@ -1,0 +1,189 @@
+//! The writer's short-balance path, on SQLite and (with `TEST_DATABASE_URL`) on
+//! Postgres: charges a balance cannot cover take what is there, in order, never below
+//! zero, and every shortfall is reported; the ledger still sums to the balance.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use billing::{Charge, GenerationRecord, LedgerWriter, Usage, Wallet};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait};
+use store::entities::{generation, user};
+
+fn unique() -> String {
+    format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// The databases to run on: a SQLite file, and a fresh Postgres database when the
+/// suite has one. Returns (URL, what to drop afterwards).
+async fn databases() -> Vec<(String, Option<(String, String)>)> {
+    let dir = std::env::temp_dir().join(format!("tg_ledger_short_{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut out = vec![(
+        format!("sqlite://{}?mode=rwc", dir.join("t.db").display()),
+        None,
+    )];
+    if let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") {
+        let name = format!("tg_short_{}", unique());
+        let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        let base = admin_url.split('?').next().unwrap();
+        let root = &base[..base.rfind('/').unwrap()];
+        out.push((format!("{root}/{name}"), Some((admin_url, name))));
+    }
+    out
+}
+
+fn record(id: &str, user_id: i64) -> GenerationRecord {
+    GenerationRecord {
+        id: id.to_owned(),
+        upstream_id: None,
+        user_id,
+        key_id: 1,
+        channel_id: Some(1),
+        provider_name: Some("ch".into()),
+        model: "gpt-4o-mini".into(),
+        upstream_model: None,
+        endpoint: "/v1/chat/completions".into(),
+        streamed: false,
+        cancelled: false,
+        finish_reason: Some("stop".into()),
+        usage: Usage::default(),
+        latency_ms: Some(1),
+        generation_time_ms: Some(1),
+        status: "success",
+        status_code: 200,
+        error: None,
+        client_ip: None,
+        attempts: None,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+fn charge(user_id: i64, pending: i64, lease: u64) -> Option<Charge> {
+    Some(Charge {
+        user_id,
+        key_id: 1,
+        key_limited: false,
+        pending,
+        lease,
+    })
+}
+
+#[tokio::test]
+async fn charges_a_balance_cannot_cover_take_what_is_there_and_the_rest_is_a_reported_shortfall() {
+    for (url, drop) in databases().await {
+        let db = store::db::connect(&url).await.unwrap();
+        let wallet = Arc::new(Wallet::new(db.clone(), &store::Shared::memory()));
+        let now = chrono::Utc::now();
+        let alice = user::ActiveModel {
+            username: Set(format!("alice-{}", unique())),
+            password_hash: Set(String::new()),
+            role: Set("customer".into()),
+            group_name: Set("default".into()),
+            parent_id: Set(None),
+            status: Set("enabled".into()),
+            balance: Set(0),
+            used: Set(0),
+            rev: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&db)
+        .await
+        .unwrap();
+        let mint = billing::accounts::Entry {
+            kind: "mint",
+            note: Some("test"),
+            reference: None,
+        };
+        billing::accounts::adjust(&db, &wallet, alice.id, 50, mint)
+            .await
+            .unwrap();
+        let shortfalls = billing::metrics::SHORTFALLS.load(Ordering::Relaxed);
+
+        // Three charges in one batch against 50 µc: 40 in full, 10 of the next 40,
+        // nothing of the last 5; and a charge for a user that no longer exists.
+        let (writer, _task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
+        let ids = ["gen-a", "gen-b", "gen-c", "gen-gone"];
+        writer.submit(record(ids[0], alice.id), charge(alice.id, 40, 1));
+        writer.submit(record(ids[1], alice.id), charge(alice.id, 40, 2));
+        writer.submit(record(ids[2], alice.id), charge(alice.id, 5, 3));
+        writer.submit(record(ids[3], 999_999), charge(999_999, 7, 4));
+        writer.flush().await;
+
+        let after = user::Entity::find_by_id(alice.id)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.balance, 0, "{url}: never below zero");
+        assert_eq!(after.used, 50, "{url}: used is what was taken");
+        let mut costs = Vec::new();
+        for id in ids {
+            let g = generation::Entity::find_by_id(id.to_owned())
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{url}: {id} recorded"));
+            costs.push((g.cost, g.error));
+        }
+        assert_eq!(costs[0], (40, None), "{url}");
+        assert_eq!(
+            costs[1],
+            (
+                10,
+                Some("charge_shortfall: 30 µc owed were not charged".into())
+            ),
+            "{url}"
+        );
+        assert_eq!(
+            costs[2],
+            (
+                0,
+                Some("charge_shortfall: 5 µc owed were not charged".into())
+            ),
+            "{url}"
+        );
+        assert_eq!(
+            costs[3],
+            (
+                0,
+                Some("charge_shortfall: 7 µc owed were not charged".into())
+            ),
+            "{url}"
+        );
+        assert!(
+            billing::metrics::SHORTFALLS.load(Ordering::Relaxed) >= shortfalls + 3,
+            "{url}: every shortfall is counted, the gone user's too"
+        );
+        let report = billing::verify::verify(&db).await.unwrap();
+        assert!(
+            report.ok,
+            "{url}: balance = Σ ledger: {:?}",
+            report.differences
+        );
+        drop_db(drop).await;
+    }
+}
+
+async fn drop_db(drop: Option<(String, String)>) {
+    if let Some((admin_url, name)) = drop {
+        let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
+        let _ = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
+    }
+}
