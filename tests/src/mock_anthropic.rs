@@ -8,6 +8,9 @@
 //! - anything else: a normal answer, 12 input / 30 output tokens, no cache;
 //! - `claude-cached`: 10 input, 80 read from the cache, 0 written to it, 40 output;
 //! - `claude-cache-write`: 10 input, 0 read from the cache, 50 written to it, 40 output;
+//! - `claude-delta-input`: like `claude-cached`, but streamed as some Anthropic-compatible
+//!   upstreams do: the last `message_delta` repeats `input_tokens` and leaves out the
+//!   cache fields (the cache reads stand as `message_start` reported them);
 //! - `claude-two-deltas`: streamed, two `message_delta` events whose cumulative
 //!   `output_tokens` are 12 then 30 (the last one is the total); not streamed, normal;
 //! - `fail-529`: 529 `overloaded_error`; `bad-request`: 400 `invalid_request_error`.
@@ -105,7 +108,7 @@ fn error(status: u16, kind: &str, message: &str) -> HttpResponse {
 /// (input, cache_read, cache_creation, output) for an upstream model.
 fn tokens_for(model: &str) -> (i64, i64, i64, i64) {
     match model {
-        "claude-cached" => (10, 80, 0, 40),
+        "claude-cached" | "claude-delta-input" => (10, 80, 0, 40),
         "claude-cache-write" => (10, 0, 50, 40),
         _ => (12, 0, 0, 30),
     }
@@ -300,10 +303,15 @@ fn stream(model: &str) -> HttpResponse {
                    "usage": {"output_tokens": 12}}),
         ));
     }
+    let usage = if model == "claude-delta-input" {
+        json!({"input_tokens": input, "output_tokens": output})
+    } else {
+        json!({"output_tokens": output})
+    };
     events.push(event(
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-               "usage": {"output_tokens": output}}),
+               "usage": usage}),
     ));
     events.push(event("message_stop", json!({"type": "message_stop"})));
     let body = futures_util::stream::iter(

@@ -22,9 +22,10 @@ const MODEL: &str = "claude-3-7-sonnet";
 const NORMAL_COST: i64 = 486;
 
 /// The models the scenario's channel serves (the mock's behaviours), all priced alike.
-const MODELS: [&str; 6] = [
+const MODELS: [&str; 7] = [
     MODEL,
     "claude-cached",
+    "claude-delta-input",
     "claude-cache-write",
     "claude-two-deltas",
     "fail-529",
@@ -439,6 +440,66 @@ async fn a_streamed_message_with_cache_reads_is_billed_like_the_plain_one() {
         ),
         (90, 80, 40, 654)
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_message_delta_that_repeats_input_without_cache_fields_keeps_the_cache_reads() {
+    let s = Claude::start().await;
+
+    // Native: message_start says 10 input + 80 cache reads; the last message_delta
+    // says 10 input and 40 output and nothing of the cache. 654 µc as unstreamed.
+    let mut body = Claude::body("claude-delta-input");
+    body["stream"] = json!(true);
+    let resp = s.messages(Auth::XApiKey(&s.key), body).await;
+    assert_eq!(resp.status(), 200);
+    let gen_id = generation_id(&resp);
+    let events = sse_events(resp).await;
+    assert_eq!(streamed_text(&events), answer_text());
+    s.assert_charged_once(&gen_id, 654).await;
+    let g = s.app.generation(&gen_id).await;
+    assert_eq!(
+        (g.tokens_prompt, g.tokens_cached, g.tokens_completion),
+        (90, 80, 40)
+    );
+
+    // Converted for an OpenAI client: the usage chunk it reads is what it pays for.
+    let resp = s
+        .app
+        .http
+        .post(format!("{}/v1/chat/completions", s.app.address))
+        .bearer_auth(&s.key)
+        .json(&json!({"model": "claude-delta-input", "stream": true,
+                      "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "Say hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let gen_id = generation_id(&resp);
+    let text = resp.text().await.unwrap();
+    let usage = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| v.get("usage").filter(|u| !u.is_null()).cloned())
+        .expect("a usage chunk");
+    s.app.settled().await;
+    let g = s.app.generation(&gen_id).await;
+    assert_eq!(
+        (
+            usage["prompt_tokens"].as_i64(),
+            usage["prompt_tokens_details"]["cached_tokens"].as_i64(),
+            usage["completion_tokens"].as_i64()
+        ),
+        (
+            Some(g.tokens_prompt),
+            Some(g.tokens_cached),
+            Some(g.tokens_completion)
+        )
+    );
+    assert_eq!((g.tokens_prompt, g.tokens_cached, g.cost), (90, 80, 654));
+    assert_eq!(s.app.balance(s.customer_id).await, START - 654 - 654);
     s.stop().await;
 }
 

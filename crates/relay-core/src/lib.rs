@@ -5,10 +5,12 @@
 
 pub mod admission;
 pub mod ambiguity;
+pub mod answer;
 pub mod anthropic;
 pub mod convert;
 pub mod count;
 pub mod error;
+pub mod event;
 pub mod fault;
 pub mod funds;
 pub mod gemini;
@@ -18,6 +20,7 @@ pub mod media;
 pub mod meter;
 pub mod metrics;
 pub mod multipart;
+pub mod observe;
 pub mod openai;
 pub mod pipeline;
 pub mod probe;

@@ -7,8 +7,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use store::catalog::ChannelEntry;
 
-use crate::anthropic::MessageSummary;
-use crate::openai::ChatSummary;
 use crate::protocol::Protocol;
 use crate::upstream::{Failure, UpstreamClient, read_body, upstream_message};
 
@@ -92,9 +90,10 @@ async fn probe_failure(
             return Err(Failure::Status { status, body });
         }
         let understood = match proto {
-            Protocol::AnthropicMessages => MessageSummary::parse(&body).is_some(),
-            Protocol::GeminiGenerate => crate::gemini::GenerateSummary::parse(&body).is_some(),
-            _ => ChatSummary::parse_completion(&body).is_some(),
+            Protocol::AnthropicMessages | Protocol::GeminiGenerate => {
+                crate::answer::read(proto, &body, b"").is_some()
+            }
+            _ => crate::answer::read(Protocol::OpenAiChat, &body, b"").is_some(),
         };
         if !understood {
             return Err(Failure::Malformed);

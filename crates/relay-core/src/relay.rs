@@ -4,19 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use billing::Usage;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
 use store::catalog::{ChannelEntry, ChannelSecret};
 
 use crate::admission::Admitted;
-use crate::anthropic::MessageSummary;
+use crate::answer::Completion;
 use crate::convert::{self, StreamConverter};
+use crate::event::Event;
 use crate::fault::Fault;
 use crate::health::{Breakers, Gate, HealthSink, SuspectKey};
 use crate::meter::{Meter, Outcome};
-use crate::openai::{ChatHead, ChatSummary, StreamObserver, upstream_body};
+use crate::observe::{EventAction, StreamObserver};
+use crate::openai::{ChatHead, upstream_body};
 use crate::protocol::Protocol;
 use crate::sse::SseFramer;
 use crate::stream::ChatStream;
@@ -266,119 +267,6 @@ pub struct RelayRequest<'a> {
     pub content_type: Option<&'a str>,
 }
 
-/// What the relay reads of a complete answer, whatever the protocol.
-struct Completion {
-    id: Option<String>,
-    model: Option<String>,
-    usage: Option<Usage>,
-    finish_reason: Option<String>,
-    delivered: String,
-}
-
-fn parse_completion(proto: Protocol, body: &[u8], raw: &[u8]) -> Option<Completion> {
-    match proto {
-        Protocol::OpenAiTranscriptions | Protocol::OpenAiTranslations => {
-            let longest = crate::media::longest_seconds(raw);
-            let (usage, text) = crate::media::transcription_usage(body, longest);
-            Some(Completion {
-                usage: Some(usage),
-                finish_reason: None,
-                delivered: text,
-                id: None,
-                model: None,
-            })
-        }
-        // Audio comes back as bytes and is charged by its input (see `answer`).
-        Protocol::OpenAiSpeech => None,
-        Protocol::OpenAiEmbeddings => {
-            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-            v.get("data")?.as_array()?;
-            let usage: crate::openai::OpenAiUsage =
-                serde_json::from_value(v.get("usage")?.clone()).unwrap_or_default();
-            Some(Completion {
-                usage: Some(Usage {
-                    prompt_tokens: usage.prompt_tokens,
-                    ..Usage::default()
-                }),
-                finish_reason: None,
-                delivered: String::new(),
-                id: None,
-                model: v.get("model").and_then(|m| m.as_str()).map(str::to_owned),
-            })
-        }
-        Protocol::OpenAiModerations => {
-            // No usage report: the settlement counts the input locally.
-            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-            v.get("results")?.as_array()?;
-            Some(Completion {
-                usage: None,
-                finish_reason: None,
-                delivered: String::new(),
-                id: v.get("id").and_then(|m| m.as_str()).map(str::to_owned),
-                model: v.get("model").and_then(|m| m.as_str()).map(str::to_owned),
-            })
-        }
-        Protocol::OpenAiImages | Protocol::OpenAiImageEdits | Protocol::OpenAiImageVariations => {
-            // Charged per image that came back with data; none usable costs nothing.
-            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-            v.get("data")?.as_array()?;
-            let images = billing::images::usable_images(&v);
-            Some(Completion {
-                usage: Some(Usage {
-                    images,
-                    ..Usage::default()
-                }),
-                finish_reason: None,
-                delivered: String::new(),
-                id: None,
-                model: None,
-            })
-        }
-        Protocol::OpenAiResponses => {
-            let r = crate::openai::ResponseSummary::parse(body)?;
-            Some(Completion {
-                usage: r.usage.as_ref().map(Usage::from),
-                finish_reason: r.status.clone(),
-                delivered: r.delivered_text(),
-                id: r.id,
-                model: r.model,
-            })
-        }
-        Protocol::OpenAiChat | Protocol::OpenAiCompletions | Protocol::OpenAiFim => {
-            let s = ChatSummary::parse_completion(body)?;
-            Some(Completion {
-                usage: s.usage.as_ref().map(Usage::from),
-                finish_reason: s.finish_reason(),
-                delivered: s.delivered_text(),
-                id: s.id,
-                model: s.model,
-            })
-        }
-        Protocol::GeminiGenerate => {
-            let g = crate::gemini::GenerateSummary::parse(body)?;
-            let mut delivered = String::new();
-            g.append_text(&mut delivered);
-            Some(Completion {
-                usage: g.usage_metadata.as_ref().map(Usage::from),
-                finish_reason: g.finish_reason(),
-                delivered,
-                id: g.response_id,
-                model: g.model_version,
-            })
-        }
-        Protocol::AnthropicMessages => {
-            let m = MessageSummary::parse(body)?;
-            Some(Completion {
-                usage: m.usage.map(|u| u.to_usage()),
-                delivered: m.delivered_text(),
-                finish_reason: m.stop_reason,
-                id: m.id,
-                model: m.model,
-            })
-        }
-    }
-}
-
 enum Success {
     Complete(Bytes, Completion),
     /// A whole answer made in the client's format (a transcript), with its type.
@@ -461,7 +349,7 @@ async fn try_channel(
     }
     if !head.is_stream() {
         let body = read_body(resp, idle, max_answer_bytes).await?;
-        let summary = parse_completion(proto, &body, req.raw).ok_or(Failure::Malformed)?;
+        let summary = crate::answer::read(proto, &body, req.raw).ok_or(Failure::Malformed)?;
         if let Some(plan) = transcript.filter(|t| t.upstream.is_some())
             && let Some((made, content_type)) = crate::media::render_transcript(plan.client, &body)
         {
@@ -477,9 +365,10 @@ async fn try_channel(
     // A stream: wait for its first whole event before the client gets a 200, so a
     // channel that fails at once can still be swapped for another.
     let mut framer = SseFramer::default();
-    let mut observer = StreamObserver::new(proto);
-    let mut resp = resp;
+    let mut observer = StreamObserver::new(proto, upstream_model);
     let wants_usage = head.wants_stream_usage();
+    let mut converter = converting.then(|| StreamConverter::new(proto, req.proto, wants_usage));
+    let mut resp = resp;
     loop {
         let chunk = match tokio::time::timeout(idle, resp.chunk()).await {
             Err(_) => return Err(Failure::Timeout),
@@ -491,27 +380,32 @@ async fn try_channel(
         if events.is_empty() {
             continue;
         }
+        // What the client gets of these events (converted when it must be).
         let mut first = Vec::with_capacity(events.len());
+        let mut forwarded = 0;
         for ev in events {
+            let data = crate::sse::event_data(&ev);
+            let event = crate::event::decode(proto, &data);
             // An error as the first event is judged by its fields, as its status would
             // have been: it may be the request's fault, the key's or the channel's.
-            let data = crate::sse::event_data(&ev);
-            if data.trim_start().starts_with("{\"error\"") && observer.events == 0 {
+            if matches!(event, Event::Error(_)) && forwarded == 0 {
                 return Err(crate::fault::opening_error(data));
             }
-            let action = observer.observe(&ev, wants_usage);
-            if converting || action != crate::openai::EventAction::Swallow {
-                first.push(ev);
+            let action = observer.observe(&event, wants_usage);
+            if action != EventAction::Swallow {
+                forwarded += 1;
             }
-            if observer.upstream_error && !observer.done && first.len() <= 1 {
-                return Err(crate::fault::opening_error(data));
+            match converter.as_mut() {
+                Some(c) => first.extend(c.push(event)),
+                None if action != EventAction::Swallow => first.push(ev),
+                None => {}
             }
         }
         return Ok(Success::Stream(Box::new(Opened {
             first,
             framer,
             observer,
-            converter: converting.then(|| StreamConverter::new(proto, req.proto, wants_usage)),
+            converter,
             resp,
             idle,
         })));

@@ -14,14 +14,15 @@ use futures_util::stream::BoxStream;
 
 use crate::convert::StreamConverter;
 use crate::meter::{Meter, Outcome};
-use crate::openai::{EventAction, StreamObserver};
+use crate::observe::{EventAction, StreamObserver};
 use crate::protocol::Protocol;
 use crate::sse::SseFramer;
 use crate::tokens::Fallback;
 
 /// The upstream side of a stream whose first events arrived.
 pub(crate) struct Upstream {
-    /// Events already read (and observed), not yet converted.
+    /// What the client gets of the events already read (observed, and converted when
+    /// the client speaks another protocol).
     pub first: Vec<Bytes>,
     pub framer: SseFramer,
     pub observer: StreamObserver,
@@ -60,14 +61,11 @@ impl ChatStream {
             first,
             framer,
             observer,
-            mut converter,
+            converter,
             body,
             idle,
         } = upstream;
-        let ready = match converter.as_mut() {
-            Some(c) => first.iter().flat_map(|ev| c.push(ev)).collect(),
-            None => first.into(),
-        };
+        let ready = first.into();
         ChatStream {
             ready,
             upstream: Some(body),
@@ -85,7 +83,7 @@ impl ChatStream {
 
     fn usage(&self) -> Usage {
         self.observer.usage.unwrap_or_else(|| {
-            let mut usage = self.fallback.usage(&self.observer.delivered);
+            let mut usage = self.fallback.with_output(self.observer.delivered.tokens());
             // A stream cut after Anthropic's message_start still told us the prompt.
             if let Some(start) = self.observer.partial_prompt() {
                 usage.prompt_tokens = start.prompt_tokens;
@@ -134,9 +132,10 @@ impl ChatStream {
 
     /// Observes one upstream event and queues what the client gets of it.
     fn take_event(&mut self, ev: Bytes) {
-        let action = self.observer.observe(&ev, self.wants_usage);
+        let event = crate::event::decode(self.observer.proto, &crate::sse::event_data(&ev));
+        let action = self.observer.observe(&event, self.wants_usage);
         if let Some(c) = self.converter.as_mut() {
-            self.ready.extend(c.push(&ev));
+            self.ready.extend(c.push(event));
             return;
         }
         match action {

@@ -48,9 +48,14 @@ pub struct Fallback {
 impl Fallback {
     /// Usage counted locally: the request's prompt and the text delivered.
     pub fn usage(&self, delivered: &str) -> billing::Usage {
+        self.with_output(count_text(&self.model, delivered))
+    }
+
+    /// Usage counted locally: the request's prompt, and output already counted.
+    pub fn with_output(&self, completion_tokens: i64) -> billing::Usage {
         billing::Usage {
             prompt_tokens: count_prompt(&self.model, &self.request),
-            completion_tokens: count_text(&self.model, delivered),
+            completion_tokens,
             ..billing::Usage::default()
         }
     }

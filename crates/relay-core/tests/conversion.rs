@@ -35,11 +35,11 @@ fn convert_stream(
     let mut out = Vec::new();
     for piece in raw.as_bytes().chunks(7) {
         for ev in framer.push(piece) {
-            out.extend(converter.push(&ev));
+            out.extend(converter.push_sse(&ev));
         }
     }
     if let Some(rest) = framer.finish() {
-        out.extend(converter.push(&rest));
+        out.extend(converter.push_sse(&rest));
     }
     out.extend(converter.finish());
     out.iter()
@@ -722,10 +722,10 @@ fn a_tool_call_whose_id_repeats_on_every_piece_stays_one_block() {
         let ev = chunk(
             json!({"tool_calls": [{"index": 0, "id": "call_9", "type": "function", "function": {"name": "f", "arguments": piece}}]}),
         );
-        out.extend(c.push(ev.as_bytes()));
+        out.extend(c.push_sse(ev.as_bytes()));
     }
-    out.extend(c.push(format!("data: {}\n\n", json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})).as_bytes()));
-    out.extend(c.push(b"data: [DONE]\n\n"));
+    out.extend(c.push_sse(format!("data: {}\n\n", json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})).as_bytes()));
+    out.extend(c.push_sse(b"data: [DONE]\n\n"));
     let events: Vec<Event> = out
         .iter()
         .map(|ev| {
@@ -778,7 +778,7 @@ fn null_token_counts_read_as_zero_and_a_blocked_gemini_prompt_ends_the_stream() 
 
     let blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 7}});
     let mut c = StreamConverter::new(GEMINI, OPENAI, true);
-    let mut out = c.push(format!("data: {blocked}\n\n").as_bytes());
+    let mut out = c.push_sse(format!("data: {blocked}\n\n").as_bytes());
     out.extend(c.finish());
     let events: Vec<Event> = out
         .iter()

@@ -184,18 +184,18 @@ proptest! {
         let mut c = StreamConverter::new(from, to, usage);
         for e in &events {
             let ev = format!("data: {e}\n\n");
-            for out in c.push(ev.as_bytes()) {
+            for out in c.push_sse(ev.as_bytes()) {
                 prop_assert!(out.ends_with(b"\n\n"));
             }
         }
-        let _ = c.push(b"data: [DONE]\n\n");
+        let _ = c.push_sse(b"data: [DONE]\n\n");
         let _ = c.finish();
     }
 
     #[test]
     fn raw_garbage_events_convert_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..256), from in protocol(), to in protocol()) {
         let mut c = StreamConverter::new(from, to, true);
-        let _ = c.push(&bytes);
+        let _ = c.push_sse(&bytes);
         let _ = c.finish();
     }
 }

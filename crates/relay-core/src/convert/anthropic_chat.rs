@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use billing::Usage;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -178,20 +179,213 @@ pub struct AUsage {
 }
 
 impl AUsage {
+    /// What the relay charges for this report: cache reads and writes are prompt
+    /// tokens, reported apart from `input_tokens`.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self
+                .input_tokens
+                .saturating_add(self.cache_read_input_tokens)
+                .saturating_add(self.cache_creation_input_tokens),
+            completion_tokens: self.output_tokens,
+            cached_tokens: self.cache_read_input_tokens,
+            cache_write_tokens: self.cache_creation_input_tokens.max(0),
+            ..Usage::default()
+        }
+    }
+
+    /// Takes in a later report of the same stream (`message_delta`'s cumulative
+    /// usage): its output count always, and each prompt count it states (a count of
+    /// zero or left out keeps what `message_start` said).
+    pub fn absorb(&mut self, later: &AUsage) {
+        self.output_tokens = later.output_tokens;
+        for (mine, theirs) in [
+            (&mut self.input_tokens, later.input_tokens),
+            (
+                &mut self.cache_read_input_tokens,
+                later.cache_read_input_tokens,
+            ),
+            (
+                &mut self.cache_creation_input_tokens,
+                later.cache_creation_input_tokens,
+            ),
+        ] {
+            if theirs > 0 {
+                *mine = theirs;
+            }
+        }
+    }
+
     pub fn to_chat(self) -> ChatUsage {
-        let prompt = self
-            .input_tokens
-            .saturating_add(self.cache_read_input_tokens)
-            .saturating_add(self.cache_creation_input_tokens);
-        ChatUsage::new(prompt, self.output_tokens, self.cache_read_input_tokens, 0)
+        ChatUsage::from(&self.usage())
     }
 
     pub fn from_chat(u: &ChatUsage) -> AUsage {
+        AUsage::from(&u.usage())
+    }
+}
+
+impl From<&Usage> for AUsage {
+    fn from(u: &Usage) -> Self {
         AUsage {
-            input_tokens: u.prompt_tokens.saturating_sub(u.cached()),
+            input_tokens: u
+                .prompt_tokens
+                .saturating_sub(u.cached_tokens)
+                .saturating_sub(u.cache_write_tokens),
             output_tokens: u.completion_tokens,
-            cache_creation_input_tokens: 0,
-            cache_read_input_tokens: u.cached(),
+            cache_creation_input_tokens: u.cache_write_tokens,
+            cache_read_input_tokens: u.cached_tokens,
+        }
+    }
+}
+
+/// A whole Messages answer as the relay meters it, read leniently (a block of a kind
+/// conversion does not know still counts): what conversion reads is
+/// [`MessageResponse`].
+#[derive(Debug, Default, Deserialize)]
+pub struct MessageView {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    #[serde(default)]
+    pub usage: Option<AUsage>,
+    #[serde(default, deserialize_with = "chat::list_or_null")]
+    pub content: Vec<StartBlock>,
+}
+
+impl MessageView {
+    /// Parses a whole answer; `None` when it is not a message.
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        let m: MessageView = serde_json::from_slice(body).ok()?;
+        (m.kind.as_deref() == Some("message")).then_some(m)
+    }
+}
+
+// ---- stream events --------------------------------------------------------------
+
+/// One event of a Messages stream, decoded once for metering and conversion.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        #[serde(default, deserialize_with = "chat::zero_if_null")]
+        index: i64,
+        content_block: StartBlock,
+    },
+    ContentBlockDelta {
+        #[serde(default, deserialize_with = "chat::zero_if_null")]
+        index: i64,
+        delta: BlockDelta,
+    },
+    MessageDelta {
+        #[serde(default, deserialize_with = "chat::default_if_null")]
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<AUsage>,
+    },
+    MessageStop,
+    Error {
+        #[serde(default, deserialize_with = "chat::default_if_null")]
+        error: ErrorBody,
+    },
+    /// `ping`, `content_block_stop`, and whatever Anthropic adds later.
+    #[serde(other)]
+    Other,
+}
+
+/// The message of `message_start` (empty content, the prompt's usage).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StartMessage {
+    #[serde(default, deserialize_with = "chat::string_or_null")]
+    pub id: String,
+    #[serde(default, deserialize_with = "chat::string_or_null")]
+    pub model: String,
+    #[serde(default, deserialize_with = "chat::default_if_null")]
+    pub usage: AUsage,
+}
+
+/// The block a `content_block_start` opens (text, thinking, tool use, or another
+/// kind the relay passes through).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StartBlock {
+    #[serde(rename = "type", default, deserialize_with = "chat::string_or_null")]
+    pub kind: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub thinking: Option<String>,
+    #[serde(default)]
+    pub input: Option<Value>,
+}
+
+/// What a `content_block_delta` adds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BlockDelta {
+    TextDelta {
+        #[serde(default, deserialize_with = "chat::string_or_null")]
+        text: String,
+    },
+    ThinkingDelta {
+        #[serde(default, deserialize_with = "chat::string_or_null")]
+        thinking: String,
+    },
+    InputJsonDelta {
+        #[serde(default, deserialize_with = "chat::string_or_null")]
+        partial_json: String,
+    },
+    /// `signature_delta`, `citations_delta`: no text the model was paid to write.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MessageDeltaBody {
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ErrorBody {
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl StartBlock {
+    /// The text a block opens with (a tool's input counts as its JSON).
+    pub fn texts(&self, mut push: impl FnMut(&str)) {
+        for t in [&self.text, &self.thinking].into_iter().flatten() {
+            push(t);
+        }
+        if let Some(input) = self.input.as_ref().filter(|v| !is_empty_input(v)) {
+            push(&input.to_string());
+        }
+    }
+}
+
+fn is_empty_input(v: &Value) -> bool {
+    v.is_null() || v.as_object().is_some_and(serde_json::Map::is_empty)
+}
+
+impl BlockDelta {
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            BlockDelta::TextDelta { text } => Some(text),
+            BlockDelta::ThinkingDelta { thinking } => Some(thinking),
+            BlockDelta::InputJsonDelta { partial_json } => Some(partial_json),
+            BlockDelta::Other => None,
         }
     }
 }
@@ -748,47 +942,33 @@ impl AnthropicToChat {
         ChatChunk::delta(&self.id, &self.model, self.created, delta)
     }
 
-    /// Converts one event's JSON data.
-    pub fn push(&mut self, data: &Value, out: &mut Vec<Piece>) {
-        match data.get("type").and_then(Value::as_str) {
-            Some("message_start") => {
-                let msg = data.get("message");
-                let field = |k: &str| {
-                    msg.and_then(|m| m.get(k))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                self.id = field("id");
-                self.model = field("model");
-                if let Some(u) = msg.and_then(|m| m.get("usage")) {
-                    self.usage = serde_json::from_value(u.clone()).unwrap_or_default();
-                }
+    /// Converts one decoded event.
+    pub fn push(&mut self, event: &StreamEvent, out: &mut Vec<Piece>) {
+        match event {
+            StreamEvent::MessageStart { message } => {
+                self.id.clone_from(&message.id);
+                self.model.clone_from(&message.model);
+                self.usage = message.usage;
                 out.push(Piece::Chunk(self.chunk(Delta {
                     role: Some("assistant".into()),
                     content: Some(String::new()),
                     ..Delta::default()
                 })));
             }
-            Some("content_block_start") => {
-                let index = data.get("index").and_then(Value::as_i64).unwrap_or(0);
-                let block = data.get("content_block");
-                if block.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("tool_use") {
+            StreamEvent::ContentBlockStart {
+                index,
+                content_block: block,
+            } => {
+                if block.kind == "tool_use" {
                     let tool_index = i64::try_from(self.tools.len()).unwrap_or(0);
-                    self.tools.insert(index, tool_index);
-                    let text = |k: &str| {
-                        block
-                            .and_then(|b| b.get(k))
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                    };
+                    self.tools.insert(*index, tool_index);
                     out.push(Piece::Chunk(self.chunk(Delta {
                         tool_calls: Some(vec![ToolCallDelta {
                             index: tool_index,
-                            id: text("id"),
+                            id: block.id.clone(),
                             kind: Some("function".into()),
                             function: Some(FunctionDelta {
-                                name: text("name"),
+                                name: block.name.clone(),
                                 arguments: Some(String::new()),
                             }),
                         }]),
@@ -796,56 +976,38 @@ impl AnthropicToChat {
                     })));
                 }
             }
-            Some("content_block_delta") => {
-                let index = data.get("index").and_then(Value::as_i64).unwrap_or(0);
-                let delta = data.get("delta");
-                let text = |k: &str| {
-                    delta
-                        .and_then(|d| d.get(k))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                };
-                match delta.and_then(|d| d.get("type")).and_then(Value::as_str) {
-                    Some("text_delta") => out.push(Piece::Chunk(self.chunk(Delta {
-                        content: text("text"),
+            StreamEvent::ContentBlockDelta { index, delta } => match delta {
+                BlockDelta::TextDelta { text } => out.push(Piece::Chunk(self.chunk(Delta {
+                    content: Some(text.clone()),
+                    ..Delta::default()
+                }))),
+                BlockDelta::ThinkingDelta { thinking } => {
+                    out.push(Piece::Chunk(self.chunk(Delta {
+                        reasoning_content: Some(thinking.clone()),
                         ..Delta::default()
-                    }))),
-                    Some("thinking_delta") => out.push(Piece::Chunk(self.chunk(Delta {
-                        reasoning_content: text("thinking"),
+                    })));
+                }
+                BlockDelta::InputJsonDelta { partial_json } => {
+                    let tool_index = self.tools.get(index).copied().unwrap_or(0);
+                    out.push(Piece::Chunk(self.chunk(Delta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index: tool_index,
+                            function: Some(FunctionDelta {
+                                name: None,
+                                arguments: Some(partial_json.clone()),
+                            }),
+                            ..ToolCallDelta::default()
+                        }]),
                         ..Delta::default()
-                    }))),
-                    Some("input_json_delta") => {
-                        let tool_index = self.tools.get(&index).copied().unwrap_or(0);
-                        out.push(Piece::Chunk(self.chunk(Delta {
-                            tool_calls: Some(vec![ToolCallDelta {
-                                index: tool_index,
-                                function: Some(FunctionDelta {
-                                    name: None,
-                                    arguments: text("partial_json"),
-                                }),
-                                ..ToolCallDelta::default()
-                            }]),
-                            ..Delta::default()
-                        })));
-                    }
-                    _ => {}
+                    })));
                 }
-            }
-            Some("message_delta") => {
-                if let Some(u) = data.get("usage") {
-                    let u: AUsage = serde_json::from_value(u.clone()).unwrap_or_default();
-                    self.usage.output_tokens = u.output_tokens;
-                    if u.input_tokens > 0 {
-                        self.usage.input_tokens = u.input_tokens;
-                    }
-                    if u.cache_read_input_tokens > 0 {
-                        self.usage.cache_read_input_tokens = u.cache_read_input_tokens;
-                    }
-                    if u.cache_creation_input_tokens > 0 {
-                        self.usage.cache_creation_input_tokens = u.cache_creation_input_tokens;
-                    }
+                BlockDelta::Other => {}
+            },
+            StreamEvent::MessageDelta { delta, usage } => {
+                if let Some(u) = usage {
+                    self.usage.absorb(u);
                 }
-                let stop = data.pointer("/delta/stop_reason").and_then(Value::as_str);
+                let stop = delta.stop_reason.as_deref();
                 let finish = finish_reason(stop.unwrap_or("end_turn")).to_owned();
                 self.finish = Some(finish.clone());
                 let mut chunk = self.chunk(Delta::default());
@@ -854,15 +1016,12 @@ impl AnthropicToChat {
                 }
                 out.push(Piece::Chunk(chunk));
             }
-            Some("message_stop") => self.close(out),
-            Some("error") => {
-                let message = data
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the upstream failed");
+            StreamEvent::MessageStop => self.close(out),
+            StreamEvent::Error { error } => {
+                let message = error.message.as_deref().unwrap_or("the upstream failed");
                 out.push(Piece::Error(crate::error::redact(message)));
             }
-            _ => {}
+            StreamEvent::Other => {}
         }
     }
 

@@ -2,6 +2,7 @@
 //! Requests, whole answers and stream chunks, with only the fields the other protocols
 //! can express or that must be refused when they cannot.
 
+use billing::Usage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -381,6 +382,17 @@ pub struct CompletionTokensDetails {
 }
 
 impl ChatUsage {
+    /// What the relay charges for this report: the one reading of OpenAI's usage.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            cached_tokens: self.cached(),
+            reasoning_tokens: self.reasoning(),
+            ..Usage::default()
+        }
+    }
+
     /// Usage from prompt (cached included), completion (reasoning included) counts.
     pub fn new(prompt: i64, completion: i64, cached: i64, reasoning: i64) -> ChatUsage {
         ChatUsage {
@@ -406,18 +418,69 @@ impl ChatUsage {
     }
 }
 
-/// One stream chunk.
+impl From<&Usage> for ChatUsage {
+    fn from(u: &Usage) -> Self {
+        ChatUsage::new(
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.reasoning_tokens,
+        )
+    }
+}
+
+/// A whole chat (or legacy completions) answer as the relay meters it, read leniently
+/// with the chunk's delta as its message: what conversion reads is [`ChatCompletion`].
+#[derive(Debug, Default, Deserialize)]
+pub struct CompletionView {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub usage: Option<ChatUsage>,
+    #[serde(default)]
+    pub choices: Option<Vec<ViewChoice>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ViewChoice {
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<Delta>,
+    /// Legacy completions carry their text here.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl CompletionView {
+    /// The text of every choice (for counting when usage is missing).
+    pub fn texts(&self, mut push: impl FnMut(&str)) {
+        for c in self.choices.iter().flatten() {
+            if let Some(m) = &c.message {
+                m.texts(&mut push);
+            }
+            if let Some(t) = &c.text {
+                push(t);
+            }
+        }
+    }
+}
+
+/// One stream chunk. Read leniently (upstreams differ in what they leave null), since
+/// the relay meters every chunk through this type.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct ChatChunk {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_null")]
     pub id: String,
-    #[serde(default = "chunk_object")]
+    #[serde(default = "chunk_object", deserialize_with = "string_or_null")]
     pub object: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seconds")]
     pub created: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_null")]
     pub model: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list_or_null")]
     pub choices: Vec<ChunkChoice>,
     /// Present (possibly null) only on the usage chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -430,12 +493,15 @@ fn chunk_object() -> String {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct ChunkChoice {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "zero_if_null")]
     pub index: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "default_if_null")]
     pub delta: Delta,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// Legacy completions stream their text here rather than in a delta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// What one chunk adds to the message.
@@ -447,10 +513,51 @@ pub struct Delta {
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// OpenRouter's and vLLM's name for the reasoning text (read, never written: a
+    /// decoder moves it to `reasoning_content`).
+    #[serde(default, skip_serializing)]
+    pub reasoning: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
+    /// Audio output: its transcript and data count as delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<Value>,
+}
+
+impl Delta {
+    /// Appends the text this delta carries (for counting tokens when no usage comes):
+    /// content, reasoning, refusal, an audio transcript, tool-call names and arguments.
+    pub fn texts(&self, mut push: impl FnMut(&str)) {
+        for part in [
+            &self.content,
+            &self.reasoning_content,
+            &self.reasoning,
+            &self.refusal,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            push(part);
+        }
+        if let Some(audio) = &self.audio {
+            // Audio's words, not its base64 data.
+            push(
+                audio
+                    .get("transcript")
+                    .and_then(Value::as_str)
+                    .unwrap_or("[audio]"),
+            );
+        }
+        for call in self.tool_calls.iter().flatten() {
+            if let Some(f) = &call.function {
+                for part in [&f.name, &f.arguments].into_iter().flatten() {
+                    push(part);
+                }
+            }
+        }
+    }
 }
 
 /// A piece of a tool call in a stream: the first piece has its id and name, the rest
@@ -487,10 +594,46 @@ impl ChatChunk {
                 index: 0,
                 delta,
                 finish_reason: None,
+                text: None,
             }],
             usage: None,
         }
     }
+}
+
+/// A string that some upstreams send as `null`: read as empty.
+pub fn string_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Option::<String>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// A value that some upstreams send as `null`: read as its default.
+pub fn default_if_null<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// A list that some upstreams send as `null`: read as empty.
+pub fn list_or_null<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    default_if_null(d)
+}
+
+/// `created` in seconds: an integer, or a float, string or null from some upstreams.
+pub fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().map(|f| f as i64))
+            .unwrap_or(0),
+        Value::String(s) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    })
 }
 
 /// A token count that some upstreams send as `null`: read as 0.

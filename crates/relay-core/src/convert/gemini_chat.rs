@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use billing::Usage;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -41,7 +42,7 @@ pub struct GenerateRequest {
 pub struct GContent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::list_or_null")]
     pub parts: Vec<GPart>,
 }
 
@@ -220,7 +221,7 @@ pub struct ThinkingConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerateResponse {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::list_or_null")]
     pub candidates: Vec<Candidate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(alias = "usage_metadata")]
@@ -238,6 +239,20 @@ pub struct GenerateResponse {
 }
 
 impl GenerateResponse {
+    /// Every part's text (thoughts included) and function call, for counting tokens
+    /// when no usage comes.
+    pub fn texts(&self, mut push: impl FnMut(&str)) {
+        for part in self.candidates.iter().flat_map(|c| &c.content.parts) {
+            if let Some(t) = &part.text {
+                push(t);
+            }
+            if let Some(call) = &part.function_call {
+                push(&call.name);
+                push(&call.args.to_string());
+            }
+        }
+    }
+
     /// Why the prompt was blocked, if it was.
     fn blocked(&self) -> bool {
         self.candidates.is_empty()
@@ -263,26 +278,28 @@ fn call_id(response_id: Option<&str>, n: usize) -> String {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Candidate {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::default_if_null")]
     pub content: GContent,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(alias = "finish_reason")]
     pub finish_reason: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
     pub index: i64,
 }
 
 /// `usageMetadata`: the prompt count includes cached tokens; thoughts are apart from
-/// the candidates.
+/// the candidates and billed as output; a tool-use prompt is billed as prompt.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct GUsage {
     #[serde(default, deserialize_with = "chat::zero_if_null")]
     #[serde(alias = "prompt_token_count")]
     pub prompt_token_count: i64,
-    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    /// Absent on a stream's early chunks, which count only the prompt: a count of the
+    /// output is known only once this is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(alias = "candidates_token_count")]
-    pub candidates_token_count: i64,
+    pub candidates_token_count: Option<i64>,
     #[serde(default, deserialize_with = "chat::zero_if_null")]
     #[serde(alias = "total_token_count")]
     pub total_token_count: i64,
@@ -292,26 +309,58 @@ pub struct GUsage {
     #[serde(default, deserialize_with = "chat::zero_if_null")]
     #[serde(alias = "thoughts_token_count")]
     pub thoughts_token_count: i64,
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    #[serde(alias = "tool_use_prompt_token_count")]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tool_use_prompt_token_count: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl GUsage {
+    /// What the relay charges for this report.
+    pub fn usage(&self) -> Usage {
+        let thoughts = self.thoughts_token_count;
+        Usage {
+            prompt_tokens: self
+                .prompt_token_count
+                .saturating_add(self.tool_use_prompt_token_count),
+            completion_tokens: self
+                .candidates_token_count
+                .unwrap_or(0)
+                .saturating_add(thoughts),
+            cached_tokens: self.cached_content_token_count,
+            reasoning_tokens: thoughts,
+            ..Usage::default()
+        }
+    }
+
+    /// Whether this report counts the output (a stream's last chunks), not only the
+    /// prompt.
+    pub fn counts_output(&self) -> bool {
+        self.candidates_token_count.is_some()
+    }
+
     pub fn to_chat(self) -> ChatUsage {
-        ChatUsage::new(
-            self.prompt_token_count,
-            self.candidates_token_count
-                .saturating_add(self.thoughts_token_count),
-            self.cached_content_token_count,
-            self.thoughts_token_count,
-        )
+        ChatUsage::from(&self.usage())
     }
 
     pub fn from_chat(u: &ChatUsage) -> GUsage {
+        GUsage::from(&u.usage())
+    }
+}
+
+impl From<&Usage> for GUsage {
+    fn from(u: &Usage) -> Self {
         GUsage {
             prompt_token_count: u.prompt_tokens,
-            candidates_token_count: u.completion_tokens.saturating_sub(u.reasoning()),
+            candidates_token_count: Some(u.completion_tokens.saturating_sub(u.reasoning_tokens)),
             total_token_count: u.prompt_tokens.saturating_add(u.completion_tokens),
-            cached_content_token_count: u.cached(),
-            thoughts_token_count: u.reasoning(),
+            cached_content_token_count: u.cached_tokens,
+            thoughts_token_count: u.reasoning_tokens,
+            tool_use_prompt_token_count: 0,
         }
     }
 }
@@ -1000,15 +1049,8 @@ impl GeminiToChat {
         ChatChunk::delta(&self.id, &self.model, self.created, delta)
     }
 
-    /// Converts one chunk's JSON data.
-    pub fn push(&mut self, data: &Value, out: &mut Vec<Piece>) {
-        if let Some(message) = data.pointer("/error/message").and_then(Value::as_str) {
-            out.push(Piece::Error(crate::error::redact(message)));
-            return;
-        }
-        let Ok(r) = serde_json::from_value::<GenerateResponse>(data.clone()) else {
-            return;
-        };
+    /// Converts one decoded chunk.
+    pub fn push(&mut self, r: GenerateResponse, out: &mut Vec<Piece>) {
         if !self.started {
             self.started = true;
             self.id = r

@@ -11,8 +11,8 @@ pub mod responses_chat;
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::event::Event;
 use crate::protocol::Protocol;
 use anthropic_chat::{AnthropicToChat, ChatToAnthropic, MessageResponse, MessagesRequest};
 use chat::{ChatChunk, ChatCompletion, ChatRequest};
@@ -186,6 +186,8 @@ enum Encoder {
 
 /// Converts a stream of `channel`'s events into `client`'s, event by event.
 pub struct StreamConverter {
+    /// The channel's protocol (what the upstream's events are).
+    channel: Protocol,
     decoder: Decoder,
     encoder: Encoder,
     pieces: Vec<Piece>,
@@ -209,43 +211,39 @@ impl StreamConverter {
             },
         };
         StreamConverter {
+            channel,
             decoder,
             encoder,
             pieces: Vec::new(),
         }
     }
 
-    /// Converts one upstream event; returns the client's events (maybe none).
-    pub fn push(&mut self, event: &[u8]) -> Vec<Bytes> {
-        let data = crate::sse::event_data(event);
-        let data = data.trim();
-        if data.is_empty() {
-            return Vec::new();
-        }
-        match &mut self.decoder {
-            Decoder::Chat => {
-                if data == "[DONE]" {
-                    self.pieces.push(Piece::Done);
-                } else if let Ok(v) = serde_json::from_str::<Value>(data) {
-                    if let Some(m) = v.pointer("/error/message").and_then(Value::as_str) {
-                        self.pieces.push(Piece::Error(crate::error::redact(m)));
-                    } else if let Ok(chunk) = serde_json::from_value::<ChatChunk>(v) {
-                        self.pieces.push(Piece::Chunk(chunk));
+    /// Converts one upstream event, decoded once (metering read it first); returns the
+    /// client's events (maybe none).
+    pub fn push(&mut self, event: Event) -> Vec<Bytes> {
+        match (&mut self.decoder, event) {
+            (_, Event::Error(message)) => self.pieces.push(Piece::Error(message)),
+            (Decoder::Chat, Event::Done) => self.pieces.push(Piece::Done),
+            (Decoder::Chat, Event::Chat(mut chunk)) => {
+                for c in &mut chunk.choices {
+                    // OpenRouter's `reasoning` is chat's `reasoning_content`.
+                    if c.delta.reasoning_content.is_none() {
+                        c.delta.reasoning_content = c.delta.reasoning.take();
                     }
                 }
+                self.pieces.push(Piece::Chunk(chunk));
             }
-            Decoder::Anthropic(d) => {
-                if let Ok(v) = serde_json::from_str::<Value>(data) {
-                    d.push(&v, &mut self.pieces);
-                }
-            }
-            Decoder::Gemini(d) => {
-                if let Ok(v) = serde_json::from_str::<Value>(data) {
-                    d.push(&v, &mut self.pieces);
-                }
-            }
+            (Decoder::Anthropic(d), Event::Anthropic(e)) => d.push(&e, &mut self.pieces),
+            (Decoder::Gemini(d), Event::Gemini(r)) => d.push(r, &mut self.pieces),
+            _ => {}
         }
         self.encode()
+    }
+
+    /// Decodes one raw SSE event of the channel's protocol and converts it.
+    pub fn push_sse(&mut self, event: &[u8]) -> Vec<Bytes> {
+        let event = crate::event::decode(self.channel, &crate::sse::event_data(event));
+        self.push(event)
     }
 
     /// The upstream ended: whatever the client still needs to see a complete stream.

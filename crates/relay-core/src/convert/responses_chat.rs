@@ -2,7 +2,8 @@
 //! speaks only chat (through the pivot, an Anthropic or Gemini channel too). Requests
 //! go to chat; answers and streams come back as Responses objects and events.
 
-use serde::Deserialize;
+use billing::Usage;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::chat::{
@@ -264,14 +265,134 @@ fn content_part(p: &Value) -> Result<Part, ConvertError> {
 
 // ---- answers --------------------------------------------------------------------
 
+/// The Responses API's `usage` object.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ResponsesUsage {
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    pub input_tokens: i64,
+    #[serde(default, deserialize_with = "chat::default_if_null")]
+    pub input_tokens_details: InputDetails,
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    pub output_tokens: i64,
+    #[serde(default, deserialize_with = "chat::default_if_null")]
+    pub output_tokens_details: OutputDetails,
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    pub total_tokens: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct InputDetails {
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    pub cached_tokens: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct OutputDetails {
+    #[serde(default, deserialize_with = "chat::zero_if_null")]
+    pub reasoning_tokens: i64,
+}
+
+impl ResponsesUsage {
+    /// What the relay charges for this report.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.input_tokens,
+            completion_tokens: self.output_tokens,
+            cached_tokens: self.input_tokens_details.cached_tokens,
+            reasoning_tokens: self.output_tokens_details.reasoning_tokens,
+            ..Usage::default()
+        }
+    }
+}
+
+impl From<&Usage> for ResponsesUsage {
+    fn from(u: &Usage) -> Self {
+        ResponsesUsage {
+            input_tokens: u.prompt_tokens,
+            input_tokens_details: InputDetails {
+                cached_tokens: u.cached_tokens,
+            },
+            output_tokens: u.completion_tokens,
+            output_tokens_details: OutputDetails {
+                reasoning_tokens: u.reasoning_tokens,
+            },
+            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+        }
+    }
+}
+
+/// A Responses object as the relay reads it: a whole answer, or the `response` of a
+/// stream's lifecycle events. Output items are many kinds and pass through as JSON.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ResponseObject {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub object: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub usage: Option<ResponsesUsage>,
+    #[serde(default, deserialize_with = "chat::list_or_null")]
+    pub output: Vec<Value>,
+}
+
+impl ResponseObject {
+    /// The text of every output item (messages, reasoning summaries, call arguments).
+    pub fn texts(&self, mut push: impl FnMut(&str)) {
+        for item in &self.output {
+            let parts = item.get("content").or_else(|| item.get("summary"));
+            for part in parts.and_then(Value::as_array).into_iter().flatten() {
+                if let Some(t) = part.get("text").and_then(Value::as_str) {
+                    push(t);
+                }
+            }
+            if let Some(a) = item.get("arguments").and_then(Value::as_str) {
+                push(a);
+            }
+        }
+    }
+}
+
+/// One event of a Responses stream, as the relay reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ResponsesEvent {
+    #[serde(rename = "type", default, deserialize_with = "chat::string_or_null")]
+    pub kind: String,
+    /// The text of a `*.delta` event.
+    #[serde(default)]
+    pub delta: Option<Value>,
+    /// The response of a lifecycle event (`response.created` … `response.completed`).
+    #[serde(default)]
+    pub response: Option<ResponseObject>,
+}
+
+impl ResponsesEvent {
+    /// The text a delta event adds (output text, call arguments, reasoning).
+    pub fn delta_text(&self) -> Option<&str> {
+        match self.kind.as_str() {
+            "response.output_text.delta"
+            | "response.function_call_arguments.delta"
+            | "response.reasoning_summary_text.delta"
+            | "response.reasoning_text.delta"
+            | "response.refusal.delta" => self.delta.as_ref().and_then(Value::as_str),
+            _ => None,
+        }
+    }
+
+    /// Whether this event ends the response.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "response.completed" | "response.incomplete" | "response.failed"
+        )
+    }
+}
+
 fn usage_json(u: &ChatUsage) -> Value {
-    json!({
-        "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached()},
-        "output_tokens": u.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": u.reasoning()},
-        "total_tokens": u.prompt_tokens.saturating_add(u.completion_tokens),
-    })
+    serde_json::to_value(ResponsesUsage::from(&u.usage())).unwrap_or(Value::Null)
 }
 
 /// The id the client sees is the upstream's own, so `/v1/generation?id=` finds it.
