@@ -61,6 +61,7 @@ pub fn decode(proto: Protocol, data: &str) -> Event {
             _ => error_of(data).map_or(Event::Other, Event::Error),
         },
         Protocol::OpenAiResponses => match serde_json::from_str::<ResponsesEvent>(data) {
+            Ok(e) if e.kind.is_empty() => error_of(data).map_or(Event::Responses(e), Event::Error),
             Ok(e) if e.kind == "error" => Event::Error(crate::error::redact(
                 serde_json::from_str::<Value>(data)
                     .ok()
@@ -73,7 +74,15 @@ pub fn decode(proto: Protocol, data: &str) -> Event {
             Err(_) => error_of(data).map_or(Event::Other, Event::Error),
         },
         _ => match serde_json::from_str::<ChatChunk>(data) {
-            Ok(chunk) if chunk.choices.is_empty() && chunk.usage.is_none() => {
+            // An error payload reads as an empty chunk; OpenRouter's mid-stream error
+            // comes with a choice finished as "error".
+            Ok(chunk)
+                if (chunk.choices.is_empty() && chunk.usage.is_none())
+                    || chunk
+                        .choices
+                        .iter()
+                        .any(|c| c.finish_reason.as_deref() == Some("error")) =>
+            {
                 error_of(data).map_or(Event::Chat(chunk), Event::Error)
             }
             Ok(chunk) => Event::Chat(chunk),
@@ -100,12 +109,13 @@ fn error_of(data: &str) -> Option<String> {
     }
     let p: Payload = serde_json::from_str(data).ok()?;
     let message = match &p.error {
+        Value::Null | Value::Bool(false) => return None,
         Value::String(s) => s.as_str(),
         Value::Object(o) => o
             .get("message")
             .and_then(Value::as_str)
             .unwrap_or("the upstream failed"),
-        _ => return None,
+        _ => "the upstream failed",
     };
     Some(crate::error::redact(message))
 }
@@ -132,6 +142,29 @@ mod tests {
             panic!("not opaque")
         };
         assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 4));
+    }
+
+    #[test]
+    fn an_unnamed_error_on_a_responses_stream_and_openrouters_mid_stream_error_are_errors() {
+        for (proto, data) in [
+            (
+                Protocol::OpenAiResponses,
+                r#"{"error":{"message":"boom","type":"server_error"}}"#,
+            ),
+            (
+                Protocol::OpenAiChat,
+                r#"{"error":{"message":"boom"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}"#,
+            ),
+        ] {
+            assert!(
+                matches!(decode(proto, data), Event::Error(m) if m == "boom"),
+                "{proto:?}"
+            );
+        }
+        assert!(matches!(
+            decode(Protocol::OpenAiChat, r#"{"error":500}"#),
+            Event::Error(_)
+        ));
     }
 
     #[test]

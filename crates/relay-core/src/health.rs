@@ -4,7 +4,7 @@
 //! channels). Whose fault a failure is: [`crate::fault`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,14 +54,20 @@ struct Trial {
 /// from everyone else.
 pub const MIN_CALLERS: usize = 2;
 
-/// Every channel's breaker, in this process.
+/// Every channel's breaker, in this process. A healthy process reads only two
+/// atomics per request: the map and the dead keys are locked only while some channel
+/// has failed recently or some key was found dead.
 #[derive(Debug, Default)]
 pub struct Breakers {
     /// The thresholds; the admin's settings replace them on every catalog reload.
     config: Mutex<BreakerConfig>,
     map: Mutex<HashMap<i64, Breaker>>,
+    /// How many channels have breaker state (`map.len()`, kept under its lock).
+    tracked: AtomicUsize,
     /// Keys found dead here, kept out until the catalog no longer has them.
     dead_keys: Mutex<HashMap<i64, Instant>>,
+    /// How many keys `dead_keys` holds (kept under its lock).
+    dead: AtomicUsize,
     /// The id of the next trial claim.
     next_trial: AtomicU64,
 }
@@ -94,11 +100,23 @@ pub struct TrialClaim<'a> {
 
 impl Drop for TrialClaim<'_> {
     fn drop(&mut self) {
-        if let Some(b) = self.breakers.lock().get_mut(&self.channel)
+        if let Some(b) = self.breakers.lock().map.get_mut(&self.channel)
             && b.trial.is_some_and(|t| t.id == self.id)
         {
             b.trial = None;
         }
+    }
+}
+
+/// The breaker map, locked; its size is published to `tracked` when the lock ends.
+struct Locked<'a> {
+    map: std::sync::MutexGuard<'a, HashMap<i64, Breaker>>,
+    tracked: &'a AtomicUsize,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.tracked.store(self.map.len(), Ordering::Release);
     }
 }
 
@@ -119,16 +137,27 @@ impl Breakers {
         *self.config.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Breaker>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            map: self.map.lock().unwrap_or_else(|e| e.into_inner()),
+            tracked: &self.tracked,
+        }
+    }
+
+    /// Whether any channel has breaker state (no lock taken).
+    fn any_tracked(&self) -> bool {
+        self.tracked.load(Ordering::Acquire) > 0
     }
 
     /// Whether `channel` may be tried now (does not claim the trial). A trial whose
     /// claim has expired counts as lost: the next request may take it.
     pub fn gate(&self, channel: i64) -> Gate {
+        if !self.any_tracked() {
+            return Gate::Open;
+        }
         let now = Instant::now();
-        let map = self.lock();
-        let Some(b) = map.get(&channel) else {
+        let locked = self.lock();
+        let Some(b) = locked.map.get(&channel) else {
             return Gate::Open;
         };
         match b.open_until {
@@ -143,8 +172,8 @@ impl Breakers {
     /// timeout); `None` when another request holds it.
     pub fn claim_trial(&self, channel: i64, lease: Duration) -> Option<TrialClaim<'_>> {
         let now = Instant::now();
-        let mut map = self.lock();
-        let b = map.entry(channel).or_default();
+        let mut locked = self.lock();
+        let b = locked.map.entry(channel).or_default();
         if b.trial.is_some_and(|t| t.expires > now) {
             return None;
         }
@@ -162,26 +191,28 @@ impl Breakers {
 
     /// Keeps a dead key out of rotation in this process at once.
     pub fn kill_key(&self, key_id: i64) {
-        self.dead_keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key_id, Instant::now() + DEAD_KEY_TTL);
+        let mut dead = self.dead_keys.lock().unwrap_or_else(|e| e.into_inner());
+        dead.insert(key_id, Instant::now() + DEAD_KEY_TTL);
+        self.dead.store(dead.len(), Ordering::Release);
     }
 
     /// Keys recently found dead here.
     pub fn dead_keys(&self) -> Vec<i64> {
-        let mut dead = self.dead_keys.lock().unwrap_or_else(|e| e.into_inner());
-        if dead.is_empty() {
+        if self.dead.load(Ordering::Acquire) == 0 {
             return Vec::new();
         }
+        let mut dead = self.dead_keys.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         dead.retain(|_, until| *until > now);
+        self.dead.store(dead.len(), Ordering::Release);
         dead.keys().copied().collect()
     }
 
     /// Records a success: the breaker closes.
     pub fn success(&self, channel: i64) {
-        self.lock().remove(&channel);
+        if self.any_tracked() {
+            self.lock().map.remove(&channel);
+        }
     }
 
     /// Records a channel fault met by a request of customer key `caller`; returns true
@@ -191,8 +222,8 @@ impl Breakers {
     pub fn failure(&self, channel: i64, caller: i64) -> bool {
         let now = Instant::now();
         let config = self.config();
-        let mut map = self.lock();
-        let b = map.entry(channel).or_default();
+        let mut locked = self.lock();
+        let b = locked.map.entry(channel).or_default();
         if b.trial.take().is_some() {
             // The trial failed: cool down again.
             b.open_until = Some(now + config.cooldown);
@@ -288,6 +319,22 @@ mod tests {
         b.success(1);
         drop(claim);
         assert_eq!(b.gate(1), Gate::Open);
+    }
+
+    #[test]
+    fn a_healthy_process_keeps_no_breaker_state_and_a_success_clears_a_failure() {
+        let b = fast();
+        assert!(!b.any_tracked());
+        assert_eq!(b.gate(1), Gate::Open);
+        b.success(1);
+        assert!(!b.any_tracked());
+        assert!(!b.failure(1, 10));
+        assert!(b.any_tracked());
+        b.success(1);
+        assert!(!b.any_tracked());
+        assert!(b.dead_keys().is_empty());
+        b.kill_key(7);
+        assert_eq!(b.dead_keys(), vec![7]);
     }
 
     #[test]

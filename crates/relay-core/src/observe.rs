@@ -106,6 +106,8 @@ pub struct StreamObserver {
     /// A Messages stream's usage so far: `message_start`'s, then each
     /// `message_delta`'s taken in.
     anthropic: Option<AUsage>,
+    /// Whether a `message_delta` stated the output count yet.
+    anthropic_output: bool,
 }
 
 impl StreamObserver {
@@ -122,6 +124,7 @@ impl StreamObserver {
             proto,
             upstream_error: false,
             anthropic: None,
+            anthropic_output: false,
         }
     }
 
@@ -221,7 +224,7 @@ impl StreamObserver {
         match event {
             StreamEvent::MessageStart { message } => {
                 self.names(&message.id, &message.model);
-                self.anthropic = Some(message.usage);
+                self.anthropic = message.usage;
             }
             StreamEvent::ContentBlockStart { content_block, .. } => {
                 content_block.texts(|t| self.delivered.push(t));
@@ -237,9 +240,12 @@ impl StreamObserver {
                 }
                 if let Some(later) = usage {
                     let mut so_far = self.anthropic.unwrap_or_default();
-                    so_far.absorb(later);
+                    self.anthropic_output |= so_far.absorb(later);
                     self.anthropic = Some(so_far);
-                    self.reported(so_far.usage());
+                    // Usage is known only once a delta counted the output.
+                    if self.anthropic_output {
+                        self.reported(so_far.usage());
+                    }
                 }
             }
             StreamEvent::MessageStop => {
@@ -377,6 +383,40 @@ mod tests {
             (90, 80, 40)
         );
         assert_eq!(o.finish_reason.as_deref(), Some("end_turn"));
+    }
+
+    #[test]
+    fn a_message_delta_without_an_output_count_is_not_taken_as_zero_output() {
+        let (o, _) = observe_all(
+            Protocol::AnthropicMessages,
+            &[
+                r#"{"type":"message_start","message":{"id":"m","model":"x","usage":{"input_tokens":12,"output_tokens":1}}}"#,
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello there"}}"#,
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":12}}"#,
+            ],
+            false,
+        );
+        assert!(o.usage.is_none(), "no output count: the text is counted");
+        assert!(o.delivered.tokens() > 0);
+        let (o, _) = observe_all(
+            Protocol::AnthropicMessages,
+            &[
+                r#"{"type":"message_delta","delta":{"stop_reason":null},"usage":{"output_tokens":12}}"#,
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":null}}"#,
+            ],
+            false,
+        );
+        assert_eq!(o.usage.map(|u| u.completion_tokens), Some(12));
+    }
+
+    #[test]
+    fn a_message_start_without_usage_leaves_the_prompt_to_be_counted() {
+        let (o, _) = observe_all(
+            Protocol::AnthropicMessages,
+            &[r#"{"type":"message_start","message":{"id":"m","model":"x","usage":null}}"#],
+            false,
+        );
+        assert!(o.partial_prompt().is_none());
     }
 
     #[test]

@@ -195,10 +195,12 @@ impl AUsage {
     }
 
     /// Takes in a later report of the same stream (`message_delta`'s cumulative
-    /// usage): its output count always, and each prompt count it states (a count of
-    /// zero or left out keeps what `message_start` said).
-    pub fn absorb(&mut self, later: &AUsage) {
-        self.output_tokens = later.output_tokens;
+    /// usage): each count it states above zero; a count left out keeps what was said
+    /// before. Returns whether the report carried the output count.
+    pub fn absorb(&mut self, later: &DeltaUsage) -> bool {
+        if let Some(out) = later.output_tokens {
+            self.output_tokens = out;
+        }
         for (mine, theirs) in [
             (&mut self.input_tokens, later.input_tokens),
             (
@@ -210,10 +212,11 @@ impl AUsage {
                 later.cache_creation_input_tokens,
             ),
         ] {
-            if theirs > 0 {
-                *mine = theirs;
+            if let Some(n) = theirs.filter(|n| *n > 0) {
+                *mine = n;
             }
         }
+        later.output_tokens.is_some()
     }
 
     pub fn to_chat(self) -> ChatUsage {
@@ -289,7 +292,7 @@ pub enum StreamEvent {
         #[serde(default, deserialize_with = "chat::default_if_null")]
         delta: MessageDeltaBody,
         #[serde(default)]
-        usage: Option<AUsage>,
+        usage: Option<DeltaUsage>,
     },
     MessageStop,
     Error {
@@ -301,6 +304,19 @@ pub enum StreamEvent {
     Other,
 }
 
+/// The usage of a `message_delta`: cumulative counts, any of them left out or null.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct DeltaUsage {
+    #[serde(default)]
+    pub input_tokens: Option<i64>,
+    #[serde(default)]
+    pub output_tokens: Option<i64>,
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<i64>,
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<i64>,
+}
+
 /// The message of `message_start` (empty content, the prompt's usage).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct StartMessage {
@@ -308,8 +324,9 @@ pub struct StartMessage {
     pub id: String,
     #[serde(default, deserialize_with = "chat::string_or_null")]
     pub model: String,
-    #[serde(default, deserialize_with = "chat::default_if_null")]
-    pub usage: AUsage,
+    /// Left out by some upstreams: then the prompt is not known from the stream.
+    #[serde(default)]
+    pub usage: Option<AUsage>,
 }
 
 /// The block a `content_block_start` opens (text, thinking, tool use, or another
@@ -948,7 +965,7 @@ impl AnthropicToChat {
             StreamEvent::MessageStart { message } => {
                 self.id.clone_from(&message.id);
                 self.model.clone_from(&message.model);
-                self.usage = message.usage;
+                self.usage = message.usage.unwrap_or_default();
                 out.push(Piece::Chunk(self.chunk(Delta {
                     role: Some("assistant".into()),
                     content: Some(String::new()),
@@ -1005,7 +1022,7 @@ impl AnthropicToChat {
             },
             StreamEvent::MessageDelta { delta, usage } => {
                 if let Some(u) = usage {
-                    self.usage.absorb(u);
+                    let _ = self.usage.absorb(u);
                 }
                 let stop = delta.stop_reason.as_deref();
                 let finish = finish_reason(stop.unwrap_or("end_turn")).to_owned();

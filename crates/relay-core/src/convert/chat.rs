@@ -564,9 +564,13 @@ impl Delta {
 /// add to the arguments.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct ToolCallDelta {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "zero_if_null")]
     pub index: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -576,9 +580,18 @@ pub struct ToolCallDelta {
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct FunctionDelta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A string of JSON; an upstream that sends the object itself is read as its text.
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub arguments: Option<String>,
 }
 
@@ -604,6 +617,15 @@ impl ChatChunk {
 /// A string that some upstreams send as `null`: read as empty.
 pub fn string_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Option::<String>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// Text that some upstreams send as a number or an object: read as its JSON text.
+pub fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    })
 }
 
 /// A value that some upstreams send as `null`: read as its default.

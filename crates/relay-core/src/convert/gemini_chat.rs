@@ -80,8 +80,9 @@ pub struct GPart {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Blob {
-    #[serde(alias = "mime_type")]
+    #[serde(default, alias = "mime_type")]
     pub mime_type: String,
+    #[serde(default)]
     pub data: String,
 }
 
@@ -91,7 +92,7 @@ pub struct FileData {
     #[serde(default)]
     #[serde(alias = "mime_type")]
     pub mime_type: Option<String>,
-    #[serde(alias = "file_uri")]
+    #[serde(default, alias = "file_uri")]
     pub file_uri: String,
 }
 
@@ -99,6 +100,7 @@ pub struct FileData {
 pub struct GFunctionCall {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub args: Value,
