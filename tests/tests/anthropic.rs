@@ -101,6 +101,29 @@ impl Claude {
             .await;
     }
 
+    /// Streams `model` (10 input + 80 cache reads, 40 output) and asserts the whole
+    /// text arrived and was charged once, 654 µc, as the unstreamed answer is.
+    async fn stream_cached_like_the_plain_one(&self, model: &str) {
+        let mut body = Claude::body(model);
+        body["stream"] = json!(true);
+        let resp = self.messages(Auth::XApiKey(&self.key), body).await;
+        assert_eq!(resp.status(), 200);
+        let gen_id = generation_id(&resp);
+        let events = sse_events(resp).await;
+        assert_eq!(streamed_text(&events), answer_text());
+        self.assert_charged_once(&gen_id, 654).await;
+        let g = self.app.generation(&gen_id).await;
+        assert_eq!(
+            (
+                g.tokens_prompt,
+                g.tokens_cached,
+                g.tokens_completion,
+                g.cost
+            ),
+            (90, 80, 40, 654)
+        );
+    }
+
     /// Stops everything after checking that the ledger verifies.
     async fn stop(self) {
         self.app.verify_ledger().await;
@@ -421,25 +444,8 @@ async fn cache_reads_are_billed_at_the_cached_price_and_cache_writes_at_the_cach
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_message_with_cache_reads_is_billed_like_the_plain_one() {
     let s = Claude::start().await;
-    let mut body = Claude::body("claude-cached");
-    body["stream"] = json!(true);
-    let resp = s.messages(Auth::XApiKey(&s.key), body).await;
-    assert_eq!(resp.status(), 200);
-    let gen_id = generation_id(&resp);
-    let events = sse_events(resp).await;
-    assert_eq!(streamed_text(&events), answer_text());
     // message_start carries 10 input and 80 cache reads; message_delta 40 output.
-    s.assert_charged_once(&gen_id, 654).await;
-    let g = s.app.generation(&gen_id).await;
-    assert_eq!(
-        (
-            g.tokens_prompt,
-            g.tokens_cached,
-            g.tokens_completion,
-            g.cost
-        ),
-        (90, 80, 40, 654)
-    );
+    s.stream_cached_like_the_plain_one("claude-cached").await;
     s.stop().await;
 }
 
@@ -449,19 +455,8 @@ async fn a_last_message_delta_that_repeats_input_without_cache_fields_keeps_the_
 
     // Native: message_start says 10 input + 80 cache reads; the last message_delta
     // says 10 input and 40 output and nothing of the cache. 654 µc as unstreamed.
-    let mut body = Claude::body("claude-delta-input");
-    body["stream"] = json!(true);
-    let resp = s.messages(Auth::XApiKey(&s.key), body).await;
-    assert_eq!(resp.status(), 200);
-    let gen_id = generation_id(&resp);
-    let events = sse_events(resp).await;
-    assert_eq!(streamed_text(&events), answer_text());
-    s.assert_charged_once(&gen_id, 654).await;
-    let g = s.app.generation(&gen_id).await;
-    assert_eq!(
-        (g.tokens_prompt, g.tokens_cached, g.tokens_completion),
-        (90, 80, 40)
-    );
+    s.stream_cached_like_the_plain_one("claude-delta-input")
+        .await;
 
     // Converted for an OpenAI client: the usage chunk it reads is what it pays for.
     let resp = s

@@ -257,7 +257,7 @@ pub struct MessageView {
     pub stop_reason: Option<String>,
     #[serde(default)]
     pub usage: Option<AUsage>,
-    #[serde(default, deserialize_with = "chat::list_or_null")]
+    #[serde(default, deserialize_with = "chat::default_if_null")]
     pub content: Vec<StartBlock>,
 }
 

@@ -480,7 +480,7 @@ pub struct ChatChunk {
     pub created: i64,
     #[serde(default, deserialize_with = "string_or_null")]
     pub model: String,
-    #[serde(default, deserialize_with = "list_or_null")]
+    #[serde(default, deserialize_with = "default_if_null")]
     pub choices: Vec<ChunkChoice>,
     /// Present (possibly null) only on the usage chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -635,15 +635,6 @@ where
     T: Deserialize<'de> + Default,
 {
     Option::<T>::deserialize(d).map(Option::unwrap_or_default)
-}
-
-/// A list that some upstreams send as `null`: read as empty.
-pub fn list_or_null<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    default_if_null(d)
 }
 
 /// `created` in seconds: an integer, or a float, string or null from some upstreams.

@@ -42,7 +42,7 @@ pub struct GenerateRequest {
 pub struct GContent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    #[serde(default, deserialize_with = "chat::list_or_null")]
+    #[serde(default, deserialize_with = "chat::default_if_null")]
     pub parts: Vec<GPart>,
 }
 
@@ -223,7 +223,7 @@ pub struct ThinkingConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerateResponse {
-    #[serde(default, deserialize_with = "chat::list_or_null")]
+    #[serde(default, deserialize_with = "chat::default_if_null")]
     pub candidates: Vec<Candidate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(alias = "usage_metadata")]

@@ -335,7 +335,7 @@ pub struct ResponseObject {
     pub status: Option<String>,
     #[serde(default)]
     pub usage: Option<ResponsesUsage>,
-    #[serde(default, deserialize_with = "chat::list_or_null")]
+    #[serde(default, deserialize_with = "chat::default_if_null")]
     pub output: Vec<Value>,
 }
 
