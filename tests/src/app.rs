@@ -92,15 +92,13 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         data_dir: std::env::temp_dir().join("tollgate-tests").join(&unique),
         max_body_mb: 1,
         max_upstream_mb: 64,
-        max_tries: 3,
         workers: Some(2),
         handle_signals: false,
-        breaker: relay_core::health::BreakerConfig {
-            failures: 5,
-            window: Duration::from_secs(60),
-            cooldown: Duration::from_secs(1),
+        tunables: store::settings::Tunables {
+            breaker_cooldown_s: 1,
+            health_interval_s: 1,
+            ..store::settings::Tunables::DEFAULT
         },
-        health_interval_s: 1,
         lease_ttl_s: 2,
         trusted_proxies: Default::default(),
     };

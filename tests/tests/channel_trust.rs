@@ -138,7 +138,7 @@ const GEMINI_NORMAL_COST: i64 = 14;
 
 impl GeminiSetup {
     async fn start() -> Self {
-        let app = spawn_app_with(|c| c.health_interval_s = 3600).await;
+        let app = spawn_app_with(|c| c.tunables.health_interval_s = 3600).await;
         let mock = MockGemini::start().await;
         let models = ["gemini-2.0-flash", "echo-invalid"];
         let channel_id = app
@@ -255,7 +255,7 @@ async fn a_gemini_403_on_a_cached_content_the_request_named_goes_back_and_the_ch
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_is_disabled_only_after_its_test_request_fails_too() {
     // No health job during the test: only the relay and its confirmation touch the key.
-    let s = Scenario::start_with(1.0, |c| c.health_interval_s = 3600).await;
+    let s = Scenario::start_with(1.0, |c| c.tunables.health_interval_s = 3600).await;
     let id = s
         .app
         .add_channel(
@@ -292,7 +292,7 @@ async fn a_revoked_key_is_disabled_only_after_its_test_request_fails_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_failed_once_but_passes_its_test_request_stays_enabled_and_serves() {
-    let s = Scenario::start_with(1.0, |c| c.health_interval_s = 3600).await;
+    let s = Scenario::start_with(1.0, |c| c.tunables.health_interval_s = 3600).await;
     let id = s
         .app
         .add_channel(

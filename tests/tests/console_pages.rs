@@ -844,8 +844,8 @@ async fn stored_settings_are_applied_when_an_instance_starts() {
 
     let second = app.second_instance().await;
 
-    assert_eq!(second.state.config.max_tries, 5);
-    assert_eq!(second.state.config.health_interval_s, 42);
+    assert_eq!(second.state.config.tunables.max_tries, 5);
+    assert_eq!(second.state.config.tunables.health_interval_s, 42);
     let (status, _) = app
         .api(
             "PUT",

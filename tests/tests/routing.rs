@@ -614,7 +614,7 @@ fn tries_with(s: &Scenario, key: &str) -> usize {
 async fn a_trial_that_cannot_use_the_channels_only_key_hands_the_trial_back_and_the_channel_serves_again()
  {
     // No health job: only the relay and its key confirmation touch the key.
-    let s = Scenario::start_with(1.0, |c| c.health_interval_s = 3600).await;
+    let s = Scenario::start_with(1.0, |c| c.tunables.health_interval_s = 3600).await;
     only_test_channels(&s).await;
     let (bob, bob_key) = s.app.customer_with_key("bob", 1.0).await;
     let reset = reset_upstream().await;

@@ -42,8 +42,10 @@ impl Application {
         let secrets =
             SecretBox::from_text(&config.secret_key_text()?).context("TOLLGATE_SECRET_KEY")?;
         // The environment's tunables are the defaults; those an admin stored win.
-        let env_tunables = crate::tunables::from_config(&config);
-        crate::tunables::apply_stored(&db, &mut config).await?;
+        let env_tunables = config.tunables;
+        config.tunables = store::settings::effective(&db, env_tunables)
+            .await
+            .context("cannot read the stored settings")?;
         let wallet = Arc::new(Wallet::new(db.clone(), &shared));
         if let Some(password) =
             admin_web::bootstrap::ensure_root(&db, &wallet, config.root_password.clone())
@@ -65,7 +67,7 @@ impl Application {
 
         let instance = uuid::Uuid::now_v7().simple().to_string();
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
-        let breakers = Arc::new(relay_core::health::Breakers::new(config.breaker));
+        let breakers = Arc::new(relay_core::health::Breakers::new(config.tunables.into()));
         let reloader = Reloader {
             db: db.clone(),
             secrets: secrets.clone(),

@@ -31,17 +31,16 @@ pub struct Config {
     /// `TOLLGATE_MAX_UPSTREAM_MB`: the largest upstream answer relayed; a larger one is
     /// the request's problem (`502 upstream_error`, "answer too large").
     pub max_upstream_mb: usize,
-    /// `TOLLGATE_MAX_TRIES`: channels tried per request before giving up.
-    pub max_tries: usize,
     /// `TOLLGATE_WORKERS`: HTTP worker threads (default: one per core).
     pub workers: Option<usize>,
     /// Whether the server handles SIGINT/SIGTERM itself (off in tests).
     pub handle_signals: bool,
-    /// `TOLLGATE_BREAKER_FAILURES`, `_WINDOW_S`, `_COOLDOWN_S`: a channel with that many
-    /// failures within the window is skipped for the cool-down, then tried once.
-    pub breaker: relay_core::health::BreakerConfig,
-    /// `TOLLGATE_HEALTH_INTERVAL_S`: how often auto-disabled channels are re-tested.
-    pub health_interval_s: u64,
+    /// `TOLLGATE_MAX_TRIES` (channels tried per request), `TOLLGATE_BREAKER_FAILURES`,
+    /// `_WINDOW_S`, `_COOLDOWN_S` (a channel with that many failures within the window
+    /// is skipped for the cool-down, then tried once) and `TOLLGATE_HEALTH_INTERVAL_S`
+    /// (how often auto-disabled channels are re-tested): the defaults of the tunables an
+    /// admin may change at run time (`store::settings`), which win once stored.
+    pub tunables: store::settings::Tunables,
     /// `TOLLGATE_LEASE_TTL_S` (Redis only): an instance silent this long is taken for
     /// dead and its reservations are given back.
     pub lease_ttl_s: u64,
@@ -73,28 +72,14 @@ impl Config {
             data_dir: PathBuf::from(var("TOLLGATE_DATA_DIR").unwrap_or_else(|| "data".to_owned())),
             max_body_mb: number("TOLLGATE_MAX_BODY_MB", 32)?,
             max_upstream_mb: number("TOLLGATE_MAX_UPSTREAM_MB", 64)?.max(1),
-            max_tries: number("TOLLGATE_MAX_TRIES", 3)?,
+            tunables: store::settings::Tunables::from_env(var).map_err(anyhow::Error::msg)?,
             workers: var("TOLLGATE_WORKERS")
                 .map(|v| v.parse())
                 .transpose()
                 .context("TOLLGATE_WORKERS must be a whole number")?,
             handle_signals: true,
-            breaker: relay_core::health::BreakerConfig {
-                failures: u32::try_from(number("TOLLGATE_BREAKER_FAILURES", 5)?)
-                    .unwrap_or(5)
-                    .max(1),
-                window: std::time::Duration::from_secs(
-                    u64::try_from(number("TOLLGATE_BREAKER_WINDOW_S", 60)?).unwrap_or(60),
-                ),
-                cooldown: std::time::Duration::from_secs(
-                    u64::try_from(number("TOLLGATE_BREAKER_COOLDOWN_S", 30)?).unwrap_or(30),
-                ),
-            },
             lease_ttl_s: u64::try_from(number("TOLLGATE_LEASE_TTL_S", 15)?)
                 .unwrap_or(15)
-                .max(1),
-            health_interval_s: u64::try_from(number("TOLLGATE_HEALTH_INTERVAL_S", 300)?)
-                .unwrap_or(300)
                 .max(1),
             trusted_proxies: trusted_proxies(&var("TOLLGATE_TRUSTED_PROXIES").unwrap_or_default())
                 .context("TOLLGATE_TRUSTED_PROXIES")?,

@@ -87,7 +87,7 @@ pub struct Reloader {
     pub shared: Arc<Shared>,
     pub instance: String,
     /// The environment's tunables, for settings nobody stored.
-    pub defaults: admin_web::settings::Tunables,
+    pub defaults: store::settings::Tunables,
     /// Takes the breaker thresholds of every reload.
     pub breakers: Arc<relay_core::health::Breakers>,
     /// The last version handed to a load; shared by every clone.
@@ -121,7 +121,7 @@ impl Reloader {
         let router = Router::build(&catalog);
         // The admin's tunables travel with the catalog: a change applies on every
         // instance at its next reload.
-        let t = admin_web::settings::effective(&self.db, self.defaults)
+        let t = store::settings::effective(&self.db, self.defaults)
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(error = ?e, "cannot read the settings; keeping the defaults");
@@ -141,11 +141,7 @@ impl Reloader {
             );
             return Ok(());
         }
-        self.breakers.set_config(relay_core::health::BreakerConfig {
-            failures: t.breaker_failures,
-            window: std::time::Duration::from_secs(t.breaker_window_s),
-            cooldown: std::time::Duration::from_secs(t.breaker_cooldown_s),
-        });
+        self.breakers.set_config(t.into());
         Ok(())
     }
 
@@ -317,13 +313,7 @@ mod tests {
             snapshot: Arc::new(ArcSwap::from(snapshot(0))),
             shared: Arc::new(Shared::memory()),
             instance: "test".into(),
-            defaults: admin_web::settings::Tunables {
-                max_tries: 3,
-                breaker_failures: 5,
-                breaker_window_s: 60,
-                breaker_cooldown_s: 30,
-                health_interval_s: 60,
-            },
+            defaults: store::settings::Tunables::DEFAULT,
             breakers: Arc::new(relay_core::health::Breakers::default()),
             versions: Arc::new(AtomicU64::new(0)),
         }

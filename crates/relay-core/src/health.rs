@@ -20,13 +20,19 @@ pub struct BreakerConfig {
     pub cooldown: Duration,
 }
 
+impl From<store::settings::Tunables> for BreakerConfig {
+    fn from(t: store::settings::Tunables) -> Self {
+        BreakerConfig {
+            failures: t.breaker_failures,
+            window: Duration::from_secs(t.breaker_window_s),
+            cooldown: Duration::from_secs(t.breaker_cooldown_s),
+        }
+    }
+}
+
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig {
-            failures: 5,
-            window: Duration::from_secs(60),
-            cooldown: Duration::from_secs(30),
-        }
+        store::settings::Tunables::DEFAULT.into()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod db;
 pub mod entities;
 pub mod error;
 pub mod secret;
+pub mod settings;
 
 pub use availability::Availability;
 pub use cache::{RedisLink, Shared};
