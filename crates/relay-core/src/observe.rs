@@ -55,8 +55,9 @@ impl Delivered {
         if self.settled {
             return;
         }
-        self.text.push_str(text);
-        if self.text.len() > KEEP_BYTES {
+        // Count what is held before it would pass the bound, so the buffer (which
+        // keeps its capacity) never grows past it for ordinary events.
+        if self.text.len() + text.len() > KEEP_BYTES && !self.text.is_empty() {
             let cut = self
                 .text
                 .rfind(char::is_whitespace)
@@ -67,6 +68,13 @@ impl Delivered {
                 .saturating_add(crate::tokens::count_text(&self.model, &self.text[..cut]));
             self.text.drain(..cut);
         }
+        // Grow by doubling as usual, but never past the bound for it.
+        let needed = self.text.len() + text.len();
+        if needed > self.text.capacity() {
+            let target = needed.saturating_mul(2).min(KEEP_BYTES).max(needed);
+            self.text.reserve_exact(target - self.text.len());
+        }
+        self.text.push_str(text);
     }
 
     /// The upstream's usage covers what went by: the text is no longer needed.
@@ -337,6 +345,7 @@ mod tests {
         }
         assert!(o.delivered.counted > 0);
         assert!(o.delivered.held() <= KEEP_BYTES + piece.len());
+        assert!(o.delivered.text.capacity() <= KEEP_BYTES + piece.len());
         let whole = crate::tokens::count_text("gpt-4o", &piece.repeat(200));
         let counted = o.delivered.tokens();
         assert!(

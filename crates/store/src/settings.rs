@@ -64,15 +64,23 @@ impl Tunables {
     }
 
     /// The defaults overridden by the environment (`var` reads a variable). A value
-    /// that is not a whole number in its range is an error naming the variable.
+    /// outside its range is taken as the nearest end of it (with a warning: releases
+    /// before the ranges applied to the environment took such values); one that is not
+    /// a whole number is an error naming the variable.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let mut values = Tunables::DEFAULT.values();
-        for (i, (name, ..)) in RULES.iter().enumerate() {
+        for (i, (name, lo, hi)) in RULES.iter().enumerate() {
             let env = format!("TOLLGATE_{}", name.to_ascii_uppercase());
-            if let Some(text) = var(&env) {
-                values[i] = check(name, text.trim().parse::<i64>().ok())
-                    .map_err(|message| format!("{env}: {message}"))?;
+            let Some(text) = var(&env) else { continue };
+            let n: i64 = text
+                .trim()
+                .parse()
+                .map_err(|_| format!("{env} must be a whole number"))?;
+            let v = u64::try_from(n).unwrap_or(0).clamp(*lo, *hi);
+            if i64::try_from(v).ok() != Some(n) {
+                tracing::warn!(variable = %env, given = n, used = v, "outside {lo}–{hi}: using the nearest end");
             }
+            values[i] = v;
         }
         Ok(Tunables::from_values(values))
     }
@@ -125,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn the_environment_overrides_the_defaults_within_the_same_ranges_the_console_enforces() {
+    fn the_environment_overrides_the_defaults_held_to_the_ranges_the_console_enforces() {
         assert_eq!(Tunables::from_env(env(&[])), Ok(Tunables::DEFAULT));
         let t = Tunables::from_env(env(&[
             ("TOLLGATE_MAX_TRIES", " 5 "),
@@ -134,11 +142,13 @@ mod tests {
         .unwrap();
         assert_eq!((t.max_tries, t.breaker_cooldown_s), (5, 1));
         assert_eq!(t.health_interval_s, Tunables::DEFAULT.health_interval_s);
-        for bad in ["0", "11", "three", "-1"] {
-            assert_eq!(
-                Tunables::from_env(env(&[("TOLLGATE_MAX_TRIES", bad)])).unwrap_err(),
-                "TOLLGATE_MAX_TRIES: max_tries must be a whole number from 1 to 10"
-            );
+        for (given, used) in [("0", 1), ("-1", 1), ("11", 10), ("1000", 10)] {
+            let t = Tunables::from_env(env(&[("TOLLGATE_MAX_TRIES", given)])).unwrap();
+            assert_eq!(t.max_tries, used, "{given}");
         }
+        assert_eq!(
+            Tunables::from_env(env(&[("TOLLGATE_BREAKER_WINDOW_S", "three")])).unwrap_err(),
+            "TOLLGATE_BREAKER_WINDOW_S must be a whole number"
+        );
     }
 }
