@@ -275,15 +275,23 @@ PY
   check_answer "$GW/v1/chat/completions" "$BENCH_DIR/requests/chat.json" "$SK"
   check_answer "$GW/v1/chat/completions" "$BENCH_DIR/requests/chat_stream.json" "$SK"
 
-  rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || true; }
+  # RSS is VmRSS; "anon" is its anonymous part (RssAnon: heap and stacks), without the
+  # binary's own code and data pages that the kernel maps in from the page cache.
+  rss_kb() { awk -v f="$1" '$1 == f":" {print $2}' "/proc/$GW_PID/status" 2>/dev/null || true; }
   sleep 1
-  RSS_IDLE=$(rss_kb)
-  echo "${RSS_IDLE:-0}" >"$T/rss_peak"
+  RSS_IDLE=$(rss_kb VmRSS)
+  ANON_IDLE=$(rss_kb RssAnon)
+  echo "${RSS_IDLE:-0} ${ANON_IDLE:-0}" >"$T/rss_peak"
   (
-    peak=${RSS_IDLE:-0}
+    peak=${RSS_IDLE:-0} apeak=${ANON_IDLE:-0}
     while kill -0 "$GW_PID" 2>/dev/null; do
-      v=$(rss_kb); v=${v:-0}
-      if (( v > peak )); then peak=$v; echo "$peak" >"$T/rss_peak"; fi
+      v=$(rss_kb VmRSS); v=${v:-0}
+      a=$(rss_kb RssAnon); a=${a:-0}
+      if (( v > peak || a > apeak )); then
+        (( v > peak )) && peak=$v
+        (( a > apeak )) && apeak=$a
+        echo "$peak $apeak" >"$T/rss_peak"
+      fi
       sleep 0.2
     done
   ) &
@@ -330,10 +338,10 @@ if [[ $DIRECT_ONLY -eq 0 ]]; then
   tail -2 "$T/results" | sed 's/^/   /' >&2
 fi
 
-RSS_PEAK=""
+RSS_PEAK="" ANON_PEAK=""
 if [[ $DIRECT_ONLY -eq 0 ]]; then
   kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
-  RSS_PEAK=$(cat "$T/rss_peak")
+  read -r RSS_PEAK ANON_PEAK <"$T/rss_peak"
   sleep 2  # charges are visible within 2 s (API.md §3)
   BALANCE1=$(api GET /me | field balance)
   log "billing: root balance $BALANCE0 -> $BALANCE1 credits"
@@ -343,9 +351,9 @@ fi
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 # (the results file itself does not count: every run changes it)
 [[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no -- . ':!bench/RESULTS.md' 2>/dev/null) ]] || COMMIT="$COMMIT+dirty"
-python3 - "$T/results" "$DIRECT_ONLY" "${RSS_IDLE:-}" "$RSS_PEAK" "$SECS" "$BACKEND" "${COLD_MS:-}" "$COMMIT" >"$T/table" <<'PY'
+python3 - "$T/results" "$DIRECT_ONLY" "${RSS_IDLE:-}" "$RSS_PEAK" "$SECS" "$BACKEND" "${COLD_MS:-}" "$COMMIT" "${ANON_IDLE:-}" "$ANON_PEAK" >"$T/table" <<'PY'
 import sys, datetime
-path, direct_only, rss_idle, rss_peak, secs, backend, cold_ms, commit = sys.argv[1:]
+path, direct_only, rss_idle, rss_peak, secs, backend, cold_ms, commit, anon_idle, anon_peak = sys.argv[1:]
 direct_only = direct_only == "1"
 r = {}
 for line in open(path):
@@ -382,10 +390,10 @@ for pct, target in (("p50", 0.1), ("p99", 0.5)):
 if not direct_only:
     cpu = r["gateway_ns32"]["cpu_us"]
     print(f"\n{'gateway CPU per request (µs)':<28}{cpu:>11.0f}{'':>19}  <= 60       {verdict(cpu <= 60, 'cpu/request')}")
-    print(f"\n{'gateway memory (MiB)':<28}{'RSS':>11}{'':>19}  {'target':<9}")
-    for label, kb, target in (("idle, before load", rss_idle, 12), ("peak, during load", rss_peak, 32)):
-        mib = float(kb or 0) / 1024
-        print(f"{label:<28}{mib:>11.1f}{'':>19}  <= {target:<6}   {verdict(mib <= target, 'rss ' + label)}")
+    print(f"\n{'gateway memory (MiB)':<28}{'RSS':>11}{'anon':>11}{'':>8}  {'target':<9}")
+    for label, kb, akb, target in (("idle, before load", rss_idle, anon_idle, 12), ("peak, during load", rss_peak, anon_peak, 32)):
+        mib, amib = float(kb or 0) / 1024, float(akb or 0) / 1024
+        print(f"{label:<28}{mib:>11.1f}{amib:>11.1f}{'':>8}  <= {target:<6}   {verdict(mib <= target, 'rss ' + label)}")
     cold = float(cold_ms or "nan")
     print(f"\n{'cold start to /healthz (ms)':<28}{cold:>11.1f}{'':>19}  <= 200      {verdict(cold <= 200, 'cold start')}")
     print(f"\n{'slow stream (64 × 20 ms)':<28}{'direct':>11}{'gateway':>11}")
