@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_init;
 mod m20261130_000001_trust;
+mod m20261205_000001_tasks;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261130_000001_trust::Migration),
+            Box::new(m20261205_000001_tasks::Migration),
         ]
     }
 }

@@ -10,6 +10,7 @@ pub mod mock_anthropic;
 pub mod mock_gemini;
 pub mod mock_openai;
 pub mod mock_server;
+pub mod mock_sora;
 pub mod mock_tools;
 pub mod python;
 pub mod scenario;

@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod price;
 pub mod redemption;
+pub mod task;
 pub mod verify;
 pub mod wallet;
 

@@ -117,6 +117,10 @@ impl Application {
             max_body_mb: config.max_body_mb,
             max_upstream_mb: config.max_upstream_mb,
         };
+        let jobs = Arc::new(
+            relay_core::task::TaskEngine::new(db.clone(), Arc::clone(&wallet), config.tasks)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
         let state = web::Data::new(AppState {
             db: db.clone(),
             shared: Arc::clone(&shared),
@@ -134,6 +138,7 @@ impl Application {
             availability,
             metrics,
             pipeline,
+            jobs,
         });
         let admin = web::Data::new(admin_web::AdminState {
             db,
@@ -162,6 +167,7 @@ impl Application {
                 .route("/readyz", web::get().to(health::readyz))
                 .route("/metrics", web::get().to(health::metrics))
                 .configure(relay::configure)
+                .configure(crate::videos::configure)
                 .configure(generation::configure)
                 .configure(crate::dashboard::configure)
                 .configure(admin_web::configure)
@@ -176,6 +182,10 @@ impl Application {
             server = server.disable_signals();
         }
         crate::tunables::spawn_health_job(state.clone(), env_tunables);
+        crate::videos::spawn_poller(
+            state.clone(),
+            config.tasks.poll_min.min(std::time::Duration::from_secs(1)),
+        );
         tracing::info!(addr = %config.addr, port, "tollgate listening");
         Ok(Application {
             server: server.run(),

@@ -47,6 +47,10 @@ pub struct Config {
     /// `TOLLGATE_TRUSTED_PROXIES`: comma-separated CIDRs of reverse proxies whose
     /// `X-Forwarded-For` is believed; unset = the client is the peer.
     pub trusted_proxies: TrustedProxies,
+    /// `TOLLGATE_TASK_POLL_S` (first poll interval of an asynchronous task, slowing to
+    /// `TOLLGATE_TASK_POLL_MAX_S` as it ages) and `TOLLGATE_TASK_DEADLINE_S` (an open
+    /// task this old expires and its hold is released).
+    pub tasks: relay_core::task::TaskSettings,
 }
 
 impl Config {
@@ -83,6 +87,23 @@ impl Config {
                 .max(1),
             trusted_proxies: trusted_proxies(&var("TOLLGATE_TRUSTED_PROXIES").unwrap_or_default())
                 .context("TOLLGATE_TRUSTED_PROXIES")?,
+            tasks: {
+                let secs = |name: &str, default: usize| -> anyhow::Result<std::time::Duration> {
+                    let n = number(name, default)?;
+                    anyhow::ensure!(n >= 1, "{name} must be at least 1");
+                    Ok(std::time::Duration::from_secs(u64::try_from(n)?))
+                };
+                // Bounded, so that no setting can overflow a timestamp or park a
+                // task's hold for months.
+                let hour = std::time::Duration::from_secs(3600);
+                let poll_min = secs("TOLLGATE_TASK_POLL_S", 5)?.min(hour);
+                relay_core::task::TaskSettings {
+                    poll_min,
+                    poll_max: secs("TOLLGATE_TASK_POLL_MAX_S", 60)?.clamp(poll_min, hour),
+                    deadline: secs("TOLLGATE_TASK_DEADLINE_S", 86_400)?.min(30 * 24 * hour),
+                    ..relay_core::task::TaskSettings::default()
+                }
+            },
         })
     }
 

@@ -11,6 +11,7 @@ pub mod health;
 pub mod relay;
 pub mod state;
 pub mod tunables;
+pub mod videos;
 
 pub use app::Application;
 pub use config::Config;

@@ -76,6 +76,8 @@ pub struct AppState {
     pub metrics: Arc<relay_core::metrics::Metrics>,
     /// The relay's request pipeline (sharing the parts above).
     pub pipeline: relay_core::pipeline::Pipeline,
+    /// Asynchronous tasks (videos): submission, polling, content.
+    pub jobs: Arc<relay_core::task::TaskEngine>,
 }
 
 /// Loads the catalog and swaps it in; tells other instances when asked to.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use billing::Price;
 use chrono::Utc;
-use store::catalog::{Catalog, ChannelStatus, KeyEntry, Standing, UserEntry};
+use store::catalog::{Catalog, ChannelKind, ChannelStatus, KeyEntry, Standing, UserEntry};
 
 use crate::protocol::Protocol;
 use crate::{RelayError, Router};
@@ -78,14 +78,34 @@ pub fn admit_model(
     model: &str,
     proto: Protocol,
 ) -> Result<Admitted, RelayError> {
+    admit_where(
+        catalog,
+        router,
+        caller,
+        model,
+        |k| proto.served_by(k),
+        |p| meters(proto, p),
+    )
+}
+
+/// [`admit_model`] for any kind of work: `served` names the channel types that can do
+/// it, `metered` whether a price names the unit it is charged by.
+pub fn admit_where(
+    catalog: &Catalog,
+    router: &Router,
+    caller: &Caller,
+    model: &str,
+    served: impl Fn(ChannelKind) -> bool,
+    metered: impl Fn(&Price) -> bool,
+) -> Result<Admitted, RelayError> {
     if !caller.key.allows_model(model) {
         return Err(RelayError::ModelNotAllowed(model.to_owned()));
     }
     // A model nobody serves is unknown (404) before it is unpriced (403).
-    if !router.serves_where(&caller.user.group, model, |k| proto.served_by(k)) {
+    if !router.serves_where(&caller.user.group, model, &served) {
         // Served, but only by channels that are out of service right now: 503, not 404.
         let resting = catalog.channels.iter().any(|c| {
-            proto.served_by(c.kind)
+            served(c.kind)
                 && c.status == ChannelStatus::AutoDisabled
                 && c.groups.contains(&caller.user.group)
                 && (c.models.iter().any(|m| m == model) || c.model_mapping.contains_key(model))
@@ -100,7 +120,7 @@ pub fn admit_model(
         .prices
         .get(model)
         .map(Price::from)
-        .filter(|p| meters(proto, p))
+        .filter(|p| metered(p))
         .ok_or_else(|| RelayError::ModelNotPriced(model.to_owned()))?;
     Ok(Admitted {
         caller: caller.clone(),

@@ -20,6 +20,13 @@ pub enum RelayError {
     UserDisabled,
     #[error("model '{0}' is not served for this key's group")]
     ModelNotFound(String),
+    /// Something the client named (a task, a video) is not theirs or does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts an earlier one (an `Idempotency-Key` reused with
+    /// another body).
+    #[error("{0}")]
+    Conflict(String),
     #[error("request body is larger than {0} MiB")]
     RequestTooLarge(usize),
     #[error("rate limit exceeded: at most {0} requests per minute")]
@@ -58,7 +65,8 @@ impl RelayError {
             | RelayError::IpNotAllowed
             | RelayError::ModelNotPriced(_)
             | RelayError::UserDisabled => 403,
-            RelayError::ModelNotFound(_) => 404,
+            RelayError::ModelNotFound(_) | RelayError::NotFound(_) => 404,
+            RelayError::Conflict(_) => 409,
             RelayError::RequestTooLarge(_) => 413,
             RelayError::RateLimited(_) => 429,
             RelayError::Upstream | RelayError::AnswerTooLarge => 502,
@@ -81,6 +89,8 @@ impl RelayError {
             RelayError::ModelNotPriced(_) => "model_not_priced",
             RelayError::UserDisabled => "user_disabled",
             RelayError::ModelNotFound(_) => "model_not_found",
+            RelayError::NotFound(_) => "not_found",
+            RelayError::Conflict(_) => "conflict",
             RelayError::RequestTooLarge(_) => "request_too_large",
             RelayError::RateLimited(_) => "rate_limited",
             RelayError::Upstream | RelayError::AnswerTooLarge => "upstream_error",

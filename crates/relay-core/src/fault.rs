@@ -233,7 +233,9 @@ impl ErrorFields {
 /// Whose fault `failure` is.
 pub fn classify(failure: &Failure) -> Fault {
     match failure {
-        Failure::Connect | Failure::Timeout | Failure::Malformed => Fault::Channel,
+        Failure::Connect | Failure::Broken | Failure::Timeout | Failure::Malformed => {
+            Fault::Channel
+        }
         Failure::Unconvertible(_) => Fault::Request,
         Failure::TooLarge => Fault::TooLarge,
         Failure::Status { status, body } => classify_status(*status, &ErrorFields::parse(body)),

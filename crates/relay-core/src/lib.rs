@@ -29,6 +29,7 @@ pub mod relay;
 pub mod router;
 pub mod sse;
 pub mod stream;
+pub mod task;
 pub mod tokens;
 pub mod upstream;
 

@@ -69,6 +69,7 @@ pub struct Metrics {
     over_hold: Counter,
     shortfalls: Counter,
     shortfall_micros: Counter,
+    task_unknown_status: Counter,
 }
 
 impl Default for Metrics {
@@ -142,6 +143,12 @@ impl Metrics {
             "Micro-credits owed by those shortfalls and not charged",
             shortfall_micros.clone(),
         );
+        let task_unknown_status = Counter::default();
+        registry.register(
+            "tollgate_task_unknown_status",
+            "Polls of asynchronous tasks that got a status word no family knows (the task stays open)",
+            task_unknown_status.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -153,6 +160,7 @@ impl Metrics {
             over_hold,
             shortfalls,
             shortfall_micros,
+            task_unknown_status,
         }
     }
 
@@ -207,6 +215,7 @@ impl Metrics {
         catch_up(&self.over_hold, &billing::metrics::OVER_HOLD);
         catch_up(&self.shortfalls, &billing::metrics::SHORTFALLS);
         catch_up(&self.shortfall_micros, &billing::metrics::SHORTFALL_MICROS);
+        catch_up(&self.task_unknown_status, &crate::task::UNKNOWN_STATUS);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             tracing::error!("metrics could not be encoded");

@@ -240,11 +240,64 @@ pub fn replace_text(body: &Bytes, fields: &[Field], name: &str, value: &str) -> 
     out.freeze()
 }
 
+/// `body` without its text field `name` (the client's own fields that must not reach
+/// an upstream, such as a callback URL).
+pub fn remove_text(body: &Bytes, fields: &[Field], boundary: &str, name: &str) -> Bytes {
+    let delimiter = format!("--{boundary}");
+    let Some(f) = fields
+        .iter()
+        .find(|f| f.name == name && f.filename.is_none())
+    else {
+        return body.clone();
+    };
+    let (Some(start), true) = (
+        memmem::rfind(&body[..f.start], delimiter.as_bytes()),
+        body.get(f.end..f.end + 2) == Some(b"\r\n".as_slice()),
+    ) else {
+        return body.clone();
+    };
+    let mut out = BytesMut::with_capacity(body.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(&body[f.end + 2..]);
+    out.freeze()
+}
+
+/// `body` with one more text field `name` = `value`, before the closing delimiter.
+pub fn append_text(body: &Bytes, boundary: &str, name: &str, value: &str) -> Bytes {
+    let closing = format!("--{boundary}--");
+    let Some(at) = memmem::rfind(body, closing.as_bytes()) else {
+        return body.clone();
+    };
+    let part = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+    );
+    let mut out = BytesMut::with_capacity(body.len() + part.len());
+    out.extend_from_slice(&body[..at]);
+    out.extend_from_slice(part.as_bytes());
+    out.extend_from_slice(&body[at..]);
+    out.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const BODY: &str = "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\nID3\x00\x01\r\n--XyZ--\r\n";
+
+    #[test]
+    fn a_text_field_can_be_removed_and_another_appended_leaving_a_well_formed_form() {
+        let body = Bytes::from_static(BODY.as_bytes());
+        let f = fields(&body, "XyZ").unwrap();
+        let without = remove_text(&body, &f, "XyZ", "model");
+        let left = fields(&without, "XyZ").unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].filename.as_deref(), Some("a.mp3"));
+        let with = append_text(&without, "XyZ", "model", "sora-2");
+        let now = fields(&with, "XyZ").unwrap();
+        assert_eq!(now.len(), 2);
+        assert_eq!(text_field(&with, &now, "model"), Some("sora-2"));
+        assert_eq!(now[0].len(), 5);
+    }
 
     #[test]
     fn text_fields_and_file_parts_are_found_and_the_model_can_be_swapped() {

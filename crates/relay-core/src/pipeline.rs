@@ -320,7 +320,7 @@ impl Pipeline {
     }
 
     /// The key's requests-per-minute limit, counted in the shared counters.
-    async fn check_rpm(&self, caller: &Caller) -> Result<(), RelayError> {
+    pub async fn check_rpm(&self, caller: &Caller) -> Result<(), RelayError> {
         let Some(rpm) = caller.key.rpm else {
             return Ok(());
         };

@@ -12,8 +12,10 @@ use crate::RelayError;
 /// How one try at a channel failed (whose fault it is: [`crate::fault::classify`]).
 #[derive(Debug)]
 pub enum Failure {
-    /// Could not connect, or the connection broke before an answer.
+    /// Could not connect: the request never left.
     Connect,
+    /// The connection broke before an answer (the request may have arrived).
+    Broken,
     /// No answer (or no next byte) within the channel's timeout.
     Timeout,
     /// The upstream answered with an error status, or opened a stream with an error
@@ -29,10 +31,16 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Whether the upstream may have received the request (and so may be doing the
+    /// work) although no answer came back: a task submitted so is never sent again.
+    pub fn may_have_arrived(&self) -> bool {
+        matches!(self, Failure::Timeout | Failure::Broken)
+    }
+
     /// A short class for the generation's attempt list.
     pub fn class(&self) -> String {
         match self {
-            Failure::Connect => "connect".into(),
+            Failure::Connect | Failure::Broken => "connect".into(),
             Failure::Timeout => "timeout".into(),
             Failure::Status { status, .. } => format!("status_{status}"),
             Failure::Malformed => "malformed".into(),
@@ -109,18 +117,43 @@ impl UpstreamClient {
         &self,
         channel: &ChannelEntry,
         key: &str,
-        (path, model): (&str, &str),
+        target: (&str, &str),
         (body, content_type): (Bytes, &str),
+        extra: &[(&'static str, String)],
+    ) -> Result<reqwest::Response, Failure> {
+        self.send(
+            reqwest::Method::POST,
+            channel,
+            key,
+            target,
+            Some((body, content_type)),
+            extra,
+        )
+        .await
+    }
+
+    /// Any request to `path` on `channel` with `key` (the channel's own auth header
+    /// and headers), waiting at most the channel's timeout for the response head.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        channel: &ChannelEntry,
+        key: &str,
+        (path, model): (&str, &str),
+        body: Option<(Bytes, &str)>,
         extra: &[(&'static str, String)],
     ) -> Result<reqwest::Response, Failure> {
         let http = self.http();
         let mut req = match parsed_url(channel, path, model) {
-            Ok(url) => http.post(url),
+            Ok(url) => http.request(method, url),
             // reqwest refuses it with its own error, reported as a failed try.
-            Err(text) => http.post(text),
+            Err(text) => http.request(method, text),
+        };
+        if let Some((body, content_type)) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body);
         }
-        .header(reqwest::header::CONTENT_TYPE, content_type)
-        .body(body);
         req = match channel.kind {
             ChannelKind::Azure => req.header("api-key", key),
             ChannelKind::Gemini => req.header("x-goog-api-key", key),
@@ -147,7 +180,10 @@ impl UpstreamClient {
             // another channel may take it.
             Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
             Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
-            Ok(Err(_)) => Err(Failure::Connect),
+            // The connection broke, perhaps after the request went out: a relay try
+            // is retried elsewhere like a refused connection; a task submission must
+            // take it as possibly received (see `Failure::may_have_arrived`).
+            Ok(Err(_)) => Err(Failure::Broken),
             Ok(Ok(resp)) => Ok(resp),
         }
     }

@@ -25,6 +25,9 @@ pub struct Catalog {
     pub prices: HashMap<String, model_price::Model>,
     /// Group multipliers in parts per million.
     pub groups: HashMap<String, i64>,
+    /// Every channel key that decrypts, whatever its status, by id: (channel id,
+    /// secret). Asynchronous tasks are polled with the key that submitted them.
+    pub all_keys: HashMap<i64, (i64, String)>,
 }
 
 /// What an upstream channel speaks, parsed once when the catalog loads (the relay
@@ -242,20 +245,27 @@ impl Catalog {
             .all(db)
             .await?;
         let channels = channel::Entity::find().all(db).await?;
-        let channel_keys = channel_key::Entity::find()
-            .filter(channel_key::Column::Status.eq("enabled"))
-            .all(db)
-            .await?;
+        // Every key, whatever its status: only enabled ones serve new requests, but a
+        // task submitted with a key that was disabled since is still polled and its
+        // content fetched with that key (the upstream knows the task only there).
+        let channel_keys = channel_key::Entity::find().all(db).await?;
         let prices = model_price::Entity::find().all(db).await?;
         let groups = group_multiplier::Entity::find().all(db).await?;
 
         let mut secrets_by_channel: HashMap<i64, Vec<ChannelSecret>> = HashMap::new();
+        let mut all_keys: HashMap<i64, (i64, String)> = HashMap::new();
         for k in channel_keys {
             match secrets.open(&k.secret) {
-                Ok(secret) => secrets_by_channel
-                    .entry(k.channel_id)
-                    .or_default()
-                    .push(ChannelSecret { id: k.id, secret }),
+                Ok(secret) if k.status == "enabled" => {
+                    all_keys.insert(k.id, (k.channel_id, secret.clone()));
+                    secrets_by_channel
+                        .entry(k.channel_id)
+                        .or_default()
+                        .push(ChannelSecret { id: k.id, secret });
+                }
+                Ok(secret) => {
+                    all_keys.insert(k.id, (k.channel_id, secret));
+                }
                 Err(e) => {
                     tracing::error!(channel.id = k.channel_id, channel_key.id = k.id, error = %e,
                     "channel key cannot be decrypted; is TOLLGATE_SECRET_KEY the one it was stored with?")
@@ -284,6 +294,7 @@ impl Catalog {
                 .into_iter()
                 .map(|g| (g.name, g.multiplier_ppm))
                 .collect(),
+            all_keys,
         })
     }
 

@@ -22,6 +22,11 @@ pub use sea_orm::DatabaseConnection;
 
 /// SHA-256 of a secret (API key, redemption code) as lowercase hex: what the store keeps.
 pub fn hash_secret(secret: &str) -> String {
+    hash_bytes(secret.as_bytes())
+}
+
+/// SHA-256 of any bytes as lowercase hex.
+pub fn hash_bytes(bytes: &[u8]) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -8,5 +8,6 @@ pub mod group_multiplier;
 pub mod model_price;
 pub mod redemption_code;
 pub mod setting;
+pub mod task;
 pub mod transaction;
 pub mod user;

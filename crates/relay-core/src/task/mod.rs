@@ -1,0 +1,1012 @@
+//! The task engine (API.md §4): long jobs are submitted, then polled. Every family
+//! (videos now; Midjourney, Suno and the native video shapes next) shares what is
+//! here: admission like the relay's (key, address, model, price, rpm), a durable hold
+//! written with the task, submission that never sends a job twice, a poller that
+//! leases due tasks so any number of instances poll without doing a task twice, and
+//! exactly one charge or release per task (`billing::task`).
+//!
+//! A family supplies its client shapes and, per channel type, how to submit, how to
+//! read the upstream's view of a task, and where its content is ([`videos`]).
+
+pub mod hook;
+pub mod videos;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use billing::task::{self as store_task, NewTask, Outcome, Progress, State, Submitted};
+use billing::{BillingError, Price, Usage, Wallet};
+use bytes::Bytes;
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+use serde::{Deserialize, Serialize};
+use store::catalog::{ChannelEntry, ChannelKind};
+use store::entities::task;
+
+use futures_util::StreamExt;
+
+use crate::RelayError;
+use crate::admission::{self, Caller};
+use crate::fault::{self, ErrorFields, Fault};
+use crate::pipeline::{Pipeline, Routing};
+use crate::upstream::{Failure, upstream_message};
+
+/// Polls that got a status word no family knows, process-wide (`/metrics`:
+/// `tollgate_task_unknown_status`).
+pub static UNKNOWN_STATUS: AtomicU64 = AtomicU64::new(0);
+
+/// The engine's timing (`TOLLGATE_TASK_*`).
+#[derive(Clone, Copy, Debug)]
+pub struct TaskSettings {
+    /// The first poll interval; polls slow down from here as a task ages.
+    pub poll_min: Duration,
+    /// The slowest poll interval.
+    pub poll_max: Duration,
+    /// A task still open this long after submission expires (its hold released).
+    pub deadline: Duration,
+    /// How long a poller holds a task it leased.
+    pub lease: Duration,
+    /// Tasks leased per round.
+    pub batch: u64,
+    /// Deliver client callbacks to any address (tests on loopback only; never in
+    /// production).
+    pub allow_private_hooks: bool,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        TaskSettings {
+            poll_min: Duration::from_secs(5),
+            poll_max: Duration::from_secs(60),
+            deadline: Duration::from_secs(86_400),
+            // Longer than any one poll (a channel's timeout) and a batch round: a
+            // lease that ran out mid-poll would let another instance poll too.
+            lease: Duration::from_secs(900),
+            batch: 50,
+            allow_private_hooks: false,
+        }
+    }
+}
+
+/// The price a task was held at, stored with it so the final charge uses it even if
+/// the model's price changes meanwhile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pricing {
+    pub per_request: Option<i64>,
+    pub per_second: Option<i64>,
+    pub multiplier_ppm: i64,
+    /// The seconds held for (what the client asked, or the upstream's default).
+    pub seconds: i64,
+    /// Whether the key's credit limit holds a share (for the record).
+    pub key_limited: bool,
+}
+
+impl Pricing {
+    fn of(price: &Price, multiplier_ppm: i64, seconds: i64, key_limited: bool) -> Self {
+        Pricing {
+            per_request: price.per_request,
+            per_second: price.per_second,
+            multiplier_ppm,
+            seconds,
+            key_limited,
+        }
+    }
+
+    /// What `seconds` of output cost at this price.
+    pub fn cost(&self, seconds: i64) -> i64 {
+        let price = Price {
+            per_request: self.per_request,
+            per_second: self.per_second,
+            ..Price::default()
+        };
+        price.cost(
+            &Usage {
+                seconds,
+                ..Usage::default()
+            },
+            self.multiplier_ppm,
+        )
+    }
+
+    /// The hold: the cost of what was asked.
+    pub fn hold(&self) -> i64 {
+        self.cost(self.seconds)
+    }
+}
+
+/// Whether a price can meter a task: per request, or per second of output.
+pub fn meters(price: &Price) -> bool {
+    price.per_request.is_some() || price.per_second.is_some()
+}
+
+/// What an upstream says of a task when asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// `None`: a status word this build does not know (the task stays open).
+    pub state: Option<State>,
+    /// The upstream's own word.
+    pub word: String,
+    pub progress: i32,
+    /// Seconds of output the upstream reports (charged instead of the hold's).
+    pub seconds: Option<i64>,
+    /// Why it failed, as the upstream says (`code: message`).
+    pub error: Option<String>,
+}
+
+/// What a submission sends upstream.
+pub struct Submission {
+    /// The upstream path (`/v1/videos`, `/v1/videos/{id}/remix`).
+    pub path: String,
+    /// The body, with the upstream's model name in it.
+    pub body: Bytes,
+    pub content_type: String,
+}
+
+/// Builds the upstream request for a channel, given the upstream's model name and
+/// (for a continuation) the parent's upstream id.
+pub type Builder = Box<dyn Fn(&ChannelEntry, &str, Option<&str>) -> Submission + Send + Sync>;
+
+/// A task to submit, as a family's handler parsed it.
+pub struct TaskRequest {
+    pub key: Option<String>,
+    pub ip: Option<std::net::IpAddr>,
+    pub family: &'static str,
+    pub action: &'static str,
+    pub model: String,
+    /// The task this one continues (a remix): the same channel and key must serve it.
+    pub parent: Option<task::Model>,
+    /// The seconds to hold for.
+    pub seconds: i64,
+    /// What the family's answers echo (JSON).
+    pub meta: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    /// The client's callback URL (checked here, kept with the task, never sent upstream).
+    pub hook: Option<String>,
+    /// What makes two submissions the same (for `Idempotency-Key`): the parsed
+    /// fields, the parent, digests of any files; never the raw bytes (a client's
+    /// retry of a form has a new boundary).
+    pub fingerprint: String,
+    pub endpoint: &'static str,
+    pub build: Builder,
+}
+
+/// The task engine: the database, the wallet, and this instance's name as a poller.
+pub struct TaskEngine {
+    pub db: DatabaseConnection,
+    pub wallet: Arc<Wallet>,
+    pub settings: TaskSettings,
+    /// This instance's name in task leases.
+    pub owner: String,
+    /// Client callbacks.
+    pub hooks: hook::Hooks,
+}
+
+/// Upstream attempts of one submission, for the generation record.
+#[derive(Serialize)]
+struct Attempt {
+    channel_id: i64,
+    status: Option<u16>,
+    error: Option<String>,
+}
+
+impl TaskEngine {
+    pub fn new(
+        db: DatabaseConnection,
+        wallet: Arc<Wallet>,
+        settings: TaskSettings,
+    ) -> Result<Self, RelayError> {
+        Ok(TaskEngine {
+            db,
+            wallet,
+            settings,
+            owner: format!("tasks-{}", uuid::Uuid::now_v7().simple()),
+            hooks: hook::Hooks::new(settings.allow_private_hooks)?,
+        })
+    }
+
+    /// The caller behind `key`, allowed from `ip`.
+    pub fn caller(
+        &self,
+        routing: Routing<'_>,
+        key: Option<&str>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Caller, RelayError> {
+        let caller = admission::authenticate(routing.catalog, key)?;
+        admission::check_ip(&caller, ip)?;
+        Ok(caller)
+    }
+
+    /// Submits a task: admits it like a relay request, holds its price with the task
+    /// row, and sends it to one upstream. A refusal costs nothing (the task ends
+    /// failed and the client gets the error); an answer lost after sending leaves the
+    /// task open (never sent again) until the upstream reports it or its deadline
+    /// releases it.
+    pub async fn submit(
+        &self,
+        pipeline: &Pipeline,
+        routing: Routing<'_>,
+        req: TaskRequest,
+    ) -> Result<task::Model, RelayError> {
+        if !pipeline.availability.serving() {
+            return Err(RelayError::ServiceUnavailable);
+        }
+        let caller = self.caller(routing, req.key.as_deref(), req.ip)?;
+        let family_kind = served_by(req.family);
+        let admitted = admission::admit_where(
+            routing.catalog,
+            routing.router,
+            &caller,
+            &req.model,
+            family_kind,
+            meters,
+        )?;
+        pipeline.check_rpm(&caller).await?;
+        let mut meta = req.meta.clone();
+        if let Some(url) = &req.hook {
+            let checked = hook::check(url, self.hooks.allow_private()).await?;
+            if let Some(m) = meta.as_object_mut() {
+                m.insert(
+                    "hook".into(),
+                    serde_json::Value::String(checked.to_string()),
+                );
+            }
+        }
+        let hash = store::hash_secret(&format!("{}\n{}", req.endpoint, req.fingerprint));
+        if let Some(idem) = &req.idempotency_key
+            && let Some(existing) = self.idempotent(caller.key.id, idem, &hash).await?
+        {
+            return Ok(existing);
+        }
+        let key_limited = caller.key.credit_limit.is_some();
+        let pricing = Pricing::of(
+            &admitted.price,
+            admitted.multiplier_ppm,
+            req.seconds,
+            key_limited,
+        );
+        let id = format!("task_{}", uuid::Uuid::now_v7().simple());
+        let new = NewTask {
+            id: id.clone(),
+            user_id: caller.user.id,
+            key_id: caller.key.id,
+            key_limited,
+            family: req.family.to_owned(),
+            action: req.action.to_owned(),
+            model: req.model.clone(),
+            parent_id: req.parent.as_ref().map(|p| p.id.clone()),
+            pricing: serde_json::to_string(&pricing).map_err(|_| RelayError::Internal)?,
+            held: pricing.hold(),
+            idempotency_key: req.idempotency_key.clone(),
+            request_hash: Some(hash.clone()),
+            meta: meta.to_string(),
+            endpoint: req.endpoint.to_owned(),
+            client_ip: req.ip.map(|i| i.to_string()),
+            first_poll_at: Utc::now() + chrono_duration(self.settings.lease),
+            deadline_at: Utc::now() + chrono_duration(self.settings.deadline),
+        };
+        let opened = match store_task::open(&self.db, &self.wallet, new).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Two submissions with one Idempotency-Key: the second insert fails
+                // on the unique index (or its hold finds the first one's taken the
+                // money); the first one's task is the answer.
+                if let Some(idem) = &req.idempotency_key
+                    && let Some(existing) = self.idempotent(caller.key.id, idem, &hash).await?
+                {
+                    return Ok(existing);
+                }
+                return Err(store_failure(&e));
+            }
+        };
+        self.send(pipeline, routing, &caller, &req, opened).await
+    }
+
+    /// The task a key already submitted under `idem`: the same when the request is
+    /// the same, else `409`.
+    async fn idempotent(
+        &self,
+        key_id: i64,
+        idem: &str,
+        hash: &str,
+    ) -> Result<Option<task::Model>, RelayError> {
+        let found = store_task::find_idempotent(&self.db, key_id, idem)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        match found {
+            Some(t) if t.request_hash.as_deref() == Some(hash) => Ok(Some(t)),
+            Some(_) => Err(RelayError::Conflict(
+                "this Idempotency-Key was used with another request".into(),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends the opened task to channels in turn until one takes it.
+    async fn send(
+        &self,
+        pipeline: &Pipeline,
+        routing: Routing<'_>,
+        caller: &Caller,
+        req: &TaskRequest,
+        opened: task::Model,
+    ) -> Result<task::Model, RelayError> {
+        let started = std::time::Instant::now();
+        let kind = served_by(req.family);
+        let mut tried: Vec<i64> = Vec::new();
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut last = RelayError::NoAvailableChannel;
+        for _ in 0..routing.max_tries.max(1) {
+            let (channel, key_id, key, parent_upstream) = match &req.parent {
+                Some(parent) => {
+                    // A continuation goes where its parent is, with the same key.
+                    let Some((channel, key)) = parent_channel(routing, parent) else {
+                        last = RelayError::NoAvailableChannel;
+                        break;
+                    };
+                    (channel, key.0, key.1, parent.upstream_task_id.clone())
+                }
+                None => {
+                    let Some(channel) =
+                        routing
+                            .router
+                            .pick_where(&caller.user.group, &req.model, |c| {
+                                kind(c.kind) && !tried.contains(&c.id)
+                            })
+                    else {
+                        break;
+                    };
+                    let Some(key) = channel.rotate_key(&[]) else {
+                        tried.push(channel.id);
+                        continue;
+                    };
+                    let key = (key.id, key.secret.clone());
+                    (channel, key.0, key.1, None)
+                }
+            };
+            tried.push(channel.id);
+            let upstream_model = channel.upstream_model(&req.model);
+            let sub = (req.build)(&channel, &upstream_model, parent_upstream.as_deref());
+            let sent = pipeline
+                .client
+                .send(
+                    reqwest::Method::POST,
+                    &channel,
+                    &key,
+                    (&sub.path, &upstream_model),
+                    Some((sub.body, &sub.content_type)),
+                    &[],
+                )
+                .await;
+            let failure = match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    let body = crate::upstream::read_body(
+                        resp,
+                        Duration::from_secs(channel.timeout_s.max(1)),
+                        1 << 20,
+                    )
+                    .await;
+                    let observed = body.as_ref().ok().and_then(|b| observe(req.family, b));
+                    attempts.push(Attempt {
+                        channel_id: channel.id,
+                        status: Some(200),
+                        error: None,
+                    });
+                    return self
+                        .taken(
+                            &opened,
+                            &channel,
+                            key_id,
+                            &upstream_model,
+                            observed,
+                            &attempts,
+                            started,
+                        )
+                        .await;
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let body = resp.bytes().await.unwrap_or_default();
+                    Failure::Status { status, body }
+                }
+                Err(f) => f,
+            };
+            attempts.push(Attempt {
+                channel_id: channel.id,
+                status: match &failure {
+                    Failure::Status { status, .. } => Some(*status),
+                    _ => None,
+                },
+                error: Some(failure.class()),
+            });
+            if failure.may_have_arrived() || timed_out_behind_a_proxy(&failure) {
+                // The upstream may be doing the job: never send it again. The task
+                // stays open without an upstream id; its deadline releases the hold.
+                tracing::warn!(task.id = %opened.id, channel.id = channel.id, "task submission unconfirmed; kept open until its deadline");
+                return self
+                    .taken(
+                        &opened,
+                        &channel,
+                        key_id,
+                        &upstream_model,
+                        None,
+                        &attempts,
+                        started,
+                    )
+                    .await;
+            }
+            match &failure {
+                Failure::Status { status, body } => {
+                    if fault::classify_status(*status, &ErrorFields::parse(body)) == Fault::Request
+                    {
+                        last = RelayError::Rejected {
+                            status: *status,
+                            message: upstream_message(body, *status),
+                            body: Some(body.clone()),
+                        };
+                        break;
+                    }
+                    last = RelayError::Upstream;
+                }
+                _ => last = RelayError::Upstream,
+            }
+            if req.parent.is_some() {
+                break;
+            }
+        }
+        // Nobody took it: it ends failed, and its hold goes back.
+        let outcome = Outcome {
+            state: State::Failed,
+            cost: 0,
+            upstream_status: None,
+            result: None,
+            error: Some(last.code().to_owned()),
+            progress: 0,
+        };
+        for wait in [0, 50, 250] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            match store_task::finish(&self.db, &self.wallet, &opened.id, &outcome).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = ?e, task.id = %opened.id, "releasing a refused task failed; tried again, then by the poller")
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Records the channel that took the task (with what it said, when readable).
+    #[allow(clippy::too_many_arguments)]
+    async fn taken(
+        &self,
+        opened: &task::Model,
+        channel: &ChannelEntry,
+        key_id: i64,
+        upstream_model: &str,
+        observed: Option<(String, Observed)>,
+        attempts: &[Attempt],
+        started: std::time::Instant,
+    ) -> Result<task::Model, RelayError> {
+        let (upstream_id, seen) = match observed {
+            Some((id, seen)) => (Some(id), Some(seen)),
+            None => (None, None),
+        };
+        if upstream_id.is_none() {
+            tracing::error!(task.id = %opened.id, channel.id = channel.id, "the upstream took a task without an id we can read; it is released at its deadline");
+        }
+        let state = seen
+            .as_ref()
+            .and_then(|s| s.state)
+            .filter(|s| s.is_open())
+            .unwrap_or(State::Queued);
+        let submitted = Submitted {
+            channel_id: channel.id,
+            channel_key_id: key_id,
+            provider_name: channel.name.clone(),
+            upstream_model: upstream_model.to_owned(),
+            upstream_task_id: upstream_id.clone(),
+            state,
+            upstream_status: seen
+                .as_ref()
+                .map(|s| s.word.clone())
+                .or_else(|| upstream_id.is_none().then(|| "unconfirmed".to_owned())),
+            progress: seen.as_ref().map_or(0, |s| s.progress),
+            attempts: serde_json::to_string(attempts).ok(),
+            next_poll_at: Utc::now() + chrono_duration(self.settings.poll_min),
+            latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        };
+        // The upstream has the job: recording that must not be lost to a passing
+        // database hiccup (the client, told of a failure, would submit it again).
+        let mut recorded = Err(BillingError::Insufficient);
+        for wait in [0, 50, 250, 1000] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            recorded = store_task::submitted(&self.db, &opened.id, &submitted).await;
+            if recorded.is_ok() {
+                break;
+            }
+        }
+        recorded.map_err(|e| store_failure(&e))?;
+        let mut task = store_task::find(&self.db, &opened.id)
+            .await
+            .map_err(|e| store_failure(&e))?
+            .ok_or(RelayError::Internal)?;
+        // Some upstreams answer a submission already finished (or refused).
+        if let Some(seen) = seen.filter(|s| s.state.is_some_and(|st| !st.is_open())) {
+            self.conclude(&task, &seen).await;
+            task = store_task::find(&self.db, &opened.id)
+                .await
+                .map_err(|e| store_failure(&e))?
+                .ok_or(RelayError::Internal)?;
+        }
+        Ok(task)
+    }
+
+    /// `id` as its owner sees it, refreshed from the upstream first when it is open
+    /// and its last look is older than the shortest poll interval (one refresh at a
+    /// time: the refresh leases the task like a poller).
+    pub async fn read(
+        &self,
+        pipeline: &Pipeline,
+        routing: Routing<'_>,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<task::Model, RelayError> {
+        let task = self.owned(caller, id).await?;
+        let open = State::parse(&task.state).is_some_and(State::is_open);
+        let stale = Utc::now() - task.updated_at >= chrono_duration(self.settings.poll_min);
+        if open && stale && task.upstream_task_id.is_some() {
+            let leased = store_task::lease_one(
+                &self.db,
+                id,
+                &self.owner,
+                chrono_duration(self.settings.lease),
+            )
+            .await
+            .map_err(|e| store_failure(&e))?;
+            if let Some(leased) = leased {
+                self.poll(pipeline, routing, &leased).await;
+                return self.owned(caller, id).await;
+            }
+        }
+        Ok(task)
+    }
+
+    /// `id` when the caller's user owns it; any other task is 404.
+    pub async fn owned(&self, caller: &Caller, id: &str) -> Result<task::Model, RelayError> {
+        store_task::find_owned(&self.db, id, caller.user.id)
+            .await
+            .map_err(|e| store_failure(&e))?
+            .ok_or_else(|| RelayError::NotFound(format!("no task '{id}'")))
+    }
+
+    /// One round of the background poller: leases due tasks and polls them, several
+    /// at a time. Returns how many were polled.
+    pub async fn poll_due(&self, pipeline: &Pipeline, routing: Routing<'_>) -> usize {
+        let leased = match store_task::lease_due(
+            &self.db,
+            &self.owner,
+            chrono_duration(self.settings.lease),
+            self.settings.batch,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = ?e, "leasing due tasks failed");
+                return 0;
+            }
+        };
+        let n = leased.len();
+        futures_util::stream::iter(leased.iter())
+            .for_each_concurrent(8, |t| self.poll(pipeline, routing, t))
+            .await;
+        n
+    }
+
+    /// Polls one leased task and applies what the upstream says.
+    async fn poll(&self, pipeline: &Pipeline, routing: Routing<'_>, t: &task::Model) {
+        let now = Utc::now();
+        let expired = now >= t.deadline_at;
+        if expired && t.upstream_task_id.is_none() {
+            self.expire(t).await;
+            return;
+        }
+        let looked = match (&t.upstream_task_id, task_channel(routing, t)) {
+            (Some(upstream_id), Some((channel, key))) => {
+                look(pipeline, &channel, &key.1, t, upstream_id).await
+            }
+            // Nothing to ask (an unconfirmed submission, or its channel or key is
+            // gone): wait for the deadline.
+            _ => Err(()),
+        };
+        // One last look before a deadline: a task that finished in time is charged.
+        let finished =
+            matches!(&looked, Ok(Looked::Seen(seen)) if seen.state.is_some_and(|s| !s.is_open()));
+        if expired && !finished {
+            self.expire(t).await;
+            return;
+        }
+        self.apply(t, looked, now).await;
+    }
+
+    /// Ends a task still open at its deadline: released, nothing charged.
+    async fn expire(&self, t: &task::Model) {
+        {
+            let outcome = Outcome {
+                state: State::Expired,
+                cost: 0,
+                upstream_status: t.upstream_status.clone(),
+                result: None,
+                error: Some("expired: the upstream did not finish before the deadline".into()),
+                progress: t.progress,
+            };
+            match store_task::finish(&self.db, &self.wallet, &t.id, &outcome).await {
+                Ok(true) => self.call_back(&t.id).await,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = ?e, task.id = %t.id, "expiring a task failed"),
+            }
+        }
+    }
+
+    /// Applies one look at the upstream to a leased task.
+    async fn apply(&self, t: &task::Model, looked: Result<Looked, ()>, now: chrono::DateTime<Utc>) {
+        match looked {
+            Ok(Looked::Seen(seen)) if seen.state.is_some_and(|s| !s.is_open()) => {
+                self.conclude(t, &seen).await;
+            }
+            Ok(Looked::Seen(seen)) => {
+                if seen.state.is_none() {
+                    UNKNOWN_STATUS.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(task.id = %t.id, word = %seen.word, "unknown upstream task status; the task stays open");
+                }
+                let state = seen
+                    .state
+                    .or_else(|| State::parse(&t.state))
+                    .unwrap_or(State::Queued);
+                let p = Progress {
+                    state,
+                    upstream_status: Some(seen.word.clone()),
+                    progress: seen.progress,
+                    next_poll_at: now + chrono_duration(self.interval(t)),
+                    failed_poll: false,
+                };
+                if let Err(e) = store_task::progressed(&self.db, &t.id, &self.owner, &p).await {
+                    tracing::warn!(error = ?e, task.id = %t.id, "recording a task's progress failed");
+                }
+            }
+            // One 404 may be a read racing the create, or a proxy's slip: only a task
+            // the upstream keeps not knowing is taken as failed.
+            Ok(Looked::Gone) if t.attempts < GONE_AFTER => self.poll_failed(t, now).await,
+            Ok(Looked::Gone) => {
+                let seen = Observed {
+                    state: Some(State::Failed),
+                    word: "not_found".into(),
+                    progress: t.progress,
+                    seconds: None,
+                    error: Some("the upstream no longer knows this task".into()),
+                };
+                self.conclude(t, &seen).await;
+            }
+            Err(()) => self.poll_failed(t, now).await,
+        }
+    }
+
+    /// The next poll interval of an open task: a fifth of its age, within the bounds.
+    fn interval(&self, t: &task::Model) -> Duration {
+        let age = (Utc::now() - t.created_at).to_std().unwrap_or_default();
+        (age / 5).clamp(self.settings.poll_min, self.settings.poll_max)
+    }
+
+    /// Ends a task the upstream reports finished: success is charged (what the
+    /// upstream reports, never more than the hold), anything else released.
+    async fn conclude(&self, t: &task::Model, seen: &Observed) {
+        let pricing: Pricing = serde_json::from_str(&t.pricing).unwrap_or_default();
+        let state = seen.state.unwrap_or(State::Failed);
+        let outcome = Outcome {
+            state,
+            cost: pricing.cost(seen.seconds.unwrap_or(pricing.seconds)),
+            upstream_status: Some(seen.word.clone()),
+            result: None,
+            error: seen.error.clone(),
+            progress: if state == State::Succeeded {
+                100
+            } else {
+                seen.progress
+            },
+        };
+        match store_task::finish(&self.db, &self.wallet, &t.id, &outcome).await {
+            Ok(true) => {
+                tracing::info!(task.id = %t.id, state = state.as_str(), "task finished");
+                self.call_back(&t.id).await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = ?e, task.id = %t.id, "finishing a task failed; the next poll tries again");
+                // Give the lease back at once, so the next poll is not held off.
+                self.poll_failed(t, Utc::now()).await;
+            }
+        }
+    }
+
+    /// Sends a finished task to its client's callback, if it named one.
+    async fn call_back(&self, id: &str) {
+        let Ok(Some(t)) = store_task::find(&self.db, id).await else {
+            return;
+        };
+        let meta: serde_json::Value = serde_json::from_str(&t.meta).unwrap_or_default();
+        let Some(url) = meta.get("hook").and_then(|h| h.as_str()) else {
+            return;
+        };
+        let body = render(&t);
+        self.hooks
+            .deliver(t.id.clone(), url.to_owned(), Bytes::from(body.to_string()));
+    }
+
+    /// Records a poll that got no usable answer (or could not be applied): the
+    /// lease goes back and the next poll waits longer each time.
+    async fn poll_failed(&self, t: &task::Model, now: chrono::DateTime<Utc>) {
+        let backoff = self
+            .settings
+            .poll_min
+            .saturating_mul(2u32.saturating_pow(u32::try_from(t.attempts).unwrap_or(0)))
+            .min(self.settings.poll_max);
+        let p = Progress {
+            state: State::parse(&t.state).unwrap_or(State::Queued),
+            upstream_status: t.upstream_status.clone(),
+            progress: t.progress,
+            next_poll_at: now + chrono_duration(backoff),
+            failed_poll: true,
+        };
+        if let Err(e) = store_task::progressed(&self.db, &t.id, &self.owner, &p).await {
+            tracing::warn!(error = ?e, task.id = %t.id, "recording a failed poll failed");
+        }
+    }
+
+    /// Streams a finished task's content (`variant`, `range` passed through) from the
+    /// upstream that made it, with the key that submitted it.
+    pub async fn content(
+        &self,
+        pipeline: &Pipeline,
+        routing: Routing<'_>,
+        t: &task::Model,
+        query: &str,
+        range: Option<&str>,
+    ) -> Result<reqwest::Response, RelayError> {
+        if t.state != State::Succeeded.as_str() {
+            return Err(RelayError::InvalidRequest(format!(
+                "task '{}' has no content: it is {}",
+                t.id, t.state
+            )));
+        }
+        let (Some(upstream_id), Some((channel, key))) =
+            (&t.upstream_task_id, task_channel(routing, t))
+        else {
+            return Err(RelayError::NoAvailableChannel);
+        };
+        let path = videos::content_path(upstream_id, query);
+        let extra: Vec<(&'static str, String)> =
+            range.map(|r| ("range", r.to_owned())).into_iter().collect();
+        let resp = pipeline
+            .client
+            .send(
+                reqwest::Method::GET,
+                &channel,
+                &key.1,
+                (&path, t.upstream_model.as_deref().unwrap_or(&t.model)),
+                None,
+                &extra,
+            )
+            .await
+            .map_err(|f| match f {
+                Failure::Timeout => RelayError::UpstreamTimeout,
+                _ => RelayError::Upstream,
+            })?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() || status == 416 {
+            return Ok(resp);
+        }
+        Err(match status {
+            404 => RelayError::NotFound(format!("task '{}' has no such content", t.id)),
+            _ => {
+                tracing::warn!(task.id = %t.id, status, "content fetch failed upstream");
+                RelayError::Upstream
+            }
+        })
+    }
+
+    /// Deletes a finished task for its owner (and, best effort, upstream).
+    pub async fn delete(
+        &self,
+        pipeline: &Pipeline,
+        routing: Routing<'_>,
+        t: &task::Model,
+    ) -> Result<(), RelayError> {
+        if State::parse(&t.state).is_some_and(State::is_open) {
+            return Err(RelayError::InvalidRequest(format!(
+                "task '{}' is still {}: only a finished task can be deleted",
+                t.id, t.state
+            )));
+        }
+        if let (Some(upstream_id), Some((channel, key))) =
+            (&t.upstream_task_id, task_channel(routing, t))
+        {
+            let path = videos::item_path(upstream_id);
+            let sent = pipeline
+                .client
+                .send(
+                    reqwest::Method::DELETE,
+                    &channel,
+                    &key.1,
+                    (&path, t.upstream_model.as_deref().unwrap_or(&t.model)),
+                    None,
+                    &[],
+                )
+                .await;
+            if !sent.is_ok_and(|r| r.status().is_success() || r.status().as_u16() == 404) {
+                tracing::warn!(task.id = %t.id, "the upstream did not confirm deleting a task");
+            }
+        }
+        store_task::delete_owned(&self.db, &t.id, t.user_id)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        Ok(())
+    }
+}
+
+/// An answer that says a gateway in front of the upstream gave up waiting (408, 504,
+/// Cloudflare's 522 and 524): the upstream may have taken the job all the same.
+fn timed_out_behind_a_proxy(failure: &Failure) -> bool {
+    matches!(
+        failure,
+        Failure::Status {
+            status: 408 | 504 | 522 | 524,
+            ..
+        }
+    )
+}
+
+/// Failed looks in a row (the last a 404) before a task the upstream does not know
+/// is taken as failed.
+const GONE_AFTER: i32 = 3;
+
+/// What one look at the upstream found.
+enum Looked {
+    Seen(Observed),
+    /// The upstream does not know the task (404).
+    Gone,
+}
+
+/// Asks the upstream about one task. `Err` when it did not answer usefully.
+async fn look(
+    pipeline: &Pipeline,
+    channel: &ChannelEntry,
+    key: &str,
+    t: &task::Model,
+    upstream_id: &str,
+) -> Result<Looked, ()> {
+    let path = videos::item_path(upstream_id);
+    let resp = pipeline
+        .client
+        .send(
+            reqwest::Method::GET,
+            channel,
+            key,
+            (&path, t.upstream_model.as_deref().unwrap_or(&t.model)),
+            None,
+            &[],
+        )
+        .await
+        .map_err(|_| ())?;
+    let status = resp.status().as_u16();
+    if status == 404 {
+        return Ok(Looked::Gone);
+    }
+    if !resp.status().is_success() {
+        tracing::warn!(task.id = %t.id, status, "task poll failed upstream");
+        return Err(());
+    }
+    let body =
+        crate::upstream::read_body(resp, Duration::from_secs(channel.timeout_s.max(1)), 1 << 20)
+            .await
+            .map_err(|_| ())?;
+    match observe(&t.family, &body) {
+        Some((_, seen)) => Ok(Looked::Seen(seen)),
+        None => {
+            tracing::warn!(task.id = %t.id, "task poll answer unreadable");
+            Err(())
+        }
+    }
+}
+
+/// A family's reading of an upstream answer about a task: its upstream id and state.
+fn observe(family: &str, body: &[u8]) -> Option<(String, Observed)> {
+    match family {
+        videos::FAMILY => videos::observe(body),
+        _ => None,
+    }
+}
+
+/// A task as its family's clients see it.
+pub fn render(t: &task::Model) -> serde_json::Value {
+    match t.family.as_str() {
+        videos::FAMILY => videos::video_json(t),
+        _ => serde_json::json!({"id": t.id, "status": t.state}),
+    }
+}
+
+/// The channel types that serve `family`.
+fn served_by(family: &str) -> fn(ChannelKind) -> bool {
+    match family {
+        videos::FAMILY => |k| k == ChannelKind::OpenAi,
+        _ => |_| false,
+    }
+}
+
+/// The channel and key that took task `t`, if the catalog still has them (the key
+/// even when it has been disabled since: the upstream knows the task only there).
+fn task_channel(
+    routing: Routing<'_>,
+    t: &task::Model,
+) -> Option<(Arc<ChannelEntry>, (i64, String))> {
+    let channel = routing
+        .catalog
+        .channels
+        .iter()
+        .find(|c| Some(c.id) == t.channel_id)?;
+    let key_id = t.channel_key_id?;
+    let (owner, secret) = routing.catalog.all_keys.get(&key_id)?;
+    if *owner != channel.id {
+        return None;
+    }
+    Some((Arc::clone(channel), (key_id, secret.clone())))
+}
+
+/// Where a continuation of `parent` must go.
+fn parent_channel(
+    routing: Routing<'_>,
+    parent: &task::Model,
+) -> Option<(Arc<ChannelEntry>, (i64, String))> {
+    parent.upstream_task_id.as_ref()?;
+    task_channel(routing, parent)
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// A database or wallet failure as the client sees it.
+fn store_failure(e: &BillingError) -> RelayError {
+    match e {
+        BillingError::Insufficient => RelayError::InsufficientQuota,
+        BillingError::Store(s) if s.is_unavailable() => RelayError::ServiceUnavailable,
+        other => {
+            tracing::error!(error = ?other, "task storage failed");
+            RelayError::Internal
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pricing;
+
+    #[test]
+    fn a_task_is_held_for_the_seconds_asked_and_charged_for_the_seconds_made() {
+        let p = Pricing {
+            per_second: Some(100_000),
+            multiplier_ppm: 1_000_000,
+            seconds: 8,
+            ..Pricing::default()
+        };
+        assert_eq!(p.hold(), 800_000);
+        assert_eq!(p.cost(4), 400_000);
+        let flat = Pricing {
+            per_request: Some(250_000),
+            multiplier_ppm: 1_500_000,
+            seconds: 8,
+            ..Pricing::default()
+        };
+        assert_eq!(flat.hold(), 375_000);
+        assert_eq!(flat.cost(12), 375_000);
+    }
+}
