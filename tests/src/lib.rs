@@ -7,6 +7,7 @@
 pub mod app;
 pub mod console;
 pub mod mock_anthropic;
+pub mod mock_ark;
 pub mod mock_gemini;
 pub mod mock_openai;
 pub mod mock_server;

@@ -616,7 +616,7 @@ async fn a_remix_goes_to_the_same_upstream_with_the_same_key_and_is_held_like_it
 #[tokio::test]
 async fn a_webhook_gets_the_finished_video_from_tollgate_and_never_reaches_the_upstream() {
     use std::sync::{Arc, Mutex};
-    let app = tollgate_tests::app::spawn_app_with(|c| c.tasks.allow_private_hooks = true).await;
+    let app = tollgate_tests::app::spawn_app_with(|c| c.tasks.allow_private_addresses = true).await;
     let sora = MockSora::start().await;
     app.add_channel("sora", &sora.base_url, &["sora-2"], json!({}))
         .await;

@@ -297,7 +297,7 @@ pub async fn list_owned(
     user_id: i64,
     family: &str,
     after: Option<&str>,
-    limit: u64,
+    (offset, limit): (u64, u64),
     ascending: bool,
 ) -> Result<Vec<task::Model>, BillingError> {
     let mut query = task::Entity::find()
@@ -316,7 +316,22 @@ pub async fn list_owned(
     } else {
         query.order_by_desc(task::Column::Id)
     };
-    Ok(query.limit(limit).all(db).await?)
+    Ok(query.offset(offset).limit(limit).all(db).await?)
+}
+
+/// How many tasks of `family` `user_id` has (not deleted).
+pub async fn count_owned(
+    db: &DatabaseConnection,
+    user_id: i64,
+    family: &str,
+) -> Result<u64, BillingError> {
+    use sea_orm::PaginatorTrait;
+    Ok(task::Entity::find()
+        .filter(task::Column::UserId.eq(user_id))
+        .filter(task::Column::Family.eq(family))
+        .filter(task::Column::DeletedAt.is_null())
+        .count(db)
+        .await?)
 }
 
 /// Hides a task from its owner's lists and reads (its records and money stay).

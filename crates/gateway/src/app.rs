@@ -168,6 +168,7 @@ impl Application {
                 .route("/metrics", web::get().to(health::metrics))
                 .configure(relay::configure)
                 .configure(crate::videos::configure)
+                .configure(crate::seedance::configure)
                 .configure(generation::configure)
                 .configure(crate::dashboard::configure)
                 .configure(admin_web::configure)

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod generation;
 pub mod health;
 pub mod relay;
+pub mod seedance;
 pub mod state;
 pub mod tunables;
 pub mod videos;

@@ -9,7 +9,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use relay_core::RelayError;
 use relay_core::pipeline::read_limited;
-use relay_core::task::{TaskRequest, videos};
+use relay_core::task::{TaskRequest, seedance, videos};
 use serde::Deserialize;
 
 use crate::relay::{bearer, client_ip, openai_error};
@@ -78,6 +78,12 @@ async fn create(
         model: parsed.model.clone(),
         parent: None,
         seconds: parsed.seconds,
+        tokens: seedance::hold_tokens(
+            parsed.seconds,
+            seedance::resolution_of(parsed.size.as_deref())
+                .0
+                .unwrap_or("1080p"),
+        ),
         meta: parsed.meta(),
         idempotency_key: header_text(&req, "idempotency-key").map(str::to_owned),
         hook: parsed.webhook_url.clone(),
@@ -110,6 +116,18 @@ async fn remix(
         Ok(p) => p,
         Err(e) => return error(&e),
     };
+    let made_by = snap
+        .catalog
+        .channels
+        .iter()
+        .find(|c| Some(c.id) == parent.channel_id)
+        .map(|c| c.kind);
+    if made_by != Some(store::catalog::ChannelKind::OpenAi) {
+        return error(&RelayError::InvalidRequest(format!(
+            "video '{}' cannot be remixed: only videos made by an OpenAI-compatible upstream can",
+            parent.id
+        )));
+    }
     if parent.state != "succeeded" {
         return error(&RelayError::InvalidRequest(format!(
             "video '{}' is not completed; only a completed video can be remixed",
@@ -142,6 +160,7 @@ async fn remix(
         action: "remix",
         model: parent.model.clone(),
         seconds: pricing.seconds.max(1),
+        tokens: pricing.tokens,
         parent: Some(parent),
         meta,
         idempotency_key: header_text(&req, "idempotency-key").map(str::to_owned),
@@ -227,7 +246,7 @@ async fn list(
         caller.user.id,
         videos::FAMILY,
         query.after.as_deref(),
-        limit + 1,
+        (0, limit + 1),
         ascending,
     )
     .await;
@@ -291,10 +310,22 @@ async fn content(
         Ok(t) => t,
         Err(e) => return error(&e),
     };
-    let range = header_text(&req, "range");
+    stream_content(&state, routing, &req, &task, req.query_string()).await
+}
+
+/// Streams a task's content from its upstream (`Range` and `variant` passed
+/// through), never holding it whole.
+pub async fn stream_content(
+    state: &AppState,
+    routing: relay_core::pipeline::Routing<'_>,
+    req: &HttpRequest,
+    task: &store::entities::task::Model,
+    query: &str,
+) -> HttpResponse {
+    let range = header_text(req, "range");
     let upstream = match state
         .jobs
-        .content(&state.pipeline, routing, &task, req.query_string(), range)
+        .content(&state.pipeline, routing, task, query, range)
         .await
     {
         Ok(r) => r,

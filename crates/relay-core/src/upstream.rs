@@ -165,7 +165,9 @@ impl UpstreamClient {
                 req.header("x-api-key", key)
                     .header("anthropic-version", version)
             }
-            ChannelKind::OpenAi | ChannelKind::Unknown => req.bearer_auth(key),
+            ChannelKind::OpenAi | ChannelKind::Volcengine | ChannelKind::Unknown => {
+                req.bearer_auth(key)
+            }
         };
         for (name, value) in extra.iter().filter(|(n, _)| *n != "anthropic-version") {
             req = req.header(*name, value.as_str());

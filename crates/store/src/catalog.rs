@@ -39,6 +39,8 @@ pub enum ChannelKind {
     Azure,
     Anthropic,
     Gemini,
+    /// Volcengine Ark (Seedance video tasks).
+    Volcengine,
     /// A type this build does not know: such a channel serves nothing.
     Unknown,
 }
@@ -50,6 +52,7 @@ impl ChannelKind {
             "azure" => ChannelKind::Azure,
             "anthropic" => ChannelKind::Anthropic,
             "gemini" => ChannelKind::Gemini,
+            "volcengine" => ChannelKind::Volcengine,
             _ => ChannelKind::Unknown,
         }
     }
@@ -60,6 +63,7 @@ impl ChannelKind {
             ChannelKind::Azure => "azure",
             ChannelKind::Anthropic => "anthropic",
             ChannelKind::Gemini => "gemini",
+            ChannelKind::Volcengine => "volcengine",
             ChannelKind::Unknown => "unknown",
         }
     }

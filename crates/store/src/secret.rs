@@ -8,18 +8,51 @@ use rand::RngCore;
 
 use crate::StoreError;
 
-/// Encrypts and decrypts channel keys. Cloning shares nothing mutable.
+/// Encrypts and decrypts channel keys, and signs URLs. Cloning shares nothing mutable.
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: Aes256Gcm,
+    /// The URL-signing key, derived from the secret key (so every instance that shares
+    /// `TOLLGATE_SECRET_KEY` accepts the others' URLs).
+    signing: [u8; 32],
 }
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 impl SecretBox {
     /// Builds the box from 32 raw key bytes.
     pub fn new(key: &[u8; 32]) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"tollgate signed urls v1\0");
+        h.update(key);
         Self {
             cipher: Aes256Gcm::new(key.into()),
+            signing: h.finalize().into(),
         }
+    }
+
+    /// The signature of `message` (HMAC-SHA256, hex).
+    pub fn sign(&self, message: &str) -> String {
+        use hmac::Mac;
+        let Ok(mut mac) = <HmacSha256 as hmac::Mac>::new_from_slice(&self.signing) else {
+            return String::new();
+        };
+        mac.update(message.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `signature` (hex) signs `message`, compared in constant time.
+    pub fn verify(&self, message: &str, signature: &str) -> bool {
+        use hmac::Mac;
+        let (Ok(sig), Ok(mut mac)) = (
+            hex::decode(signature),
+            <HmacSha256 as hmac::Mac>::new_from_slice(&self.signing),
+        ) else {
+            return false;
+        };
+        mac.update(message.as_bytes());
+        mac.verify_slice(&sig).is_ok()
     }
 
     /// Parses a key given as 64 hex characters (or 44 base64 characters).
@@ -74,6 +107,22 @@ impl SecretBox {
                 StoreError::Corrupt("channel key does not decrypt with this secret key".into())
             })?;
         String::from_utf8(plain).map_err(|_| StoreError::Corrupt("channel key is not UTF-8".into()))
+    }
+}
+
+#[cfg(test)]
+mod signing_tests {
+    use super::SecretBox;
+
+    #[test]
+    fn a_signature_verifies_only_its_message_under_its_key() {
+        let a = SecretBox::from_text(&SecretBox::generate_text()).unwrap();
+        let b = SecretBox::from_text(&SecretBox::generate_text()).unwrap();
+        let sig = a.sign("task_1\n7\n1800000000");
+        assert!(a.verify("task_1\n7\n1800000000", &sig));
+        assert!(!a.verify("task_1\n8\n1800000000", &sig));
+        assert!(!b.verify("task_1\n7\n1800000000", &sig));
+        assert!(!a.verify("task_1\n7\n1800000000", "zz"));
     }
 }
 

@@ -116,6 +116,10 @@ impl reqwest::dns::Resolve for PublicOnly {
 #[derive(Clone)]
 pub struct Hooks {
     client: reqwest::Client,
+    /// Fetches results from upstream storage: public addresses only, no time limit
+    /// on the body (a video streams as long as it takes), redirects followed through
+    /// the same resolver.
+    fetcher: reqwest::Client,
     allow_private: bool,
 }
 
@@ -134,8 +138,35 @@ impl Hooks {
             tracing::error!(error = %e, "cannot build the callback client");
             RelayError::Internal
         })?;
+        let mut fetcher = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                // A redirect to an address literal skips the resolver: checked here.
+                let literal = attempt
+                    .url()
+                    .host_str()
+                    .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                    .and_then(|h| h.parse::<IpAddr>().ok());
+                if attempt.previous().len() >= 3 {
+                    attempt.stop()
+                } else if !allow_private && literal.is_some_and(|ip| !is_public(ip)) {
+                    attempt.error("redirect to an address that is not public")
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60));
+        if !allow_private {
+            fetcher = fetcher.dns_resolver(Arc::new(PublicOnly));
+        }
+        let fetcher = fetcher.build().map_err(|e| {
+            tracing::error!(error = %e, "cannot build the result fetcher");
+            RelayError::Internal
+        })?;
         Ok(Hooks {
             client,
+            fetcher,
             allow_private,
         })
     }
@@ -164,16 +195,46 @@ impl Hooks {
         });
     }
 
+    /// GETs a result an upstream left at `url` (its storage's signed URL), with the
+    /// client's `Range`; public addresses only, like a callback.
+    pub async fn fetch(
+        &self,
+        url: &str,
+        range: Option<&str>,
+    ) -> Result<reqwest::Response, RelayError> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| RelayError::Upstream)?;
+        if !matches!(parsed.scheme(), "http" | "https") || !self.public_literal(&parsed) {
+            tracing::warn!("an upstream's result URL is not a public http(s) address");
+            return Err(RelayError::Upstream);
+        }
+        let mut req = self.fetcher.get(parsed);
+        if let Some(r) = range {
+            req = req.header(reqwest::header::RANGE, r);
+        }
+        req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                RelayError::UpstreamTimeout
+            } else {
+                RelayError::Upstream
+            }
+        })
+    }
+
+    /// False for a URL whose host is an address that is not public (names are checked
+    /// by the resolver).
+    fn public_literal(&self, url: &reqwest::Url) -> bool {
+        self.allow_private
+            || url
+                .host_str()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                .and_then(|h| h.parse::<IpAddr>().ok())
+                .is_none_or(is_public)
+    }
+
     async fn try_once(&self, url: &str, body: Bytes) -> Result<(), &'static str> {
         let parsed = reqwest::Url::parse(url).map_err(|_| "not a URL")?;
         // An address written in the URL skips the resolver: checked here.
-        if let Some(ip) = parsed
-            .host_str()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-            .and_then(|h| h.parse::<IpAddr>().ok())
-            && !self.allow_private
-            && !is_public(ip)
-        {
+        if !self.public_literal(&parsed) {
             return Err("not a public address");
         }
         let resp = self

@@ -9,6 +9,7 @@
 //! read the upstream's view of a task, and where its content is ([`videos`]).
 
 pub mod hook;
+pub mod seedance;
 pub mod videos;
 
 use std::sync::Arc;
@@ -49,9 +50,9 @@ pub struct TaskSettings {
     pub lease: Duration,
     /// Tasks leased per round.
     pub batch: u64,
-    /// Deliver client callbacks to any address (tests on loopback only; never in
-    /// production).
-    pub allow_private_hooks: bool,
+    /// Deliver client callbacks to, and fetch upstream results from, any address
+    /// (tests on loopback only; never in production).
+    pub allow_private_addresses: bool,
 }
 
 impl Default for TaskSettings {
@@ -64,7 +65,7 @@ impl Default for TaskSettings {
             // lease that ran out mid-poll would let another instance poll too.
             lease: Duration::from_secs(900),
             batch: 50,
-            allow_private_hooks: false,
+            allow_private_addresses: false,
         }
     }
 }
@@ -75,34 +76,50 @@ impl Default for TaskSettings {
 pub struct Pricing {
     pub per_request: Option<i64>,
     pub per_second: Option<i64>,
+    /// Micro-credits per 1M output tokens (upstreams that report them).
+    #[serde(default)]
+    pub output: i64,
     pub multiplier_ppm: i64,
     /// The seconds held for (what the client asked, or the upstream's default).
     pub seconds: i64,
+    /// The output tokens held for (the most the asked output can use).
+    #[serde(default)]
+    pub tokens: i64,
     /// Whether the key's credit limit holds a share (for the record).
     pub key_limited: bool,
 }
 
 impl Pricing {
-    fn of(price: &Price, multiplier_ppm: i64, seconds: i64, key_limited: bool) -> Self {
+    fn of(
+        price: &Price,
+        multiplier_ppm: i64,
+        seconds: i64,
+        tokens: i64,
+        key_limited: bool,
+    ) -> Self {
         Pricing {
             per_request: price.per_request,
             per_second: price.per_second,
+            output: price.output,
             multiplier_ppm,
             seconds,
+            tokens,
             key_limited,
         }
     }
 
-    /// What `seconds` of output cost at this price.
-    pub fn cost(&self, seconds: i64) -> i64 {
+    /// What `seconds` of output, using `tokens`, cost at this price.
+    pub fn cost(&self, seconds: i64, tokens: i64) -> i64 {
         let price = Price {
             per_request: self.per_request,
             per_second: self.per_second,
+            output: self.output,
             ..Price::default()
         };
         price.cost(
             &Usage {
                 seconds,
+                completion_tokens: tokens,
                 ..Usage::default()
             },
             self.multiplier_ppm,
@@ -111,13 +128,14 @@ impl Pricing {
 
     /// The hold: the cost of what was asked.
     pub fn hold(&self) -> i64 {
-        self.cost(self.seconds)
+        self.cost(self.seconds, self.tokens)
     }
 }
 
-/// Whether a price can meter a task: per request, or per second of output.
+/// Whether a price can meter a task: per request, per second of output, or per
+/// output token (for upstreams that report them).
 pub fn meters(price: &Price) -> bool {
-    price.per_request.is_some() || price.per_second.is_some()
+    price.per_request.is_some() || price.per_second.is_some() || price.output > 0
 }
 
 /// What an upstream says of a task when asked.
@@ -130,6 +148,10 @@ pub struct Observed {
     pub progress: i32,
     /// Seconds of output the upstream reports (charged instead of the hold's).
     pub seconds: Option<i64>,
+    /// Output tokens the upstream reports (Seedance).
+    pub tokens: Option<i64>,
+    /// Where the result is, as the upstream says (never shown to clients).
+    pub result: Option<serde_json::Value>,
     /// Why it failed, as the upstream says (`code: message`).
     pub error: Option<String>,
 }
@@ -158,6 +180,8 @@ pub struct TaskRequest {
     pub parent: Option<task::Model>,
     /// The seconds to hold for.
     pub seconds: i64,
+    /// The output tokens to hold for (0 when the upstream reports none).
+    pub tokens: i64,
     /// What the family's answers echo (JSON).
     pub meta: serde_json::Value,
     pub idempotency_key: Option<String>,
@@ -201,7 +225,7 @@ impl TaskEngine {
             wallet,
             settings,
             owner: format!("tasks-{}", uuid::Uuid::now_v7().simple()),
-            hooks: hook::Hooks::new(settings.allow_private_hooks)?,
+            hooks: hook::Hooks::new(settings.allow_private_addresses)?,
         })
     }
 
@@ -263,6 +287,7 @@ impl TaskEngine {
             &admitted.price,
             admitted.multiplier_ppm,
             req.seconds,
+            req.tokens,
             key_limited,
         );
         let id = format!("task_{}", uuid::Uuid::now_v7().simple());
@@ -386,7 +411,7 @@ impl TaskEngine {
                         1 << 20,
                     )
                     .await;
-                    let observed = body.as_ref().ok().and_then(|b| observe(req.family, b));
+                    let observed = body.as_ref().ok().and_then(|b| observe(channel.kind, b));
                     attempts.push(Attempt {
                         channel_id: channel.id,
                         status: Some(200),
@@ -683,6 +708,8 @@ impl TaskEngine {
                     word: "not_found".into(),
                     progress: t.progress,
                     seconds: None,
+                    tokens: None,
+                    result: None,
                     error: Some("the upstream no longer knows this task".into()),
                 };
                 self.conclude(t, &seen).await;
@@ -702,11 +729,20 @@ impl TaskEngine {
     async fn conclude(&self, t: &task::Model, seen: &Observed) {
         let pricing: Pricing = serde_json::from_str(&t.pricing).unwrap_or_default();
         let state = seen.state.unwrap_or(State::Failed);
+        let seconds = seen.seconds.unwrap_or(pricing.seconds);
+        let tokens = seen.tokens.unwrap_or(pricing.tokens);
+        let mut result = seen.result.clone().unwrap_or_else(|| serde_json::json!({}));
+        if let Some(r) = result.as_object_mut() {
+            r.insert("seconds".into(), seconds.into());
+            if let Some(t) = seen.tokens {
+                r.insert("completion_tokens".into(), t.into());
+            }
+        }
         let outcome = Outcome {
             state,
-            cost: pricing.cost(seen.seconds.unwrap_or(pricing.seconds)),
+            cost: pricing.cost(seconds, tokens),
             upstream_status: Some(seen.word.clone()),
-            result: None,
+            result: Some(result.to_string()),
             error: seen.error.clone(),
             progress: if state == State::Succeeded {
                 100
@@ -783,24 +819,45 @@ impl TaskEngine {
         else {
             return Err(RelayError::NoAvailableChannel);
         };
-        let path = videos::content_path(upstream_id, query);
-        let extra: Vec<(&'static str, String)> =
-            range.map(|r| ("range", r.to_owned())).into_iter().collect();
-        let resp = pipeline
-            .client
-            .send(
-                reqwest::Method::GET,
-                &channel,
-                &key.1,
-                (&path, t.upstream_model.as_deref().unwrap_or(&t.model)),
-                None,
-                &extra,
-            )
-            .await
-            .map_err(|f| match f {
-                Failure::Timeout => RelayError::UpstreamTimeout,
-                _ => RelayError::Upstream,
-            })?;
+        let resp = if channel.kind == ChannelKind::Volcengine {
+            // Ark hands out a signed storage URL of its own: fetched from there, never
+            // shown. It has only the video.
+            let variant = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("variant="))
+                .unwrap_or("video");
+            let url = t
+                .result
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+                .and_then(|r| r.get("video_url")?.as_str().map(str::to_owned));
+            let (Some(url), "video") = (url, variant) else {
+                return Err(RelayError::NotFound(format!(
+                    "task '{}' has no such content",
+                    t.id
+                )));
+            };
+            self.hooks.fetch(&url, range).await?
+        } else {
+            let path = videos::content_path(upstream_id, query);
+            let extra: Vec<(&'static str, String)> =
+                range.map(|r| ("range", r.to_owned())).into_iter().collect();
+            pipeline
+                .client
+                .send(
+                    reqwest::Method::GET,
+                    &channel,
+                    &key.1,
+                    (&path, t.upstream_model.as_deref().unwrap_or(&t.model)),
+                    None,
+                    &extra,
+                )
+                .await
+                .map_err(|f| match f {
+                    Failure::Timeout => RelayError::UpstreamTimeout,
+                    _ => RelayError::Upstream,
+                })?
+        };
         let status = resp.status().as_u16();
         if resp.status().is_success() || status == 416 {
             return Ok(resp);
@@ -812,6 +869,70 @@ impl TaskEngine {
                 RelayError::Upstream
             }
         })
+    }
+
+    /// Cancels a queued task (upstreams that allow it: Ark): the upstream is asked
+    /// first, and only when it agrees does the task end cancelled, its hold released.
+    pub async fn cancel(
+        &self,
+        pipeline: &Pipeline,
+        routing: Routing<'_>,
+        t: &task::Model,
+    ) -> Result<(), RelayError> {
+        let refuse = |why: &str| {
+            Err(RelayError::InvalidRequest(format!(
+                "task '{}' cannot be cancelled: {why}",
+                t.id
+            )))
+        };
+        if t.state != State::Queued.as_str() {
+            return refuse("only a queued task can be");
+        }
+        let (Some(upstream_id), Some((channel, key))) =
+            (&t.upstream_task_id, task_channel(routing, t))
+        else {
+            return refuse("its upstream cannot be reached");
+        };
+        if channel.kind != ChannelKind::Volcengine {
+            return refuse("its upstream does not offer it");
+        }
+        let sent = pipeline
+            .client
+            .send(
+                reqwest::Method::DELETE,
+                &channel,
+                &key.1,
+                (&item_path(channel.kind, upstream_id), &t.model),
+                None,
+                &[],
+            )
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap_or_default();
+                return Err(RelayError::Rejected {
+                    status: if status >= 500 { 502 } else { status },
+                    message: upstream_message(&body, status),
+                    body: None,
+                });
+            }
+            Err(_) => return Err(RelayError::Upstream),
+        }
+        let outcome = Outcome {
+            state: State::Cancelled,
+            cost: 0,
+            upstream_status: Some("cancelled".into()),
+            result: None,
+            error: Some("cancelled: cancelled by its owner".into()),
+            progress: t.progress,
+        };
+        store_task::finish(&self.db, &self.wallet, &t.id, &outcome)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        self.call_back(&t.id).await;
+        Ok(())
     }
 
     /// Deletes a finished task for its owner (and, best effort, upstream).
@@ -830,7 +951,7 @@ impl TaskEngine {
         if let (Some(upstream_id), Some((channel, key))) =
             (&t.upstream_task_id, task_channel(routing, t))
         {
-            let path = videos::item_path(upstream_id);
+            let path = item_path(channel.kind, upstream_id);
             let sent = pipeline
                 .client
                 .send(
@@ -884,7 +1005,7 @@ async fn look(
     t: &task::Model,
     upstream_id: &str,
 ) -> Result<Looked, ()> {
-    let path = videos::item_path(upstream_id);
+    let path = item_path(channel.kind, upstream_id);
     let resp = pipeline
         .client
         .send(
@@ -909,7 +1030,7 @@ async fn look(
         crate::upstream::read_body(resp, Duration::from_secs(channel.timeout_s.max(1)), 1 << 20)
             .await
             .map_err(|_| ())?;
-    match observe(&t.family, &body) {
+    match observe(channel.kind, &body) {
         Some((_, seen)) => Ok(Looked::Seen(seen)),
         None => {
             tracing::warn!(task.id = %t.id, "task poll answer unreadable");
@@ -918,11 +1039,19 @@ async fn look(
     }
 }
 
-/// A family's reading of an upstream answer about a task: its upstream id and state.
-fn observe(family: &str, body: &[u8]) -> Option<(String, Observed)> {
-    match family {
-        videos::FAMILY => videos::observe(body),
-        _ => None,
+/// A channel's reading of an upstream answer about a task: its upstream id and state.
+fn observe(kind: ChannelKind, body: &[u8]) -> Option<(String, Observed)> {
+    match kind {
+        ChannelKind::Volcengine => seedance::observe(body),
+        _ => videos::observe(body),
+    }
+}
+
+/// The upstream path of one task on a channel of type `kind`.
+fn item_path(kind: ChannelKind, upstream_id: &str) -> String {
+    match kind {
+        ChannelKind::Volcengine => seedance::item_path(upstream_id),
+        _ => videos::item_path(upstream_id),
     }
 }
 
@@ -930,6 +1059,7 @@ fn observe(family: &str, body: &[u8]) -> Option<(String, Observed)> {
 pub fn render(t: &task::Model) -> serde_json::Value {
     match t.family.as_str() {
         videos::FAMILY => videos::video_json(t),
+        seedance::FAMILY => seedance::task_json(t, None),
         _ => serde_json::json!({"id": t.id, "status": t.state}),
     }
 }
@@ -937,7 +1067,8 @@ pub fn render(t: &task::Model) -> serde_json::Value {
 /// The channel types that serve `family`.
 fn served_by(family: &str) -> fn(ChannelKind) -> bool {
     match family {
-        videos::FAMILY => |k| k == ChannelKind::OpenAi,
+        videos::FAMILY => |k| matches!(k, ChannelKind::OpenAi | ChannelKind::Volcengine),
+        seedance::FAMILY => |k| k == ChannelKind::Volcengine,
         _ => |_| false,
     }
 }
@@ -999,7 +1130,7 @@ mod tests {
             ..Pricing::default()
         };
         assert_eq!(p.hold(), 800_000);
-        assert_eq!(p.cost(4), 400_000);
+        assert_eq!(p.cost(4, 0), 400_000);
         let flat = Pricing {
             per_request: Some(250_000),
             multiplier_ppm: 1_500_000,
@@ -1007,6 +1138,15 @@ mod tests {
             ..Pricing::default()
         };
         assert_eq!(flat.hold(), 375_000);
-        assert_eq!(flat.cost(12), 375_000);
+        assert_eq!(flat.cost(12, 0), 375_000);
+        let tokens = Pricing {
+            output: 10_000_000,
+            multiplier_ppm: 1_000_000,
+            seconds: 5,
+            tokens: 109_432,
+            ..Pricing::default()
+        };
+        assert_eq!(tokens.hold(), 1_094_320);
+        assert_eq!(tokens.cost(5, 108_900), 1_089_000);
     }
 }

@@ -7,6 +7,7 @@ use billing::task::State;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use store::catalog::ChannelKind;
 use store::entities::task;
 
 use super::{Builder, Observed, Submission};
@@ -40,6 +41,9 @@ pub struct Create {
     pub boundary: Option<String>,
     /// What makes a retry the same request (for `Idempotency-Key`).
     pub fingerprint: String,
+    /// `input_reference.image_url` of a JSON request (an upstream that takes a
+    /// reference by URL gets it).
+    pub image_url: Option<String>,
 }
 
 /// The fields of a create request Tollgate reads or must keep to itself. Each may
@@ -61,7 +65,7 @@ fn ambiguous(name: &str) -> RelayError {
 }
 
 /// The keys of a JSON object, in order, duplicates kept.
-struct Keys(Vec<String>);
+pub(crate) struct Keys(pub(crate) Vec<String>);
 
 impl<'de> Deserialize<'de> for Keys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -86,9 +90,17 @@ impl<'de> Deserialize<'de> for Keys {
 
 /// Refuses names that shadow one of [`READ`]: twice, or under another case.
 fn check_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), RelayError> {
+    check_names_of(&READ, names)
+}
+
+/// Refuses names that shadow one of `read`: twice, or under another case.
+pub(crate) fn check_names_of<'a>(
+    read: &[&'static str],
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(), RelayError> {
     let mut seen: Vec<&str> = Vec::new();
     for name in names {
-        let Some(field) = READ.iter().find(|f| f.eq_ignore_ascii_case(name)) else {
+        let Some(field) = read.iter().find(|f| f.eq_ignore_ascii_case(name)) else {
             continue;
         };
         if name != *field || seen.contains(field) {
@@ -136,6 +148,11 @@ pub fn parse_create(content_type: Option<&str>, body: Bytes) -> Result<Create, R
     let size = text(obj, "size")?;
     let webhook_url = text(obj, "webhook_url")?;
     obj.remove("webhook_url");
+    let image_url = obj
+        .get("input_reference")
+        .and_then(|r| r.get("image_url"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let seconds = seconds_of(seconds_text.as_deref())?;
     // What is held is what is asked for: the upstream gets the seconds as a string
     // (OpenAI refuses a number), written even when the client left them to the default.
@@ -156,6 +173,7 @@ pub fn parse_create(content_type: Option<&str>, body: Bytes) -> Result<Create, R
         content_type: "application/json".into(),
         boundary: None,
         fingerprint,
+        image_url,
     })
 }
 
@@ -207,6 +225,7 @@ fn parse_form(ct: &str, body: Bytes) -> Result<Create, RelayError> {
         content_type: ct.to_owned(),
         boundary: Some(boundary),
         fingerprint,
+        image_url: None,
     })
 }
 
@@ -297,7 +316,16 @@ pub fn remix_submission(prompt: &str, parent: &str) -> Submission {
 
 /// The channel types and builder signature the engine calls for a create.
 pub fn builder(create: Create) -> Builder {
-    Box::new(move |_, upstream_model, _| create.submission(upstream_model))
+    Box::new(move |channel, upstream_model, _| match channel.kind {
+        ChannelKind::Volcengine => super::seedance::from_openai(
+            &create.prompt,
+            create.seconds,
+            create.size.as_deref(),
+            create.image_url.as_deref(),
+            upstream_model,
+        ),
+        _ => create.submission(upstream_model),
+    })
 }
 
 /// The builder of a remix (its path names the parent's upstream id).
@@ -323,7 +351,7 @@ pub fn content_path(upstream_id: &str, query: &str) -> String {
 }
 
 /// An upstream id as one path segment (ids are opaque; never let one add a path).
-fn encode_segment(id: &str) -> String {
+pub(crate) fn encode_segment(id: &str) -> String {
     id.chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         .collect()
@@ -384,6 +412,8 @@ pub fn observe(body: &[u8]) -> Option<(String, Observed)> {
             word,
             progress,
             seconds,
+            tokens: None,
+            result: None,
             error,
         },
     ))

@@ -1,0 +1,217 @@
+//! A mock Volcengine Ark (Seedance) upstream, shaped like the real one:
+//! `POST /api/v3/contents/generations/tasks` answers `{id}` (`cgt-…`); each
+//! `GET …/tasks/{id}` moves the job on (`running`, then `succeeded` with
+//! `content.video_url` on the mock's own storage, `usage.completion_tokens` as Ark
+//! counts them: width × height × (24 × seconds + 1) / 1024 at the asked resolution in
+//! 16:9, and `duration`); `DELETE` cancels a queued task only. Storage
+//! (`/tos/{id}.mp4?X-Tos-Signature=…`) needs no key, honours `Range`, and records
+//! whether anyone sent it an `Authorization` header. The model picks the behaviour:
+//! - anything else: succeeds on the second poll;
+//! - `seedance-fail`: fails on the second poll (`OutputVideoSensitiveContentDetected`);
+//! - `seedance-refuse`: refuses the submission, 400 `InvalidParameter`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use crate::mock_sora::content_bytes;
+
+#[derive(Clone, Debug)]
+struct Job {
+    body: Value,
+    polls: u32,
+    status: &'static str,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<String, Job>,
+    submissions: Vec<Value>,
+    storage_auth_seen: bool,
+    base: String,
+}
+
+/// A running mock.
+pub struct MockArk {
+    pub base_url: String,
+    state: Arc<Mutex<State>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl MockArk {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let data = web::Data::new(Arc::clone(&state));
+        let (base_url, handle) = crate::mock_server::serve(move |cfg| {
+            cfg.app_data(data.clone())
+                .route("/api/v3/contents/generations/tasks", web::post().to(create))
+                .route(
+                    "/api/v3/contents/generations/tasks/{id}",
+                    web::get().to(retrieve),
+                )
+                .route(
+                    "/api/v3/contents/generations/tasks/{id}",
+                    web::delete().to(cancel),
+                )
+                .route("/tos/{file}", web::get().to(storage));
+        });
+        state.lock().unwrap().base = base_url.clone();
+        MockArk {
+            base_url,
+            state,
+            handle,
+        }
+    }
+
+    /// Every submission's body, in order.
+    pub fn submissions(&self) -> Vec<Value> {
+        self.state.lock().unwrap().submissions.clone()
+    }
+
+    /// Whether the storage ever got an `Authorization` header (a leaked channel key).
+    pub fn storage_saw_a_key(&self) -> bool {
+        self.state.lock().unwrap().storage_auth_seen
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+type Shared = web::Data<Arc<Mutex<State>>>;
+
+fn error(status: u16, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).json(json!({
+        "error": {"code": code, "message": message, "param": "", "type": "BadRequest"}
+    }))
+}
+
+/// `--name value` of the job's text.
+fn flag<'a>(text: &'a str, names: &[&str]) -> Option<&'a str> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| names.iter().any(|n| w[0] == format!("--{n}")))
+        .map(|w| w[1])
+}
+
+async fn create(state: Shared, body: web::Json<Value>) -> HttpResponse {
+    let body = body.into_inner();
+    let mut s = state.lock().unwrap();
+    s.submissions.push(body.clone());
+    if body["model"] == "seedance-refuse" {
+        return error(
+            400,
+            "InvalidParameter",
+            "the parameter `content` is invalid",
+        );
+    }
+    if !body["content"].is_array() {
+        return error(
+            400,
+            "MissingParameter",
+            "the parameter `content` is required",
+        );
+    }
+    let id = format!("cgt-{}", uuid::Uuid::now_v7().simple());
+    s.jobs.insert(
+        id.clone(),
+        Job {
+            body,
+            polls: 0,
+            status: "queued",
+        },
+    );
+    HttpResponse::Ok().json(json!({ "id": id }))
+}
+
+async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
+    let mut s = state.lock().unwrap();
+    let base = s.base.clone();
+    let Some(job) = s.jobs.get_mut(path.as_str()) else {
+        return error(404, "ResourceNotFound", "the task does not exist");
+    };
+    let text = job.body["content"]
+        .as_array()
+        .and_then(|c| c.iter().find(|i| i["type"] == "text"))
+        .and_then(|i| i["text"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let seconds: i64 = flag(&text, &["dur", "duration"])
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(5);
+    let (w, h) = match flag(&text, &["rs", "resolution"]).unwrap_or("1080p") {
+        "480p" => (864, 480),
+        "720p" => (1280, 720),
+        _ => (1920, 1080),
+    };
+    if job.status != "cancelled" {
+        job.polls += 1;
+        job.status = match (job.polls, job.body["model"].as_str()) {
+            (1, _) => "running",
+            (_, Some("seedance-fail")) => "failed",
+            _ => "succeeded",
+        };
+    }
+    let mut out = json!({
+        "id": path.as_str(), "model": job.body["model"], "status": job.status,
+        "created_at": 1751199308, "updated_at": 1751199347,
+    });
+    match job.status {
+        "succeeded" => {
+            let tokens = w * h * (24 * seconds + 1) / 1024;
+            out["content"] = json!({"video_url": format!("{base}/tos/{}.mp4?X-Tos-Signature=abc", path.as_str())});
+            out["usage"] = json!({"completion_tokens": tokens, "total_tokens": tokens});
+            out["duration"] = json!(seconds);
+        }
+        "failed" => {
+            out["error"] = json!({"code": "OutputVideoSensitiveContentDetected", "message": "The generated video may contain sensitive content."});
+        }
+        _ => {}
+    }
+    HttpResponse::Ok().json(out)
+}
+
+async fn cancel(state: Shared, path: web::Path<String>) -> HttpResponse {
+    let mut s = state.lock().unwrap();
+    match s.jobs.get_mut(path.as_str()) {
+        Some(job) if job.status == "queued" => {
+            job.status = "cancelled";
+            HttpResponse::Ok().json(json!({}))
+        }
+        Some(_) => error(
+            400,
+            "InvalidAction.TaskStatus",
+            "only a queued task can be cancelled",
+        ),
+        None => error(404, "ResourceNotFound", "the task does not exist"),
+    }
+}
+
+async fn storage(state: Shared, req: HttpRequest) -> HttpResponse {
+    if req.headers().contains_key("authorization") {
+        state.lock().unwrap().storage_auth_seen = true;
+    }
+    if !req.query_string().contains("X-Tos-Signature=") {
+        return HttpResponse::Forbidden().finish();
+    }
+    let bytes = content_bytes();
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+    match range {
+        Some((a, b)) if a <= b && b < bytes.len() => HttpResponse::PartialContent()
+            .insert_header(("content-type", "video/mp4"))
+            .insert_header(("content-range", format!("bytes {a}-{b}/{}", bytes.len())))
+            .body(bytes[a..=b].to_vec()),
+        _ => HttpResponse::Ok()
+            .insert_header(("content-type", "video/mp4"))
+            .body(bytes),
+    }
+}
