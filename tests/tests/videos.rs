@@ -134,7 +134,10 @@ async fn a_video_is_held_at_submission_and_charged_exactly_once_when_it_complete
         &("task_hold".to_owned(), -hold, Some(id.clone()))
     );
     let g = s.app.generation(&id).await;
-    assert_eq!((g.status.as_str(), g.cost), ("queued", 0));
+    assert_eq!(
+        (g.status.as_str(), g.finish_reason.as_deref(), g.cost),
+        ("pending", Some("queued"), 0)
+    );
 
     let done = s.until_done(&id).await;
     assert_eq!(done["status"], "completed", "{done}");
@@ -158,14 +161,15 @@ async fn a_video_is_held_at_submission_and_charged_exactly_once_when_it_complete
     );
     let g = s.app.generation(&id).await;
     assert_eq!(
-        (g.status.as_str(), g.cost, g.model.as_str()),
-        ("succeeded", hold, "sora-2")
+        (g.status.as_str(), g.finish_reason.as_deref(), g.cost, g.model.as_str()),
+        ("success", Some("succeeded"), hold, "sora-2")
     );
 
     // The generation lookup shows it like any other.
     let (status, looked) = s.get(&s.key, &format!("/v1/generation?id={id}")).await;
     assert_eq!(status, 200, "{looked}");
-    assert_eq!(looked["data"]["status"], "succeeded");
+    assert_eq!(looked["data"]["status"], "success");
+    assert_eq!(looked["data"]["finish_reason"], "succeeded");
     assert_eq!(looked["data"]["total_cost"], 0.8);
 
     // The multipart the SDK sends since openai 2.27 works the same.
@@ -242,7 +246,10 @@ async fn a_failed_video_costs_nothing_and_says_why() {
     assert_eq!(done["error"]["code"], "moderation_blocked", "{done}");
     assert_eq!(s.app.balance(s.user).await, START);
     let g = s.app.generation(&id).await;
-    assert_eq!((g.status.as_str(), g.cost), ("failed", 0));
+    assert_eq!(
+        (g.status.as_str(), g.finish_reason.as_deref(), g.cost),
+        ("error", Some("failed"), 0)
+    );
     // No content for a failed video.
     let (status, body) = s.get(&s.key, &format!("/v1/videos/{id}/content")).await;
     assert_eq!(status, 400, "{body}");
@@ -469,6 +476,16 @@ async fn an_unknown_upstream_status_keeps_the_task_open_and_uncharged_until_the_
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     assert!(counted >= 1, "{metrics}");
+    // The console's logs show it as a pending generation, its state as the reason.
+    let (status, logs) = s
+        .app
+        .api("GET", "/api/logs?status=pending", &s.app.root_token, None)
+        .await;
+    assert_eq!(status, 200, "{logs}");
+    let pending: Vec<&Value> = logs["items"].as_array().unwrap().iter().collect();
+    assert_eq!(pending.len(), 1, "{logs}");
+    assert_eq!(pending[0]["id"], id.as_str());
+    assert_eq!(pending[0]["finish_reason"], "queued");
     s.sora.finish_odd_jobs();
     assert_eq!(s.until_done(&id).await["status"], "completed");
     assert_eq!(s.app.balance(s.user).await, START - 4 * PER_SECOND);

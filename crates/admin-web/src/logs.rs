@@ -139,13 +139,13 @@ pub async fn list_logs(
     }
     match filter.status.as_deref().filter(|s| !s.is_empty()) {
         None => {}
-        Some(status @ ("success" | "error")) => {
+        Some(status @ ("success" | "error" | "pending")) => {
             find = find.filter(generation::Column::Status.eq(status));
         }
         Some(_) => {
             return Err(ApiError::invalid(
                 "status",
-                "'status' must be success or error",
+                "'status' must be success, error or pending",
             ));
         }
     }

@@ -30,6 +30,10 @@ pub enum State {
     Expired,
 }
 
+/// A task's generation while it is open: `status` is `pending` (then `success` or
+/// `error`, like any generation) and `finish_reason` is the task's state.
+pub const PENDING: &str = "pending";
+
 /// The states a task can still leave.
 pub const OPEN: [&str; 2] = ["queued", "in_progress"];
 
@@ -172,7 +176,7 @@ pub async fn open(
             endpoint: Set(new.endpoint.clone()),
             streamed: Set(false),
             cancelled: Set(false),
-            finish_reason: Set(None),
+            finish_reason: Set(Some(State::Queued.as_str().to_owned())),
             tokens_prompt: Set(0),
             tokens_completion: Set(0),
             tokens_cached: Set(0),
@@ -182,7 +186,7 @@ pub async fn open(
             latency_ms: Set(None),
             generation_time_ms: Set(None),
             cost: Set(0),
-            status: Set(State::Queued.as_str().to_owned()),
+            status: Set(PENDING.to_owned()),
             status_code: Set(200),
             error: Set(None),
             client_ip: Set(new.client_ip.clone()),
@@ -412,7 +416,10 @@ pub async fn submitted(
             generation::Column::UpstreamModel,
             Expr::value(s.upstream_model.clone()),
         )
-        .col_expr(generation::Column::Status, Expr::value(s.state.as_str()))
+        .col_expr(
+            generation::Column::FinishReason,
+            Expr::value(s.state.as_str()),
+        )
         .col_expr(
             generation::Column::Attempts,
             Expr::value(s.attempts.clone()),
@@ -646,7 +653,7 @@ pub async fn finish(
     generation::Entity::update_many()
         .col_expr(
             generation::Column::Status,
-            Expr::value(outcome.state.as_str()),
+            Expr::value(if success { "success" } else { "error" }),
         )
         .col_expr(generation::Column::Cost, Expr::value(charge))
         .col_expr(
