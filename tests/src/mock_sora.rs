@@ -8,7 +8,11 @@
 //! - `sora-refuse`: refuses the submission, 400 `invalid_request_error`;
 //! - `sora-429`: refuses the submission, 429 `rate_limit_exceeded`;
 //! - `sora-odd`: answers a status word no API documents (`rendering_frames`) forever;
-//! - `sora-short`: completes reporting 4 seconds whatever was asked.
+//! - `sora-short`: completes reporting 4 seconds whatever was asked;
+//! - `sora-slow-accept`: takes the job at once but answers the submission only after
+//!   2 s (longer than a 1 s channel timeout: the answer is lost).
+//!
+//! `GET /v1/videos` lists the caller's jobs, newest first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +28,7 @@ pub fn content_bytes() -> Vec<u8> {
 
 #[derive(Clone, Debug)]
 struct Job {
+    seq: usize,
     video: Value,
     polls: u32,
     /// The Authorization header that created it.
@@ -51,6 +56,7 @@ impl MockSora {
         let (base_url, handle) = crate::mock_server::serve(move |cfg| {
             cfg.app_data(data.clone())
                 .route("/v1/videos", web::post().to(create))
+                .route("/v1/videos", web::get().to(list))
                 .route("/v1/videos/{id}", web::get().to(retrieve))
                 .route("/v1/videos/{id}", web::delete().to(delete))
                 .route("/v1/videos/{id}/content", web::get().to(content))
@@ -199,15 +205,38 @@ async fn create(jobs: Shared, req: HttpRequest, body: Bytes) -> HttpResponse {
     let seconds = f["seconds"].as_str().unwrap_or("4");
     let size = f["size"].as_str().unwrap_or("720x1280");
     let video = new_video(model, prompt, seconds, size, None);
-    jobs.lock().unwrap().by_id.insert(
-        video["id"].as_str().unwrap().to_owned(),
-        Job {
-            video: video.clone(),
-            polls: 0,
-            owner: auth(&req),
-        },
-    );
+    {
+        let mut jobs = jobs.lock().unwrap();
+        let seq = jobs.by_id.len();
+        jobs.by_id.insert(
+            video["id"].as_str().unwrap().to_owned(),
+            Job {
+                seq,
+                video: video.clone(),
+                polls: 0,
+                owner: auth(&req),
+            },
+        );
+    }
+    if model == "sora-slow-accept" {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
     HttpResponse::Ok().json(video)
+}
+
+async fn list(jobs: Shared, req: HttpRequest) -> HttpResponse {
+    let jobs = jobs.lock().unwrap();
+    let mut mine: Vec<&Job> = jobs
+        .by_id
+        .values()
+        .filter(|j| j.owner == auth(&req))
+        .collect();
+    mine.sort_by_key(|j| std::cmp::Reverse(j.seq));
+    let data: Vec<Value> = mine.iter().map(|j| j.video.clone()).collect();
+    HttpResponse::Ok().json(json!({
+        "object": "list", "first_id": data.first().map(|v| v["id"].clone()),
+        "last_id": data.last().map(|v| v["id"].clone()), "has_more": false, "data": data,
+    }))
 }
 
 async fn remix(
@@ -233,9 +262,11 @@ async fn remix(
     );
     jobs.submissions
         .push(("application/json".into(), body.into_inner()));
+    let seq = jobs.by_id.len();
     jobs.by_id.insert(
         video["id"].as_str().unwrap().to_owned(),
         Job {
+            seq,
             video: video.clone(),
             polls: 0,
             owner: auth(&req),

@@ -161,7 +161,12 @@ async fn a_video_is_held_at_submission_and_charged_exactly_once_when_it_complete
     );
     let g = s.app.generation(&id).await;
     assert_eq!(
-        (g.status.as_str(), g.finish_reason.as_deref(), g.cost, g.model.as_str()),
+        (
+            g.status.as_str(),
+            g.finish_reason.as_deref(),
+            g.cost,
+            g.model.as_str()
+        ),
         ("success", Some("succeeded"), hold, "sora-2")
     );
 
@@ -733,4 +738,39 @@ async fn a_request_that_could_be_read_as_a_longer_or_dearer_video_is_refused_unh
     let (_, sent) = s.sora.submissions().last().unwrap().clone();
     assert_eq!(sent["seconds"], "8");
     assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+}
+
+#[tokio::test]
+async fn a_submission_whose_answer_was_lost_is_found_upstream_never_sent_again_and_charged_once() {
+    let s = setup().await;
+    s.app
+        .add_channel(
+            "sora-slow",
+            &s.sora.base_url,
+            &["sora-slow-accept"],
+            json!({"timeout_s": 1}),
+        )
+        .await;
+    s.app
+        .set_price_with("sora-slow-accept", json!({"per_second": 0.1}))
+        .await;
+    let (status, v) = s
+        .create(
+            &s.key,
+            json!({"model": "sora-slow-accept", "prompt": "lost in transit"}),
+        )
+        .await;
+    // The upstream took it but its answer came too late: the client gets the task,
+    // open, and it is not sent anywhere again.
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "queued", "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.app.balance(s.user).await, START - 4 * PER_SECOND);
+    let done = s.until_done(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(s.sora.submissions().len(), 1);
+    assert_eq!(s.app.balance(s.user).await, START - 4 * PER_SECOND);
+    let task = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
+    assert!(task.upstream_task_id.is_some());
+    s.app.assert_ledger_consistent().await;
 }

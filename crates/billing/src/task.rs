@@ -432,6 +432,38 @@ pub async fn submitted(
     Ok(())
 }
 
+/// Links an open task whose submission went unconfirmed to the upstream task found
+/// to be it (once: only while it has none, and only if no other task of the channel
+/// has that upstream id).
+pub async fn link_upstream(
+    db: &DatabaseConnection,
+    id: &str,
+    channel_id: i64,
+    upstream_id: &str,
+) -> Result<bool, BillingError> {
+    let taken = task::Entity::find()
+        .filter(task::Column::ChannelId.eq(channel_id))
+        .filter(task::Column::UpstreamTaskId.eq(upstream_id))
+        .one(db)
+        .await?;
+    if taken.is_some() {
+        return Ok(false);
+    }
+    let done = task::Entity::update_many()
+        .col_expr(task::Column::UpstreamTaskId, Expr::value(upstream_id))
+        .col_expr(task::Column::UpstreamStatus, Expr::value("reconciled"))
+        .col_expr(
+            task::Column::Version,
+            Expr::col(task::Column::Version).add(1),
+        )
+        .filter(task::Column::Id.eq(id))
+        .filter(task::Column::UpstreamTaskId.is_null())
+        .filter(task::Column::State.is_in(OPEN))
+        .exec(db)
+        .await?;
+    Ok(done.rows_affected == 1)
+}
+
 /// Takes up to `limit` open tasks due for a poll, for `owner`, until `ttl` from now.
 /// A task leased by another live poller is skipped (on Postgres without waiting for
 /// it: `FOR UPDATE SKIP LOCKED`), so pollers never do the same task at once.

@@ -636,12 +636,21 @@ impl TaskEngine {
             self.expire(t).await;
             return;
         }
-        let looked = match (&t.upstream_task_id, task_channel(routing, t)) {
+        let found = task_channel(routing, t);
+        let mut upstream_id = t.upstream_task_id.clone();
+        if upstream_id.is_none()
+            && let Some((channel, key)) = &found
+        {
+            // A submission whose answer was lost: found among the upstream's tasks,
+            // never sent again.
+            upstream_id = self.reconcile(pipeline, channel, &key.1, t).await;
+        }
+        let looked = match (&upstream_id, found) {
             (Some(upstream_id), Some((channel, key))) => {
                 look(pipeline, &channel, &key.1, t, upstream_id).await
             }
-            // Nothing to ask (an unconfirmed submission, or its channel or key is
-            // gone): wait for the deadline.
+            // Nothing to ask (an unconfirmed submission not found upstream, or its
+            // channel or key is gone): wait for the deadline.
             _ => Err(()),
         };
         // One last look before a deadline: a task that finished in time is charged.
@@ -652,6 +661,74 @@ impl TaskEngine {
             return;
         }
         self.apply(t, looked, now).await;
+    }
+
+    /// Looks for an unconfirmed submission among the upstream's recent tasks (an
+    /// upstream that lists them: OpenAI's videos): the oldest one of the same model
+    /// and prompt, made since shortly before the task, that no other task has.
+    async fn reconcile(
+        &self,
+        pipeline: &Pipeline,
+        channel: &ChannelEntry,
+        key: &str,
+        t: &task::Model,
+    ) -> Option<String> {
+        if channel.kind != ChannelKind::OpenAi {
+            return None;
+        }
+        let meta: serde_json::Value = serde_json::from_str(&t.meta).ok()?;
+        let prompt = meta.get("prompt")?.as_str()?;
+        let resp = pipeline
+            .client
+            .send(
+                reqwest::Method::GET,
+                channel,
+                key,
+                ("/v1/videos?limit=100&order=desc", &t.model),
+                None,
+                &[],
+            )
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = crate::upstream::read_body(
+            resp,
+            Duration::from_secs(channel.timeout_s.max(1)),
+            4 << 20,
+        )
+        .await
+        .ok()?;
+        let list: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let since = t.created_at.timestamp() - 10;
+        let mut candidates: Vec<(i64, String)> = list
+            .get("data")?
+            .as_array()?
+            .iter()
+            .filter(|v| v.get("prompt").and_then(|p| p.as_str()) == Some(prompt))
+            .filter(|v| v.get("model").and_then(|m| m.as_str()) == t.upstream_model.as_deref())
+            .filter_map(|v| {
+                let at = v.get("created_at")?.as_i64()?;
+                let id = v.get("id")?.as_str()?.to_owned();
+                (at >= since).then_some((at, id))
+            })
+            .collect();
+        candidates.sort();
+        for (_, id) in candidates {
+            match store_task::link_upstream(&self.db, &t.id, channel.id, &id).await {
+                Ok(true) => {
+                    tracing::info!(task.id = %t.id, "an unconfirmed submission was found upstream");
+                    return Some(id);
+                }
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = ?e, task.id = %t.id, "linking a found submission failed");
+                    return None;
+                }
+            }
+        }
+        None
     }
 
     /// Ends a task still open at its deadline: released, nothing charged.
