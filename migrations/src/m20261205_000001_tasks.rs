@@ -44,6 +44,8 @@ impl MigrationTrait for Migration {
             big_integer_null("channel_key_id"),
             string_null("upstream_model"),
             string_null("upstream_task_id"),
+            // Where the upstream took it (Kling's task lives under its create path).
+            string_null("upstream_path"),
             // queued | in_progress | succeeded | failed | cancelled | expired
             string("state"),
             string_null("upstream_status"),

@@ -9,6 +9,7 @@ pub mod console;
 pub mod mock_anthropic;
 pub mod mock_ark;
 pub mod mock_gemini;
+pub mod mock_kling;
 pub mod mock_openai;
 pub mod mock_server;
 pub mod mock_sora;

@@ -774,3 +774,20 @@ async fn a_submission_whose_answer_was_lost_is_found_upstream_never_sent_again_a
     assert!(task.upstream_task_id.is_some());
     s.app.assert_ledger_consistent().await;
 }
+
+#[tokio::test]
+async fn a_video_model_priced_only_per_image_is_refused_not_served_free() {
+    let s = setup().await;
+    s.app
+        .add_channel("sora-img", &s.sora.base_url, &["sora-img"], json!({}))
+        .await;
+    s.app
+        .set_price_with("sora-img", json!({"per_image": 0.1}))
+        .await;
+    let (status, body) = s
+        .create(&s.key, json!({"model": "sora-img", "prompt": "x"}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_priced");
+    assert!(s.sora.submissions().is_empty());
+}

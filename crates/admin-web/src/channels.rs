@@ -17,7 +17,14 @@ use crate::state::ChannelTest;
 use crate::{AdminState, ApiError};
 
 /// Channel types API.md names (task platforms arrive with their own adapters).
-const KNOWN_TYPES: &[&str] = &["openai", "azure", "anthropic", "gemini", "volcengine"];
+const KNOWN_TYPES: &[&str] = &[
+    "openai",
+    "azure",
+    "anthropic",
+    "gemini",
+    "volcengine",
+    "kling",
+];
 
 /// A channel as the API shows it.
 pub fn channel_json(c: &channel::Model, keys: &[channel_key::Model]) -> serde_json::Value {

@@ -139,6 +139,7 @@ pub async fn open(
             channel_key_id: Set(None),
             upstream_model: Set(None),
             upstream_task_id: Set(None),
+            upstream_path: Set(None),
             state: Set(State::Queued.as_str().to_owned()),
             upstream_status: Set(None),
             progress: Set(0),
@@ -362,6 +363,8 @@ pub struct Submitted {
     pub provider_name: String,
     pub upstream_model: String,
     pub upstream_task_id: Option<String>,
+    /// The path the task was submitted to.
+    pub upstream_path: String,
     pub state: State,
     pub upstream_status: Option<String>,
     pub progress: i32,
@@ -389,6 +392,10 @@ pub async fn submitted(
         .col_expr(
             task::Column::UpstreamTaskId,
             Expr::value(s.upstream_task_id.clone()),
+        )
+        .col_expr(
+            task::Column::UpstreamPath,
+            Expr::value(s.upstream_path.clone()),
         )
         .col_expr(task::Column::State, Expr::value(s.state.as_str()))
         .col_expr(

@@ -169,6 +169,7 @@ impl Application {
                 .configure(relay::configure)
                 .configure(crate::videos::configure)
                 .configure(crate::seedance::configure)
+                .configure(crate::kling::configure)
                 .configure(generation::configure)
                 .configure(crate::dashboard::configure)
                 .configure(admin_web::configure)

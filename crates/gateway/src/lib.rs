@@ -8,6 +8,7 @@ pub mod config;
 pub mod dashboard;
 pub mod generation;
 pub mod health;
+pub mod kling;
 pub mod relay;
 pub mod seedance;
 pub mod state;

@@ -32,6 +32,20 @@ fn error(e: &RelayError) -> HttpResponse {
     openai_error(e, "")
 }
 
+/// The signed URLs of all a task's results (`index` picks one).
+pub fn signed_urls(state: &AppState, req: &HttpRequest, t: &task::Model) -> Vec<String> {
+    let base = signed_url(state, req, t);
+    (0..relay_core::task::result_urls(t).len())
+        .map(|i| {
+            if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}&index={i}")
+            }
+        })
+        .collect()
+}
+
 /// The signed URL of a task's content, for its owner, valid [`URL_TTL_S`].
 pub fn signed_url(state: &AppState, req: &HttpRequest, t: &task::Model) -> String {
     let expires = chrono::Utc::now().timestamp() + URL_TTL_S;
@@ -83,6 +97,7 @@ async fn create(
         parent: None,
         seconds: ask.seconds,
         tokens: seedance::hold_tokens(ask.seconds, &ask.resolution),
+        images: 0,
         meta: serde_json::json!({"prompt": ask.prompt, "resolution": ask.resolution}),
         idempotency_key: req
             .headers()
@@ -245,5 +260,6 @@ async fn signed_content(
         return not_found();
     }
     let snap = state.snapshot.load_full();
-    crate::videos::stream_content(&state, snap.routing(), &req, &t, "").await
+    // Of the query only `index` (which of several results) is read.
+    crate::videos::stream_content(&state, snap.routing(), &req, &t, req.query_string()).await
 }

@@ -84,6 +84,7 @@ async fn create(
                 .0
                 .unwrap_or("1080p"),
         ),
+        images: 0,
         meta: parsed.meta(),
         idempotency_key: header_text(&req, "idempotency-key").map(str::to_owned),
         hook: parsed.webhook_url.clone(),
@@ -161,6 +162,7 @@ async fn remix(
         model: parent.model.clone(),
         seconds: pricing.seconds.max(1),
         tokens: pricing.tokens,
+        images: 0,
         parent: Some(parent),
         meta,
         idempotency_key: header_text(&req, "idempotency-key").map(str::to_owned),

@@ -165,6 +165,7 @@ impl UpstreamClient {
                 req.header("x-api-key", key)
                     .header("anthropic-version", version)
             }
+            ChannelKind::Kling => req.bearer_auth(crate::task::kling::bearer(key)),
             ChannelKind::OpenAi | ChannelKind::Volcengine | ChannelKind::Unknown => {
                 req.bearer_auth(key)
             }

@@ -41,6 +41,8 @@ pub enum ChannelKind {
     Gemini,
     /// Volcengine Ark (Seedance video tasks).
     Volcengine,
+    /// Kling (video and image tasks; the key is `access_key|secret_key`).
+    Kling,
     /// A type this build does not know: such a channel serves nothing.
     Unknown,
 }
@@ -53,6 +55,7 @@ impl ChannelKind {
             "anthropic" => ChannelKind::Anthropic,
             "gemini" => ChannelKind::Gemini,
             "volcengine" => ChannelKind::Volcengine,
+            "kling" => ChannelKind::Kling,
             _ => ChannelKind::Unknown,
         }
     }
@@ -64,6 +67,7 @@ impl ChannelKind {
             ChannelKind::Anthropic => "anthropic",
             ChannelKind::Gemini => "gemini",
             ChannelKind::Volcengine => "volcengine",
+            ChannelKind::Kling => "kling",
             ChannelKind::Unknown => "unknown",
         }
     }

@@ -9,6 +9,7 @@
 //! read the upstream's view of a task, and where its content is ([`videos`]).
 
 pub mod hook;
+pub mod kling;
 pub mod seedance;
 pub mod videos;
 
@@ -79,47 +80,50 @@ pub struct Pricing {
     /// Micro-credits per 1M output tokens (upstreams that report them).
     #[serde(default)]
     pub output: i64,
+    #[serde(default)]
+    pub per_image: Option<i64>,
     pub multiplier_ppm: i64,
     /// The seconds held for (what the client asked, or the upstream's default).
     pub seconds: i64,
     /// The output tokens held for (the most the asked output can use).
     #[serde(default)]
     pub tokens: i64,
+    /// The images held for.
+    #[serde(default)]
+    pub images: i64,
     /// Whether the key's credit limit holds a share (for the record).
     pub key_limited: bool,
 }
 
 impl Pricing {
-    fn of(
-        price: &Price,
-        multiplier_ppm: i64,
-        seconds: i64,
-        tokens: i64,
-        key_limited: bool,
-    ) -> Self {
+    fn of(price: &Price, multiplier_ppm: i64, asked: &TaskRequest, key_limited: bool) -> Self {
         Pricing {
             per_request: price.per_request,
             per_second: price.per_second,
             output: price.output,
+            per_image: price.per_image,
             multiplier_ppm,
-            seconds,
-            tokens,
+            seconds: asked.seconds,
+            tokens: asked.tokens,
+            images: asked.images,
             key_limited,
         }
     }
 
-    /// What `seconds` of output, using `tokens`, cost at this price.
-    pub fn cost(&self, seconds: i64, tokens: i64) -> i64 {
+    /// What `seconds` of output, using `tokens`, in `images` images, cost at this price.
+    pub fn cost(&self, seconds: i64, tokens: i64, images: i64) -> i64 {
         let price = Price {
             per_request: self.per_request,
             per_second: self.per_second,
             output: self.output,
+            per_image: self.per_image,
             ..Price::default()
         };
         price.cost(
             &Usage {
                 seconds,
                 completion_tokens: tokens,
+                images,
                 ..Usage::default()
             },
             self.multiplier_ppm,
@@ -128,14 +132,21 @@ impl Pricing {
 
     /// The hold: the cost of what was asked.
     pub fn hold(&self) -> i64 {
-        self.cost(self.seconds, self.tokens)
+        self.cost(self.seconds, self.tokens, self.images)
     }
 }
 
-/// Whether a price can meter a task: per request, per second of output, or per
-/// output token (for upstreams that report them).
-pub fn meters(price: &Price) -> bool {
-    price.per_request.is_some() || price.per_second.is_some() || price.output > 0
+/// Whether a price can meter a task asking for `seconds`, `tokens` and `images`: per
+/// request, or in a unit the task is held in (per image for images, per second or
+/// per output token for video). A model priced only in another unit is refused, or it
+/// would be free by accident.
+pub fn meters(price: &Price, req: &TaskRequest) -> bool {
+    price.per_request.is_some()
+        || if req.images > 0 {
+            price.per_image.is_some()
+        } else {
+            price.per_second.is_some() || (price.output > 0 && req.tokens > 0)
+        }
 }
 
 /// What an upstream says of a task when asked.
@@ -150,6 +161,8 @@ pub struct Observed {
     pub seconds: Option<i64>,
     /// Output tokens the upstream reports (Seedance).
     pub tokens: Option<i64>,
+    /// Images the upstream made (image tasks).
+    pub images: Option<i64>,
     /// Where the result is, as the upstream says (never shown to clients).
     pub result: Option<serde_json::Value>,
     /// Why it failed, as the upstream says (`code: message`).
@@ -182,6 +195,8 @@ pub struct TaskRequest {
     pub seconds: i64,
     /// The output tokens to hold for (0 when the upstream reports none).
     pub tokens: i64,
+    /// The images to hold for (image tasks).
+    pub images: i64,
     /// What the family's answers echo (JSON).
     pub meta: serde_json::Value,
     pub idempotency_key: Option<String>,
@@ -263,7 +278,7 @@ impl TaskEngine {
             &caller,
             &req.model,
             family_kind,
-            meters,
+            |p| meters(p, &req),
         )?;
         pipeline.check_rpm(&caller).await?;
         let mut meta = req.meta.clone();
@@ -283,13 +298,7 @@ impl TaskEngine {
             return Ok(existing);
         }
         let key_limited = caller.key.credit_limit.is_some();
-        let pricing = Pricing::of(
-            &admitted.price,
-            admitted.multiplier_ppm,
-            req.seconds,
-            req.tokens,
-            key_limited,
-        );
+        let pricing = Pricing::of(&admitted.price, admitted.multiplier_ppm, &req, key_limited);
         let id = format!("task_{}", uuid::Uuid::now_v7().simple());
         let new = NewTask {
             id: id.clone(),
@@ -392,6 +401,7 @@ impl TaskEngine {
             tried.push(channel.id);
             let upstream_model = channel.upstream_model(&req.model);
             let sub = (req.build)(&channel, &upstream_model, parent_upstream.as_deref());
+            let sub_path = sub.path.clone();
             let sent = pipeline
                 .client
                 .send(
@@ -422,7 +432,7 @@ impl TaskEngine {
                             &opened,
                             &channel,
                             key_id,
-                            &upstream_model,
+                            (&upstream_model, &sub_path),
                             observed,
                             &attempts,
                             started,
@@ -453,7 +463,7 @@ impl TaskEngine {
                         &opened,
                         &channel,
                         key_id,
-                        &upstream_model,
+                        (&upstream_model, &sub_path),
                         None,
                         &attempts,
                         started,
@@ -507,7 +517,7 @@ impl TaskEngine {
         opened: &task::Model,
         channel: &ChannelEntry,
         key_id: i64,
-        upstream_model: &str,
+        (upstream_model, upstream_path): (&str, &str),
         observed: Option<(String, Observed)>,
         attempts: &[Attempt],
         started: std::time::Instant,
@@ -530,6 +540,7 @@ impl TaskEngine {
             provider_name: channel.name.clone(),
             upstream_model: upstream_model.to_owned(),
             upstream_task_id: upstream_id.clone(),
+            upstream_path: upstream_path.to_owned(),
             state,
             upstream_status: seen
                 .as_ref()
@@ -786,6 +797,7 @@ impl TaskEngine {
                     progress: t.progress,
                     seconds: None,
                     tokens: None,
+                    images: None,
                     result: None,
                     error: Some("the upstream no longer knows this task".into()),
                 };
@@ -808,6 +820,7 @@ impl TaskEngine {
         let state = seen.state.unwrap_or(State::Failed);
         let seconds = seen.seconds.unwrap_or(pricing.seconds);
         let tokens = seen.tokens.unwrap_or(pricing.tokens);
+        let images = seen.images.unwrap_or(pricing.images);
         let mut result = seen.result.clone().unwrap_or_else(|| serde_json::json!({}));
         if let Some(r) = result.as_object_mut() {
             r.insert("seconds".into(), seconds.into());
@@ -817,7 +830,7 @@ impl TaskEngine {
         }
         let outcome = Outcome {
             state,
-            cost: pricing.cost(seconds, tokens),
+            cost: pricing.cost(seconds, tokens, images),
             upstream_status: Some(seen.word.clone()),
             result: Some(result.to_string()),
             error: seen.error.clone(),
@@ -896,19 +909,17 @@ impl TaskEngine {
         else {
             return Err(RelayError::NoAvailableChannel);
         };
-        let resp = if channel.kind == ChannelKind::Volcengine {
-            // Ark hands out a signed storage URL of its own: fetched from there, never
-            // shown. It has only the video.
-            let variant = query
-                .split('&')
-                .find_map(|p| p.strip_prefix("variant="))
-                .unwrap_or("video");
-            let url = t
-                .result
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-                .and_then(|r| r.get("video_url")?.as_str().map(str::to_owned));
-            let (Some(url), "video") = (url, variant) else {
+        let resp = if matches!(channel.kind, ChannelKind::Volcengine | ChannelKind::Kling) {
+            // These upstreams hand out storage URLs of their own: fetched from there,
+            // never shown. They have no thumbnails; `index` picks one of several.
+            let param = |name: &str| {
+                query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            };
+            let variant = param("variant").unwrap_or("video");
+            let index: usize = param("index").and_then(|i| i.parse().ok()).unwrap_or(0);
+            let (Some(url), "video") = (result_urls(t).into_iter().nth(index), variant) else {
                 return Err(RelayError::NotFound(format!(
                     "task '{}' has no such content",
                     t.id
@@ -979,7 +990,7 @@ impl TaskEngine {
                 reqwest::Method::DELETE,
                 &channel,
                 &key.1,
-                (&item_path(channel.kind, upstream_id), &t.model),
+                (&item_path(channel.kind, t, upstream_id), &t.model),
                 None,
                 &[],
             )
@@ -1027,8 +1038,9 @@ impl TaskEngine {
         }
         if let (Some(upstream_id), Some((channel, key))) =
             (&t.upstream_task_id, task_channel(routing, t))
+            && channel.kind != ChannelKind::Kling
         {
-            let path = item_path(channel.kind, upstream_id);
+            let path = item_path(channel.kind, t, upstream_id);
             let sent = pipeline
                 .client
                 .send(
@@ -1067,6 +1079,27 @@ fn timed_out_behind_a_proxy(failure: &Failure) -> bool {
 /// is taken as failed.
 const GONE_AFTER: i32 = 3;
 
+/// The result URLs an upstream left for task `t` (never shown to clients).
+pub fn result_urls(t: &task::Model) -> Vec<String> {
+    let result: serde_json::Value = t
+        .result
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
+    if let Some(url) = result.get("video_url").and_then(|u| u.as_str()) {
+        return vec![url.to_owned()];
+    }
+    result
+        .get("urls")
+        .and_then(|u| u.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// What one look at the upstream found.
 enum Looked {
     Seen(Observed),
@@ -1082,7 +1115,7 @@ async fn look(
     t: &task::Model,
     upstream_id: &str,
 ) -> Result<Looked, ()> {
-    let path = item_path(channel.kind, upstream_id);
+    let path = item_path(channel.kind, t, upstream_id);
     let resp = pipeline
         .client
         .send(
@@ -1120,14 +1153,21 @@ async fn look(
 fn observe(kind: ChannelKind, body: &[u8]) -> Option<(String, Observed)> {
     match kind {
         ChannelKind::Volcengine => seedance::observe(body),
+        ChannelKind::Kling => kling::observe(body),
         _ => videos::observe(body),
     }
 }
 
-/// The upstream path of one task on a channel of type `kind`.
-fn item_path(kind: ChannelKind, upstream_id: &str) -> String {
+/// The upstream path of task `t` (its upstream id `upstream_id`) on a channel of type
+/// `kind`.
+fn item_path(kind: ChannelKind, t: &task::Model, upstream_id: &str) -> String {
     match kind {
         ChannelKind::Volcengine => seedance::item_path(upstream_id),
+        ChannelKind::Kling => format!(
+            "{}/{}",
+            t.upstream_path.as_deref().unwrap_or(kling::ACTIONS[0]),
+            videos::encode_segment(upstream_id)
+        ),
         _ => videos::item_path(upstream_id),
     }
 }
@@ -1137,6 +1177,7 @@ pub fn render(t: &task::Model) -> serde_json::Value {
     match t.family.as_str() {
         videos::FAMILY => videos::video_json(t),
         seedance::FAMILY => seedance::task_json(t, None),
+        kling::FAMILY => kling::task_json(t, &[]),
         _ => serde_json::json!({"id": t.id, "status": t.state}),
     }
 }
@@ -1144,8 +1185,14 @@ pub fn render(t: &task::Model) -> serde_json::Value {
 /// The channel types that serve `family`.
 fn served_by(family: &str) -> fn(ChannelKind) -> bool {
     match family {
-        videos::FAMILY => |k| matches!(k, ChannelKind::OpenAi | ChannelKind::Volcengine),
+        videos::FAMILY => |k| {
+            matches!(
+                k,
+                ChannelKind::OpenAi | ChannelKind::Volcengine | ChannelKind::Kling
+            )
+        },
         seedance::FAMILY => |k| k == ChannelKind::Volcengine,
+        kling::FAMILY => |k| k == ChannelKind::Kling,
         _ => |_| false,
     }
 }
@@ -1207,7 +1254,7 @@ mod tests {
             ..Pricing::default()
         };
         assert_eq!(p.hold(), 800_000);
-        assert_eq!(p.cost(4, 0), 400_000);
+        assert_eq!(p.cost(4, 0, 0), 400_000);
         let flat = Pricing {
             per_request: Some(250_000),
             multiplier_ppm: 1_500_000,
@@ -1215,7 +1262,7 @@ mod tests {
             ..Pricing::default()
         };
         assert_eq!(flat.hold(), 375_000);
-        assert_eq!(flat.cost(12, 0), 375_000);
+        assert_eq!(flat.cost(12, 0, 0), 375_000);
         let tokens = Pricing {
             output: 10_000_000,
             multiplier_ppm: 1_000_000,
@@ -1224,6 +1271,6 @@ mod tests {
             ..Pricing::default()
         };
         assert_eq!(tokens.hold(), 1_094_320);
-        assert_eq!(tokens.cost(5, 108_900), 1_089_000);
+        assert_eq!(tokens.cost(5, 108_900, 0), 1_089_000);
     }
 }

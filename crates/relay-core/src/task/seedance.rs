@@ -335,6 +335,7 @@ pub fn observe(body: &[u8]) -> Option<(String, Observed)> {
             word,
             seconds,
             tokens,
+            images: None,
             result: video_url.map(|u| json!({ "video_url": u })),
             error,
         },

@@ -324,6 +324,13 @@ pub fn builder(create: Create) -> Builder {
             create.image_url.as_deref(),
             upstream_model,
         ),
+        ChannelKind::Kling => super::kling::from_openai(
+            &create.prompt,
+            create.seconds,
+            create.size.as_deref(),
+            create.image_url.as_deref(),
+            upstream_model,
+        ),
         _ => create.submission(upstream_model),
     })
 }
@@ -413,6 +420,7 @@ pub fn observe(body: &[u8]) -> Option<(String, Observed)> {
             progress,
             seconds,
             tokens: None,
+            images: None,
             result: None,
             error,
         },

@@ -19,6 +19,7 @@ pub struct Model {
     pub channel_key_id: Option<i64>,
     pub upstream_model: Option<String>,
     pub upstream_task_id: Option<String>,
+    pub upstream_path: Option<String>,
     pub state: String,
     pub upstream_status: Option<String>,
     pub progress: i32,
