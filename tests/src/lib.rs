@@ -8,6 +8,7 @@ pub mod app;
 pub mod console;
 pub mod mock_anthropic;
 pub mod mock_ark;
+pub mod mock_dashscope;
 pub mod mock_gemini;
 pub mod mock_kling;
 pub mod mock_openai;

@@ -24,6 +24,7 @@ const KNOWN_TYPES: &[&str] = &[
     "gemini",
     "volcengine",
     "kling",
+    "dashscope",
 ];
 
 /// A channel as the API shows it.

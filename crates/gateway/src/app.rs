@@ -170,6 +170,7 @@ impl Application {
                 .configure(crate::videos::configure)
                 .configure(crate::seedance::configure)
                 .configure(crate::kling::configure)
+                .configure(crate::dashscope::configure)
                 .configure(generation::configure)
                 .configure(crate::dashboard::configure)
                 .configure(admin_web::configure)

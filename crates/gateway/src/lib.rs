@@ -6,6 +6,7 @@ pub mod channel_health;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod dashscope;
 pub mod generation;
 pub mod health;
 pub mod kling;

@@ -174,7 +174,10 @@ impl Protocol {
             ChannelKind::OpenAi | ChannelKind::Azure => Some(Protocol::OpenAiChat),
             ChannelKind::Anthropic => Some(Protocol::AnthropicMessages),
             ChannelKind::Gemini => Some(Protocol::GeminiGenerate),
-            ChannelKind::Volcengine | ChannelKind::Kling | ChannelKind::Unknown => None,
+            ChannelKind::Volcengine
+            | ChannelKind::Kling
+            | ChannelKind::Dashscope
+            | ChannelKind::Unknown => None,
         }
     }
 }

@@ -166,9 +166,10 @@ impl UpstreamClient {
                     .header("anthropic-version", version)
             }
             ChannelKind::Kling => req.bearer_auth(crate::task::kling::bearer(key)),
-            ChannelKind::OpenAi | ChannelKind::Volcengine | ChannelKind::Unknown => {
-                req.bearer_auth(key)
-            }
+            ChannelKind::OpenAi
+            | ChannelKind::Volcengine
+            | ChannelKind::Dashscope
+            | ChannelKind::Unknown => req.bearer_auth(key),
         };
         for (name, value) in extra.iter().filter(|(n, _)| *n != "anthropic-version") {
             req = req.header(*name, value.as_str());

@@ -43,6 +43,8 @@ pub enum ChannelKind {
     Volcengine,
     /// Kling (video and image tasks; the key is `access_key|secret_key`).
     Kling,
+    /// Alibaba DashScope (Wan video and image tasks).
+    Dashscope,
     /// A type this build does not know: such a channel serves nothing.
     Unknown,
 }
@@ -56,6 +58,7 @@ impl ChannelKind {
             "gemini" => ChannelKind::Gemini,
             "volcengine" => ChannelKind::Volcengine,
             "kling" => ChannelKind::Kling,
+            "dashscope" => ChannelKind::Dashscope,
             _ => ChannelKind::Unknown,
         }
     }
@@ -68,6 +71,7 @@ impl ChannelKind {
             ChannelKind::Gemini => "gemini",
             ChannelKind::Volcengine => "volcengine",
             ChannelKind::Kling => "kling",
+            ChannelKind::Dashscope => "dashscope",
             ChannelKind::Unknown => "unknown",
         }
     }

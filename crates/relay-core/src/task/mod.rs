@@ -8,6 +8,7 @@
 //! A family supplies its client shapes and, per channel type, how to submit, how to
 //! read the upstream's view of a task, and where its content is ([`videos`]).
 
+pub mod dashscope;
 pub mod hook;
 pub mod kling;
 pub mod seedance;
@@ -402,6 +403,12 @@ impl TaskEngine {
             let upstream_model = channel.upstream_model(&req.model);
             let sub = (req.build)(&channel, &upstream_model, parent_upstream.as_deref());
             let sub_path = sub.path.clone();
+            // DashScope runs these only as tasks, and only when asked to.
+            let extra: Vec<(&'static str, String)> = if channel.kind == ChannelKind::Dashscope {
+                vec![("x-dashscope-async", "enable".to_owned())]
+            } else {
+                Vec::new()
+            };
             let sent = pipeline
                 .client
                 .send(
@@ -410,7 +417,7 @@ impl TaskEngine {
                     &key,
                     (&sub.path, &upstream_model),
                     Some((sub.body, &sub.content_type)),
-                    &[],
+                    &extra,
                 )
                 .await;
             let failure = match sent {
@@ -909,7 +916,10 @@ impl TaskEngine {
         else {
             return Err(RelayError::NoAvailableChannel);
         };
-        let resp = if matches!(channel.kind, ChannelKind::Volcengine | ChannelKind::Kling) {
+        let resp = if matches!(
+            channel.kind,
+            ChannelKind::Volcengine | ChannelKind::Kling | ChannelKind::Dashscope
+        ) {
             // These upstreams hand out storage URLs of their own: fetched from there,
             // never shown. They have no thumbnails; `index` picks one of several.
             let param = |name: &str| {
@@ -981,19 +991,20 @@ impl TaskEngine {
         else {
             return refuse("its upstream cannot be reached");
         };
-        if channel.kind != ChannelKind::Volcengine {
-            return refuse("its upstream does not offer it");
-        }
+        let (method, path) = match channel.kind {
+            ChannelKind::Volcengine => (
+                reqwest::Method::DELETE,
+                item_path(channel.kind, t, upstream_id),
+            ),
+            ChannelKind::Dashscope => (
+                reqwest::Method::POST,
+                format!("{}/cancel", item_path(channel.kind, t, upstream_id)),
+            ),
+            _ => return refuse("its upstream does not offer it"),
+        };
         let sent = pipeline
             .client
-            .send(
-                reqwest::Method::DELETE,
-                &channel,
-                &key.1,
-                (&item_path(channel.kind, t, upstream_id), &t.model),
-                None,
-                &[],
-            )
+            .send(method, &channel, &key.1, (&path, &t.model), None, &[])
             .await;
         match sent {
             Ok(r) if r.status().is_success() => {}
@@ -1038,7 +1049,7 @@ impl TaskEngine {
         }
         if let (Some(upstream_id), Some((channel, key))) =
             (&t.upstream_task_id, task_channel(routing, t))
-            && channel.kind != ChannelKind::Kling
+            && matches!(channel.kind, ChannelKind::OpenAi | ChannelKind::Volcengine)
         {
             let path = item_path(channel.kind, t, upstream_id);
             let sent = pipeline
@@ -1154,6 +1165,7 @@ fn observe(kind: ChannelKind, body: &[u8]) -> Option<(String, Observed)> {
     match kind {
         ChannelKind::Volcengine => seedance::observe(body),
         ChannelKind::Kling => kling::observe(body),
+        ChannelKind::Dashscope => dashscope::observe(body),
         _ => videos::observe(body),
     }
 }
@@ -1163,6 +1175,7 @@ fn observe(kind: ChannelKind, body: &[u8]) -> Option<(String, Observed)> {
 fn item_path(kind: ChannelKind, t: &task::Model, upstream_id: &str) -> String {
     match kind {
         ChannelKind::Volcengine => seedance::item_path(upstream_id),
+        ChannelKind::Dashscope => dashscope::item_path(upstream_id),
         ChannelKind::Kling => format!(
             "{}/{}",
             t.upstream_path.as_deref().unwrap_or(kling::ACTIONS[0]),
@@ -1178,6 +1191,7 @@ pub fn render(t: &task::Model) -> serde_json::Value {
         videos::FAMILY => videos::video_json(t),
         seedance::FAMILY => seedance::task_json(t, None),
         kling::FAMILY => kling::task_json(t, &[]),
+        dashscope::FAMILY => dashscope::task_json(t, &[]),
         _ => serde_json::json!({"id": t.id, "status": t.state}),
     }
 }
@@ -1188,9 +1202,13 @@ fn served_by(family: &str) -> fn(ChannelKind) -> bool {
         videos::FAMILY => |k| {
             matches!(
                 k,
-                ChannelKind::OpenAi | ChannelKind::Volcengine | ChannelKind::Kling
+                ChannelKind::OpenAi
+                    | ChannelKind::Volcengine
+                    | ChannelKind::Kling
+                    | ChannelKind::Dashscope
             )
         },
+        dashscope::FAMILY => |k| k == ChannelKind::Dashscope,
         seedance::FAMILY => |k| k == ChannelKind::Volcengine,
         kling::FAMILY => |k| k == ChannelKind::Kling,
         _ => |_| false,

@@ -324,6 +324,13 @@ pub fn builder(create: Create) -> Builder {
             create.image_url.as_deref(),
             upstream_model,
         ),
+        ChannelKind::Dashscope => super::dashscope::from_openai(
+            &create.prompt,
+            create.seconds,
+            create.size.as_deref(),
+            create.image_url.as_deref(),
+            upstream_model,
+        ),
         ChannelKind::Kling => super::kling::from_openai(
             &create.prompt,
             create.seconds,

@@ -1,0 +1,180 @@
+//! A mock Alibaba DashScope (Wan) upstream, shaped like the real one: submissions
+//! under `/api/v1/services/aigc/{group}/{function}` need `X-DashScope-Async: enable`
+//! (else 400, as DashScope refuses synchronous calls there) and the key `ds-key`;
+//! they answer `{request_id, output:{task_id, task_status:"PENDING"}}`. Each `GET
+//! /api/v1/tasks/{id}` moves the task on (`RUNNING`, then `SUCCEEDED` with
+//! `output.video_url` and `usage.video_duration` = the asked duration, or
+//! `output.results` with one image fewer than asked: one failed its check, and
+//! `usage.image_count` says so); `POST …/cancel` works while `PENDING`. The model picks:
+//! - anything else: succeeds on the second query;
+//! - `wan-fail`: fails (`output.code` `DataInspectionFailed`);
+//! - `wan-refuse`: refused at once, 400 `DataInspectionFailed`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use crate::mock_sora::content_bytes;
+
+/// The key the mock accepts.
+pub const KEY: &str = "ds-key";
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<String, (String, Value, u32, bool)>,
+    submissions: Vec<(String, Value)>,
+    base: String,
+}
+
+pub struct MockDashscope {
+    pub base_url: String,
+    state: Arc<Mutex<State>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl MockDashscope {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let data = web::Data::new(Arc::clone(&state));
+        let (base_url, handle) = crate::mock_server::serve(move |cfg| {
+            cfg.app_data(data.clone())
+                .route(
+                    "/api/v1/services/aigc/{group}/{function}",
+                    web::post().to(create),
+                )
+                .route("/api/v1/tasks/{id}", web::get().to(query))
+                .route("/api/v1/tasks/{id}/cancel", web::post().to(cancel))
+                .route("/oss/{file}", web::get().to(oss));
+        });
+        state.lock().unwrap().base = base_url.clone();
+        MockDashscope {
+            base_url,
+            state,
+            handle,
+        }
+    }
+
+    /// Every submission: (path, body).
+    pub fn submissions(&self) -> Vec<(String, Value)> {
+        self.state.lock().unwrap().submissions.clone()
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+type Shared = web::Data<Arc<Mutex<State>>>;
+
+fn error(status: u16, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .json(json!({"request_id": "r-1", "code": code, "message": message}))
+}
+
+fn authorized(req: &HttpRequest) -> bool {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {KEY}"))
+}
+
+async fn create(state: Shared, req: HttpRequest, body: web::Json<Value>) -> HttpResponse {
+    if !authorized(&req) {
+        return error(401, "InvalidApiKey", "Invalid API-key provided.");
+    }
+    if req
+        .headers()
+        .get("x-dashscope-async")
+        .and_then(|v| v.to_str().ok())
+        != Some("enable")
+    {
+        return error(
+            400,
+            "AccessDenied",
+            "current user api does not support synchronous calls",
+        );
+    }
+    let body = body.into_inner();
+    let mut s = state.lock().unwrap();
+    s.submissions.push((req.path().to_owned(), body.clone()));
+    if body["model"] == "wan-refuse" {
+        return error(
+            400,
+            "DataInspectionFailed",
+            "Input data may contain inappropriate content.",
+        );
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    s.jobs
+        .insert(id.clone(), (req.path().to_owned(), body, 0, false));
+    HttpResponse::Ok()
+        .json(json!({"request_id": "r-2", "output": {"task_id": id, "task_status": "PENDING"}}))
+}
+
+async fn query(state: Shared, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    if !authorized(&req) {
+        return error(401, "InvalidApiKey", "Invalid API-key provided.");
+    }
+    let mut s = state.lock().unwrap();
+    let base = s.base.clone();
+    let Some((route, body, polls, cancelled)) = s.jobs.get_mut(path.as_str()) else {
+        return HttpResponse::Ok().json(json!({"request_id": "r", "output": {"task_id": path.as_str(), "task_status": "UNKNOWN"}}));
+    };
+    let id = path.as_str();
+    if *cancelled {
+        return HttpResponse::Ok().json(
+            json!({"request_id": "r", "output": {"task_id": id, "task_status": "CANCELED"}}),
+        );
+    }
+    *polls += 1;
+    let video = route.contains("video-generation");
+    let out = match (*polls, body["model"].as_str()) {
+        (1, _) => json!({"request_id": "r", "output": {"task_id": id, "task_status": "RUNNING"}}),
+        (_, Some("wan-fail")) => {
+            json!({"request_id": "r", "output": {"task_id": id, "task_status": "FAILED",
+            "code": "DataInspectionFailed", "message": "Output data may contain inappropriate content."}})
+        }
+        _ if video => {
+            let seconds = body["parameters"]["duration"].as_i64().unwrap_or(5);
+            json!({"request_id": "r", "output": {"task_id": id, "task_status": "SUCCEEDED",
+                "video_url": format!("{base}/oss/{id}.mp4?Expires=1&Signature=x")},
+                "usage": {"video_duration": seconds, "video_ratio": "1280*720", "video_count": 1}})
+        }
+        _ => {
+            let n = body["parameters"]["n"].as_i64().unwrap_or(4);
+            let made: Vec<Value> = (0..n - 1)
+                .map(|i| json!({"url": format!("{base}/oss/{id}-{i}.png")}))
+                .collect();
+            json!({"request_id": "r", "output": {"task_id": id, "task_status": "SUCCEEDED", "results": made},
+                "usage": {"image_count": n - 1}})
+        }
+    };
+    HttpResponse::Ok().json(out)
+}
+
+async fn cancel(state: Shared, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    if !authorized(&req) {
+        return error(401, "InvalidApiKey", "Invalid API-key provided.");
+    }
+    let mut s = state.lock().unwrap();
+    match s.jobs.get_mut(path.as_str()) {
+        Some((_, _, 0, cancelled)) => {
+            *cancelled = true;
+            HttpResponse::Ok().json(json!({"request_id": "r"}))
+        }
+        Some(_) => error(
+            400,
+            "UnsupportedOperation",
+            "Failed to cancel the task, please confirm if the task is in PENDING status.",
+        ),
+        None => error(404, "NotFound", "task not found"),
+    }
+}
+
+async fn oss() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("content-type", "video/mp4"))
+        .body(content_bytes())
+}

@@ -1,0 +1,222 @@
+//! Wan end to end: DashScope's own shape and OpenAI's `/v1/videos`, served by a
+//! `dashscope` channel (a mock DashScope that insists on `X-DashScope-Async`), with the
+//! money: per second of the asked duration, per image made, released on failure or
+//! cancellation.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tollgate_tests::app::{TestApp, spawn_app_with};
+use tollgate_tests::mock_dashscope::{KEY, MockDashscope};
+use tollgate_tests::mock_sora::content_bytes;
+
+const START: i64 = 10_000_000;
+const PER_SECOND: i64 = 100_000;
+const PER_IMAGE: i64 = 50_000;
+const VIDEO: &str = "/api/v1/services/aigc/video-generation/video-synthesis";
+const IMAGE: &str = "/api/v1/services/aigc/text2image/image-synthesis";
+
+struct Setup {
+    app: TestApp,
+    ds: MockDashscope,
+    user: i64,
+    key: String,
+}
+
+async fn setup() -> Setup {
+    let app = spawn_app_with(|c| c.tasks.allow_private_addresses = true).await;
+    let ds = MockDashscope::start().await;
+    let (status, v) = app
+        .api(
+            "POST",
+            "/api/channels",
+            &app.root_token,
+            Some(
+                json!({"name": "wan", "type": "dashscope", "base_url": ds.base_url, "keys": [KEY],
+                "models": ["wan2.2-t2v-plus", "wan-fail", "wan-refuse", "wanx2.1-t2i-turbo"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    for model in ["wan2.2-t2v-plus", "wan-fail", "wan-refuse"] {
+        app.set_price_with(model, json!({"per_second": 0.1})).await;
+    }
+    app.set_price_with("wanx2.1-t2i-turbo", json!({"per_image": 0.05}))
+        .await;
+    let (user, key) = app.customer_with_key("painter", 10.0).await;
+    Setup { app, ds, user, key }
+}
+
+impl Setup {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .app
+            .http
+            .request(
+                method.parse().unwrap(),
+                format!("{}{path}", self.app.address),
+            )
+            .bearer_auth(&self.key)
+            .header("x-dashscope-async", "enable");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn until_done(&self, id: &str) -> Value {
+        for _ in 0..100 {
+            let (status, v) = self.call("GET", &format!("/api/v1/tasks/{id}"), None).await;
+            assert_eq!(status, 200, "{v}");
+            let word = v["output"]["task_status"].as_str().unwrap_or_default();
+            if word != "PENDING" && word != "RUNNING" {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("task {id} did not finish within 10 s");
+    }
+}
+
+#[tokio::test]
+async fn a_wan_video_is_held_for_its_duration_charged_what_dashscope_reports_and_served_signed() {
+    let s = setup().await;
+    let (status, v) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan2.2-t2v-plus", "input": {"prompt": "a kite"}, "parameters": {"size": "1280*720", "duration": 8}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["output"]["task_status"], "PENDING");
+    let id = v["output"]["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    let done = s.until_done(&id).await;
+    assert_eq!(done["output"]["task_status"], "SUCCEEDED", "{done}");
+    assert_eq!(done["usage"]["video_duration"], 8);
+    let url = done["output"]["video_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/v1/tasks/{id}/content?", s.app.address)),
+        "{url}"
+    );
+    assert_eq!(
+        reqwest::get(url)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+        content_bytes()
+    );
+    assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn wan_images_are_held_for_what_was_asked_and_charged_for_what_was_made() {
+    let s = setup().await;
+    let (status, v) = s
+        .call(
+            "POST",
+            IMAGE,
+            Some(json!({"model": "wanx2.1-t2i-turbo", "input": {"prompt": "four dogs"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["output"]["task_id"].as_str().unwrap().to_owned();
+    // No `n`: held for DashScope's default of four.
+    assert_eq!(s.app.balance(s.user).await, START - 4 * PER_IMAGE);
+    let done = s.until_done(&id).await;
+    let results = done["output"]["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 3, "{done}");
+    for r in &results {
+        assert_eq!(
+            reqwest::get(r["url"].as_str().unwrap())
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    // One image failed its check upstream: three are charged.
+    assert_eq!(s.app.balance(s.user).await, START - 3 * PER_IMAGE);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_failed_refused_or_cancelled_wan_task_costs_nothing() {
+    let s = setup().await;
+    let (_, v) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan-fail", "input": {"prompt": "x"}})),
+        )
+        .await;
+    let id = v["output"]["task_id"].as_str().unwrap().to_owned();
+    let done = s.until_done(&id).await;
+    assert_eq!(done["output"]["task_status"], "FAILED", "{done}");
+    assert_eq!(done["output"]["code"], "DataInspectionFailed");
+    let (status, body) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan-refuse", "input": {"prompt": "x"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["code"].is_string(), "{body}");
+    let (_, v) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan2.2-t2v-plus", "input": {"prompt": "never mind"}})),
+        )
+        .await;
+    let id = v["output"]["task_id"].as_str().unwrap().to_owned();
+    let (status, body) = s
+        .call("POST", &format!("/api/v1/tasks/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, v) = s.call("GET", &format!("/api/v1/tasks/{id}"), None).await;
+    assert_eq!(v["output"]["task_status"], "CANCELED", "{v}");
+    assert_eq!(s.app.balance(s.user).await, START);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn openai_videos_are_served_by_a_dashscope_channel_as_an_async_task() {
+    let s = setup().await;
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/videos",
+            Some(json!({"model": "wan2.2-t2v-plus", "prompt": "rain", "seconds": "5", "size": "1280x720"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let (path, sent) = s.ds.submissions().last().unwrap().clone();
+    assert_eq!(path, VIDEO);
+    assert_eq!(
+        sent["parameters"],
+        json!({"duration": 5, "size": "1280*720"})
+    );
+    assert_eq!(sent["input"]["prompt"], "rain");
+    let mut done = Value::Null;
+    for _ in 0..100 {
+        let (_, v) = s.call("GET", &format!("/v1/videos/{id}"), None).await;
+        if v["status"] == "completed" || v["status"] == "failed" {
+            done = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
+}
