@@ -15,6 +15,7 @@ pub mod mock_openai;
 pub mod mock_server;
 pub mod mock_sora;
 pub mod mock_tools;
+pub mod mock_veo;
 pub mod python;
 pub mod scenario;
 

@@ -171,6 +171,7 @@ impl Application {
                 .configure(crate::seedance::configure)
                 .configure(crate::kling::configure)
                 .configure(crate::dashscope::configure)
+                .configure(crate::veo::configure)
                 .configure(generation::configure)
                 .configure(crate::dashboard::configure)
                 .configure(admin_web::configure)

@@ -14,6 +14,7 @@ pub mod relay;
 pub mod seedance;
 pub mod state;
 pub mod tunables;
+pub mod veo;
 pub mod videos;
 
 pub use app::Application;

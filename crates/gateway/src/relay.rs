@@ -55,7 +55,7 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 
 /// The client's key: `x-api-key` (Anthropic's SDK), `x-goog-api-key` or `?key=`
 /// (Gemini's), or `Authorization: Bearer` (everyone).
-fn api_key(req: &HttpRequest, proto: Protocol) -> Option<String> {
+pub(crate) fn api_key(req: &HttpRequest, proto: Protocol) -> Option<String> {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -277,6 +277,9 @@ pub async fn gemini_generate(
         "countTokens" => {
             let model = model.to_owned();
             return count(Protocol::GeminiGenerate, Some(model), state, req, payload).await;
+        }
+        "predictLongRunning" => {
+            return crate::veo::create(state, req, payload, model.to_owned()).await;
         }
         "streamGenerateContent" => {
             let sse = web::Query::<std::collections::HashMap<String, String>>::from_query(

@@ -12,6 +12,7 @@ pub mod dashscope;
 pub mod hook;
 pub mod kling;
 pub mod seedance;
+pub mod veo;
 pub mod videos;
 
 use std::sync::Arc;
@@ -936,6 +937,40 @@ impl TaskEngine {
                 )));
             };
             self.hooks.fetch(&url, range).await?
+        } else if channel.kind == ChannelKind::Gemini {
+            // Veo's videos are files on the Gemini API itself, fetched with the key.
+            let index: usize = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("index=")?.parse().ok())
+                .unwrap_or(0);
+            let Some(path) = result_urls(t)
+                .into_iter()
+                .nth(index)
+                .and_then(|u| veo::download_path(&u))
+            else {
+                return Err(RelayError::NotFound(format!(
+                    "task '{}' has no such content",
+                    t.id
+                )));
+            };
+            pipeline
+                .client
+                .send(
+                    reqwest::Method::GET,
+                    &channel,
+                    &key.1,
+                    (&path, &t.model),
+                    None,
+                    &range
+                        .map(|r| ("range", r.to_owned()))
+                        .into_iter()
+                        .collect::<Vec<_>>(),
+                )
+                .await
+                .map_err(|f| match f {
+                    Failure::Timeout => RelayError::UpstreamTimeout,
+                    _ => RelayError::Upstream,
+                })?
         } else {
             let path = videos::content_path(upstream_id, query);
             let extra: Vec<(&'static str, String)> =
@@ -1166,6 +1201,7 @@ fn observe(kind: ChannelKind, body: &[u8]) -> Option<(String, Observed)> {
         ChannelKind::Volcengine => seedance::observe(body),
         ChannelKind::Kling => kling::observe(body),
         ChannelKind::Dashscope => dashscope::observe(body),
+        ChannelKind::Gemini => veo::observe(body),
         _ => videos::observe(body),
     }
 }
@@ -1176,6 +1212,7 @@ fn item_path(kind: ChannelKind, t: &task::Model, upstream_id: &str) -> String {
     match kind {
         ChannelKind::Volcengine => seedance::item_path(upstream_id),
         ChannelKind::Dashscope => dashscope::item_path(upstream_id),
+        ChannelKind::Gemini => veo::item_path(upstream_id),
         ChannelKind::Kling => format!(
             "{}/{}",
             t.upstream_path.as_deref().unwrap_or(kling::ACTIONS[0]),
@@ -1192,6 +1229,7 @@ pub fn render(t: &task::Model) -> serde_json::Value {
         seedance::FAMILY => seedance::task_json(t, None),
         kling::FAMILY => kling::task_json(t, &[]),
         dashscope::FAMILY => dashscope::task_json(t, &[]),
+        veo::FAMILY => veo::operation_json(t, &[]),
         _ => serde_json::json!({"id": t.id, "status": t.state}),
     }
 }
@@ -1206,8 +1244,10 @@ fn served_by(family: &str) -> fn(ChannelKind) -> bool {
                     | ChannelKind::Volcengine
                     | ChannelKind::Kling
                     | ChannelKind::Dashscope
+                    | ChannelKind::Gemini
             )
         },
+        veo::FAMILY => |k| k == ChannelKind::Gemini,
         dashscope::FAMILY => |k| k == ChannelKind::Dashscope,
         seedance::FAMILY => |k| k == ChannelKind::Volcengine,
         kling::FAMILY => |k| k == ChannelKind::Kling,

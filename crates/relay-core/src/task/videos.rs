@@ -324,6 +324,12 @@ pub fn builder(create: Create) -> Builder {
             create.image_url.as_deref(),
             upstream_model,
         ),
+        ChannelKind::Gemini => super::veo::from_openai(
+            &create.prompt,
+            create.seconds,
+            create.size.as_deref(),
+            upstream_model,
+        ),
         ChannelKind::Dashscope => super::dashscope::from_openai(
             &create.prompt,
             create.seconds,
@@ -366,8 +372,13 @@ pub fn content_path(upstream_id: &str, query: &str) -> String {
 
 /// An upstream id as one path segment (ids are opaque; never let one add a path).
 pub(crate) fn encode_segment(id: &str) -> String {
+    encode_segment_keeping(id, &[])
+}
+
+/// [`encode_segment`], keeping the characters of `keep` too.
+pub(crate) fn encode_segment_keeping(id: &str, keep: &[char]) -> String {
     id.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_') || keep.contains(c))
         .collect()
 }
 

@@ -1,0 +1,119 @@
+//! Veo in Google's own shape (seeds `000`, `001`): `POST
+//! /v1beta/models/{model}:predictLongRunning` answers an operation `{name}`, and `GET
+//! /v1beta/models/{model}/operations/{id}` answers it (`done`, the videos as signed
+//! Tollgate URLs, or the error), served by `gemini` channels on the task engine.
+//! Errors are Google-shaped.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use relay_core::RelayError;
+use relay_core::pipeline::read_limited;
+use relay_core::protocol::Protocol;
+use relay_core::task::{TaskRequest, veo};
+use serde_json::json;
+
+use crate::relay::{api_key, client_ip, error_response};
+use crate::state::AppState;
+
+/// Mounts the operation route (submissions arrive through the Gemini model route).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/v1beta/models/{model}/operations/{id}",
+        web::get().to(retrieve),
+    );
+}
+
+fn error(e: &RelayError) -> HttpResponse {
+    error_response(Protocol::GeminiGenerate, e, "")
+}
+
+/// `POST /v1beta/models/{model}:predictLongRunning`.
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+    model: String,
+) -> HttpResponse {
+    let snap = state.snapshot.load_full();
+    let routing = snap.routing();
+    let ip = client_ip(&state, &req);
+    let key = api_key(&req, Protocol::GeminiGenerate);
+    if let Err(e) = state.jobs.caller(routing, key.as_deref(), ip) {
+        return error(&e);
+    }
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let raw = match read_limited(payload, declared, state.config.max_body_mb).await {
+        Ok(b) => b,
+        Err(e) => return error(&e),
+    };
+    let ask = match veo::parse_native(&model, &raw) {
+        Ok(a) => a,
+        Err(e) => return error(&e),
+    };
+    let task = TaskRequest {
+        key,
+        ip,
+        family: veo::FAMILY,
+        action: "generate",
+        model: model.clone(),
+        parent: None,
+        // Veo reports no usage: every sample is held and charged the seconds asked.
+        seconds: ask.seconds * ask.samples,
+        tokens: 0,
+        images: 0,
+        meta: json!({"prompt": ask.prompt}),
+        idempotency_key: req
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        hook: None,
+        fingerprint: ask.fingerprint.clone(),
+        endpoint: "/v1beta/models/{model}:predictLongRunning",
+        build: Box::new(move |_, upstream_model, _| veo::native_submission(&ask, upstream_model)),
+    };
+    match state.jobs.submit(&state.pipeline, routing, task).await {
+        Ok(t) => HttpResponse::Ok()
+            .insert_header((crate::relay::GENERATION_HEADER, t.id.clone()))
+            .json(veo::operation_json(&t, &[])),
+        Err(e) => error(&e),
+    }
+}
+
+/// `GET /v1beta/models/{model}/operations/{id}`.
+async fn retrieve(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (_, id) = path.into_inner();
+    let snap = state.snapshot.load_full();
+    let routing = snap.routing();
+    let key = api_key(&req, Protocol::GeminiGenerate);
+    let caller = match state
+        .jobs
+        .caller(routing, key.as_deref(), client_ip(&state, &req))
+    {
+        Ok(c) => c,
+        Err(e) => return error(&e),
+    };
+    match state
+        .jobs
+        .read(&state.pipeline, routing, &caller, &id)
+        .await
+    {
+        Ok(t) if t.family == veo::FAMILY => {
+            let urls = if t.state == "succeeded" {
+                crate::seedance::signed_urls(&state, &req, &t)
+            } else {
+                Vec::new()
+            };
+            HttpResponse::Ok().json(veo::operation_json(&t, &urls))
+        }
+        Ok(_) => error(&RelayError::NotFound(format!("no operation '{id}'"))),
+        Err(e) => error(&e),
+    }
+}
