@@ -623,8 +623,8 @@ impl TaskEngine {
             .ok_or_else(|| RelayError::NotFound(format!("no task '{id}'")))
     }
 
-    /// One round of the background poller: leases due tasks and polls them, several
-    /// at a time. Returns how many were polled.
+    /// One round of the background poller: leases due tasks and polls them, paced
+    /// per channel. Returns how many were polled.
     pub async fn poll_due(&self, pipeline: &Pipeline, routing: Routing<'_>) -> usize {
         let leased = match store_task::lease_due(
             &self.db,
@@ -641,8 +641,20 @@ impl TaskEngine {
             }
         };
         let n = leased.len();
-        futures_util::stream::iter(leased.iter())
-            .for_each_concurrent(8, |t| self.poll(pipeline, routing, t))
+        // Paced per channel: one poll in flight per channel (its tasks one after
+        // another), up to eight channels at once, so a channel with many open tasks
+        // is never hit by a burst and one slow upstream does not hold up the others.
+        let mut by_channel: std::collections::BTreeMap<Option<i64>, Vec<&task::Model>> =
+            std::collections::BTreeMap::new();
+        for t in &leased {
+            by_channel.entry(t.channel_id).or_default().push(t);
+        }
+        futures_util::stream::iter(by_channel.into_values())
+            .for_each_concurrent(8, |tasks| async move {
+                for t in tasks {
+                    self.poll(pipeline, routing, t).await;
+                }
+            })
             .await;
         n
     }
