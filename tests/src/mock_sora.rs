@@ -10,7 +10,9 @@
 //! - `sora-odd`: answers a status word no API documents (`rendering_frames`) forever;
 //! - `sora-short`: completes reporting 4 seconds whatever was asked;
 //! - `sora-slow-accept`: takes the job at once but answers the submission only after
-//!   2 s (longer than a 1 s channel timeout: the answer is lost).
+//!   2 s (longer than a 1 s channel timeout: the answer is lost);
+//! - `sora-flaky-poll`: its first two polls fail (429, then 500), then it goes on as
+//!   normal.
 //!
 //! `GET /v1/videos` lists the caller's jobs, newest first.
 
@@ -29,6 +31,8 @@ pub fn content_bytes() -> Vec<u8> {
 #[derive(Clone, Debug)]
 struct Job {
     seq: usize,
+    /// Polls still to fail (`sora-flaky-poll`).
+    flaky: u32,
     video: Value,
     polls: u32,
     /// The Authorization header that created it.
@@ -212,6 +216,7 @@ async fn create(jobs: Shared, req: HttpRequest, body: Bytes) -> HttpResponse {
             video["id"].as_str().unwrap().to_owned(),
             Job {
                 seq,
+                flaky: if model == "sora-flaky-poll" { 2 } else { 0 },
                 video: video.clone(),
                 polls: 0,
                 owner: auth(&req),
@@ -267,6 +272,7 @@ async fn remix(
         video["id"].as_str().unwrap().to_owned(),
         Job {
             seq,
+            flaky: 0,
             video: video.clone(),
             polls: 0,
             owner: auth(&req),
@@ -283,6 +289,24 @@ async fn retrieve(jobs: Shared, req: HttpRequest, path: web::Path<String>) -> Ht
     };
     if job.owner != auth(&req) {
         return error(404, "invalid_request_error", "not_found", "Video not found");
+    }
+    if job.flaky > 0 {
+        job.flaky -= 1;
+        return if job.flaky == 1 {
+            error(
+                429,
+                "requests",
+                "rate_limit_exceeded",
+                "Rate limit reached for requests",
+            )
+        } else {
+            error(
+                500,
+                "server_error",
+                "internal_error",
+                "The server had an error while processing your request.",
+            )
+        };
     }
     job.polls += 1;
     let model = job.video["model"].as_str().unwrap_or_default().to_owned();

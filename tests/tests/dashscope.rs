@@ -113,6 +113,24 @@ async fn a_wan_video_is_held_for_its_duration_charged_what_dashscope_reports_and
         content_bytes()
     );
     assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    // Another tenant gets 404 for it, for its cancellation and for its generation.
+    let (_, other) = s.app.customer_with_key("other-painter", 1.0).await;
+    for (method, path) in [
+        ("GET", format!("/api/v1/tasks/{id}")),
+        ("POST", format!("/api/v1/tasks/{id}/cancel")),
+        ("GET", format!("/v1/generation?id={id}")),
+    ] {
+        let status = s
+            .app
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", s.app.address))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 404, "{method} {path}");
+    }
     s.app.assert_ledger_consistent().await;
 }
 

@@ -128,6 +128,23 @@ async fn a_kling_video_is_signed_for_with_a_jwt_held_for_its_duration_and_charge
         content_bytes()
     );
     assert!(!s.kling.cdn_saw_a_key());
+    // Another tenant gets 404 for it, and for its generation.
+    let (_, other) = s.app.customer_with_key("other-studio", 1.0).await;
+    for path in [
+        format!("/kling/v1/videos/text2video/{id}"),
+        format!("/v1/generation?id={id}"),
+    ] {
+        let status = s
+            .app
+            .http
+            .get(format!("{}{path}", s.app.address))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 404, "{path}");
+    }
     s.app.assert_ledger_consistent().await;
 }
 

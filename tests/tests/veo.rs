@@ -113,6 +113,18 @@ async fn a_veo_operation_is_held_for_every_video_asked_and_its_videos_are_signed
         assert_eq!(got.bytes().await.unwrap().to_vec(), content_bytes());
     }
     assert_eq!(s.app.balance(s.user).await, START - 16 * PER_SECOND);
+    // Another tenant gets 404 for the operation.
+    let (_, other) = s.app.customer_with_key("other-cinematographer", 1.0).await;
+    let status = s
+        .app
+        .http
+        .get(format!("{}/v1beta/{name}", s.app.address))
+        .header("x-goog-api-key", &other)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
     s.app.assert_ledger_consistent().await;
 }
 

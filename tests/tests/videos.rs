@@ -32,6 +32,7 @@ async fn setup() -> Setup {
             "sora-429",
             "sora-odd",
             "sora-short",
+            "sora-flaky-poll",
         ],
         json!({}),
     )
@@ -43,6 +44,7 @@ async fn setup() -> Setup {
         "sora-429",
         "sora-odd",
         "sora-short",
+        "sora-flaky-poll",
     ] {
         app.set_price_with(model, json!({"per_second": 0.1})).await;
     }
@@ -790,4 +792,68 @@ async fn a_video_model_priced_only_per_image_is_refused_not_served_free() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "model_not_priced");
     assert!(s.sora.submissions().is_empty());
+}
+
+#[tokio::test]
+async fn polls_that_fail_with_429_and_500_are_retried_and_the_video_is_charged_once() {
+    let s = setup().await;
+    let (_, v) = s
+        .create(
+            &s.key,
+            json!({"model": "sora-flaky-poll", "prompt": "bumpy road"}),
+        )
+        .await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    let done = s.until_done(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(s.app.balance(s.user).await, START - 4 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_task_leased_by_a_poller_that_died_is_taken_over_when_its_lease_runs_out_and_settled_once()
+ {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    use store::entities::task;
+    let s = setup().await;
+    let (_, v) = s
+        .create(&s.key, json!({"prompt": "orphan", "seconds": "8"}))
+        .await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    // A poller of another instance took it and was killed (kill -9) mid-poll: its
+    // lease is still there, for a little while.
+    task::Entity::update_many()
+        .col_expr(
+            task::Column::LeaseOwner,
+            Expr::value("tasks-killed-instance"),
+        )
+        .col_expr(
+            task::Column::LeaseUntil,
+            Expr::value(chrono::Utc::now() + chrono::Duration::milliseconds(1500)),
+        )
+        .filter(task::Column::Id.eq(id.clone()))
+        .exec(&s.app.db)
+        .await
+        .unwrap();
+    // While the dead poller's lease holds, nobody polls it (reads answer from the
+    // database).
+    let before = s.sora.polls();
+    for _ in 0..3 {
+        let (_, v) = s.get(&s.key, &format!("/v1/videos/{id}")).await;
+        assert_eq!(v["status"], "queued", "{v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(s.sora.polls(), before);
+    // Then this instance takes it over and finishes it, charging it once.
+    let done = s.until_done(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    let rows = s
+        .ledger()
+        .await
+        .into_iter()
+        .filter(|r| r.2.as_deref() == Some(id.as_str()))
+        .count();
+    assert_eq!(rows, 1);
+    s.app.assert_ledger_consistent().await;
 }

@@ -19,7 +19,9 @@ struct Row {
     user_id: i64,
     key_id: i64,
     status: String,
-    status_code: i32,
+    /// The HTTP status of a relay call; the state of a task (queued, in_progress,
+    /// succeeded, failed, cancelled, expired).
+    detail: String,
     tokens: String,
     cost: String,
     latency: String,
@@ -33,7 +35,10 @@ fn row(g: &generation::Model) -> Row {
         user_id: g.user_id,
         key_id: g.key_id,
         status: g.status.clone(),
-        status_code: g.status_code,
+        detail: match (&g.finish_reason, g.id.starts_with("task_")) {
+            (Some(state), true) => state.clone(),
+            _ => g.status_code.to_string(),
+        },
         tokens: format!("{} / {}", g.tokens_prompt, g.tokens_completion),
         cost: page::credits(g.cost),
         latency: g.latency_ms.map(|l| format!("{l} ms")).unwrap_or_default(),
