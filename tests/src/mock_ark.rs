@@ -1,6 +1,6 @@
 //! A mock Volcengine Ark (Seedance) upstream, shaped like the real one:
 //! `POST /api/v3/contents/generations/tasks` answers `{id}` (`cgt-…`); each
-//! `GET …/tasks/{id}` moves the job on (`running`, then `succeeded` with
+//! `GET …/tasks/{id}` moves the job on (`queued`, `running`, then `succeeded` with
 //! `content.video_url` on the mock's own storage, `usage.completion_tokens` as Ark
 //! counts them: width × height × (24 × seconds + 1) / 1024 at the asked resolution in
 //! 16:9, and `duration`); `DELETE` cancels a queued task only. Storage
@@ -150,7 +150,8 @@ async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
     if job.status != "cancelled" {
         job.polls += 1;
         job.status = match (job.polls, job.body["model"].as_str()) {
-            (1, _) => "running",
+            (1, _) => "queued",
+            (2, _) => "running",
             (_, Some("seedance-fail")) => "failed",
             _ => "succeeded",
         };

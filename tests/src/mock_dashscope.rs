@@ -2,7 +2,7 @@
 //! under `/api/v1/services/aigc/{group}/{function}` need `X-DashScope-Async: enable`
 //! (else 400, as DashScope refuses synchronous calls there) and the key `ds-key`;
 //! they answer `{request_id, output:{task_id, task_status:"PENDING"}}`. Each `GET
-//! /api/v1/tasks/{id}` moves the task on (`RUNNING`, then `SUCCEEDED` with
+//! /api/v1/tasks/{id}` moves the task on (`PENDING`, `RUNNING`, then `SUCCEEDED` with
 //! `output.video_url` and `usage.video_duration` = the asked duration, or
 //! `output.results` with one image fewer than asked: one failed its check, and
 //! `usage.image_count` says so); `POST …/cancel` works while `PENDING`. The model picks:
@@ -131,7 +131,8 @@ async fn query(state: Shared, req: HttpRequest, path: web::Path<String>) -> Http
     *polls += 1;
     let video = route.contains("video-generation");
     let out = match (*polls, body["model"].as_str()) {
-        (1, _) => json!({"request_id": "r", "output": {"task_id": id, "task_status": "RUNNING"}}),
+        (1, _) => json!({"request_id": "r", "output": {"task_id": id, "task_status": "PENDING"}}),
+        (2, _) => json!({"request_id": "r", "output": {"task_id": id, "task_status": "RUNNING"}}),
         (_, Some("wan-fail")) => {
             json!({"request_id": "r", "output": {"task_id": id, "task_status": "FAILED",
             "code": "DataInspectionFailed", "message": "Output data may contain inappropriate content."}})
@@ -160,7 +161,7 @@ async fn cancel(state: Shared, req: HttpRequest, path: web::Path<String>) -> Htt
     }
     let mut s = state.lock().unwrap();
     match s.jobs.get_mut(path.as_str()) {
-        Some((_, _, 0, cancelled)) => {
+        Some((_, _, 0 | 1, cancelled)) => {
             *cancelled = true;
             HttpResponse::Ok().json(json!({"request_id": "r"}))
         }

@@ -7,7 +7,8 @@
 //! CDN, which needs no key). The model picks the behaviour:
 //! - anything else: succeeds on the second query, `duration` as asked, `n` images;
 //! - `kling-fail`: fails on the second query (`task_status_msg`);
-//! - `kling-refuse`: refused at once, 400 `{code:1301}` (content policy).
+//! - `kling-refuse`: refused at once, 400 `{code:1301}` (content policy);
+//! - `kling-busy`: refused with HTTP 200 and `{code:1303}` (over the concurrency limit).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -123,6 +124,9 @@ async fn create(
         return HttpResponse::BadRequest().json(
             json!({"code": 1301, "message": "content security policy triggered", "request_id": ""}),
         );
+    }
+    if body["model_name"] == "kling-busy" {
+        return HttpResponse::Ok().json(json!({"code": 1303, "message": "parallel task over resource pack limit", "request_id": ""}));
     }
     s.next += 1;
     let id = s.next.to_string();

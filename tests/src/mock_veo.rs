@@ -6,7 +6,8 @@
 //! `/v1beta/files/{id}:download?alt=media`, which needs the key too). The model picks:
 //! - anything else: done on the second query, one video per `sampleCount`;
 //! - `veo-filtered`: done with every sample filtered (`raiMediaFilteredCount`), no video;
-//! - `veo-fail`: done with an `error`.
+//! - `veo-fail`: done with an `error`;
+//! - `veo-partial`: done with one video fewer than asked (one filtered).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,7 +120,10 @@ async fn operation(
             "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",
             "generateVideoResponse": {"raiMediaFilteredCount": 1, "raiMediaFilteredReasons": ["Unsafe content."]}}}),
         _ => {
-            let n = body["parameters"]["sampleCount"].as_i64().unwrap_or(1);
+            let mut n = body["parameters"]["sampleCount"].as_i64().unwrap_or(1);
+            if model == "veo-partial" {
+                n -= 1;
+            }
             json!({"name": name, "done": true, "response": {
                 "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",
                 "generateVideoResponse": {"generatedSamples": (0..n).map(|i| json!({"video": {"uri": format!("{base}/v1beta/files/{id}-{i}:download?alt=media")}})).collect::<Vec<_>>()}}})

@@ -31,12 +31,12 @@ async fn setup() -> Setup {
             Some(
                 json!({"name": "kling", "type": "kling", "base_url": kling.base_url,
                 "keys": [format!("{ACCESS_KEY}|{SECRET_KEY}")],
-                "models": ["kling-v1", "kling-fail", "kling-refuse", "kling-v1-image"]}),
+                "models": ["kling-v1", "kling-fail", "kling-refuse", "kling-busy", "kling-v1-image"]}),
             ),
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    for model in ["kling-v1", "kling-fail", "kling-refuse"] {
+    for model in ["kling-v1", "kling-fail", "kling-refuse", "kling-busy"] {
         app.set_price_with(model, json!({"per_second": 0.1})).await;
     }
     app.set_price_with("kling-v1-image", json!({"per_image": 0.05}))
@@ -247,5 +247,39 @@ async fn openai_videos_with_a_reference_image_go_to_klings_image_to_video() {
     }
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn pro_mode_is_priced_under_its_own_name_or_refused_and_a_refusal_in_a_200_costs_nothing() {
+    let s = setup().await;
+    let body = json!({"model_name": "kling-v1", "prompt": "x", "duration": "5", "mode": "pro"});
+    let (status, v) = s
+        .call("POST", "/kling/v1/videos/text2video", Some(body.clone()))
+        .await;
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("kling-v1-pro"),
+        "{v}"
+    );
+    assert!(s.kling.submissions().is_empty());
+    s.app
+        .set_price_with("kling-v1-pro", json!({"per_second": 0.35}))
+        .await;
+    let (status, v) = s
+        .call("POST", "/kling/v1/videos/text2video", Some(body))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(s.app.balance(s.user).await, START - 5 * 350_000);
+    // Kling over its concurrency limit answers 200 with code 1303: nothing held.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/kling/v1/videos/text2video",
+            Some(json!({"model_name": "kling-busy", "prompt": "x"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(s.app.balance(s.user).await, START - 5 * 350_000);
     s.app.assert_ledger_consistent().await;
 }

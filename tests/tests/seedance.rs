@@ -240,9 +240,16 @@ async fn a_queued_seedance_task_can_be_cancelled_and_its_hold_comes_back() {
         .call("POST", PATH, &s.key, Some(text("keep going --rs 480p")))
         .await;
     let id = v["id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let (_, v) = s.call("GET", &format!("{PATH}/{id}"), &s.key, None).await;
-    assert_eq!(v["status"], "running", "{v}");
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        let (_, v) = s.call("GET", &format!("{PATH}/{id}"), &s.key, None).await;
+        seen = v;
+        if seen["status"] != "queued" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen["status"], "running", "{seen}");
     let (status, _) = s
         .call("DELETE", &format!("{PATH}/{id}"), &s.key, None)
         .await;

@@ -30,12 +30,17 @@ async fn setup() -> Setup {
             &app.root_token,
             Some(
                 json!({"name": "veo", "type": "gemini", "base_url": veo.base_url, "keys": [KEY],
-                "models": ["veo-3.0-generate-001", "veo-filtered", "veo-fail"]}),
+                "models": ["veo-3.0-generate-001", "veo-filtered", "veo-fail", "veo-partial"]}),
             ),
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    for model in ["veo-3.0-generate-001", "veo-filtered", "veo-fail"] {
+    for model in [
+        "veo-3.0-generate-001",
+        "veo-filtered",
+        "veo-fail",
+        "veo-partial",
+    ] {
         app.set_price_with(model, json!({"per_second": 0.1})).await;
     }
     let (user, key) = app.customer_with_key("cinematographer", 10.0).await;
@@ -200,5 +205,26 @@ async fn openai_videos_are_served_by_a_gemini_channel_as_a_veo_operation() {
         .unwrap();
     assert_eq!(bytes.to_vec(), content_bytes());
     assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_veo_operation_with_some_videos_filtered_is_charged_for_the_videos_delivered() {
+    let s = setup().await;
+    let (_, op) = s
+        .call(
+            "POST",
+            "/v1beta/models/veo-partial:predictLongRunning",
+            Some(json!({"instances": [{"prompt": "x"}], "parameters": {"durationSeconds": 6, "sampleCount": 3}})),
+        )
+        .await;
+    assert_eq!(s.app.balance(s.user).await, START - 18 * PER_SECOND);
+    let done = s.until_done(op["name"].as_str().unwrap()).await;
+    let samples = done["response"]["generateVideoResponse"]["generatedSamples"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(samples, 2, "{done}");
+    assert_eq!(s.app.balance(s.user).await, START - 12 * PER_SECOND);
     s.app.assert_ledger_consistent().await;
 }

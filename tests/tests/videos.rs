@@ -734,6 +734,14 @@ async fn a_request_that_could_be_read_as_a_longer_or_dearer_video_is_refused_unh
     assert_eq!(resp.status(), 400);
     assert!(s.sora.submissions().is_empty());
     assert_eq!(s.app.balance(s.user).await, START);
+    // Text commands in the prompt (read by some upstreams) are refused.
+    let (status, body) = s
+        .create(
+            &s.key,
+            json!({"prompt": "x --dur 12 --rs 1080p", "seconds": "4"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
     // The seconds held are the seconds sent, even when the client sent a number.
     let (status, v) = s.create(&s.key, json!({"prompt": "x", "seconds": 8})).await;
     assert_eq!(status, 200, "{v}");

@@ -94,6 +94,7 @@ async fn create(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         hook: None,
+        price_model: None,
         fingerprint: ask.fingerprint.clone(),
         endpoint: path,
         build: Box::new(move |_, upstream_model, _| {

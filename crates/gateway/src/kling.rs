@@ -91,6 +91,7 @@ async fn create(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         hook: ask.hook.clone(),
+        price_model: ask.variant.clone(),
         fingerprint: ask.fingerprint.clone(),
         endpoint: path,
         build: Box::new(move |_, upstream_model, _| kling::native_submission(&ask, upstream_model)),

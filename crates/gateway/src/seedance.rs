@@ -105,6 +105,7 @@ async fn create(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         hook: ask.hook.clone(),
+        price_model: None,
         fingerprint: ask.fingerprint.clone(),
         endpoint: PATH,
         build: Box::new(move |_, upstream_model, _| {

@@ -64,13 +64,14 @@ pub async fn create(
         seconds: ask.seconds * ask.samples,
         tokens: 0,
         images: 0,
-        meta: json!({"prompt": ask.prompt}),
+        meta: json!({"prompt": ask.prompt, "samples": ask.samples}),
         idempotency_key: req
             .headers()
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         hook: None,
+        price_model: None,
         fingerprint: ask.fingerprint.clone(),
         endpoint: "/v1beta/models/{model}:predictLongRunning",
         build: Box::new(move |_, upstream_model, _| veo::native_submission(&ask, upstream_model)),

@@ -68,6 +68,9 @@ thread_local! {
 
 fn build_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
+        // A redirect would carry the channel's key (an `x-goog-api-key` or `api-key`
+        // header survives reqwest's cross-host redirect) wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))

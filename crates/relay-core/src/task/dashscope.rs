@@ -253,7 +253,11 @@ pub fn task_json(t: &task::Model, urls: &[String]) -> Value {
         output["end_time"] = json!(time(end));
     }
     if word == "FAILED" {
-        let text = t.error.clone().unwrap_or_else(|| "failed".into());
+        let text = t
+            .error
+            .as_deref()
+            .map(crate::error::redact)
+            .unwrap_or_else(|| "failed".into());
         let (code, message) = text
             .split_once(": ")
             .map_or(("failed".to_owned(), text.clone()), |(c, m)| {

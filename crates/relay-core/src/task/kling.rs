@@ -66,6 +66,9 @@ pub struct Ask {
     pub prompt: String,
     pub hook: Option<String>,
     pub fingerprint: String,
+    /// The priced name of a dearer variant: `{model}-pro` for `mode: pro`, with
+    /// `-sound` for `sound: on` (Kling charges both more).
+    pub variant: Option<String>,
 }
 
 const READ: [&str; 5] = ["model_name", "model", "duration", "n", "callback_url"];
@@ -127,6 +130,19 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
         .and_then(Value::as_str)
         .map(str::to_owned);
     obj.remove("callback_url");
+    let mode = obj.get("mode").and_then(Value::as_str).unwrap_or("std");
+    let sound = obj.get("sound").and_then(Value::as_str).unwrap_or("off");
+    if !matches!(mode, "std" | "pro") || !matches!(sound, "on" | "off") {
+        return Err(RelayError::InvalidRequest(
+            "'mode' must be std or pro, 'sound' on or off".into(),
+        ));
+    }
+    let variant = match (mode, sound) {
+        ("std", "off") => None,
+        ("pro", "off") => Some(format!("{model}-pro")),
+        ("std", _) => Some(format!("{model}-sound")),
+        _ => Some(format!("{model}-pro-sound")),
+    };
     obj.insert("model_name".into(), Value::String(model.clone()));
     let forwarded = Bytes::from(v.to_string());
     let fingerprint = format!("{path}\n{hook:?}\n{}", store::hash_bytes(&forwarded));
@@ -139,6 +155,7 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
         prompt,
         hook,
         fingerprint,
+        variant,
     })
 }
 
@@ -296,7 +313,11 @@ pub fn task_json(t: &task::Model, urls: &[String]) -> Value {
         "updated_at": t.updated_at.timestamp_millis(),
     });
     if word == "failed" {
-        let msg = t.error.clone().unwrap_or_else(|| "failed".into());
+        let msg = t
+            .error
+            .as_deref()
+            .map(crate::error::redact)
+            .unwrap_or_else(|| "failed".into());
         data["task_status_msg"] = json!(msg.strip_prefix("failed: ").unwrap_or(&msg));
     }
     if word == "succeed" {

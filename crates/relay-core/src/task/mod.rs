@@ -204,6 +204,9 @@ pub struct TaskRequest {
     pub idempotency_key: Option<String>,
     /// The client's callback URL (checked here, kept with the task, never sent upstream).
     pub hook: Option<String>,
+    /// The name the task is priced under when it asks for a dearer variant of the
+    /// model (`{model}-pro`); `None`: the model's own price.
+    pub price_model: Option<String>,
     /// What makes two submissions the same (for `Idempotency-Key`): the parsed
     /// fields, the parent, digests of any files; never the raw bytes (a client's
     /// retry of a form has a new boundary).
@@ -274,7 +277,7 @@ impl TaskEngine {
         }
         let caller = self.caller(routing, req.key.as_deref(), req.ip)?;
         let family_kind = served_by(req.family);
-        let admitted = admission::admit_where(
+        let mut admitted = admission::admit_where(
             routing.catalog,
             routing.router,
             &caller,
@@ -282,6 +285,17 @@ impl TaskEngine {
             family_kind,
             |p| meters(p, &req),
         )?;
+        // A dearer variant of the model (Kling's `pro` mode) is priced under its own
+        // name, or not served: it must never go at the base model's price.
+        if let Some(variant) = &req.price_model {
+            admitted.price = routing
+                .catalog
+                .prices
+                .get(variant)
+                .map(Price::from)
+                .filter(|p| meters(p, &req))
+                .ok_or_else(|| RelayError::ModelNotPriced(variant.clone()))?;
+        }
         pipeline.check_rpm(&caller).await?;
         let mut meta = req.meta.clone();
         if let Some(url) = &req.hook {
@@ -430,6 +444,23 @@ impl TaskEngine {
                     )
                     .await;
                     let observed = body.as_ref().ok().and_then(|b| observe(channel.kind, b));
+                    // Some upstreams refuse with a success status and an error code
+                    // in the body (Kling's `code`, DashScope's `code`): a refusal.
+                    if observed.is_none()
+                        && let Some(message) = body.as_deref().ok().and_then(refusal_in)
+                    {
+                        attempts.push(Attempt {
+                            channel_id: channel.id,
+                            status: Some(200),
+                            error: Some("refused".into()),
+                        });
+                        last = RelayError::Rejected {
+                            status: 400,
+                            message,
+                            body: None,
+                        };
+                        break;
+                    }
                     attempts.push(Attempt {
                         channel_id: channel.id,
                         status: Some(200),
@@ -838,7 +869,19 @@ impl TaskEngine {
     async fn conclude(&self, t: &task::Model, seen: &Observed) {
         let pricing: Pricing = serde_json::from_str(&t.pricing).unwrap_or_default();
         let state = seen.state.unwrap_or(State::Failed);
-        let seconds = seen.seconds.unwrap_or(pricing.seconds);
+        let mut seconds = seen.seconds.unwrap_or(pricing.seconds);
+        if t.family == veo::FAMILY {
+            // Veo reports no usage: each video asked was held; only those delivered
+            // (not filtered for safety) are charged.
+            let meta: serde_json::Value = serde_json::from_str(&t.meta).unwrap_or_default();
+            let asked = meta
+                .get("samples")
+                .and_then(|n| n.as_i64())
+                .unwrap_or(1)
+                .max(1);
+            let made = result_count(seen).unwrap_or(asked).clamp(0, asked);
+            seconds = pricing.seconds * made / asked;
+        }
         let tokens = seen.tokens.unwrap_or(pricing.tokens);
         let images = seen.images.unwrap_or(pricing.images);
         let mut result = seen.result.clone().unwrap_or_else(|| serde_json::json!({}));
@@ -965,7 +1008,7 @@ impl TaskEngine {
                     t.id
                 )));
             };
-            pipeline
+            let resp = pipeline
                 .client
                 .send(
                     reqwest::Method::GET,
@@ -982,7 +1025,19 @@ impl TaskEngine {
                 .map_err(|f| match f {
                     Failure::Timeout => RelayError::UpstreamTimeout,
                     _ => RelayError::Upstream,
-                })?
+                })?;
+            // The file may be handed over to storage elsewhere: followed without the
+            // channel's key, to public addresses only.
+            match resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+            {
+                Some(location) if resp.status().is_redirection() => {
+                    self.hooks.fetch(location, range).await?
+                }
+                _ => resp,
+            }
         } else {
             let path = videos::content_path(upstream_id, query);
             let extra: Vec<(&'static str, String)> =
@@ -1038,6 +1093,13 @@ impl TaskEngine {
         else {
             return refuse("its upstream cannot be reached");
         };
+        // The database may be a poll behind: a task the upstream has started (or
+        // finished) is not cancelled, or its work would go unpaid.
+        match look(pipeline, &channel, &key.1, t, upstream_id).await {
+            Ok(Looked::Seen(seen)) if seen.state == Some(State::Queued) => {}
+            Ok(Looked::Seen(_)) => return refuse("the upstream has started it"),
+            _ => return refuse("its upstream cannot say whether it has started"),
+        }
         let (method, path) = match channel.kind {
             ChannelKind::Volcengine => (
                 reqwest::Method::DELETE,
@@ -1121,6 +1183,25 @@ impl TaskEngine {
     }
 }
 
+/// The message of a success answer that is a refusal: a non-zero `code`, a `code`
+/// string with no task, or an `error` object.
+fn refusal_in(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let message = || {
+        v.get("message")
+            .or_else(|| v.pointer("/error/message"))
+            .and_then(|m| m.as_str())
+            .map(crate::error::redact)
+            .unwrap_or_else(|| "the upstream refused the task".into())
+    };
+    let code = v.get("code");
+    let refused = code.and_then(|c| c.as_i64()).is_some_and(|c| c != 0)
+        || (code.and_then(|c| c.as_str()).is_some_and(|c| !c.is_empty())
+            && v.get("output").is_none())
+        || v.get("error").is_some_and(|e| !e.is_null());
+    refused.then(message)
+}
+
 /// An answer that says a gateway in front of the upstream gave up waiting (408, 504,
 /// Cloudflare's 522 and 524): the upstream may have taken the job all the same.
 fn timed_out_behind_a_proxy(failure: &Failure) -> bool {
@@ -1136,6 +1217,12 @@ fn timed_out_behind_a_proxy(failure: &Failure) -> bool {
 /// Failed looks in a row (the last a 404) before a task the upstream does not know
 /// is taken as failed.
 const GONE_AFTER: i32 = 3;
+
+/// How many results an upstream answer carries.
+fn result_count(seen: &Observed) -> Option<i64> {
+    let urls = seen.result.as_ref()?.get("urls")?.as_array()?;
+    i64::try_from(urls.len()).ok()
+}
 
 /// The result URLs an upstream left for task `t` (never shown to clients).
 pub fn result_urls(t: &task::Model) -> Vec<String> {

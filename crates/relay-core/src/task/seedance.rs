@@ -104,6 +104,21 @@ pub fn parse_native(body: &[u8]) -> Result<Ask, RelayError> {
         ));
     }
     let text = texts.first().copied().unwrap_or_default().to_owned();
+    // Only the commands Tollgate prices or that do not change the price: a longer or
+    // denser video (frames, frame rate) must not ride on the hold of a shorter one.
+    if let Some((name, _)) = flags(&text).find(|(k, _)| !FLAGS.contains(k)) {
+        return Err(RelayError::InvalidRequest(format!(
+            "the text command '--{name}' is not supported here"
+        )));
+    }
+    if let Some(k) = ["frames", "fps", "framespersecond"]
+        .iter()
+        .find(|k| obj.contains_key(**k))
+    {
+        return Err(RelayError::InvalidRequest(format!(
+            "'{k}' is not supported here: ask for a duration"
+        )));
+    }
     let flag = |names: &[&str]| -> Result<Option<String>, RelayError> {
         let found: Vec<String> = flags(&text)
             .filter(|(k, _)| names.contains(k))
@@ -172,6 +187,28 @@ pub fn parse_native(body: &[u8]) -> Result<Ask, RelayError> {
         prompt: text,
         hook,
     })
+}
+
+/// The text commands accepted: duration and resolution (priced), and those that do
+/// not change what a video costs.
+const FLAGS: [&str; 11] = [
+    "dur",
+    "duration",
+    "rs",
+    "resolution",
+    "ratio",
+    "rt",
+    "seed",
+    "camerafixed",
+    "cf",
+    "watermark",
+    "wm",
+];
+
+/// Whether a client's prompt carries text commands of its own (`--name`).
+pub fn has_flags(text: &str) -> bool {
+    text.split_whitespace()
+        .any(|w| w.starts_with("--") && w.len() > 2)
 }
 
 /// `--name value` pairs of a Seedance text prompt.
@@ -375,7 +412,11 @@ pub fn task_json(t: &task::Model, video_url: Option<String>) -> Value {
         }
     }
     if status == "failed" || status == "cancelled" {
-        let text = t.error.clone().unwrap_or_else(|| status.into());
+        let text = t
+            .error
+            .as_deref()
+            .map(crate::error::redact)
+            .unwrap_or_else(|| status.into());
         let (code, message) = text
             .split_once(": ")
             .map_or((status.to_owned(), text.clone()), |(c, m)| {
@@ -413,6 +454,9 @@ mod tests {
             r#"{"model":"m","duration":5,"content":[{"type":"text","text":"x --dur 10"}]}"#,
             r#"{"model":"m","Duration":10,"content":[{"type":"text","text":"x"}]}"#,
             r#"{"model":"m","content":[{"type":"text","text":"x --rs 4k"}]}"#,
+            r#"{"model":"m","content":[{"type":"text","text":"x --frames 289"}]}"#,
+            r#"{"model":"m","frames":289,"content":[{"type":"text","text":"x"}]}"#,
+            r#"{"model":"m","content":[{"type":"text","text":"x --fps 60"}]}"#,
             r#"{"model":"m","content":[]}"#,
             r#"{"content":[{"type":"text","text":"x"}]}"#,
         ] {

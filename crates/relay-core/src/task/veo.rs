@@ -230,7 +230,11 @@ pub fn operation_json(t: &task::Model, urls: &[String]) -> Value {
             }
         }),
         Some(_) => {
-            let text = t.error.clone().unwrap_or_else(|| "FAILED: failed".into());
+            let text = t
+                .error
+                .as_deref()
+                .map(crate::error::redact)
+                .unwrap_or_else(|| "FAILED: failed".into());
             let (status, message) = text
                 .split_once(": ")
                 .map_or(("FAILED".to_owned(), text.clone()), |(s, m)| {

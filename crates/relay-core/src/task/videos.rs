@@ -144,6 +144,7 @@ pub fn parse_create(content_type: Option<&str>, body: Bytes) -> Result<Create, R
     let prompt = text(obj, "prompt")?
         .filter(|p| !p.trim().is_empty())
         .ok_or_else(|| RelayError::InvalidRequest("'prompt' is required".into()))?;
+    no_commands(&prompt)?;
     let seconds_text = text(obj, "seconds")?;
     let size = text(obj, "size")?;
     let webhook_url = text(obj, "webhook_url")?;
@@ -195,6 +196,7 @@ fn parse_form(ct: &str, body: Bytes) -> Result<Create, RelayError> {
     let prompt = text("prompt")
         .filter(|p| !p.trim().is_empty())
         .ok_or_else(|| RelayError::InvalidRequest("'prompt' is required".into()))?;
+    no_commands(&prompt)?;
     let seconds_text = text("seconds");
     let seconds = seconds_of(seconds_text.as_deref())?;
     let size = text("size");
@@ -227,6 +229,17 @@ fn parse_form(ct: &str, body: Bytes) -> Result<Create, RelayError> {
         fingerprint,
         image_url: None,
     })
+}
+
+/// Refuses a prompt carrying text commands (`--dur 12`): some upstreams (Seedance)
+/// read them, and they would override the seconds and size held for.
+fn no_commands(prompt: &str) -> Result<(), RelayError> {
+    if super::seedance::has_flags(prompt) {
+        return Err(RelayError::InvalidRequest(
+            "'prompt' must not carry '--' commands: use 'seconds' and 'size'".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The seconds asked: a whole number from 1 to 600 (OpenAI offers 4, 8 and 12, other
@@ -462,7 +475,11 @@ pub fn video_json(t: &task::Model) -> Value {
     let status = status_word(&t.state);
     let error = match State::parse(&t.state) {
         Some(State::Failed) => {
-            let text = t.error.clone().unwrap_or_else(|| "failed".into());
+            let text = t
+                .error
+                .as_deref()
+                .map(crate::error::redact)
+                .unwrap_or_else(|| "failed".into());
             let (code, message) = text
                 .split_once(": ")
                 .map_or(("failed".to_owned(), text.clone()), |(c, m)| {
