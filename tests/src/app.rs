@@ -101,6 +101,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         },
         lease_ttl_s: 2,
         trusted_proxies: Default::default(),
+        public_url: None,
         tasks: relay_core::task::TaskSettings {
             poll_min: Duration::from_millis(200),
             poll_max: Duration::from_secs(1),

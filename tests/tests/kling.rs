@@ -283,3 +283,52 @@ async fn pro_mode_is_priced_under_its_own_name_or_refused_and_a_refusal_in_a_200
     assert_eq!(s.app.balance(s.user).await, START - 5 * 350_000);
     s.app.assert_ledger_consistent().await;
 }
+
+#[tokio::test]
+async fn a_kling_callback_gets_the_bare_task_with_signed_result_urls_from_tollgate() {
+    use std::sync::{Arc, Mutex};
+    let s = setup().await;
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = actix_web::web::Data::new(Arc::clone(&got));
+    let (hook, handle) = tollgate_tests::mock_server::serve(move |cfg| {
+        cfg.app_data(sink.clone()).route(
+            "/kling-hook",
+            actix_web::web::post().to(
+                |sink: actix_web::web::Data<Arc<Mutex<Vec<Value>>>>,
+                 body: actix_web::web::Json<Value>| async move {
+                    sink.lock().unwrap().push(body.into_inner());
+                    actix_web::HttpResponse::Ok().finish()
+                },
+            ),
+        );
+    });
+    let (status, v) = s
+        .call(
+            "POST",
+            "/kling/v1/videos/text2video",
+            Some(json!({"model_name": "kling-v1", "prompt": "call back", "callback_url": format!("{hook}/kling-hook")})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["data"]["task_id"].as_str().unwrap().to_owned();
+    let (_, sent) = s.kling.submissions().last().unwrap().clone();
+    assert!(sent.get("callback_url").is_none(), "{sent}");
+    for _ in 0..100 {
+        let first = got.lock().unwrap().first().cloned();
+        if let Some(body) = first {
+            assert_eq!(body["task_id"], id.as_str(), "{body}");
+            assert_eq!(body["task_status"], "succeed", "{body}");
+            assert!(body.get("code").is_none(), "{body}");
+            let url = body["task_result"]["videos"][0]["url"].as_str().unwrap();
+            assert!(
+                url.starts_with(&format!("{}/v1/tasks/{id}/content?", s.app.address)),
+                "{url}"
+            );
+            assert_eq!(reqwest::get(url).await.unwrap().status(), 200);
+            handle.stop(false).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the callback was not called within 10 s");
+}

@@ -118,8 +118,13 @@ impl Application {
             max_upstream_mb: config.max_upstream_mb,
         };
         let jobs = Arc::new(
-            relay_core::task::TaskEngine::new(db.clone(), Arc::clone(&wallet), config.tasks)
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            relay_core::task::TaskEngine::new(
+                db.clone(),
+                Arc::clone(&wallet),
+                config.tasks,
+                secrets.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
         let state = web::Data::new(AppState {
             db: db.clone(),

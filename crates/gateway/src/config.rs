@@ -51,6 +51,9 @@ pub struct Config {
     /// `TOLLGATE_TASK_POLL_MAX_S` as it ages) and `TOLLGATE_TASK_DEADLINE_S` (an open
     /// task this old expires and its hold is released).
     pub tasks: relay_core::task::TaskSettings,
+    /// `TOLLGATE_PUBLIC_URL`: the address clients reach Tollgate at (`https://host`),
+    /// under which result URLs are signed; unset, the request's own host.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
                 .max(1),
             trusted_proxies: trusted_proxies(&var("TOLLGATE_TRUSTED_PROXIES").unwrap_or_default())
                 .context("TOLLGATE_TRUSTED_PROXIES")?,
+            public_url: var("TOLLGATE_PUBLIC_URL"),
             tasks: {
                 let secs = |name: &str, default: usize| -> anyhow::Result<std::time::Duration> {
                     let n = number(name, default)?;

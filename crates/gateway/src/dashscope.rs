@@ -95,6 +95,7 @@ async fn create(
             .map(str::to_owned),
         hook: None,
         price_model: None,
+        base: Some(crate::seedance::public_base(&state, &req)),
         fingerprint: ask.fingerprint.clone(),
         endpoint: path,
         build: Box::new(move |_, upstream_model, _| {

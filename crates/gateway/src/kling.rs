@@ -92,6 +92,7 @@ async fn create(
             .map(str::to_owned),
         hook: ask.hook.clone(),
         price_model: ask.variant.clone(),
+        base: Some(crate::seedance::public_base(&state, &req)),
         fingerprint: ask.fingerprint.clone(),
         endpoint: path,
         build: Box::new(move |_, upstream_model, _| kling::native_submission(&ask, upstream_model)),

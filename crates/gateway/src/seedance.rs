@@ -14,9 +14,6 @@ use store::entities::task;
 use crate::relay::{bearer, client_ip, openai_error};
 use crate::state::AppState;
 
-/// How long a signed result URL works.
-const URL_TTL_S: i64 = 24 * 3600;
-
 const PATH: &str = "/seedance/v3/contents/generations/tasks";
 
 /// Mounts the native Seedance routes and the signed content route.
@@ -32,35 +29,21 @@ fn error(e: &RelayError) -> HttpResponse {
     openai_error(e, "")
 }
 
+/// The address clients reach this gateway at: `TOLLGATE_PUBLIC_URL`, else the
+/// request's own scheme and host.
+pub fn public_base(state: &AppState, req: &HttpRequest) -> String {
+    match &state.config.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        }
+    }
+}
+
 /// The signed URLs of all a task's results (`index` picks one).
 pub fn signed_urls(state: &AppState, req: &HttpRequest, t: &task::Model) -> Vec<String> {
-    let base = signed_url(state, req, t);
-    (0..relay_core::task::result_urls(t).len())
-        .map(|i| {
-            if i == 0 {
-                base.clone()
-            } else {
-                format!("{base}&index={i}")
-            }
-        })
-        .collect()
-}
-
-/// The signed URL of a task's content, for its owner, valid [`URL_TTL_S`].
-pub fn signed_url(state: &AppState, req: &HttpRequest, t: &task::Model) -> String {
-    let expires = chrono::Utc::now().timestamp() + URL_TTL_S;
-    let signature = state.secrets.sign(&message(&t.id, t.user_id, expires));
-    let info = req.connection_info();
-    format!(
-        "{}://{}/v1/tasks/{}/content?expires={expires}&signature={signature}",
-        info.scheme(),
-        info.host(),
-        t.id
-    )
-}
-
-fn message(id: &str, user_id: i64, expires: i64) -> String {
-    format!("{id}\n{user_id}\n{expires}")
+    state.jobs.signed_urls(t, &public_base(state, req))
 }
 
 /// `POST …/tasks`: `{id}` of the new task.
@@ -106,6 +89,7 @@ async fn create(
             .map(str::to_owned),
         hook: ask.hook.clone(),
         price_model: None,
+        base: Some(crate::seedance::public_base(&state, &req)),
         fingerprint: ask.fingerprint.clone(),
         endpoint: PATH,
         build: Box::new(move |_, upstream_model, _| {
@@ -122,7 +106,11 @@ async fn create(
 
 /// A task in Ark's shape, with the signed URL of its video once it has one.
 fn answer(state: &AppState, req: &HttpRequest, t: &task::Model) -> serde_json::Value {
-    let url = (t.state == "succeeded").then(|| signed_url(state, req, t));
+    let url = if t.state == "succeeded" {
+        signed_urls(state, req, t).into_iter().next()
+    } else {
+        None
+    };
     seedance::task_json(t, url)
 }
 
@@ -254,10 +242,10 @@ async fn signed_content(
             return error(&RelayError::ServiceUnavailable);
         }
     };
-    if !state
-        .secrets
-        .verify(&message(&t.id, t.user_id, query.expires), &query.signature)
-    {
+    if !state.secrets.verify(
+        &relay_core::task::url_message(&t.id, t.user_id, query.expires),
+        &query.signature,
+    ) {
         return not_found();
     }
     let snap = state.snapshot.load_full();

@@ -72,6 +72,7 @@ pub async fn create(
             .map(str::to_owned),
         hook: None,
         price_model: None,
+        base: Some(crate::seedance::public_base(&state, &req)),
         fingerprint: ask.fingerprint.clone(),
         endpoint: "/v1beta/models/{model}:predictLongRunning",
         build: Box::new(move |_, upstream_model, _| veo::native_submission(&ask, upstream_model)),

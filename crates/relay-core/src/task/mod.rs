@@ -204,6 +204,9 @@ pub struct TaskRequest {
     pub idempotency_key: Option<String>,
     /// The client's callback URL (checked here, kept with the task, never sent upstream).
     pub hook: Option<String>,
+    /// The address the client called (`scheme://host`): a callback's result URLs are
+    /// signed under it.
+    pub base: Option<String>,
     /// The name the task is priced under when it asks for a dearer variant of the
     /// model (`{model}-pro`); `None`: the model's own price.
     pub price_model: Option<String>,
@@ -224,6 +227,16 @@ pub struct TaskEngine {
     pub owner: String,
     /// Client callbacks.
     pub hooks: hook::Hooks,
+    /// Signs result URLs (the instance secret key: every instance accepts them).
+    pub signer: store::secret::SecretBox,
+}
+
+/// How long a signed result URL works.
+pub const URL_TTL_S: i64 = 24 * 3600;
+
+/// What a result URL's signature covers: the task, its owner, the expiry.
+pub fn url_message(id: &str, user_id: i64, expires: i64) -> String {
+    format!("{id}\n{user_id}\n{expires}")
 }
 
 /// Upstream attempts of one submission, for the generation record.
@@ -239,6 +252,7 @@ impl TaskEngine {
         db: DatabaseConnection,
         wallet: Arc<Wallet>,
         settings: TaskSettings,
+        signer: store::secret::SecretBox,
     ) -> Result<Self, RelayError> {
         Ok(TaskEngine {
             db,
@@ -246,7 +260,29 @@ impl TaskEngine {
             settings,
             owner: format!("tasks-{}", uuid::Uuid::now_v7().simple()),
             hooks: hook::Hooks::new(settings.allow_private_addresses)?,
+            signer,
         })
+    }
+
+    /// Signed Tollgate URLs of a task's results under `base` (`scheme://host`), for
+    /// its owner, valid [`URL_TTL_S`]; `index` picks one of several.
+    pub fn signed_urls(&self, t: &task::Model, base: &str) -> Vec<String> {
+        let expires = Utc::now().timestamp() + URL_TTL_S;
+        let signature = self.signer.sign(&url_message(&t.id, t.user_id, expires));
+        let first = format!(
+            "{}/v1/tasks/{}/content?expires={expires}&signature={signature}",
+            base.trim_end_matches('/'),
+            t.id
+        );
+        (0..result_urls(t).len())
+            .map(|i| {
+                if i == 0 {
+                    first.clone()
+                } else {
+                    format!("{first}&index={i}")
+                }
+            })
+            .collect()
     }
 
     /// The caller behind `key`, allowed from `ip`.
@@ -298,6 +334,9 @@ impl TaskEngine {
         }
         pipeline.check_rpm(&caller).await?;
         let mut meta = req.meta.clone();
+        if let (Some(base), Some(m)) = (&req.base, meta.as_object_mut()) {
+            m.insert("base".into(), serde_json::Value::String(base.clone()));
+        }
         if let Some(url) = &req.hook {
             let checked = hook::check(url, self.hooks.allow_private()).await?;
             if let Some(m) = meta.as_object_mut() {
@@ -926,7 +965,12 @@ impl TaskEngine {
         let Some(url) = meta.get("hook").and_then(|h| h.as_str()) else {
             return;
         };
-        let body = render(&t);
+        // Result URLs are signed under the address the task was submitted to.
+        let urls = match meta.get("base").and_then(|b| b.as_str()) {
+            Some(base) if t.state == State::Succeeded.as_str() => self.signed_urls(&t, base),
+            _ => Vec::new(),
+        };
+        let body = render(&t, &urls);
         self.hooks
             .deliver(t.id.clone(), url.to_owned(), Bytes::from(body.to_string()));
     }
@@ -1321,14 +1365,15 @@ fn item_path(kind: ChannelKind, t: &task::Model, upstream_id: &str) -> String {
     }
 }
 
-/// A task as its family's clients see it.
-pub fn render(t: &task::Model) -> serde_json::Value {
+/// A task as its family's callbacks carry it, with `urls` its signed result URLs.
+pub fn render(t: &task::Model, urls: &[String]) -> serde_json::Value {
     match t.family.as_str() {
         videos::FAMILY => videos::video_json(t),
-        seedance::FAMILY => seedance::task_json(t, None),
-        kling::FAMILY => kling::task_json(t, &[]),
-        dashscope::FAMILY => dashscope::task_json(t, &[]),
-        veo::FAMILY => veo::operation_json(t, &[]),
+        seedance::FAMILY => seedance::task_json(t, urls.first().cloned()),
+        // Kling posts the bare task object, without its envelope.
+        kling::FAMILY => kling::task_json(t, urls)["data"].take(),
+        dashscope::FAMILY => dashscope::task_json(t, urls),
+        veo::FAMILY => veo::operation_json(t, urls),
         _ => serde_json::json!({"id": t.id, "status": t.state}),
     }
 }
