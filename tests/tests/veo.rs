@@ -117,6 +117,27 @@ async fn a_veo_operation_is_held_for_every_video_asked_and_its_videos_are_signed
         assert_eq!(got.status(), 200);
         assert_eq!(got.bytes().await.unwrap().to_vec(), content_bytes());
     }
+    // As google-genai downloads it: the file name with the key, no signature.
+    let uri = samples[1]["video"]["uri"].as_str().unwrap();
+    assert!(uri.contains("/v1beta/files/task_"), "{uri}");
+    let plain = uri.split('?').next().unwrap();
+    let with_key = s
+        .app
+        .http
+        .get(format!("{plain}?alt=media"))
+        .header("x-goog-api-key", &s.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_key.status(), 200);
+    assert_eq!(with_key.bytes().await.unwrap().to_vec(), content_bytes());
+    assert_eq!(
+        reqwest::get(format!("{plain}?alt=media"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     assert_eq!(s.app.balance(s.user).await, START - 16 * PER_SECOND);
     // Another tenant gets 404 for the operation.
     let (_, other) = s.app.customer_with_key("other-cinematographer", 1.0).await;
@@ -124,6 +145,16 @@ async fn a_veo_operation_is_held_for_every_video_asked_and_its_videos_are_signed
         .app
         .http
         .get(format!("{}/v1beta/{name}", s.app.address))
+        .header("x-goog-api-key", &other)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    let status = s
+        .app
+        .http
+        .get(format!("{plain}?alt=media"))
         .header("x-goog-api-key", &other)
         .send()
         .await

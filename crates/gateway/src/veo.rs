@@ -19,7 +19,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/v1beta/models/{model}/operations/{id}",
         web::get().to(retrieve),
-    );
+    )
+    .route("/v1beta/files/{file}", web::get().to(download));
 }
 
 fn error(e: &RelayError) -> HttpResponse {
@@ -109,7 +110,9 @@ async fn retrieve(
     {
         Ok(t) if t.family == veo::FAMILY => {
             let urls = if t.state == "succeeded" {
-                crate::seedance::signed_urls(&state, &req, &t)
+                state
+                    .jobs
+                    .signed_file_uris(&t, &crate::seedance::public_base(&state, &req))
             } else {
                 Vec::new()
             };
@@ -118,4 +121,68 @@ async fn retrieve(
         Ok(_) => error(&RelayError::NotFound(format!("no operation '{id}'"))),
         Err(e) => error(&e),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct Signed {
+    expires: Option<i64>,
+    signature: Option<String>,
+}
+
+/// `GET /v1beta/files/{task}-{index}:download`: a Veo result, for whoever holds its
+/// signed URI or for its owner's key; anything else is 404.
+async fn download(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    file: web::Path<String>,
+    query: web::Query<Signed>,
+) -> HttpResponse {
+    let not_found = || error(&RelayError::NotFound(format!("no file '{file}'")));
+    let Some((id, index)) = file
+        .strip_suffix(":download")
+        .and_then(|f| f.rsplit_once('-'))
+        .and_then(|(id, i)| Some((id.to_owned(), i.parse::<usize>().ok()?)))
+    else {
+        return not_found();
+    };
+    let snap = state.snapshot.load_full();
+    let routing = snap.routing();
+    let task = match (&query.signature, query.expires) {
+        (Some(signature), Some(expires)) => {
+            if expires < chrono::Utc::now().timestamp() {
+                return not_found();
+            }
+            match billing::task::find(&state.db, &id).await {
+                Ok(Some(t))
+                    if t.deleted_at.is_none()
+                        && state.secrets.verify(
+                            &relay_core::task::url_message(&t.id, t.user_id, expires),
+                            signature,
+                        ) =>
+                {
+                    t
+                }
+                Ok(_) => return not_found(),
+                Err(_) => return error(&RelayError::ServiceUnavailable),
+            }
+        }
+        _ => {
+            let key = api_key(&req, Protocol::GeminiGenerate);
+            let caller = match state
+                .jobs
+                .caller(routing, key.as_deref(), client_ip(&state, &req))
+            {
+                Ok(c) => c,
+                Err(e) => return error(&e),
+            };
+            match state.jobs.owned(&caller, &id).await {
+                Ok(t) => t,
+                Err(e) => return error(&e),
+            }
+        }
+    };
+    if task.family != veo::FAMILY {
+        return not_found();
+    }
+    crate::videos::stream_content(&state, routing, &req, &task, &format!("index={index}")).await
 }

@@ -264,6 +264,24 @@ impl TaskEngine {
         })
     }
 
+    /// Veo's result URIs: Gemini-API file URIs on Tollgate
+    /// (`/v1beta/files/{task}-{index}:download?alt=media`), signed like
+    /// [`TaskEngine::signed_urls`] (a browser can fetch them) and served to the owner's
+    /// key too (google-genai's `files.download` rebuilds the URL from the file name).
+    pub fn signed_file_uris(&self, t: &task::Model, base: &str) -> Vec<String> {
+        let expires = Utc::now().timestamp() + URL_TTL_S;
+        let signature = self.signer.sign(&url_message(&t.id, t.user_id, expires));
+        (0..result_urls(t).len())
+            .map(|i| {
+                format!(
+                    "{}/v1beta/files/{}-{i}:download?alt=media&expires={expires}&signature={signature}",
+                    base.trim_end_matches('/'),
+                    t.id
+                )
+            })
+            .collect()
+    }
+
     /// Signed Tollgate URLs of a task's results under `base` (`scheme://host`), for
     /// its owner, valid [`URL_TTL_S`]; `index` picks one of several.
     pub fn signed_urls(&self, t: &task::Model, base: &str) -> Vec<String> {
@@ -967,6 +985,9 @@ impl TaskEngine {
         };
         // Result URLs are signed under the address the task was submitted to.
         let urls = match meta.get("base").and_then(|b| b.as_str()) {
+            Some(base) if t.state == State::Succeeded.as_str() && t.family == veo::FAMILY => {
+                self.signed_file_uris(&t, base)
+            }
             Some(base) if t.state == State::Succeeded.as_str() => self.signed_urls(&t, base),
             _ => Vec::new(),
         };
