@@ -28,6 +28,8 @@ struct Job {
 #[derive(Default)]
 struct State {
     jobs: HashMap<String, Job>,
+    /// The storage signature currently valid (rotated by `expire_urls`).
+    signature: String,
     submissions: Vec<Value>,
     storage_auth_seen: bool,
     base: String,
@@ -57,7 +59,11 @@ impl MockArk {
                 )
                 .route("/tos/{file}", web::get().to(storage));
         });
-        state.lock().unwrap().base = base_url.clone();
+        {
+            let mut s = state.lock().unwrap();
+            s.base = base_url.clone();
+            s.signature = "sig-1".into();
+        }
         MockArk {
             base_url,
             state,
@@ -68,6 +74,12 @@ impl MockArk {
     /// Every submission's body, in order.
     pub fn submissions(&self) -> Vec<Value> {
         self.state.lock().unwrap().submissions.clone()
+    }
+
+    /// Expires every storage URL handed out so far (a new signature from now on).
+    pub fn expire_urls(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.signature = format!("{}x", s.signature);
     }
 
     /// Whether the storage ever got an `Authorization` header (a leaked channel key).
@@ -130,6 +142,7 @@ async fn create(state: Shared, body: web::Json<Value>) -> HttpResponse {
 async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
     let mut s = state.lock().unwrap();
     let base = s.base.clone();
+    let signature = s.signature.clone();
     let Some(job) = s.jobs.get_mut(path.as_str()) else {
         return error(404, "ResourceNotFound", "the task does not exist");
     };
@@ -163,7 +176,7 @@ async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
     match job.status {
         "succeeded" => {
             let tokens = w * h * (24 * seconds + 1) / 1024;
-            out["content"] = json!({"video_url": format!("{base}/tos/{}.mp4?X-Tos-Signature=abc", path.as_str())});
+            out["content"] = json!({"video_url": format!("{base}/tos/{}.mp4?X-Tos-Signature={signature}", path.as_str())});
             out["usage"] = json!({"completion_tokens": tokens, "total_tokens": tokens});
             out["duration"] = json!(seconds);
         }
@@ -195,7 +208,8 @@ async fn storage(state: Shared, req: HttpRequest) -> HttpResponse {
     if req.headers().contains_key("authorization") {
         state.lock().unwrap().storage_auth_seen = true;
     }
-    if !req.query_string().contains("X-Tos-Signature=") {
+    let valid = format!("X-Tos-Signature={}", state.lock().unwrap().signature);
+    if !req.query_string().split('&').any(|p| p == valid) {
         return HttpResponse::Forbidden().finish();
     }
     let bytes = content_bytes();

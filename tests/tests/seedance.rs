@@ -167,6 +167,11 @@ async fn a_seedance_task_is_held_by_tokens_charged_what_ark_reports_and_its_vide
         !s.ark.storage_saw_a_key(),
         "the channel key went to the storage URL"
     );
+    // A day later Ark's storage URL has expired: Tollgate asks Ark for a fresh one.
+    s.ark.expire_urls();
+    let again = reqwest::get(&url).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.bytes().await.unwrap().to_vec(), content_bytes());
     // A tampered or expired URL is nothing.
     let tampered = url.replace("signature=", "signature=00");
     assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 404);

@@ -339,6 +339,22 @@ pub async fn count_owned(
         .await?)
 }
 
+/// Keeps a finished task's result as the upstream describes it now (a fresh storage
+/// URL); state and money are untouched.
+pub async fn refresh_result(
+    db: &DatabaseConnection,
+    id: &str,
+    result: &str,
+) -> Result<(), BillingError> {
+    task::Entity::update_many()
+        .col_expr(task::Column::Result, Expr::value(result))
+        .filter(task::Column::Id.eq(id))
+        .filter(task::Column::State.eq(State::Succeeded.as_str()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// Hides a task from its owner's lists and reads (its records and money stay).
 pub async fn delete_owned(
     db: &DatabaseConnection,

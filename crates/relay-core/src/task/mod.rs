@@ -1056,7 +1056,41 @@ impl TaskEngine {
                     t.id
                 )));
             };
-            self.hooks.fetch(&url, range).await?
+            let first = self.hooks.fetch(&url, range).await?;
+            if !matches!(first.status().as_u16(), 403 | 404 | 410) {
+                first
+            } else {
+                // The storage URL has expired (Ark's and DashScope's last a day): the
+                // upstream is asked for the task again, and its fresh URL kept.
+                let fresh = match look(pipeline, &channel, &key.1, t, upstream_id).await {
+                    Ok(Looked::Seen(seen)) => seen.result,
+                    _ => None,
+                };
+                let Some(fresh) = fresh else {
+                    return Ok(first);
+                };
+                let mut result: serde_json::Value = t
+                    .result
+                    .as_deref()
+                    .and_then(|r| serde_json::from_str(r).ok())
+                    .unwrap_or_default();
+                if let (Some(r), Some(f)) = (result.as_object_mut(), fresh.as_object()) {
+                    for (k, v) in f {
+                        r.insert(k.clone(), v.clone());
+                    }
+                }
+                if let Err(e) =
+                    store_task::refresh_result(&self.db, &t.id, &result.to_string()).await
+                {
+                    tracing::warn!(error = ?e, task.id = %t.id, "keeping a task's fresh result URL failed");
+                }
+                let mut refreshed = t.clone();
+                refreshed.result = Some(result.to_string());
+                let Some(url) = result_urls(&refreshed).into_iter().nth(index) else {
+                    return Ok(first);
+                };
+                self.hooks.fetch(&url, range).await?
+            }
         } else if channel.kind == ChannelKind::Gemini {
             // Veo's videos are files on the Gemini API itself, fetched with the key.
             let index: usize = query
