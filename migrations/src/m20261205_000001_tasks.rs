@@ -70,6 +70,10 @@ impl MigrationTrait for Migration {
             string_null("lease_owner"),
             timestamp_with_time_zone_null("lease_until"),
             timestamp_with_time_zone_null("deleted_at"),
+            // The client's callback: tries so far, and when the next is due (none
+            // pending when null).
+            integer("hook_attempts"),
+            timestamp_with_time_zone_null("hook_next_at"),
             big_integer("version"),
         ] {
             table.col(&mut col);
@@ -78,6 +82,7 @@ impl MigrationTrait for Migration {
         for idx in [
             index("idx_tasks_due", &["state", "next_poll_at"], false),
             index("idx_tasks_user", &["user_id", "family", "id"], false),
+            index("idx_tasks_hooks", &["hook_next_at"], false),
             index(
                 "idx_tasks_idempotency",
                 &["key_id", "idempotency_key"],

@@ -865,3 +865,63 @@ async fn a_task_leased_by_a_poller_that_died_is_taken_over_when_its_lease_runs_o
     assert_eq!(rows, 1);
     s.app.assert_ledger_consistent().await;
 }
+
+#[tokio::test]
+async fn a_webhook_that_fails_is_tried_again_from_the_database_until_it_answers() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+    let app = tollgate_tests::app::spawn_app_with(|c| c.tasks.allow_private_addresses = true).await;
+    let sora = MockSora::start().await;
+    app.add_channel("sora", &sora.base_url, &["sora-2"], json!({}))
+        .await;
+    app.set_price_with("sora-2", json!({"per_second": 0.1}))
+        .await;
+    let (_, key) = app.customer_with_key("patient", 10.0).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    type Seen = (Arc<AtomicU32>, Arc<Mutex<Vec<Value>>>);
+    let state = actix_web::web::Data::new((Arc::clone(&calls), Arc::clone(&got)));
+    let (hook_url, handle) = tollgate_tests::mock_server::serve(move |cfg| {
+        cfg.app_data(state.clone()).route(
+            "/hook",
+            actix_web::web::post().to(
+                |state: actix_web::web::Data<Seen>, body: actix_web::web::Json<Value>| async move {
+                    // Down for the first two deliveries.
+                    if state.0.fetch_add(1, Ordering::SeqCst) < 2 {
+                        return actix_web::HttpResponse::ServiceUnavailable().finish();
+                    }
+                    state.1.lock().unwrap().push(body.into_inner());
+                    actix_web::HttpResponse::Ok().finish()
+                },
+            ),
+        );
+    });
+    let resp = app
+        .http
+        .post(format!("{}/v1/videos", app.address))
+        .bearer_auth(&key)
+        .json(&json!({"prompt": "keep trying", "webhook_url": format!("{hook_url}/hook")}))
+        .send()
+        .await
+        .unwrap();
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..150 {
+        let first = got.lock().unwrap().first().cloned();
+        if let Some(v) = first {
+            assert_eq!(v["id"], id.as_str());
+            assert_eq!(calls.load(Ordering::SeqCst), 3);
+            let task = billing::task::find(&app.db, &id).await.unwrap().unwrap();
+            assert_eq!((task.hook_attempts, task.hook_next_at), (3, None));
+            // Delivered once: nothing more is sent.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            assert_eq!(calls.load(Ordering::SeqCst), 3);
+            handle.stop(false).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the webhook was not delivered within 15 s");
+}

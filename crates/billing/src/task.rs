@@ -160,6 +160,8 @@ pub async fn open(
             lease_owner: Set(None),
             lease_until: Set(None),
             deleted_at: Set(None),
+            hook_attempts: Set(0),
+            hook_next_at: Set(None),
             version: Set(0),
         };
         task::Entity::insert(row)
@@ -337,6 +339,66 @@ pub async fn count_owned(
         .filter(task::Column::DeletedAt.is_null())
         .count(db)
         .await?)
+}
+
+/// Schedules a finished task's callback (once: a task whose callback was scheduled
+/// before keeps its own schedule).
+pub async fn hook_schedule(db: &DatabaseConnection, id: &str) -> Result<(), BillingError> {
+    task::Entity::update_many()
+        .col_expr(task::Column::HookNextAt, Expr::value(Utc::now()))
+        .filter(task::Column::Id.eq(id))
+        .filter(task::Column::HookNextAt.is_null())
+        .filter(task::Column::HookAttempts.eq(0))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Callbacks due now, oldest first.
+pub async fn hooks_due(
+    db: &DatabaseConnection,
+    limit: u64,
+) -> Result<Vec<task::Model>, BillingError> {
+    Ok(task::Entity::find()
+        .filter(task::Column::HookNextAt.lte(Utc::now()))
+        .order_by_asc(task::Column::HookNextAt)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// Takes a due callback for one delivery (until `until`): only one instance does.
+pub async fn hook_claim(
+    db: &DatabaseConnection,
+    t: &task::Model,
+    until: DateTime<Utc>,
+) -> Result<bool, BillingError> {
+    let Some(seen) = t.hook_next_at else {
+        return Ok(false);
+    };
+    let done = task::Entity::update_many()
+        .col_expr(task::Column::HookNextAt, Expr::value(until))
+        .filter(task::Column::Id.eq(t.id.clone()))
+        .filter(task::Column::HookNextAt.eq(seen))
+        .exec(db)
+        .await?;
+    Ok(done.rows_affected == 1)
+}
+
+/// Records a delivery: done (`next` none) or to be tried again at `next`.
+pub async fn hook_tried(
+    db: &DatabaseConnection,
+    id: &str,
+    attempts: i32,
+    next: Option<DateTime<Utc>>,
+) -> Result<(), BillingError> {
+    task::Entity::update_many()
+        .col_expr(task::Column::HookAttempts, Expr::value(attempts))
+        .col_expr(task::Column::HookNextAt, Expr::value(next))
+        .filter(task::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// Keeps a finished task's result as the upstream describes it now (a fresh storage

@@ -32,6 +32,7 @@ pub fn spawn_poller(state: web::Data<AppState>, tick: Duration) {
             tokio::time::sleep(tick).await;
             let snap = state.snapshot.load_full();
             state.jobs.poll_due(&state.pipeline, snap.routing()).await;
+            state.jobs.deliver_due_hooks().await;
         }
     });
 }

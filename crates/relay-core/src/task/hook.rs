@@ -13,13 +13,6 @@ use bytes::Bytes;
 
 use crate::RelayError;
 
-/// Waits between delivery tries (after the first).
-const RETRIES: [Duration; 3] = [
-    Duration::from_secs(1),
-    Duration::from_secs(5),
-    Duration::from_secs(25),
-];
-
 /// Whether `ip` is on the public internet (not loopback, private, link-local, shared,
 /// documentation, multicast, unspecified, or an IPv6 form of one of those).
 pub fn is_public(ip: IpAddr) -> bool {
@@ -175,24 +168,10 @@ impl Hooks {
         self.allow_private
     }
 
-    /// POSTs `body` (JSON) to `url` in the background, retried on failure; never
-    /// blocks the caller. A 2xx answer ends it.
-    pub fn deliver(&self, task_id: String, url: String, body: Bytes) {
-        let hooks = self.clone();
-        tokio::spawn(async move {
-            for (n, wait) in std::iter::once(Duration::ZERO).chain(RETRIES).enumerate() {
-                tokio::time::sleep(wait).await;
-                match hooks.try_once(&url, body.clone()).await {
-                    Ok(()) => {
-                        tracing::info!(task.id = %task_id, tries = n + 1, "callback delivered");
-                        return;
-                    }
-                    Err(why) => {
-                        tracing::warn!(task.id = %task_id, try_ = n + 1, why, "callback not delivered");
-                    }
-                }
-            }
-        });
+    /// POSTs `body` (JSON) to `url` once; `Err` says why it was not taken (a 2xx
+    /// answer takes it). Retries are the engine's, kept in the database.
+    pub async fn post_once(&self, url: &str, body: Bytes) -> Result<(), &'static str> {
+        self.try_once(url, body).await
     }
 
     /// GETs a result an upstream left at `url` (its storage's signed URL), with the

@@ -231,6 +231,10 @@ pub struct TaskEngine {
     pub signer: store::secret::SecretBox,
 }
 
+/// Deliveries of a callback before it is given up (the waits between them double
+/// from `TOLLGATE_TASK_POLL_S`, at most an hour).
+pub const HOOK_TRIES: i32 = 8;
+
 /// How long a signed result URL works.
 pub const URL_TTL_S: i64 = 24 * 3600;
 
@@ -974,26 +978,80 @@ impl TaskEngine {
         }
     }
 
-    /// Sends a finished task to its client's callback, if it named one.
+    /// Schedules a finished task's callback, if its client named one.
     async fn call_back(&self, id: &str) {
         let Ok(Some(t)) = store_task::find(&self.db, id).await else {
             return;
         };
         let meta: serde_json::Value = serde_json::from_str(&t.meta).unwrap_or_default();
+        if meta.get("hook").and_then(|h| h.as_str()).is_none() {
+            return;
+        }
+        // Delivered by the background poller (at its next round), never on the way
+        // of a client's read.
+        if let Err(e) = store_task::hook_schedule(&self.db, &t.id).await {
+            tracing::warn!(error = ?e, task.id = %t.id, "scheduling a callback failed");
+        }
+    }
+
+    /// One delivery of a task's due callback, claimed so that one instance does it;
+    /// a failure is tried again later (backing off, kept in the database, so a
+    /// restart loses none), up to [`HOOK_TRIES`] times.
+    async fn deliver_hook(&self, t: &task::Model) {
+        let claimed =
+            store_task::hook_claim(&self.db, t, Utc::now() + chrono::Duration::seconds(60))
+                .await
+                .unwrap_or(false);
+        if !claimed {
+            return;
+        }
+        let meta: serde_json::Value = serde_json::from_str(&t.meta).unwrap_or_default();
         let Some(url) = meta.get("hook").and_then(|h| h.as_str()) else {
+            let _ = store_task::hook_tried(&self.db, &t.id, t.hook_attempts, None).await;
             return;
         };
         // Result URLs are signed under the address the task was submitted to.
         let urls = match meta.get("base").and_then(|b| b.as_str()) {
             Some(base) if t.state == State::Succeeded.as_str() && t.family == veo::FAMILY => {
-                self.signed_file_uris(&t, base)
+                self.signed_file_uris(t, base)
             }
-            Some(base) if t.state == State::Succeeded.as_str() => self.signed_urls(&t, base),
+            Some(base) if t.state == State::Succeeded.as_str() => self.signed_urls(t, base),
             _ => Vec::new(),
         };
-        let body = render(&t, &urls);
-        self.hooks
-            .deliver(t.id.clone(), url.to_owned(), Bytes::from(body.to_string()));
+        let body = Bytes::from(render(t, &urls).to_string());
+        let tries = t.hook_attempts + 1;
+        let next = match self.hooks.post_once(url, body).await {
+            Ok(()) => {
+                tracing::info!(task.id = %t.id, tries, "callback delivered");
+                None
+            }
+            Err(why) if tries < HOOK_TRIES => {
+                let wait = self
+                    .settings
+                    .poll_min
+                    .saturating_mul(2u32.saturating_pow(u32::try_from(tries).unwrap_or(0)))
+                    .min(Duration::from_secs(3600));
+                tracing::warn!(task.id = %t.id, tries, why, "callback not delivered; tried again later");
+                Some(Utc::now() + chrono_duration(wait))
+            }
+            Err(why) => {
+                tracing::warn!(task.id = %t.id, tries, why, "callback not delivered; given up");
+                None
+            }
+        };
+        if let Err(e) = store_task::hook_tried(&self.db, &t.id, tries, next).await {
+            tracing::warn!(error = ?e, task.id = %t.id, "recording a callback failed");
+        }
+    }
+
+    /// Delivers the callbacks due now (the background poller's second job).
+    pub async fn deliver_due_hooks(&self) {
+        let due = store_task::hooks_due(&self.db, self.settings.batch)
+            .await
+            .unwrap_or_default();
+        futures_util::stream::iter(due.iter())
+            .for_each_concurrent(8, |t| self.deliver_hook(t))
+            .await;
     }
 
     /// Records a poll that got no usable answer (or could not be applied): the

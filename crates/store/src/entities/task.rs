@@ -40,6 +40,8 @@ pub struct Model {
     pub lease_owner: Option<String>,
     pub lease_until: Option<DateTimeUtc>,
     pub deleted_at: Option<DateTimeUtc>,
+    pub hook_attempts: i32,
+    pub hook_next_at: Option<DateTimeUtc>,
     pub version: i64,
 }
 
