@@ -238,3 +238,39 @@ async fn openai_videos_are_served_by_a_dashscope_channel_as_an_async_task() {
     assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
     s.app.assert_ledger_consistent().await;
 }
+
+#[tokio::test]
+async fn a_resolution_with_a_price_of_its_own_is_held_and_charged_at_that_price() {
+    let s = setup().await;
+    s.app
+        .set_price_with("wan2.2-t2v-plus-1080p", json!({"per_second": 0.3}))
+        .await;
+    let (status, v) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan2.2-t2v-plus", "input": {"prompt": "sharp"}, "parameters": {"size": "1920*1080", "duration": 5}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["output"]["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.app.balance(s.user).await, START - 5 * 300_000);
+    // A resolution without a price of its own is held at the model's price.
+    let (status, v) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan2.2-t2v-plus", "input": {"prompt": "soft"}, "parameters": {"size": "832*480", "duration": 5}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        s.app.balance(s.user).await,
+        START - 5 * 300_000 - 5 * PER_SECOND
+    );
+    assert_eq!(
+        s.until_done(&id).await["output"]["task_status"],
+        "SUCCEEDED"
+    );
+    s.app.assert_ledger_consistent().await;
+}

@@ -95,6 +95,11 @@ async fn create(
             .map(str::to_owned),
         hook: None,
         price_model: None,
+        price_variants: ask
+            .resolution
+            .map(|r| format!("{}-{r}", ask.model))
+            .into_iter()
+            .collect(),
         base: Some(crate::seedance::public_base(&state, &req)),
         fingerprint: ask.fingerprint.clone(),
         endpoint: path,

@@ -89,6 +89,7 @@ async fn create(
             .map(str::to_owned),
         hook: ask.hook.clone(),
         price_model: None,
+        price_variants: Vec::new(),
         base: Some(crate::seedance::public_base(&state, &req)),
         fingerprint: ask.fingerprint.clone(),
         endpoint: PATH,

@@ -73,6 +73,12 @@ pub async fn create(
             .map(str::to_owned),
         hook: None,
         price_model: None,
+        price_variants: ask
+            .resolution
+            .as_ref()
+            .map(|r| format!("{model}-{r}"))
+            .into_iter()
+            .collect(),
         base: Some(crate::seedance::public_base(&state, &req)),
         fingerprint: ask.fingerprint.clone(),
         endpoint: "/v1beta/models/{model}:predictLongRunning",

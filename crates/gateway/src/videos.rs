@@ -90,6 +90,11 @@ async fn create(
         idempotency_key: header_text(&req, "idempotency-key").map(str::to_owned),
         hook: parsed.webhook_url.clone(),
         price_model: None,
+        price_variants: seedance::resolution_of(parsed.size.as_deref())
+            .0
+            .map(|r| format!("{}-{r}", parsed.model))
+            .into_iter()
+            .collect(),
         base: Some(crate::seedance::public_base(&state, &req)),
         fingerprint: parsed.fingerprint.clone(),
         endpoint: "/v1/videos",
@@ -171,6 +176,7 @@ async fn remix(
         idempotency_key: header_text(&req, "idempotency-key").map(str::to_owned),
         hook: None,
         price_model: None,
+        price_variants: Vec::new(),
         base: Some(crate::seedance::public_base(&state, &req)),
         fingerprint: format!("{}\n{prompt}", parent_id),
         endpoint: "/v1/videos/remix",

@@ -48,6 +48,8 @@ pub struct Ask {
     pub body: Bytes,
     pub prompt: String,
     pub fingerprint: String,
+    /// The resolution asked (`480p`, `720p`, `1080p`), when named.
+    pub resolution: Option<&'static str>,
 }
 
 /// Reads a native create request for `path` (one of [`ACTIONS`]).
@@ -103,6 +105,18 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
         params.insert("n".into(), n.into());
         (0, n)
     };
+    let resolution = params
+        .get("resolution")
+        .and_then(Value::as_str)
+        .map(|r| r.to_ascii_lowercase())
+        .and_then(|r| ["480p", "720p", "1080p"].into_iter().find(|x| *x == r))
+        .or_else(|| {
+            let size = params
+                .get("size")
+                .and_then(Value::as_str)?
+                .replace('*', "x");
+            super::seedance::resolution_of(Some(&size)).0
+        });
     let forwarded = Bytes::from(v.to_string());
     let fingerprint = format!("{path}\n{}", store::hash_bytes(&forwarded));
     Ok(Ask {
@@ -113,6 +127,7 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
         body: forwarded,
         prompt,
         fingerprint,
+        resolution,
     })
 }
 

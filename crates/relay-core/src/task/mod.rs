@@ -210,6 +210,9 @@ pub struct TaskRequest {
     /// The name the task is priced under when it asks for a dearer variant of the
     /// model (`{model}-pro`); `None`: the model's own price.
     pub price_model: Option<String>,
+    /// Names of a price for the resolution asked (`{model}-1080p`), used when set;
+    /// otherwise the model's own price stands for every resolution.
+    pub price_variants: Vec<String>,
     /// What makes two submissions the same (for `Idempotency-Key`): the parsed
     /// fields, the parent, digests of any files; never the raw bytes (a client's
     /// retry of a form has a new boundary).
@@ -345,6 +348,15 @@ impl TaskEngine {
         )?;
         // A dearer variant of the model (Kling's `pro` mode) is priced under its own
         // name, or not served: it must never go at the base model's price.
+        if let Some(price) = req
+            .price_variants
+            .iter()
+            .filter_map(|v| routing.catalog.prices.get(v))
+            .map(Price::from)
+            .find(|p| meters(p, &req))
+        {
+            admitted.price = price;
+        }
         if let Some(variant) = &req.price_model {
             admitted.price = routing
                 .catalog

@@ -46,6 +46,8 @@ pub struct Ask {
     pub body: Bytes,
     pub prompt: String,
     pub fingerprint: String,
+    /// The resolution asked (`720p`, `1080p`, `4k`), when named.
+    pub resolution: Option<String>,
 }
 
 /// Reads `POST /v1beta/models/{model}:predictLongRunning`.
@@ -96,6 +98,10 @@ pub fn parse_native(model: &str, body: &[u8]) -> Result<Ask, RelayError> {
     let samples = number("sampleCount", 1, 1..=4)?;
     params.insert("durationSeconds".into(), seconds.into());
     params.insert("sampleCount".into(), samples.into());
+    let resolution = params
+        .get("resolution")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
     let forwarded = Bytes::from(v.to_string());
     let fingerprint = format!("{model}\n{}", store::hash_bytes(&forwarded));
     Ok(Ask {
@@ -104,6 +110,7 @@ pub fn parse_native(model: &str, body: &[u8]) -> Result<Ask, RelayError> {
         body: forwarded,
         prompt,
         fingerprint,
+        resolution,
     })
 }
 
