@@ -268,6 +268,34 @@ async fn a_resolution_with_a_price_of_its_own_is_held_and_charged_at_that_price(
         s.app.balance(s.user).await,
         START - 5 * 300_000 - 5 * PER_SECOND
     );
+    // The price follows the field the model reads: text-to-video reads `size` (a
+    // cheaper `resolution` beside it changes nothing), image-to-video reads
+    // `resolution` (a small `size` beside it changes nothing).
+    s.app
+        .set_price_with("wan2.2-t2v-plus-480p", json!({"per_second": 0.01}))
+        .await;
+    let before = s.app.balance(s.user).await;
+    let (status, v) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan2.2-t2v-plus", "input": {"prompt": "x"}, "parameters": {"size": "1920*1080", "resolution": "480P", "duration": 5}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(s.app.balance(s.user).await, before - 5 * 300_000);
+    let (status, v) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan2.2-t2v-plus", "input": {"prompt": "x", "img_url": "https://example.com/a.png"}, "parameters": {"size": "832*480", "duration": 5}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        s.app.balance(s.user).await,
+        before - 5 * 300_000 - 5 * PER_SECOND
+    );
     assert_eq!(
         s.until_done(&id).await["output"]["task_status"],
         "SUCCEEDED"

@@ -341,17 +341,11 @@ pub async fn count_owned(
         .await?)
 }
 
-/// Schedules a finished task's callback (once: a task whose callback was scheduled
-/// before keeps its own schedule).
-pub async fn hook_schedule(db: &DatabaseConnection, id: &str) -> Result<(), BillingError> {
-    task::Entity::update_many()
-        .col_expr(task::Column::HookNextAt, Expr::value(Utc::now()))
-        .filter(task::Column::Id.eq(id))
-        .filter(task::Column::HookNextAt.is_null())
-        .filter(task::Column::HookAttempts.eq(0))
-        .exec(db)
-        .await?;
-    Ok(())
+/// Whether a task's client named a callback (kept in its meta as `hook`).
+fn has_hook(meta: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(meta)
+        .ok()
+        .is_some_and(|m| m.get("hook").is_some_and(|h| h.is_string()))
 }
 
 /// Callbacks due now, oldest first.
@@ -718,6 +712,12 @@ pub async fn finish(
         .col_expr(task::Column::Result, Expr::value(outcome.result.clone()))
         .col_expr(task::Column::Error, Expr::value(outcome.error.clone()))
         .col_expr(task::Column::FinishedAt, Expr::value(now))
+        // The client's callback is scheduled with the end itself: a crash right
+        // after cannot lose it.
+        .col_expr(
+            task::Column::HookNextAt,
+            Expr::value(has_hook(&current.meta).then_some(now)),
+        )
         .col_expr(task::Column::UpdatedAt, Expr::value(now))
         .col_expr(
             task::Column::LeaseOwner,

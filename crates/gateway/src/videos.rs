@@ -25,14 +25,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/videos/{id}/remix", web::post().to(remix));
 }
 
-/// Runs the background poller: every `tick`, one round of due tasks.
+/// Runs the background poller (every `tick`, one round of due tasks) and, in a loop
+/// of its own so that slow client hooks never hold up polling, the callbacks due.
 pub fn spawn_poller(state: web::Data<AppState>, tick: Duration) {
+    let hooks = state.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(tick).await;
             let snap = state.snapshot.load_full();
             state.jobs.poll_due(&state.pipeline, snap.routing()).await;
-            state.jobs.deliver_due_hooks().await;
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(tick).await;
+            hooks.jobs.deliver_due_hooks().await;
         }
     });
 }
@@ -90,8 +97,12 @@ async fn create(
         idempotency_key: header_text(&req, "idempotency-key").map(str::to_owned),
         hook: parsed.webhook_url.clone(),
         price_model: None,
+        // Some channel types render no less than 720p whatever the size (Veo), or
+        // take only the aspect ratio from it (Kling): a size below 720p is priced as
+        // 720p, never at a cheaper variant than what may be rendered.
         price_variants: seedance::resolution_of(parsed.size.as_deref())
             .0
+            .map(|r| if r == "480p" { "720p" } else { r })
             .map(|r| format!("{}-{r}", parsed.model))
             .into_iter()
             .collect(),

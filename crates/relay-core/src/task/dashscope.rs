@@ -78,6 +78,7 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
             "'input' must be an object".into(),
         ));
     }
+    let prompt_input = v.get("input").cloned().unwrap_or_default();
     if v.get("parameters").is_none() {
         v["parameters"] = json!({});
     }
@@ -105,18 +106,24 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
         params.insert("n".into(), n.into());
         (0, n)
     };
-    let resolution = params
-        .get("resolution")
-        .and_then(Value::as_str)
-        .map(|r| r.to_ascii_lowercase())
-        .and_then(|r| ["480p", "720p", "1080p"].into_iter().find(|x| *x == r))
-        .or_else(|| {
-            let size = params
-                .get("size")
-                .and_then(Value::as_str)?
-                .replace('*', "x");
-            super::seedance::resolution_of(Some(&size)).0
-        });
+    // The field the model reads: image-to-video (a first frame) takes `resolution`,
+    // text-to-video takes `size`; the other one is ignored upstream, so it never
+    // picks the price.
+    let from_image = ["img_url", "first_frame_url", "last_frame_url"]
+        .iter()
+        .any(|k| prompt_input.get(*k).is_some());
+    let resolution = if from_image {
+        params
+            .get("resolution")
+            .and_then(Value::as_str)
+            .map(|r| r.to_ascii_lowercase())
+            .and_then(|r| ["480p", "720p", "1080p"].into_iter().find(|x| *x == r))
+    } else {
+        params
+            .get("size")
+            .and_then(Value::as_str)
+            .and_then(|s| super::seedance::resolution_of(Some(&s.replace('*', "x"))).0)
+    };
     let forwarded = Bytes::from(v.to_string());
     let fingerprint = format!("{path}\n{}", store::hash_bytes(&forwarded));
     Ok(Ask {

@@ -878,8 +878,7 @@ impl TaskEngine {
                 progress: t.progress,
             };
             match store_task::finish(&self.db, &self.wallet, &t.id, &outcome).await {
-                Ok(true) => self.call_back(&t.id).await,
-                Ok(false) => {}
+                Ok(_) => {}
                 Err(e) => tracing::error!(error = ?e, task.id = %t.id, "expiring a task failed"),
             }
         }
@@ -979,7 +978,6 @@ impl TaskEngine {
         match store_task::finish(&self.db, &self.wallet, &t.id, &outcome).await {
             Ok(true) => {
                 tracing::info!(task.id = %t.id, state = state.as_str(), "task finished");
-                self.call_back(&t.id).await;
             }
             Ok(false) => {}
             Err(e) => {
@@ -987,22 +985,6 @@ impl TaskEngine {
                 // Give the lease back at once, so the next poll is not held off.
                 self.poll_failed(t, Utc::now()).await;
             }
-        }
-    }
-
-    /// Schedules a finished task's callback, if its client named one.
-    async fn call_back(&self, id: &str) {
-        let Ok(Some(t)) = store_task::find(&self.db, id).await else {
-            return;
-        };
-        let meta: serde_json::Value = serde_json::from_str(&t.meta).unwrap_or_default();
-        if meta.get("hook").and_then(|h| h.as_str()).is_none() {
-            return;
-        }
-        // Delivered by the background poller (at its next round), never on the way
-        // of a client's read.
-        if let Err(e) = store_task::hook_schedule(&self.db, &t.id).await {
-            tracing::warn!(error = ?e, task.id = %t.id, "scheduling a callback failed");
         }
     }
 
@@ -1308,7 +1290,6 @@ impl TaskEngine {
         store_task::finish(&self.db, &self.wallet, &t.id, &outcome)
             .await
             .map_err(|e| store_failure(&e))?;
-        self.call_back(&t.id).await;
         Ok(())
     }
 

@@ -251,10 +251,12 @@ pub fn resolution_of(size: Option<&str>) -> (Option<&'static str>, Option<&'stat
     else {
         return (None, None);
     };
-    let short = w.min(h);
-    let resolution = if short <= 480 {
+    // By area, the way providers tier their sizes (624x624 is a 480p size, 960x960
+    // and 1088x832 are 720p ones).
+    let area = u64::from(w) * u64::from(h);
+    let resolution = if area <= 500_000 {
         "480p"
-    } else if short <= 720 {
+    } else if area <= 1_000_000 {
         "720p"
     } else {
         "1080p"
@@ -479,6 +481,9 @@ mod tests {
             (Some("1080p"), Some("16:9"))
         );
         assert_eq!(resolution_of(None), (None, None));
+        assert_eq!(resolution_of(Some("624x624")).0, Some("480p"));
+        assert_eq!(resolution_of(Some("960x960")).0, Some("720p"));
+        assert_eq!(resolution_of(Some("1088x832")).0, Some("720p"));
     }
 
     #[test]

@@ -98,10 +98,19 @@ pub fn parse_native(model: &str, body: &[u8]) -> Result<Ask, RelayError> {
     let samples = number("sampleCount", 1, 1..=4)?;
     params.insert("durationSeconds".into(), seconds.into());
     params.insert("sampleCount".into(), samples.into());
-    let resolution = params
-        .get("resolution")
-        .and_then(Value::as_str)
-        .map(str::to_ascii_lowercase);
+    let resolution = match params.get("resolution") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r))
+            if matches!(r.to_ascii_lowercase().as_str(), "720p" | "1080p" | "4k") =>
+        {
+            Some(r.to_ascii_lowercase())
+        }
+        Some(_) => {
+            return Err(RelayError::InvalidRequest(
+                "'parameters.resolution' must be 720p, 1080p or 4k".into(),
+            ));
+        }
+    };
     let forwarded = Bytes::from(v.to_string());
     let fingerprint = format!("{model}\n{}", store::hash_bytes(&forwarded));
     Ok(Ask {
