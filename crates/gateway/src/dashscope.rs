@@ -8,7 +8,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use relay_core::RelayError;
-use relay_core::pipeline::read_limited;
 use relay_core::task::{TaskRequest, dashscope};
 use serde_json::json;
 
@@ -59,12 +58,7 @@ async fn create(
     if let Err(e) = state.jobs.caller(routing, bearer(&req), ip) {
         return error(&e);
     }
-    let declared = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let raw = match read_limited(payload, declared, state.config.max_body_mb).await {
+    let raw = match crate::tasks::body(&state, &req, payload).await {
         Ok(b) => b,
         Err(e) => return error(&e),
     };
@@ -88,11 +82,7 @@ async fn create(
         tokens: 0,
         images: ask.images,
         meta: json!({"prompt": ask.prompt}),
-        idempotency_key: req
-            .headers()
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        idempotency_key: crate::tasks::idempotency_key(&req),
         hook: None,
         price_model: None,
         price_variants: ask
@@ -122,29 +112,11 @@ async fn retrieve(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let snap = state.snapshot.load_full();
-    let routing = snap.routing();
-    let caller = match state
-        .jobs
-        .caller(routing, bearer(&req), client_ip(&state, &req))
-    {
-        Ok(c) => c,
-        Err(e) => return error(&e),
-    };
-    match state
-        .jobs
-        .read(&state.pipeline, routing, &caller, &path)
-        .await
-    {
-        Ok(t) if t.family == dashscope::FAMILY => {
-            let urls = if t.state == "succeeded" {
-                crate::seedance::signed_urls(&state, &req, &t)
-            } else {
-                Vec::new()
-            };
-            HttpResponse::Ok().json(dashscope::task_json(&t, &urls))
-        }
-        Ok(_) => error(&RelayError::NotFound(format!("no task '{path}'"))),
+    match crate::tasks::read(&state, &req, bearer(&req), &path, dashscope::FAMILY).await {
+        Ok(t) => HttpResponse::Ok().json(dashscope::task_json(
+            &t,
+            &crate::tasks::result_urls(&state, &req, &t),
+        )),
         Err(e) => error(&e),
     }
 }

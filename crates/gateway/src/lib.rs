@@ -13,6 +13,7 @@ pub mod kling;
 pub mod relay;
 pub mod seedance;
 pub mod state;
+pub mod tasks;
 pub mod tunables;
 pub mod veo;
 pub mod videos;

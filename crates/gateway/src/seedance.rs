@@ -6,7 +6,6 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use relay_core::RelayError;
-use relay_core::pipeline::read_limited;
 use relay_core::task::{TaskRequest, seedance};
 use serde::Deserialize;
 use store::entities::task;
@@ -41,11 +40,6 @@ pub fn public_base(state: &AppState, req: &HttpRequest) -> String {
     }
 }
 
-/// The signed URLs of all a task's results (`index` picks one).
-pub fn signed_urls(state: &AppState, req: &HttpRequest, t: &task::Model) -> Vec<String> {
-    state.jobs.signed_urls(t, &public_base(state, req))
-}
-
 /// `POST …/tasks`: `{id}` of the new task.
 async fn create(
     state: web::Data<AppState>,
@@ -58,12 +52,7 @@ async fn create(
     if let Err(e) = state.jobs.caller(routing, bearer(&req), ip) {
         return error(&e);
     }
-    let declared = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let raw = match read_limited(payload, declared, state.config.max_body_mb).await {
+    let raw = match crate::tasks::body(&state, &req, payload).await {
         Ok(b) => b,
         Err(e) => return error(&e),
     };
@@ -82,11 +71,7 @@ async fn create(
         tokens: seedance::hold_tokens(ask.seconds, &ask.resolution),
         images: 0,
         meta: serde_json::json!({"prompt": ask.prompt, "resolution": ask.resolution}),
-        idempotency_key: req
-            .headers()
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        idempotency_key: crate::tasks::idempotency_key(&req),
         hook: ask.hook.clone(),
         price_model: None,
         price_variants: Vec::new(),
@@ -107,11 +92,7 @@ async fn create(
 
 /// A task in Ark's shape, with the signed URL of its video once it has one.
 fn answer(state: &AppState, req: &HttpRequest, t: &task::Model) -> serde_json::Value {
-    let url = if t.state == "succeeded" {
-        signed_urls(state, req, t).into_iter().next()
-    } else {
-        None
-    };
+    let url = crate::tasks::result_urls(state, req, t).into_iter().next();
     seedance::task_json(t, url)
 }
 
@@ -121,22 +102,8 @@ async fn retrieve(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let snap = state.snapshot.load_full();
-    let routing = snap.routing();
-    let caller = match state
-        .jobs
-        .caller(routing, bearer(&req), client_ip(&state, &req))
-    {
-        Ok(c) => c,
-        Err(e) => return error(&e),
-    };
-    match state
-        .jobs
-        .read(&state.pipeline, routing, &caller, &path)
-        .await
-    {
-        Ok(t) if t.family == seedance::FAMILY => HttpResponse::Ok().json(answer(&state, &req, &t)),
-        Ok(_) => error(&RelayError::NotFound(format!("no task '{path}'"))),
+    match crate::tasks::read(&state, &req, bearer(&req), &path, seedance::FAMILY).await {
+        Ok(t) => HttpResponse::Ok().json(answer(&state, &req, &t)),
         Err(e) => error(&e),
     }
 }

@@ -6,7 +6,6 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use relay_core::RelayError;
-use relay_core::pipeline::read_limited;
 use relay_core::protocol::Protocol;
 use relay_core::task::{TaskRequest, veo};
 use serde_json::json;
@@ -41,12 +40,7 @@ pub async fn create(
     if let Err(e) = state.jobs.caller(routing, key.as_deref(), ip) {
         return error(&e);
     }
-    let declared = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let raw = match read_limited(payload, declared, state.config.max_body_mb).await {
+    let raw = match crate::tasks::body(&state, &req, payload).await {
         Ok(b) => b,
         Err(e) => return error(&e),
     };
@@ -66,11 +60,7 @@ pub async fn create(
         tokens: 0,
         images: 0,
         meta: json!({"prompt": ask.prompt, "samples": ask.samples}),
-        idempotency_key: req
-            .headers()
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        idempotency_key: crate::tasks::idempotency_key(&req),
         hook: None,
         price_model: None,
         price_variants: ask
@@ -99,32 +89,12 @@ async fn retrieve(
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let (_, id) = path.into_inner();
-    let snap = state.snapshot.load_full();
-    let routing = snap.routing();
     let key = api_key(&req, Protocol::GeminiGenerate);
-    let caller = match state
-        .jobs
-        .caller(routing, key.as_deref(), client_ip(&state, &req))
-    {
-        Ok(c) => c,
-        Err(e) => return error(&e),
-    };
-    match state
-        .jobs
-        .read(&state.pipeline, routing, &caller, &id)
-        .await
-    {
-        Ok(t) if t.family == veo::FAMILY => {
-            let urls = if t.state == "succeeded" {
-                state
-                    .jobs
-                    .signed_file_uris(&t, &crate::seedance::public_base(&state, &req))
-            } else {
-                Vec::new()
-            };
-            HttpResponse::Ok().json(veo::operation_json(&t, &urls))
-        }
-        Ok(_) => error(&RelayError::NotFound(format!("no operation '{id}'"))),
+    match crate::tasks::read(&state, &req, key.as_deref(), &id, veo::FAMILY).await {
+        Ok(t) => HttpResponse::Ok().json(veo::operation_json(
+            &t,
+            &crate::tasks::result_urls(&state, &req, &t),
+        )),
         Err(e) => error(&e),
     }
 }
