@@ -127,20 +127,14 @@ async fn cancel(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
+    let t = match crate::tasks::owned(&state, &req, bearer(&req), &path, Some(dashscope::FAMILY))
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return error(&e),
+    };
     let snap = state.snapshot.load_full();
     let routing = snap.routing();
-    let caller = match state
-        .jobs
-        .caller(routing, bearer(&req), client_ip(&state, &req))
-    {
-        Ok(c) => c,
-        Err(e) => return error(&e),
-    };
-    let t = match state.jobs.owned(&caller, &path).await {
-        Ok(t) if t.family == dashscope::FAMILY => t,
-        Ok(_) => return error(&RelayError::NotFound(format!("no task '{path}'"))),
-        Err(e) => return error(&e),
-    };
     match state.jobs.cancel(&state.pipeline, routing, &t).await {
         Ok(()) => HttpResponse::Ok().json(json!({"request_id": t.id})),
         Err(e) => error(&e),

@@ -56,6 +56,26 @@ pub async fn read(
     Ok(t)
 }
 
+/// Task `id` for the caller behind `key`, as stored (no refresh); another user's
+/// task, or one of another family than `family` when named, is 404.
+pub async fn owned(
+    state: &AppState,
+    req: &HttpRequest,
+    key: Option<&str>,
+    id: &str,
+    family: Option<&str>,
+) -> Result<task::Model, RelayError> {
+    let snap = state.snapshot.load_full();
+    let caller = state
+        .jobs
+        .caller(snap.routing(), key, client_ip(state, req))?;
+    let t = state.jobs.owned(&caller, id).await?;
+    if family.is_some_and(|f| f != t.family) {
+        return Err(RelayError::NotFound(format!("no task '{id}'")));
+    }
+    Ok(t)
+}
+
 /// The signed URLs of a finished task's results (none before it succeeds): Gemini-API
 /// file URIs for Veo, Tollgate content URLs for the others.
 pub fn result_urls(state: &AppState, req: &HttpRequest, t: &task::Model) -> Vec<String> {

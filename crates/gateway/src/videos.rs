@@ -293,19 +293,12 @@ async fn delete(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let snap = state.snapshot.load_full();
-    let routing = snap.routing();
-    let caller = match state
-        .jobs
-        .caller(routing, bearer(&req), client_ip(&state, &req))
-    {
-        Ok(c) => c,
-        Err(e) => return error(&e),
-    };
-    let task = match state.jobs.owned(&caller, &path).await {
+    let task = match crate::tasks::owned(&state, &req, bearer(&req), &path, None).await {
         Ok(t) => t,
         Err(e) => return error(&e),
     };
+    let snap = state.snapshot.load_full();
+    let routing = snap.routing();
     match state.jobs.delete(&state.pipeline, routing, &task).await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({
             "id": task.id, "object": "video.deleted", "deleted": true
@@ -321,19 +314,12 @@ async fn content(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    let snap = state.snapshot.load_full();
-    let routing = snap.routing();
-    let caller = match state
-        .jobs
-        .caller(routing, bearer(&req), client_ip(&state, &req))
-    {
-        Ok(c) => c,
-        Err(e) => return error(&e),
-    };
-    let task = match state.jobs.owned(&caller, &path).await {
+    let task = match crate::tasks::owned(&state, &req, bearer(&req), &path, None).await {
         Ok(t) => t,
         Err(e) => return error(&e),
     };
+    let snap = state.snapshot.load_full();
+    let routing = snap.routing();
     stream_content(&state, routing, &req, &task, req.query_string()).await
 }
 
