@@ -26,3 +26,25 @@ pub fn serve(
     tokio::spawn(server);
     (format!("http://127.0.0.1:{port}"), handle)
 }
+
+/// The mocks' result bytes (`mock_sora::content_bytes`) as `content_type`, honouring a
+/// `Range: bytes=a-b` with 206 like a storage server.
+pub fn ranged_content(req: &actix_web::HttpRequest, content_type: &str) -> actix_web::HttpResponse {
+    let bytes = crate::mock_sora::content_bytes();
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+    match range {
+        Some((a, b)) if a <= b && b < bytes.len() => actix_web::HttpResponse::PartialContent()
+            .insert_header(("content-type", content_type))
+            .insert_header(("content-range", format!("bytes {a}-{b}/{}", bytes.len())))
+            .body(bytes[a..=b].to_vec()),
+        _ => actix_web::HttpResponse::Ok()
+            .insert_header(("content-type", content_type))
+            .body(bytes),
+    }
+}

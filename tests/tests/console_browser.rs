@@ -16,6 +16,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use serde_json::json;
 use tollgate_tests::app::{ROOT_PASSWORD, TestApp, backend_name, generation_id};
+use tollgate_tests::mock_midjourney::{MockMidjourney, SECRET as MJ_SECRET};
 use tollgate_tests::{MockOpenAi, NORMAL_COST, spawn_app};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -317,9 +318,12 @@ async fn a_reseller_business_runs_from_the_console_in_a_real_browser() {
     let mock = MockOpenAi::start().await;
     let app = spawn_app().await;
 
-    let outcome = AssertUnwindSafe(reseller_journey(&c, &app, &mock))
-        .catch_unwind()
-        .await;
+    let outcome = AssertUnwindSafe(async {
+        reseller_journey(&c, &app, &mock).await;
+        tasks_journey(&c, &app).await;
+    })
+    .catch_unwind()
+    .await;
     // Pass or fail, the session is closed and chromedriver and Chromium are gone.
     let _ = tokio::time::timeout(Duration::from_secs(10), c.close()).await;
     drop(driver);
@@ -488,6 +492,107 @@ async fn reseller_journey(c: &Client, app: &TestApp, mock: &MockOpenAi) {
 
     let balance = app.balance(customer).await;
     assert_eq!(balance, 3_000_000 - NORMAL_COST);
+}
+
+/// A customer's Midjourney tasks in its Tasks view (state, cost, a thumbnail through
+/// its signed URL); root cancels one left open, and its hold goes back.
+async fn tasks_journey(c: &Client, app: &TestApp) {
+    let c = c.clone();
+    let base = app.address.clone();
+    log_out(&c).await;
+    c.set_window_size(1280, 900).await.unwrap();
+    let mj = MockMidjourney::start().await;
+    let (status, v) = app
+        .api(
+            "POST",
+            "/api/channels",
+            &app.root_token,
+            Some(
+                json!({"name": "mj", "type": "midjourney", "base_url": mj.base_url,
+                "keys": [MJ_SECRET], "models": ["mj_imagine"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    app.set_price_with("mj_imagine", json!({"per_request": 0.1}))
+        .await;
+    let (tasha, key) = app.customer_with_key("tasha", 1.0).await;
+    let submit = |prompt: &'static str| {
+        let (http, base, key) = (app.http.clone(), base.clone(), key.clone());
+        async move {
+            let v: serde_json::Value = http
+                .post(format!("{base}/mj/submit/imagine"))
+                .header("mj-api-secret", key)
+                .json(&json!({"prompt": prompt}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["result"].as_str().unwrap().to_owned()
+        }
+    };
+    let done = submit("a lighthouse at dusk").await;
+    let open = submit("a weird lighthouse").await;
+    for _ in 0..100 {
+        let t = billing::task::find(&app.db, &done).await.unwrap().unwrap();
+        if t.state == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    log_in(&c, &base, "tasha", "password-123").await;
+    c.goto(&format!("{base}/console/tasks")).await.unwrap();
+    let row = wait_for(&c, &format!(r#"tr[data-task="{done}"]"#)).await;
+    let text = row.text().await.unwrap();
+    assert!(
+        text.contains("succeeded") && text.contains("IMAGINE") && text.contains("0.10"),
+        "{text}"
+    );
+    let thumb = wait_for(&c, &format!(r#"tr[data-task="{done}"] img.thumb"#)).await;
+    let src = thumb.attr("src").await.unwrap().unwrap();
+    assert!(src.starts_with(&format!("/mj/image/{done}?")), "{src}");
+    // The signed URL works without a session or a key.
+    let image = reqwest::get(format!("{base}{src}")).await.unwrap();
+    assert_eq!(image.status(), 200);
+    let open_row = wait_for(&c, &format!(r#"tr[data-task="{open}"]"#)).await;
+    assert!(open_row.text().await.unwrap().contains("held"));
+    // A customer cannot cancel: the button is not there.
+    assert!(
+        c.find(Locator::Css(r#"form[action$="/cancel"]"#))
+            .await
+            .is_err()
+    );
+    c.goto(&format!(
+        "{base}/console/tasks?state=succeeded&family=midjourney"
+    ))
+    .await
+    .unwrap();
+    wait_for(&c, &format!(r#"tr[data-task="{done}"]"#)).await;
+    assert!(!c.source().await.unwrap().contains(&open));
+    shot(&c, "tasks").await;
+    log_out(&c).await;
+
+    log_in(&c, &base, "root", ROOT_PASSWORD).await;
+    c.goto(&format!("{base}/console/tasks?state=open"))
+        .await
+        .unwrap();
+    wait_for(&c, &format!(r#"tr[data-task="{open}"]"#)).await;
+    assert!(!c.source().await.unwrap().contains(&done));
+    click_to_next_page(
+        &c,
+        &format!(r#"tr[data-task="{open}"] form[action$="/cancel"] button"#),
+    )
+    .await;
+    wait_for_url(&c, "done=task_cancelled").await;
+    let cancelled = billing::task::find(&app.db, &open).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, "cancelled");
+    assert_eq!(app.balance(tasha).await, 1_000_000 - 100_000);
+    shot(&c, "tasks-admin").await;
+    log_out(&c).await;
+    mj.stop().await;
 }
 
 /// Micro-credits as the console shows them (two to six decimals).

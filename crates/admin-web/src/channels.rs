@@ -25,6 +25,8 @@ const KNOWN_TYPES: &[&str] = &[
     "volcengine",
     "kling",
     "dashscope",
+    "midjourney",
+    "suno",
 ];
 
 /// A channel as the API shows it.

@@ -18,6 +18,7 @@ pub mod routes;
 pub mod settings;
 pub mod state;
 pub mod stats;
+pub mod tasks;
 pub mod users;
 pub mod util;
 

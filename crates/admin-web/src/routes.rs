@@ -3,7 +3,7 @@
 use actix_web::web;
 
 use crate::{
-    ApiError, auth, channels, keys, logs, ops, pricing, redemptions, settings, stats, users,
+    ApiError, auth, channels, keys, logs, ops, pricing, redemptions, settings, stats, tasks, users,
 };
 
 /// Mounts `/api/*`.
@@ -55,6 +55,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/pricing/groups/{group}", web::put().to(pricing::put_group))
             .route("/logs", web::get().to(logs::list))
             .route("/logs/{generation_id}", web::get().to(logs::get))
+            .route("/tasks", web::get().to(tasks::list))
+            .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))
             .route("/stats", web::get().to(stats::get))
             .route("/settings", web::get().to(settings::get))
             .route("/settings", web::put().to(settings::put))

@@ -285,6 +285,27 @@ pub async fn find_owned(
         .await?)
 }
 
+/// Those of tasks `ids` of `family` that `user_id` owns and has not deleted (any
+/// other id is left out), in id order.
+pub async fn find_many_owned(
+    db: &DatabaseConnection,
+    ids: &[String],
+    user_id: i64,
+    family: &str,
+) -> Result<Vec<task::Model>, BillingError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(task::Entity::find()
+        .filter(task::Column::Id.is_in(ids.iter().cloned()))
+        .filter(task::Column::UserId.eq(user_id))
+        .filter(task::Column::Family.eq(family))
+        .filter(task::Column::DeletedAt.is_null())
+        .order_by_asc(task::Column::Id)
+        .all(db)
+        .await?)
+}
+
 /// The task a key submitted under `idempotency_key`, if any.
 pub async fn find_idempotent(
     db: &DatabaseConnection,
@@ -798,6 +819,66 @@ pub async fn finish(
         after_commit(wallet.sync(&synced).await);
     }
     Ok(true)
+}
+
+/// How long a signed result URL works.
+pub const URL_TTL_S: i64 = 24 * 3600;
+
+/// What a result URL's signature covers: the task, its owner, the expiry.
+pub fn url_message(id: &str, user_id: i64, expires: i64) -> String {
+    format!("{id}\n{user_id}\n{expires}")
+}
+
+/// The result URLs an upstream left for task `t` (never shown to clients).
+pub fn result_urls(t: &task::Model) -> Vec<String> {
+    let result: serde_json::Value = t
+        .result
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
+    if let Some(url) = result.get("video_url").and_then(|u| u.as_str()) {
+        return vec![url.to_owned()];
+    }
+    result
+        .get("urls")
+        .and_then(|u| u.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Tollgate URLs of task `t`'s results under `base` (`scheme://host`, or nothing for
+/// a page of this site), signed for its owner until `expires`: a Midjourney image at
+/// `/mj/image/{id}` (where its clients look), any other result at
+/// `/v1/tasks/{id}/content`, `index` picking one of several.
+pub fn signed_urls(
+    signer: &store::secret::SecretBox,
+    t: &task::Model,
+    base: &str,
+    expires: i64,
+) -> Vec<String> {
+    let signature = signer.sign(&url_message(&t.id, t.user_id, expires));
+    let route = if t.family == "midjourney" {
+        format!("/mj/image/{}", t.id)
+    } else {
+        format!("/v1/tasks/{}/content", t.id)
+    };
+    let first = format!(
+        "{}{route}?expires={expires}&signature={signature}",
+        base.trim_end_matches('/')
+    );
+    (0..result_urls(t).len())
+        .map(|i| {
+            if i == 0 {
+                first.clone()
+            } else {
+                format!("{first}&index={i}")
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

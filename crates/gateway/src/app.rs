@@ -177,6 +177,8 @@ impl Application {
                 .configure(crate::kling::configure)
                 .configure(crate::dashscope::configure)
                 .configure(crate::veo::configure)
+                .configure(crate::midjourney::configure)
+                .configure(crate::suno::configure)
                 .configure(generation::configure)
                 .configure(crate::dashboard::configure)
                 .configure(admin_web::configure)

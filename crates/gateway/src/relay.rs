@@ -85,7 +85,7 @@ pub fn error_response(proto: Protocol, err: &RelayError, generation_id: &str) ->
 
 /// The status, headers (`X-Generation-Id`, `Retry-After` for rate limits) and `body`
 /// of an error answer.
-fn error_with_body(err: &RelayError, generation_id: &str, body: Bytes) -> HttpResponse {
+pub(crate) fn error_with_body(err: &RelayError, generation_id: &str, body: Bytes) -> HttpResponse {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = HttpResponse::build(status);
     resp.insert_header((header::CONTENT_TYPE, "application/json"));

@@ -32,8 +32,14 @@ pub fn spawn_poller(state: web::Data<AppState>, tick: Duration) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(tick).await;
-            let snap = state.snapshot.load_full();
-            state.jobs.poll_due(&state.pipeline, snap.routing()).await;
+            // A full round may have left more due: the next one starts at once.
+            loop {
+                let snap = state.snapshot.load_full();
+                let polled = state.jobs.poll_due(&state.pipeline, snap.routing()).await;
+                if (polled as u64) < state.jobs.settings.batch {
+                    break;
+                }
+            }
         }
     });
     tokio::spawn(async move {
@@ -343,8 +349,22 @@ pub async fn stream_content(
     };
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::OK);
     let mut resp = HttpResponse::build(status);
+    // Served from Tollgate's own origin (where the console lives): only media types,
+    // never sniffed.
+    let media = upstream
+        .headers()
+        .get(header::CONTENT_TYPE.as_str())
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| {
+            ["image/", "video/", "audio/"]
+                .iter()
+                .any(|m| t.starts_with(m))
+        })
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    resp.insert_header((header::CONTENT_TYPE, media));
+    resp.insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
     for name in [
-        header::CONTENT_TYPE,
         header::CONTENT_RANGE,
         header::ACCEPT_RANGES,
         header::ETAG,

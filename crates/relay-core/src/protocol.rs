@@ -177,6 +177,8 @@ impl Protocol {
             ChannelKind::Volcengine
             | ChannelKind::Kling
             | ChannelKind::Dashscope
+            | ChannelKind::Midjourney
+            | ChannelKind::Suno
             | ChannelKind::Unknown => None,
         }
     }

@@ -169,9 +169,11 @@ impl UpstreamClient {
                     .header("anthropic-version", version)
             }
             ChannelKind::Kling => req.bearer_auth(crate::task::kling::bearer(key)),
+            ChannelKind::Midjourney => req.header("mj-api-secret", key),
             ChannelKind::OpenAi
             | ChannelKind::Volcengine
             | ChannelKind::Dashscope
+            | ChannelKind::Suno
             | ChannelKind::Unknown => req.bearer_auth(key),
         };
         for (name, value) in extra.iter().filter(|(n, _)| *n != "anthropic-version") {

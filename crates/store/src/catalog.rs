@@ -45,6 +45,10 @@ pub enum ChannelKind {
     Kling,
     /// Alibaba DashScope (Wan video and image tasks).
     Dashscope,
+    /// A midjourney-proxy server (`mj-api-secret`).
+    Midjourney,
+    /// A Suno API server (music and lyrics tasks).
+    Suno,
     /// A type this build does not know: such a channel serves nothing.
     Unknown,
 }
@@ -59,6 +63,8 @@ impl ChannelKind {
             "volcengine" => ChannelKind::Volcengine,
             "kling" => ChannelKind::Kling,
             "dashscope" => ChannelKind::Dashscope,
+            "midjourney" => ChannelKind::Midjourney,
+            "suno" => ChannelKind::Suno,
             _ => ChannelKind::Unknown,
         }
     }
@@ -72,6 +78,8 @@ impl ChannelKind {
             ChannelKind::Volcengine => "volcengine",
             ChannelKind::Kling => "kling",
             ChannelKind::Dashscope => "dashscope",
+            ChannelKind::Midjourney => "midjourney",
+            ChannelKind::Suno => "suno",
             ChannelKind::Unknown => "unknown",
         }
     }

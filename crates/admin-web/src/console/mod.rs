@@ -15,6 +15,7 @@ mod pricing;
 mod redemptions;
 pub mod session;
 mod settings;
+mod tasks;
 mod users;
 
 use actix_web::middleware::DefaultHeaders;
@@ -94,6 +95,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/pricing/groups", web::post().to(pricing::save_group))
                 .route("/logs", web::get().to(logs::list))
                 .route("/logs/{id}", web::get().to(logs::show))
+                .route("/tasks", web::get().to(tasks::list))
+                .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))
                 .route("/redemptions", web::get().to(redemptions::show))
                 .route("/redemptions", web::post().to(redemptions::create))
                 .route("/redeem", web::post().to(redemptions::redeem))

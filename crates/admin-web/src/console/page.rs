@@ -72,6 +72,7 @@ fn done_message(code: &str) -> Option<&'static str> {
         "group_saved" => "Group multiplier saved.",
         "settings_saved" => "Settings saved.",
         "password_changed" => "Password changed.",
+        "task_cancelled" => "Task cancelled; its hold went back to its owner.",
         _ => return None,
     })
 }

@@ -11,7 +11,9 @@
 pub mod dashscope;
 pub mod hook;
 pub mod kling;
+pub mod midjourney;
 pub mod seedance;
+pub mod suno;
 pub mod veo;
 pub mod videos;
 
@@ -67,7 +69,7 @@ impl Default for TaskSettings {
             // Longer than any one poll (a channel's timeout) and a batch round: a
             // lease that ran out mid-poll would let another instance poll too.
             lease: Duration::from_secs(900),
-            batch: 50,
+            batch: 200,
             allow_private_addresses: false,
         }
     }
@@ -238,13 +240,7 @@ pub struct TaskEngine {
 /// from `TOLLGATE_TASK_POLL_S`, at most an hour).
 pub const HOOK_TRIES: i32 = 8;
 
-/// How long a signed result URL works.
-pub const URL_TTL_S: i64 = 24 * 3600;
-
-/// What a result URL's signature covers: the task, its owner, the expiry.
-pub fn url_message(id: &str, user_id: i64, expires: i64) -> String {
-    format!("{id}\n{user_id}\n{expires}")
-}
+pub use billing::task::{URL_TTL_S, result_urls, url_message};
 
 /// Upstream attempts of one submission, for the generation record.
 #[derive(Serialize)]
@@ -292,22 +288,7 @@ impl TaskEngine {
     /// Signed Tollgate URLs of a task's results under `base` (`scheme://host`), for
     /// its owner, valid [`URL_TTL_S`]; `index` picks one of several.
     pub fn signed_urls(&self, t: &task::Model, base: &str) -> Vec<String> {
-        let expires = Utc::now().timestamp() + URL_TTL_S;
-        let signature = self.signer.sign(&url_message(&t.id, t.user_id, expires));
-        let first = format!(
-            "{}/v1/tasks/{}/content?expires={expires}&signature={signature}",
-            base.trim_end_matches('/'),
-            t.id
-        );
-        (0..result_urls(t).len())
-            .map(|i| {
-                if i == 0 {
-                    first.clone()
-                } else {
-                    format!("{first}&index={i}")
-                }
-            })
-            .collect()
+        store_task::signed_urls(&self.signer, t, base, Utc::now().timestamp() + URL_TTL_S)
     }
 
     /// The caller behind `key`, allowed from `ip`.
@@ -530,7 +511,7 @@ impl TaskEngine {
                         last = RelayError::Rejected {
                             status: 400,
                             message,
-                            body: None,
+                            body: body.ok(),
                         };
                         break;
                     }
@@ -746,8 +727,9 @@ impl TaskEngine {
         };
         let n = leased.len();
         // Paced per channel: one poll in flight per channel (its tasks one after
-        // another), up to eight channels at once, so a channel with many open tasks
-        // is never hit by a burst and one slow upstream does not hold up the others.
+        // another, or a batch at a time where the upstream reads many tasks in one
+        // call), up to eight channels at once, so a channel with many open tasks is
+        // never hit by a burst and one slow upstream does not hold up the others.
         let mut by_channel: std::collections::BTreeMap<Option<i64>, Vec<&task::Model>> =
             std::collections::BTreeMap::new();
         for t in &leased {
@@ -755,12 +737,63 @@ impl TaskEngine {
         }
         futures_util::stream::iter(by_channel.into_values())
             .for_each_concurrent(8, |tasks| async move {
-                for t in tasks {
+                let (batched, single): (Vec<&task::Model>, Vec<&task::Model>) =
+                    tasks.into_iter().partition(|t| {
+                        t.upstream_task_id.is_some()
+                            && task_channel(routing, t).is_some_and(|(c, _)| batches(c.kind))
+                    });
+                self.poll_batched(pipeline, routing, &batched).await;
+                for t in single {
                     self.poll(pipeline, routing, t).await;
                 }
             })
             .await;
         n
+    }
+
+    /// Polls the leased tasks of one channel whose upstream reads many tasks in one
+    /// call (Midjourney's `list-by-condition`, Suno's `fetch`): one call per key and
+    /// [`BATCH_IDS`] tasks.
+    async fn poll_batched(
+        &self,
+        pipeline: &Pipeline,
+        routing: Routing<'_>,
+        tasks: &[&task::Model],
+    ) {
+        let mut by_key: std::collections::BTreeMap<i64, Vec<&task::Model>> =
+            std::collections::BTreeMap::new();
+        for t in tasks {
+            by_key
+                .entry(t.channel_key_id.unwrap_or(0))
+                .or_default()
+                .push(t);
+        }
+        for group in by_key.values() {
+            for chunk in group.chunks(BATCH_IDS) {
+                let Some((channel, key)) = task_channel(routing, chunk[0]) else {
+                    continue;
+                };
+                let ids: Vec<&str> = chunk
+                    .iter()
+                    .filter_map(|t| t.upstream_task_id.as_deref())
+                    .collect();
+                let seen = look_many(pipeline, &channel, &key.1, &ids).await;
+                let now = Utc::now();
+                for t in chunk {
+                    let looked = match (&seen, t.upstream_task_id.as_deref()) {
+                        (Ok(found), Some(id)) => match found.get(id) {
+                            Some(o) => Ok(Looked::Seen(o.clone())),
+                            // Left out of a batch proves nothing (a proxy may list only
+                            // what it holds in memory): asked on its own, only a real
+                            // "not found" counts.
+                            None => look(pipeline, &channel, &key.1, t, id).await,
+                        },
+                        _ => Err(()),
+                    };
+                    self.looked(t, looked, now).await;
+                }
+            }
+        }
     }
 
     /// Polls one leased task and applies what the upstream says.
@@ -788,10 +821,20 @@ impl TaskEngine {
             // channel or key is gone): wait for the deadline.
             _ => Err(()),
         };
-        // One last look before a deadline: a task that finished in time is charged.
+        self.looked(t, looked, now).await;
+    }
+
+    /// Applies a look at a leased task, or expires it when its deadline has passed
+    /// (one last look first: a task that finished in time is charged).
+    async fn looked(
+        &self,
+        t: &task::Model,
+        looked: Result<Looked, ()>,
+        now: chrono::DateTime<Utc>,
+    ) {
         let finished =
             matches!(&looked, Ok(Looked::Seen(seen)) if seen.state.is_some_and(|s| !s.is_open()));
-        if expired && !finished {
+        if now >= t.deadline_at && !finished {
             self.expire(t).await;
             return;
         }
@@ -1091,7 +1134,11 @@ impl TaskEngine {
         };
         let resp = if matches!(
             channel.kind,
-            ChannelKind::Volcengine | ChannelKind::Kling | ChannelKind::Dashscope
+            ChannelKind::Volcengine
+                | ChannelKind::Kling
+                | ChannelKind::Dashscope
+                | ChannelKind::Midjourney
+                | ChannelKind::Suno
         ) {
             // These upstreams hand out storage URLs of their own: fetched from there,
             // never shown. They have no thumbnails; `index` picks one of several.
@@ -1108,7 +1155,9 @@ impl TaskEngine {
                     t.id
                 )));
             };
-            let first = self.hooks.fetch(&url, range).await?;
+            let first = self
+                .fetch_result(pipeline, &channel, &key.1, &url, range)
+                .await?;
             if !matches!(first.status().as_u16(), 403 | 404 | 410) {
                 first
             } else {
@@ -1141,7 +1190,8 @@ impl TaskEngine {
                 let Some(url) = result_urls(&refreshed).into_iter().nth(index) else {
                     return Ok(first);
                 };
-                self.hooks.fetch(&url, range).await?
+                self.fetch_result(pipeline, &channel, &key.1, &url, range)
+                    .await?
             }
         } else if channel.kind == ChannelKind::Gemini {
             // Veo's videos are files on the Gemini API itself, fetched with the key.
@@ -1220,6 +1270,128 @@ impl TaskEngine {
                 RelayError::Upstream
             }
         })
+    }
+
+    /// `GET path` (built from the task's upstream id) on the channel and with the key
+    /// that made task `t`: a JSON answer of at most 1 MiB, or the error to show.
+    pub async fn upstream_get(
+        &self,
+        pipeline: &Pipeline,
+        routing: Routing<'_>,
+        t: &task::Model,
+        path: impl Fn(&str) -> String,
+    ) -> Result<Bytes, RelayError> {
+        let (Some(upstream_id), Some((channel, key))) =
+            (&t.upstream_task_id, task_channel(routing, t))
+        else {
+            return Err(RelayError::NoAvailableChannel);
+        };
+        let resp = pipeline
+            .client
+            .send(
+                reqwest::Method::GET,
+                &channel,
+                &key.1,
+                (&path(upstream_id), &t.model),
+                None,
+                &[],
+            )
+            .await
+            .map_err(|f| match f {
+                Failure::Timeout => RelayError::UpstreamTimeout,
+                _ => RelayError::Upstream,
+            })?;
+        let status = resp.status().as_u16();
+        let body = crate::upstream::read_body(
+            resp,
+            Duration::from_secs(channel.timeout_s.max(1)),
+            1 << 20,
+        )
+        .await
+        .map_err(|_| RelayError::Upstream)?;
+        match status {
+            200..=299 => Ok(body),
+            404 => Err(RelayError::NotFound(format!(
+                "task '{}' has no such thing upstream",
+                t.id
+            ))),
+            400..=499 => Err(RelayError::Rejected {
+                status: 400,
+                message: upstream_message(&body, status),
+                body: None,
+            }),
+            _ => Err(RelayError::Upstream),
+        }
+    }
+
+    /// Fetches a result an upstream left at `url`: from the channel itself (with its
+    /// key) when the URL is under the channel's address (a midjourney-proxy serving
+    /// its own images), else from a public address only, without any key.
+    async fn fetch_result(
+        &self,
+        pipeline: &Pipeline,
+        channel: &ChannelEntry,
+        key: &str,
+        url: &str,
+        range: Option<&str>,
+    ) -> Result<reqwest::Response, RelayError> {
+        // Only a proxy in front of a service (midjourney-proxy, a Suno API server)
+        // serves results from itself; a vendor's storage never sees its key.
+        let proxied = matches!(channel.kind, ChannelKind::Midjourney | ChannelKind::Suno);
+        let base = crate::upstream::endpoint_url(&channel.base_url, "");
+        let own = url
+            .strip_prefix(base.as_str())
+            .filter(|rest| proxied && rest.starts_with('/') && !base.is_empty());
+        let Some(path) = own else {
+            return self.hooks.fetch(url, range).await;
+        };
+        let extra: Vec<(&'static str, String)> =
+            range.map(|r| ("range", r.to_owned())).into_iter().collect();
+        let model = channel.models.first().map_or("", String::as_str);
+        let resp = pipeline
+            .client
+            .send(
+                reqwest::Method::GET,
+                channel,
+                key,
+                (path, model),
+                None,
+                &extra,
+            )
+            .await
+            .map_err(|f| match f {
+                Failure::Timeout => RelayError::UpstreamTimeout,
+                _ => RelayError::Upstream,
+            })?;
+        // A proxy that hands its images over to storage elsewhere: followed without
+        // the key, to public addresses only.
+        match resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+        {
+            Some(location) if resp.status().is_redirection() => {
+                self.hooks.fetch(location, range).await
+            }
+            _ => Ok(resp),
+        }
+    }
+
+    /// Ends `parent`, a task waiting for its modal, now that the modal task `by`
+    /// carries its job on: released, so the job is charged once, as the modal.
+    pub async fn supersede(&self, parent: &task::Model, by: &str) -> Result<(), RelayError> {
+        let outcome = Outcome {
+            state: State::Cancelled,
+            cost: 0,
+            upstream_status: parent.upstream_status.clone(),
+            result: None,
+            error: Some(format!("continued: by its modal, task {by}")),
+            progress: parent.progress,
+        };
+        store_task::finish(&self.db, &self.wallet, &parent.id, &outcome)
+            .await
+            .map(|_| ())
+            .map_err(|e| store_failure(&e))
     }
 
     /// Cancels a queued task (upstreams that allow it: Ark): the upstream is asked
@@ -1339,6 +1511,8 @@ fn refusal_in(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let message = || {
         v.get("message")
+            .filter(|m| m.as_str().is_some_and(|m| !m.is_empty()))
+            .or_else(|| v.get("description"))
             .or_else(|| v.pointer("/error/message"))
             .and_then(|m| m.as_str())
             .map(crate::error::redact)
@@ -1364,6 +1538,69 @@ fn timed_out_behind_a_proxy(failure: &Failure) -> bool {
     )
 }
 
+/// Tasks asked about in one batched poll.
+pub const BATCH_IDS: usize = 100;
+
+/// Whether an upstream of type `kind` reads many tasks in one call.
+fn batches(kind: ChannelKind) -> bool {
+    matches!(kind, ChannelKind::Midjourney | ChannelKind::Suno)
+}
+
+/// Asks the upstream about many tasks in one call: what it said of each, by upstream
+/// id (a task it leaves out is one it does not know).
+async fn look_many(
+    pipeline: &Pipeline,
+    channel: &ChannelEntry,
+    key: &str,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, Observed>, ()> {
+    let (path, body) = match channel.kind {
+        ChannelKind::Midjourney => (
+            "/mj/task/list-by-condition",
+            serde_json::json!({"ids": ids}),
+        ),
+        _ => ("/suno/fetch", serde_json::json!({"ids": ids})),
+    };
+    let model = channel.models.first().map_or("", String::as_str);
+    let resp = pipeline
+        .client
+        .send(
+            reqwest::Method::POST,
+            channel,
+            key,
+            (path, model),
+            Some((Bytes::from(body.to_string()), "application/json")),
+            &[],
+        )
+        .await
+        .map_err(|_| ())?;
+    if !resp.status().is_success() {
+        tracing::warn!(
+            channel.id = channel.id,
+            status = resp.status().as_u16(),
+            "batched task poll failed upstream"
+        );
+        return Err(());
+    }
+    let body = crate::upstream::read_body(
+        resp,
+        Duration::from_secs(channel.timeout_s.max(1)),
+        16 << 20,
+    )
+    .await
+    .map_err(|_| ())?;
+    let many = match channel.kind {
+        ChannelKind::Midjourney => midjourney::observe_many(&body),
+        _ => suno::observe_many(&body),
+    };
+    many.map(|v| v.into_iter().collect()).ok_or_else(|| {
+        tracing::warn!(
+            channel.id = channel.id,
+            "batched task poll answer unreadable"
+        );
+    })
+}
+
 /// Failed looks in a row (the last a 404) before a task the upstream does not know
 /// is taken as failed.
 const GONE_AFTER: i32 = 3;
@@ -1372,27 +1609,6 @@ const GONE_AFTER: i32 = 3;
 fn result_count(seen: &Observed) -> Option<i64> {
     let urls = seen.result.as_ref()?.get("urls")?.as_array()?;
     i64::try_from(urls.len()).ok()
-}
-
-/// The result URLs an upstream left for task `t` (never shown to clients).
-pub fn result_urls(t: &task::Model) -> Vec<String> {
-    let result: serde_json::Value = t
-        .result
-        .as_deref()
-        .and_then(|r| serde_json::from_str(r).ok())
-        .unwrap_or_default();
-    if let Some(url) = result.get("video_url").and_then(|u| u.as_str()) {
-        return vec![url.to_owned()];
-    }
-    result
-        .get("urls")
-        .and_then(|u| u.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|u| u.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// What one look at the upstream found.
@@ -1451,6 +1667,8 @@ fn observe(kind: ChannelKind, body: &[u8]) -> Option<(String, Observed)> {
         ChannelKind::Kling => kling::observe(body),
         ChannelKind::Dashscope => dashscope::observe(body),
         ChannelKind::Gemini => veo::observe(body),
+        ChannelKind::Midjourney => midjourney::observe(body),
+        ChannelKind::Suno => suno::observe(body),
         _ => videos::observe(body),
     }
 }
@@ -1462,6 +1680,8 @@ fn item_path(kind: ChannelKind, t: &task::Model, upstream_id: &str) -> String {
         ChannelKind::Volcengine => seedance::item_path(upstream_id),
         ChannelKind::Dashscope => dashscope::item_path(upstream_id),
         ChannelKind::Gemini => veo::item_path(upstream_id),
+        ChannelKind::Midjourney => midjourney::item_path(upstream_id),
+        ChannelKind::Suno => suno::item_path(upstream_id),
         ChannelKind::Kling => format!(
             "{}/{}",
             t.upstream_path.as_deref().unwrap_or(kling::ACTIONS[0]),
@@ -1480,6 +1700,8 @@ pub fn render(t: &task::Model, urls: &[String]) -> serde_json::Value {
         kling::FAMILY => kling::task_json(t, urls)["data"].take(),
         dashscope::FAMILY => dashscope::task_json(t, urls),
         veo::FAMILY => veo::operation_json(t, urls),
+        midjourney::FAMILY => midjourney::task_json(t, urls),
+        suno::FAMILY => suno::task_json(t, urls),
         _ => serde_json::json!({"id": t.id, "status": t.state}),
     }
 }
@@ -1501,6 +1723,8 @@ fn served_by(family: &str) -> fn(ChannelKind) -> bool {
         dashscope::FAMILY => |k| k == ChannelKind::Dashscope,
         seedance::FAMILY => |k| k == ChannelKind::Volcengine,
         kling::FAMILY => |k| k == ChannelKind::Kling,
+        midjourney::FAMILY => |k| k == ChannelKind::Midjourney,
+        suno::FAMILY => |k| k == ChannelKind::Suno,
         _ => |_| false,
     }
 }

@@ -384,7 +384,7 @@ pub fn content_path(upstream_id: &str, query: &str) -> String {
 }
 
 /// An upstream id as one path segment (ids are opaque; never let one add a path).
-pub(crate) fn encode_segment(id: &str) -> String {
+pub fn encode_segment(id: &str) -> String {
     encode_segment_keeping(id, &[])
 }
 
