@@ -49,7 +49,8 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// `TOLLGATE_TASK_POLL_S` (first poll interval of an asynchronous task, slowing to
     /// `TOLLGATE_TASK_POLL_MAX_S` as it ages) and `TOLLGATE_TASK_DEADLINE_S` (an open
-    /// task this old expires and its hold is released).
+    /// task this old expires and its hold is released), `TOLLGATE_TASK_LEASE_S` (how
+    /// long a poller holds the tasks it took).
     pub tasks: relay_core::task::TaskSettings,
     /// `TOLLGATE_PUBLIC_URL`: the address clients reach Tollgate at (`https://host`),
     /// under which result URLs are signed; unset, the request's own host.
@@ -105,6 +106,9 @@ impl Config {
                     poll_min,
                     poll_max: secs("TOLLGATE_TASK_POLL_MAX_S", 60)?.clamp(poll_min, hour),
                     deadline: secs("TOLLGATE_TASK_DEADLINE_S", 86_400)?.min(30 * 24 * hour),
+                    // How long a poller holds the tasks it took: after a crash, its
+                    // tasks wait this long for another poller.
+                    lease: secs("TOLLGATE_TASK_LEASE_S", 900)?.min(hour),
                     ..relay_core::task::TaskSettings::default()
                 }
             },
