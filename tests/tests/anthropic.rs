@@ -301,10 +301,7 @@ async fn a_streamed_message_is_forwarded_event_by_event_and_charged_from_the_usa
     let resp = s.messages(Auth::XApiKey(&s.key), body).await;
     assert_eq!(resp.status(), 200);
     let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(
-        content_type.starts_with("text/event-stream"),
-        "{content_type}"
-    );
+    assert_eq!(content_type, "text/event-stream; charset=utf-8");
     let gen_id = generation_id(&resp);
     let events = sse_events(resp).await;
     // Anthropic's sequence, in order (keep-alive pings aside).

@@ -423,10 +423,7 @@ async fn a_streamed_generation_is_forwarded_chunk_by_chunk_and_charged_from_the_
         .await;
     assert_eq!(resp.status(), 200);
     let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(
-        content_type.starts_with("text/event-stream"),
-        "{content_type}"
-    );
+    assert_eq!(content_type, "text/event-stream; charset=utf-8");
     let gen_id = generation_id(&resp);
     let chunks = sse_chunks(resp).await;
     // Gemini's chunks, in order, each a GenerateContentResponse.
@@ -755,39 +752,42 @@ async fn an_empty_balance_and_an_unknown_method_get_google_shaped_errors_and_cos
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_asked_for_without_alt_sse_is_a_json_array_or_a_google_shaped_refusal() {
-    // Without `alt=sse` Google streams one JSON array of responses. The gateway may
-    // relay that, or refuse the request; it must never answer such a client with SSE.
+async fn a_stream_asked_for_without_alt_sse_is_streamed_as_googles_json_array_and_charged_exactly()
+{
+    // Without `alt=sse` Google streams one JSON array of GenerateContentResponse
+    // objects, element by element (seed 001's curl calls it that way).
     let s = Gemini::start().await;
     let resp = s
         .app
         .http
         .post(format!(
-            "{}/v1beta/models/{MODEL}:streamGenerateContent",
-            s.app.address
+            "{}/v1beta/models/{MODEL}:streamGenerateContent?key={}",
+            s.app.address, s.key
         ))
-        .header("x-goog-api-key", &s.key)
         .json(&Gemini::body())
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
     let gen_id = generation_id(&resp);
-    if resp.status().is_success() {
-        let text = resp.text().await.unwrap();
-        let chunks: Vec<Value> = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("not a JSON array of responses ({e}): {text}"));
-        assert_eq!(streamed_text(&chunks), answer_text());
-        s.assert_charged_once(&gen_id, NORMAL_COST).await;
-    } else {
-        let (status, google_status, message) = google_error(resp).await;
-        assert!(
-            (400..500).contains(&status),
-            "{status} {google_status}: {message}"
-        );
-        eprintln!("stream without alt=sse: {status} {google_status}: {message}");
-        assert!(s.mock.received().is_empty(), "{:?}", s.mock.received());
-        s.assert_charged_nothing().await;
-    }
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with('[') && text.ends_with(']'), "{text}");
+    let chunks: Vec<Value> = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("not a JSON array of responses ({e}): {text}"));
+    assert_eq!(chunks.len(), TEXT_PIECES.len(), "{text}");
+    assert_eq!(streamed_text(&chunks), answer_text());
+    assert_eq!(
+        chunks.last().unwrap()["usageMetadata"]["candidatesTokenCount"],
+        30
+    );
+    // Upstream it went as server-sent events, as always.
+    let got = s.mock.received();
+    assert!(got[0].query.split('&').any(|p| p == "alt=sse"), "{got:?}");
+    s.assert_charged_once(&gen_id, NORMAL_COST).await;
     s.stop().await;
 }
 

@@ -64,7 +64,12 @@ async fn a_streaming_chat_is_forwarded_event_by_event_and_charged_from_the_usage
     body["stream"] = json!(true);
     let resp = s.app.chat(&s.key, body).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    // With its charset, like the providers: a plain HTTP client decodes non-ASCII
+    // text right.
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
     let gen_id = resp.headers()["x-generation-id"]
         .to_str()
         .unwrap()

@@ -281,20 +281,8 @@ pub async fn gemini_generate(
         "predictLongRunning" => {
             return crate::veo::create(state, req, payload, model.to_owned()).await;
         }
-        "streamGenerateContent" => {
-            let sse = web::Query::<std::collections::HashMap<String, String>>::from_query(
-                req.query_string(),
-            )
-            .ok()
-            .is_some_and(|q| q.get("alt").is_some_and(|a| a == "sse"));
-            if !sse {
-                let e = RelayError::InvalidRequest(
-                    "streamGenerateContent is served as server-sent events: add ?alt=sse".into(),
-                );
-                return error_response(Protocol::GeminiGenerate, &e, &id);
-            }
-            true
-        }
+        // With `?alt=sse` as server-sent events; without, as Google's JSON array.
+        "streamGenerateContent" => true,
         other => {
             let e = RelayError::InvalidRequest(format!(
                 "unknown method '{other}': use generateContent, streamGenerateContent or countTokens"
@@ -359,6 +347,7 @@ async fn relay(
     gemini: Option<GeminiRoute>,
 ) -> HttpResponse {
     let snap = state.snapshot.load_full();
+    let json_array = gemini.as_ref().is_some_and(|g| g.stream) && !alt_sse(&req);
     let inbound = inbound(&state, &req, proto, payload, gemini);
     let Answered {
         generation_id: id,
@@ -369,8 +358,18 @@ async fn relay(
             .insert_header((header::CONTENT_TYPE, "application/json"))
             .insert_header((GENERATION_HEADER, id))
             .body(answer),
+        Ok(ChatAnswer::Stream(stream)) if json_array => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "application/json; charset=utf-8"))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .insert_header((
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static("identity"),
+            ))
+            .insert_header(("x-accel-buffering", "no"))
+            .insert_header((GENERATION_HEADER, id))
+            .streaming(relay_core::sse::json_array(stream)),
         Ok(ChatAnswer::Stream(stream)) => HttpResponse::Ok()
-            .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+            .insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .insert_header((
                 header::CONTENT_ENCODING,
@@ -389,6 +388,11 @@ async fn relay(
             .streaming(body),
         Err(e) => error_response(proto, &e, &id),
     }
+}
+
+/// Whether the request asks for server-sent events (`?alt=sse`).
+fn alt_sse(req: &HttpRequest) -> bool {
+    req.query_string().split('&').any(|p| p == "alt=sse")
 }
 
 /// The request's `Content-Type`.

@@ -43,6 +43,49 @@ impl SseFramer {
     }
 }
 
+/// A stream of whole SSE events as one JSON array of their `data:` payloads, each
+/// element sent as its event arrives (`[a`, `,\r\n b`, …, `]`): how Gemini streams
+/// `:streamGenerateContent` without `?alt=sse`. Events without data (and `[DONE]`)
+/// are skipped; an error ends the stream where it is.
+pub fn json_array<S>(events: S) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>>,
+{
+    use futures_util::StreamExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&started);
+    let elements = events.filter_map(move |item| {
+        let out = match item {
+            Err(e) => Some(Err(e)),
+            Ok(event) => {
+                let data = event_data(&event);
+                let data = data.trim();
+                if data.is_empty() || data == "[DONE]" {
+                    None
+                } else {
+                    let sep = if seen.swap(true, Ordering::Relaxed) {
+                        ",\r\n"
+                    } else {
+                        "["
+                    };
+                    Some(Ok(Bytes::from(format!("{sep}{data}"))))
+                }
+            }
+        };
+        futures_util::future::ready(out)
+    });
+    let end = futures_util::stream::once(futures_util::future::lazy(move |_| {
+        Ok(Bytes::from_static(if started.load(Ordering::Relaxed) {
+            b"]"
+        } else {
+            b"[]"
+        }))
+    }));
+    elements.chain(end)
+}
+
 /// The index just past the first blank line (`\n\n`, `\r\n\r\n` or `\r\r`).
 fn find_event_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
@@ -73,6 +116,24 @@ mod tests {
         let ev = f.push(b"NE]\n\n");
         assert_eq!(event_data(&ev[0]), "[DONE]");
         assert!(f.finish().is_none());
+    }
+
+    #[tokio::test]
+    async fn events_become_one_json_array_element_by_element() {
+        use futures_util::StreamExt;
+        let events = futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"data: {\"a\":1}\r\n\r\n")),
+            Ok(Bytes::from_static(b": keep-alive\n\n")),
+            Ok(Bytes::from_static(b"data: {\"a\":2}\n\n")),
+        ]);
+        let parts: Vec<Bytes> = json_array(events).map(Result::unwrap).collect().await;
+        assert_eq!(parts.len(), 3);
+        let whole: Vec<u8> = parts.concat();
+        let v: serde_json::Value = serde_json::from_slice(&whole).unwrap();
+        assert_eq!(v, serde_json::json!([{"a": 1}, {"a": 2}]));
+        let none = futures_util::stream::iter(Vec::<Result<Bytes, std::io::Error>>::new());
+        let parts: Vec<Bytes> = json_array(none).map(Result::unwrap).collect().await;
+        assert_eq!(parts.concat(), b"[]".to_vec());
     }
 
     #[test]
