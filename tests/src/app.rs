@@ -31,6 +31,65 @@ pub struct TestApp {
     pub db: sea_orm::DatabaseConnection,
     handle: actix_web::dev::ServerHandle,
     postgres: Option<(String, String)>,
+    /// Every secret this test gave the gateway or got from it (channel keys, `sk-`
+    /// keys, passwords, the instance's secrets): none may ever reach a log line.
+    secrets: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Every log line the gateways of this test binary wrote (as JSON, at `debug` for
+/// Tollgate's crates), kept to check that no secret is ever logged.
+static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+    std::sync::OnceLock::new();
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures this process's logs (once): what the gateways log in every test.
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&buf);
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "warn,gateway=debug,relay_core=debug,billing=debug,store=debug,admin_web=debug",
+            ))
+            .with_writer(move || LogSink(std::sync::Arc::clone(&sink)))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+/// The secrets in an admin API call: keys and passwords sent, keys received.
+fn secrets_in(sent: Option<&Value>, got: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some(body) = sent {
+        if let Some(keys) = body.get("keys").and_then(Value::as_array) {
+            found.extend(keys.iter().filter_map(|k| k.as_str().map(str::to_owned)));
+        }
+        for field in ["password", "new_password", "key"] {
+            if let Some(p) = body.get(field).and_then(Value::as_str) {
+                found.push(p.to_owned());
+            }
+        }
+    }
+    if let Some(k) = got.get("key").and_then(Value::as_str) {
+        found.push(k.to_owned());
+    }
+    // Short strings could occur by chance; real secrets are long.
+    found.retain(|s| s.len() >= 12);
+    found
 }
 
 /// Which backends this run tests: `TEST_DATABASE_URL` / `TEST_REDIS_URL` when set.
@@ -54,6 +113,7 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a gateway, letting the test adjust the configuration first.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     relay_core_tls();
+    capture_logs();
     let unique = uuid::Uuid::now_v7().simple().to_string();
     let (database_url, postgres) = match std::env::var("TEST_DATABASE_URL") {
         Ok(admin_url) => {
@@ -102,6 +162,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         lease_ttl_s: 2,
         trusted_proxies: Default::default(),
         public_url: None,
+        log_retention_days: None,
         tasks: relay_core::task::TaskSettings {
             poll_min: Duration::from_millis(200),
             poll_max: Duration::from_secs(1),
@@ -130,6 +191,16 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         db: store::db::connect(&config.database_url)
             .await
             .expect("the test's own connection to the app's database"),
+        secrets: std::sync::Arc::new(std::sync::Mutex::new(
+            [
+                Some(ROOT_PASSWORD.to_owned()),
+                config.secret_key.clone(),
+                config.jwt_secret.clone(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        )),
         config,
         handle,
         postgres,
@@ -158,13 +229,47 @@ impl TestApp {
             .http
             .request(method, format!("{}{path}", self.address))
             .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
+        if let Some(b) = &body {
+            req = req.json(b);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let got = serde_json::from_str(&text).unwrap_or(Value::Null);
+        self.secrets
+            .lock()
+            .unwrap()
+            .extend(secrets_in(body.as_ref(), &got));
+        (status, got)
+    }
+
+    /// Remembers a secret the test handed the gateway another way (a console form).
+    pub fn secret(&self, secret: &str) {
+        self.secrets.lock().unwrap().push(secret.to_owned());
+    }
+
+    /// Stops checking the logs for this test's secrets (a test that leaks one on
+    /// purpose, to see the check catch it).
+    pub fn forget_secrets(&self) {
+        self.secrets.lock().unwrap().clear();
+    }
+
+    /// Panics when any secret this test gave the gateway or got from it appears in a
+    /// log line of this process.
+    pub fn assert_no_secret_logged(&self) {
+        let Some(logs) = LOGS.get() else { return };
+        let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        let secrets = self.secrets.lock().unwrap().clone();
+        for secret in &secrets {
+            if let Some(at) = logs.find(secret.as_str()) {
+                let line_start = logs[..at].rfind('\n').map_or(0, |i| i + 1);
+                let line_end = logs[at..].find('\n').map_or(logs.len(), |i| at + i);
+                panic!(
+                    "a secret was logged: {}",
+                    &logs[line_start..line_end].replace(secret.as_str(), "<THE SECRET>")
+                );
+            }
+        }
     }
 
     /// Logs in and returns the token.
@@ -424,6 +529,14 @@ impl TestApp {
             let _ = admin
                 .execute_raw(Statement::from_string(admin.get_database_backend(), drop))
                 .await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_secret_logged();
         }
     }
 }

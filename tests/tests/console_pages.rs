@@ -152,6 +152,8 @@ async fn every_console_page_renders_for_an_admin() {
         "/console/logs?status=success&model=gpt-4o-mini&from=2020-01-01T00:00".to_owned(),
         format!("/console/logs/{gen_id}"),
         "/console/redemptions".to_owned(),
+        "/console/tasks".to_owned(),
+        "/console/tasks?state=open&family=midjourney".to_owned(),
         "/console/settings".to_owned(),
         "/console/account".to_owned(),
     ] {
@@ -177,6 +179,17 @@ async fn every_console_page_renders_for_an_admin() {
         "the generation's cost: {log}"
     );
     assert!(log.contains("Attempts"));
+    // The logs page links its filters' export; the export is the session's scope.
+    let logs = root.get("/console/logs?status=success").await.body;
+    assert!(
+        logs.contains(r#"href="/console/logs.csv?status=success""#),
+        "{logs}"
+    );
+    let csv = root.get("/console/logs.csv?status=success").await;
+    assert_eq!(csv.status, 200);
+    assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+    assert!(csv.body.starts_with("id,created_at,"), "{}", csv.body);
+    assert!(csv.body.contains(&gen_id), "{}", csv.body);
     s.stop().await;
 }
 

@@ -365,3 +365,240 @@ async fn a_key_with_a_credit_limit_reports_its_limit_its_own_usage_and_its_expir
     assert_eq!(err["error"]["code"], "invalid_api_key");
     s.stop().await;
 }
+
+/// `GET {path}` as `token`, the body as text; asserts 200 and a CSV.
+async fn csv_text(s: &Scenario, token: &str, path: &str) -> String {
+    let resp = s
+        .app
+        .http
+        .get(format!("{}{path}", s.app.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    resp.text().await.unwrap()
+}
+
+/// Every row of `/api/logs{query}`, page by page.
+async fn all_logs(s: &Scenario, token: &str, query: &str) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for page in 1.. {
+        let sep = if query.is_empty() { "?" } else { "&" };
+        let v = logs(s, token, &format!("{query}{sep}per_page=100&page={page}")).await;
+        let items = v["items"].as_array().unwrap().clone();
+        if items.is_empty() {
+            break;
+        }
+        rows.extend(items);
+    }
+    rows
+}
+
+/// Inserts `n` generations for the scenario's customer, one second apart, some failed.
+async fn many_generations(s: &Scenario, n: i64) {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    use store::entities::generation;
+    let start = chrono::Utc::now() - chrono::Duration::hours(2);
+    for i in 0..n {
+        let failed = i % 7 == 0;
+        generation::ActiveModel {
+            id: Set(format!("gen-bulk-{i:05}")),
+            upstream_id: Set(None),
+            user_id: Set(s.customer_id),
+            key_id: Set(s.key_id),
+            channel_id: Set(Some(s.channel_id)),
+            provider_name: Set(Some("mock, \"quoted\"".into())),
+            model: Set("gpt-4o-mini".into()),
+            upstream_model: Set(None),
+            endpoint: Set("/v1/chat/completions".into()),
+            streamed: Set(i % 2 == 0),
+            cancelled: Set(false),
+            finish_reason: Set(None),
+            tokens_prompt: Set(10 + i),
+            tokens_completion: Set(20),
+            tokens_cached: Set(0),
+            tokens_reasoning: Set(0),
+            tokens_cache_write: Set(0),
+            num_media: Set(0),
+            latency_ms: Set(Some(5)),
+            generation_time_ms: Set(Some(9)),
+            cost: Set(if failed { 0 } else { 1_234 + i }),
+            status: Set(if failed { "error" } else { "success" }.into()),
+            status_code: Set(if failed { 502 } else { 200 }),
+            error: Set(failed.then(|| "=upstream said, \"no\"\nagain".to_owned())),
+            client_ip: Set(None),
+            attempts: Set(None),
+            // Pairs share a second: the export's paging must neither skip nor repeat.
+            created_at: Set(start + chrono::Duration::seconds(i / 2)),
+        }
+        .insert(&s.app.db)
+        .await
+        .unwrap();
+    }
+}
+
+/// The rows of a CSV export (a quoted field may hold commas, quotes and line breaks).
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_export_has_every_row_of_the_logs_in_order_with_six_decimal_credits() {
+    let s = Scenario::start(1.0).await;
+    call(&s, &s.key, "gpt-4o-mini").await;
+    s.app.settled().await;
+    many_generations(&s, 1_203).await;
+
+    let api_rows = all_logs(&s, &s.customer_token, "").await;
+    let text = csv_text(&s, &s.customer_token, "/api/logs.csv").await;
+    let rows = parse_csv(&text);
+    assert_eq!(rows[0][0], "id");
+    assert_eq!(rows[0][17], "cost");
+    let body = &rows[1..];
+    assert_eq!(body.len(), api_rows.len(), "one CSV row per log row");
+    assert_eq!(body.len(), 1_204);
+    for (csv, api) in body.iter().zip(&api_rows) {
+        assert_eq!(csv[0], api["id"].as_str().unwrap());
+        assert_eq!(csv[2], api["user_id"].to_string());
+        assert_eq!(csv[9], api["status"].as_str().unwrap());
+        let micros = (api["total_cost"].as_f64().unwrap() * 1e6).round() as i64;
+        assert_eq!(
+            csv[17],
+            format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+        );
+        assert_eq!(
+            csv[19],
+            api["error"]
+                .as_str()
+                .map_or(String::new(), |e| format!("'{e}"))
+        );
+    }
+    assert!(
+        body.iter().any(|r| r[7] == "mock, \"quoted\""),
+        "quoting survives"
+    );
+    assert_eq!(
+        rows.iter()
+            .skip(1)
+            .filter(|r| r[17] == format!("0.{:06}", NORMAL_COST))
+            .count(),
+        1
+    );
+
+    // The same filters as /api/logs.
+    let failed_api = all_logs(&s, &s.customer_token, "?status=error").await;
+    let failed = parse_csv(&csv_text(&s, &s.customer_token, "/api/logs.csv?status=error").await);
+    assert_eq!(failed.len() - 1, failed_api.len());
+    assert!(failed[1..].iter().all(|r| r[9] == "error"));
+    let (status, v) = s
+        .app
+        .api("GET", "/api/logs.csv?status=bogus", &s.customer_token, None)
+        .await;
+    assert_eq!(status, 400, "{v}");
+
+    // Scoped as the logs are: another customer exports nothing of it.
+    s.app.create_user("mallory", "customer").await;
+    let other = s.app.login("mallory", "password-123").await;
+    let theirs = parse_csv(&csv_text(&s, &other, "/api/logs.csv").await);
+    assert_eq!(theirs.len(), 1, "only the header");
+    // Root exports everything.
+    let all = parse_csv(&csv_text(&s, &s.app.root_token, "/api/logs.csv").await);
+    assert_eq!(all.len() - 1, 1_204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_records_in_batches_and_never_the_ledger() {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    use store::entities::generation;
+    let s = Scenario::start(1.0).await;
+    let kept = call(&s, &s.key, "gpt-4o-mini").await;
+    let old = call(&s, &s.key, "gpt-4o-mini").await;
+    s.app.settled().await;
+    many_generations(&s, 25).await;
+    // Made 40 days ago.
+    generation::Entity::update_many()
+        .col_expr(
+            generation::Column::CreatedAt,
+            sea_orm::sea_query::Expr::value(chrono::Utc::now() - chrono::Duration::days(40)),
+        )
+        .filter(generation::Column::Id.ne(kept.clone()))
+        .exec(&s.app.db)
+        .await
+        .unwrap();
+    let balance = s.app.balance(s.customer_id).await;
+
+    let before = chrono::Utc::now() - chrono::Duration::days(30);
+    assert_eq!(
+        store::retention::sweep_batch(&s.app.db, before, 10)
+            .await
+            .unwrap(),
+        10
+    );
+    let rest = store::retention::sweep(&s.app.db, before, 10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(rest, 16);
+    assert_eq!(
+        generation::Entity::find().count(&s.app.db).await.unwrap(),
+        1
+    );
+    let (status, _) = s
+        .app
+        .api("GET", &format!("/api/logs/{old}"), &s.customer_token, None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = s
+        .app
+        .api("GET", &format!("/api/logs/{kept}"), &s.customer_token, None)
+        .await;
+    assert_eq!(status, 200);
+    // The ledger is whole: both calls are still charged, balance = Σ ledger.
+    assert_eq!(s.app.balance(s.customer_id).await, balance);
+    assert_eq!(balance, 1_000_000 - 2 * NORMAL_COST);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_reaches_a_log_line_fails_the_test_that_used_it() {
+    let s = Scenario::start(1.0).await;
+    call(&s, &s.key, "gpt-4o-mini").await;
+    s.app.settled().await;
+    // Clean so far: the calls, the settlement, the admin API.
+    s.app.assert_no_secret_logged();
+    tracing::warn!(target: "gateway", leaked = %s.key, "a careless line");
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        s.app.assert_no_secret_logged()
+    }));
+    let message = caught
+        .expect_err("the leak went unnoticed")
+        .downcast::<String>()
+        .unwrap();
+    assert!(message.contains("a careless line") && message.contains("<THE SECRET>"));
+    assert!(!message.contains(&s.key));
+    s.app.forget_secrets();
+}

@@ -119,6 +119,23 @@ pub async fn list_logs(
     filter: &LogFilter,
     paging: &Paging,
 ) -> Result<Page<generation::Model>, ApiError> {
+    let find = log_query(who, filter)?;
+    let total = find.clone().count(&state.db).await?;
+    let items = find
+        .order_by_desc(generation::Column::CreatedAt)
+        .order_by_desc(generation::Column::Id)
+        .offset(paging.offset())
+        .limit(paging.per_page())
+        .all(&state.db)
+        .await?;
+    Ok((items, total))
+}
+
+/// The generations in the caller's scope matching `filter`, unordered.
+fn log_query(
+    who: &AuthUser,
+    filter: &LogFilter,
+) -> Result<sea_orm::Select<generation::Entity>, ApiError> {
     let from = parse_time("from", filter.from.as_deref())?;
     let to = parse_time("to", filter.to.as_deref())?;
     let mut find =
@@ -155,15 +172,161 @@ pub async fn list_logs(
     if let Some(to) = to {
         find = find.filter(generation::Column::CreatedAt.lt(to));
     }
-    let total = find.clone().count(&state.db).await?;
-    let items = find
-        .order_by_desc(generation::Column::CreatedAt)
-        .order_by_desc(generation::Column::Id)
-        .offset(paging.offset())
-        .limit(paging.per_page())
-        .all(&state.db)
-        .await?;
-    Ok((items, total))
+    Ok(find)
+}
+
+/// The columns of `/api/logs.csv`, in order.
+pub const CSV_COLUMNS: [&str; 20] = [
+    "id",
+    "created_at",
+    "user_id",
+    "key_id",
+    "model",
+    "upstream_model",
+    "channel_id",
+    "provider_name",
+    "endpoint",
+    "status",
+    "status_code",
+    "streamed",
+    "tokens_prompt",
+    "tokens_completion",
+    "tokens_cached",
+    "tokens_reasoning",
+    "tokens_cache_write",
+    "cost",
+    "latency_ms",
+    "error",
+];
+
+/// Rows fetched from the database at a time while exporting.
+const CSV_CHUNK: u64 = 500;
+
+/// Micro-credits as credits with six decimals (`-0.000150`).
+fn credits_text(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
+}
+
+/// One CSV field, quoted when it holds a comma, a quote or a line break; a field a
+/// spreadsheet would run as a formula (`=`, `+`, `-`, `@` first) gets a leading `'`.
+fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) && text.parse::<f64>().is_err()
+    {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// A generation as one CSV line.
+pub fn csv_line(g: &generation::Model) -> String {
+    let opt = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+    let fields = [
+        g.id.clone(),
+        g.created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        g.user_id.to_string(),
+        g.key_id.to_string(),
+        g.model.clone(),
+        g.upstream_model.clone().unwrap_or_default(),
+        opt(g.channel_id),
+        g.provider_name.clone().unwrap_or_default(),
+        g.endpoint.clone(),
+        g.status.clone(),
+        g.status_code.to_string(),
+        g.streamed.to_string(),
+        g.tokens_prompt.to_string(),
+        g.tokens_completion.to_string(),
+        g.tokens_cached.to_string(),
+        g.tokens_reasoning.to_string(),
+        g.tokens_cache_write.to_string(),
+        credits_text(g.cost),
+        opt(g.latency_ms),
+        g.error.clone().unwrap_or_default(),
+    ];
+    let mut line = fields
+        .iter()
+        .map(|f| csv_field(f))
+        .collect::<Vec<_>>()
+        .join(",");
+    line.push_str("\r\n");
+    line
+}
+
+/// The generations in the caller's scope matching `filter` as CSV, newest first,
+/// streamed a few hundred rows at a time (never the whole export in memory).
+pub fn csv_stream(
+    db: sea_orm::DatabaseConnection,
+    who: &AuthUser,
+    filter: &LogFilter,
+) -> Result<impl futures_util::Stream<Item = Result<web::Bytes, ApiError>> + use<>, ApiError> {
+    use sea_orm::Condition;
+    let query = log_query(who, filter)?;
+    let header = web::Bytes::from(format!("{}\r\n", CSV_COLUMNS.join(",")));
+    // Keyset paging on (created_at, id), so rows written meanwhile neither repeat nor
+    // shift the pages.
+    let rows = futures_util::stream::try_unfold(
+        (db, query, None::<(DateTime<Utc>, String)>, false),
+        |(db, query, after, done)| async move {
+            if done {
+                return Ok(None);
+            }
+            let mut page = query.clone();
+            if let Some((at, id)) = &after {
+                page = page.filter(
+                    Condition::any()
+                        .add(generation::Column::CreatedAt.lt(*at))
+                        .add(
+                            Condition::all()
+                                .add(generation::Column::CreatedAt.eq(*at))
+                                .add(generation::Column::Id.lt(id.clone())),
+                        ),
+                );
+            }
+            let items = page
+                .order_by_desc(generation::Column::CreatedAt)
+                .order_by_desc(generation::Column::Id)
+                .limit(CSV_CHUNK)
+                .all(&db)
+                .await
+                .map_err(ApiError::from)?;
+            let last = items.last().map(|g| (g.created_at, g.id.clone()));
+            let done = u64::try_from(items.len()).unwrap_or(0) < CSV_CHUNK;
+            if items.is_empty() {
+                return Ok(None);
+            }
+            let text: String = items.iter().map(csv_line).collect();
+            Ok(Some((web::Bytes::from(text), (db, query, last, done))))
+        },
+    );
+    Ok(futures_util::StreamExt::chain(
+        futures_util::stream::once(async move { Ok(header) }),
+        rows,
+    ))
+}
+
+/// `GET /api/logs.csv`: `/api/logs`'s rows (same filters, same scope, all pages) as
+/// CSV, amounts in credits with six decimals.
+pub async fn csv(
+    state: web::Data<AdminState>,
+    who: AuthUser,
+    filter: web::Query<LogFilter>,
+) -> Result<HttpResponse, ApiError> {
+    let body = csv_stream(state.db.clone(), &who, &filter)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("content-type", "text/csv; charset=utf-8"))
+        .insert_header((
+            "content-disposition",
+            "attachment; filename=\"tollgate-logs.csv\"",
+        ))
+        .streaming(body))
 }
 
 /// `GET /api/logs`

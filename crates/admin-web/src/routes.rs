@@ -54,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             )
             .route("/pricing/groups/{group}", web::put().to(pricing::put_group))
             .route("/logs", web::get().to(logs::list))
+            .route("/logs.csv", web::get().to(logs::csv))
             .route("/logs/{generation_id}", web::get().to(logs::get))
             .route("/tasks", web::get().to(tasks::list))
             .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))

@@ -193,6 +193,9 @@ impl Application {
             server = server.disable_signals();
         }
         crate::tunables::spawn_health_job(state.clone(), env_tunables);
+        if let Some(days) = config.log_retention_days {
+            crate::tunables::spawn_retention_job(state.clone(), days);
+        }
         crate::videos::spawn_poller(
             state.clone(),
             config.tasks.poll_min.min(std::time::Duration::from_secs(1)),

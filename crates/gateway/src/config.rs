@@ -55,6 +55,9 @@ pub struct Config {
     /// `TOLLGATE_PUBLIC_URL`: the address clients reach Tollgate at (`https://host`),
     /// under which result URLs are signed; unset, the request's own host.
     pub public_url: Option<String>,
+    /// `TOLLGATE_LOG_RETENTION_DAYS`: generation records older than this many days
+    /// are deleted (the ledger never is); unset, they are kept.
+    pub log_retention_days: Option<u32>,
 }
 
 impl Config {
@@ -92,6 +95,15 @@ impl Config {
             trusted_proxies: trusted_proxies(&var("TOLLGATE_TRUSTED_PROXIES").unwrap_or_default())
                 .context("TOLLGATE_TRUSTED_PROXIES")?,
             public_url: var("TOLLGATE_PUBLIC_URL"),
+            log_retention_days: var("TOLLGATE_LOG_RETENTION_DAYS")
+                .map(|v| v.trim().parse::<u32>())
+                .transpose()
+                .context("TOLLGATE_LOG_RETENTION_DAYS must be a whole number of days")?
+                .map(|d| {
+                    anyhow::ensure!(d >= 1, "TOLLGATE_LOG_RETENTION_DAYS must be at least 1");
+                    Ok(d)
+                })
+                .transpose()?,
             tasks: {
                 let secs = |name: &str, default: usize| -> anyhow::Result<std::time::Duration> {
                     let n = number(name, default)?;

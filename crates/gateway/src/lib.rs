@@ -10,6 +10,7 @@ pub mod dashscope;
 pub mod generation;
 pub mod health;
 pub mod kling;
+pub mod logging;
 pub mod midjourney;
 pub mod relay;
 pub mod seedance;

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use gateway::{Application, Config};
-use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: gateway                 start the gateway (configured by environment)
        gateway ledger verify   check balance = sum of ledger for every user (exit 1 on a difference)
@@ -16,11 +15,7 @@ const USAGE: &str = "usage: gateway                 start the gateway (configure
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    gateway::logging::init(gateway::logging::LogFormat::from_env()?);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = Config::from_env()?;
     match args

@@ -25,6 +25,8 @@ pub struct Settler {
 /// The money side of one request in flight.
 pub struct Meter {
     settler: Settler,
+    /// The request's span: its settlement logs under it.
+    span: tracing::Span,
     hold: Option<Hold>,
     price: Price,
     multiplier_ppm: i64,
@@ -60,6 +62,7 @@ impl Meter {
             record,
             started,
             first_byte: None,
+            span: tracing::Span::current(),
         }
     }
 
@@ -97,7 +100,8 @@ impl Meter {
         });
         let settler = self.settler.clone();
         let (price, mult, key_limited) = (self.price, self.multiplier_ppm, self.key_limited);
-        self.settler.tasks.spawn(async move {
+        let span = self.span.clone();
+        self.settler.tasks.spawn(tracing::Instrument::instrument(async move {
             match outcome {
                 Outcome::Served(usage) => {
                     record.usage = usage;
@@ -115,6 +119,7 @@ impl Meter {
                             cost.clamp(0, held)
                         }
                     };
+                    tracing::debug!(cost, held, "settled");
                     settler.writer.submit(
                         record,
                         Some(Charge { user_id, key_id, key_limited, pending, lease }),
@@ -127,10 +132,11 @@ impl Meter {
                     if let Err(e) = settler.wallet.release(hold).await {
                         tracing::error!(error = %e, "releasing a hold failed");
                     }
+                    tracing::debug!(status, "released");
                     settler.writer.submit(record, None);
                 }
             }
-        });
+        }, span));
     }
 }
 
@@ -153,12 +159,16 @@ impl Drop for Meter {
                 self.started.elapsed().as_secs_f64(),
             );
             metrics.settled(Settled::Cancelled);
-            self.settler.tasks.spawn(async move {
-                if let Err(e) = settler.wallet.release(hold).await {
-                    tracing::error!(error = %e, "releasing a hold failed");
-                }
-                settler.writer.submit(record, None);
-            });
+            self.settler.tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    if let Err(e) = settler.wallet.release(hold).await {
+                        tracing::error!(error = %e, "releasing a hold failed");
+                    }
+                    tracing::debug!("released: the client left");
+                    settler.writer.submit(record, None);
+                },
+                self.span.clone(),
+            ));
         }
     }
 }

@@ -92,13 +92,35 @@ impl Pipeline {
     where
         B: Stream<Item = Result<Bytes, E>> + Unpin,
     {
-        let started = Instant::now();
         let generation_id = new_generation_id();
+        // Every line this request logs (its tries, its stream, its settlement) carries
+        // these: found by its generation id.
+        let span = tracing::info_span!(
+            "request",
+            generation.id = %generation_id,
+            key.id = tracing::field::Empty,
+            model = tracing::field::Empty,
+            channel.id = tracing::field::Empty,
+        );
+        tracing::Instrument::instrument(self.relay_as(routing, inbound, generation_id), span).await
+    }
+
+    async fn relay_as<B, E>(
+        &self,
+        routing: Routing<'_>,
+        inbound: Inbound<B>,
+        generation_id: String,
+    ) -> Answered
+    where
+        B: Stream<Item = Result<Bytes, E>> + Unpin,
+    {
+        let started = Instant::now();
         let proto = inbound.proto;
         let caller = match admission::authenticate(routing.catalog, inbound.key.as_deref()) {
             Ok(c) => c,
             Err(e) => return answered(generation_id, Err(e)),
         };
+        tracing::Span::current().record("key.id", caller.key.id);
         let mut record = self.record(&generation_id, &caller, proto, inbound.ip);
         let admitted = self.admit(routing, &caller, inbound).await;
         let (body, head, admitted, rest) = match admitted {
@@ -109,6 +131,7 @@ impl Pipeline {
             }
         };
         record.model = admitted.model.clone();
+        tracing::Span::current().record("model", admitted.model.as_str());
         record.streamed = head.is_stream();
         let (hold, body) = match self.hold_for(proto, &admitted, &head, body).await {
             Ok(held) => held,

@@ -46,6 +46,8 @@ pub struct ChatStream {
     idle: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
     meter: Option<Meter>,
+    /// The request's span, entered while the stream is polled.
+    span: tracing::Span,
 }
 
 impl ChatStream {
@@ -78,6 +80,7 @@ impl ChatStream {
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             meter: Some(meter),
+            span: tracing::Span::current(),
         }
     }
 
@@ -190,6 +193,8 @@ impl Stream for ChatStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        let span = this.span.clone();
+        let _in_request = span.enter();
         loop {
             if let Some(ev) = this.ready.pop_front() {
                 return Poll::Ready(Some(Ok(ev)));

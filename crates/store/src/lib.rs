@@ -9,6 +9,7 @@ pub mod channel_health;
 pub mod db;
 pub mod entities;
 pub mod error;
+pub mod retention;
 pub mod secret;
 pub mod settings;
 

@@ -77,6 +77,17 @@ impl LogQuery {
         })
     }
 
+    /// The export of every row these filters match.
+    fn csv_link(&self) -> String {
+        let link = self.link(1);
+        let query = link.split_once('?').map_or("", |(_, q)| q);
+        let query: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.starts_with("page="))
+            .collect();
+        format!("/console/logs.csv?{}", query.join("&"))
+    }
+
     /// The query string of these filters, for the pager's links.
     fn link(&self, page: u64) -> String {
         let pairs = [
@@ -111,7 +122,25 @@ struct ListPage {
     pages: u64,
     prev: String,
     next: String,
+    csv: String,
     error: FormError,
+}
+
+/// `GET /console/logs.csv`: every row the filters match, as CSV (streamed).
+pub async fn csv(
+    state: web::Data<AdminState>,
+    c: Console,
+    q: web::Query<LogQuery>,
+) -> Result<HttpResponse, Html> {
+    let filter = q.filter()?;
+    let body = domain::csv_stream(state.db.clone(), &c.who, &filter)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("content-type", "text/csv; charset=utf-8"))
+        .insert_header((
+            "content-disposition",
+            "attachment; filename=\"tollgate-logs.csv\"",
+        ))
+        .streaming(body))
 }
 
 /// `GET /console/logs`: newest first.
@@ -140,6 +169,7 @@ pub async fn list(
         pages,
         prev: q.link(paging.page().saturating_sub(1).max(1)),
         next: q.link(paging.page() + 1),
+        csv: q.csv_link(),
         error: error.as_ref().map_or_else(FormError::none, |e| {
             FormError::of(e, &["user_id", "key_id", "model", "status", "from", "to"])
         }),

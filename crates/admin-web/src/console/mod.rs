@@ -94,6 +94,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/pricing/groups", web::post().to(pricing::save_group))
                 .route("/logs", web::get().to(logs::list))
+                .route("/logs.csv", web::get().to(logs::csv))
                 .route("/logs/{id}", web::get().to(logs::show))
                 .route("/tasks", web::get().to(tasks::list))
                 .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))

@@ -1,0 +1,133 @@
+//! What the real `gateway` binary writes to its log: with `TOLLGATE_LOG_FORMAT=json`
+//! one JSON object a line, every line of a request carrying its generation id, key,
+//! model and channel; in the human format, no colour codes when the output is a file.
+
+// Test code: clippy's allow-*-in-tests covers #[test] fns only, not this file's helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Starts a gateway with `env`, makes two streamed calls (tried on a dead channel
+/// first), stops it; its log and the generation ids.
+async fn run(dir: &TempDir, name: &str, env: &[(&str, &str)]) -> (String, Vec<String>, String) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let upstream = start_mock_upstream().await;
+    let mut gw = Gateway::start_on(&dir.0, name, &Backend::sqlite(&dir.0), env);
+    gw.wait_healthy(&http).await;
+    let (token, _, key) = provision(
+        &http,
+        &gw,
+        &upstream,
+        1.0,
+        json!({"input": 0.15, "output": 0.6}),
+    )
+    .await;
+    // A second channel that refuses connections, tried first: its failure is logged.
+    let (status, v) = api(
+        &http,
+        &gw,
+        reqwest::Method::POST,
+        "/api/channels",
+        &token,
+        Some(json!({"name": "dead", "type": "openai", "base_url": format!("http://127.0.0.1:{}", free_port()),
+            "keys": ["sk-dead-upstream-key-5678"], "models": [MODEL], "priority": 10})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ids = Vec::new();
+    for stream in [true, true] {
+        let resp = http
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": MODEL, "stream": stream,
+                "messages": [{"role": "user", "content": "hello"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        ids.push(
+            resp.headers()["x-generation-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+        resp.bytes().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.sigterm();
+    gw.wait_exit(Duration::from_secs(20)).await;
+    (std::fs::read_to_string(&gw.log).unwrap(), ids, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_and_a_request_is_found_by_its_generation_id() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new();
+    let (log, ids, key) = run(
+        &dir,
+        "json",
+        &[
+            ("TOLLGATE_LOG_FORMAT", "json"),
+            ("RUST_LOG", "info,relay_core=debug"),
+        ],
+    )
+    .await;
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 3, "{log}");
+    for id in &ids {
+        let mine: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["span"]["generation.id"] == id.as_str())
+            .collect();
+        // The failed try on the dead channel (the first call's, at least), and the
+        // settlement.
+        assert!(
+            id != &ids[0]
+                || mine
+                    .iter()
+                    .any(|l| l["fields"]["message"] == "upstream try failed"),
+            "{id}: {mine:?}"
+        );
+        let settled = mine
+            .iter()
+            .find(|l| l["fields"]["message"] == "settled")
+            .unwrap_or_else(|| panic!("{id}: no settlement line in {mine:?}"));
+        assert!(settled["span"]["key.id"].is_number(), "{settled}");
+        assert_eq!(settled["span"]["model"], MODEL);
+        assert!(settled["span"]["channel.id"].is_number(), "{settled}");
+        assert!(settled["timestamp"].is_string() && settled["level"] == "DEBUG");
+    }
+    assert!(!log.contains(&key) && !log.contains("sk-dead-upstream-key-5678"));
+    assert!(!log.contains('\u{1b}'), "colour codes in a JSON log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_human_log_has_no_colour_codes_when_written_to_a_file() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = TempDir::new();
+    let (log, ids, _) = run(&dir, "text", &[]).await;
+    assert!(log.contains("tollgate listening"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+    // The span is on the line: a request's failed try names its generation.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("upstream try failed") && l.contains(&ids[0])),
+        "{log}"
+    );
+}
