@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_init;
 mod m20261130_000001_trust;
 mod m20261205_000001_tasks;
+mod m20261205_000002_key_limits;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261130_000001_trust::Migration),
             Box::new(m20261205_000001_tasks::Migration),
+            Box::new(m20261205_000002_key_limits::Migration),
         ]
     }
 }

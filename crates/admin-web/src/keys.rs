@@ -66,6 +66,8 @@ pub fn key_json(k: &api_key::Model) -> serde_json::Value {
         "models": json_list(k.models.as_deref()),
         "allow_ips": json_list(k.allow_ips.as_deref()),
         "rpm": k.rpm,
+        "tpm": k.tpm,
+        "max_concurrency": k.max_concurrency,
         "last_used_at": k.last_used_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         "created_at": k.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     })
@@ -126,6 +128,27 @@ fn parse_rpm(rpm: Option<i64>) -> Result<Option<i32>, ApiError> {
     .transpose()
 }
 
+fn parse_tpm(tpm: Option<i64>) -> Result<Option<i64>, ApiError> {
+    tpm.map(|t| {
+        Some(t)
+            .filter(|t| *t > 0)
+            .ok_or_else(|| ApiError::invalid("tpm", "tpm must be a positive whole number"))
+    })
+    .transpose()
+}
+
+fn parse_concurrency(n: Option<i64>) -> Result<Option<i32>, ApiError> {
+    n.map(|n| {
+        i32::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::invalid(
+                "max_concurrency",
+                "max_concurrency must be a positive whole number",
+            )
+        })
+    })
+    .transpose()
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct CreateKey {
     pub name: String,
@@ -141,6 +164,10 @@ pub struct CreateKey {
     pub allow_ips: Option<Vec<String>>,
     #[serde(default)]
     pub rpm: Option<i64>,
+    #[serde(default)]
+    pub tpm: Option<i64>,
+    #[serde(default)]
+    pub max_concurrency: Option<i64>,
 }
 
 /// Creates a key for a user in the caller's scope (the caller by default). Answers
@@ -168,6 +195,8 @@ pub async fn create_key(
         models: Set(parse_models(body.models)?),
         allow_ips: Set(parse_ips(body.allow_ips)?),
         rpm: Set(parse_rpm(body.rpm)?),
+        tpm: Set(parse_tpm(body.tpm)?),
+        max_concurrency: Set(parse_concurrency(body.max_concurrency)?),
         last_used_at: Set(None),
         created_at: Set(Utc::now()),
         ..Default::default()
@@ -281,6 +310,10 @@ pub struct PatchKey {
     pub allow_ips: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "nullable")]
     pub rpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub tpm: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub max_concurrency: Option<Option<i64>>,
 }
 
 /// Changes a key; takes effect on the next request, on every instance.
@@ -321,6 +354,12 @@ pub async fn update_key(
     }
     if let Some(rpm) = body.rpm {
         active.rpm = Set(parse_rpm(rpm)?);
+    }
+    if let Some(tpm) = body.tpm {
+        active.tpm = Set(parse_tpm(tpm)?);
+    }
+    if let Some(n) = body.max_concurrency {
+        active.max_concurrency = Set(parse_concurrency(n)?);
     }
     let updated = active.update(&state.db).await?;
     if new_limit.is_some() {

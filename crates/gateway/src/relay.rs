@@ -90,14 +90,8 @@ pub(crate) fn error_with_body(err: &RelayError, generation_id: &str, body: Bytes
     let mut resp = HttpResponse::build(status);
     resp.insert_header((header::CONTENT_TYPE, "application/json"));
     resp.insert_header((GENERATION_HEADER, generation_id.to_owned()));
-    match err {
-        RelayError::RateLimited(_) => {
-            resp.insert_header((header::RETRY_AFTER, "60"));
-        }
-        RelayError::ServiceUnavailable => {
-            resp.insert_header((header::RETRY_AFTER, "2"));
-        }
-        _ => {}
+    if let Some(secs) = err.retry_after() {
+        resp.insert_header((header::RETRY_AFTER, secs.to_string()));
     }
     resp.body(body)
 }

@@ -31,6 +31,11 @@ pub enum RelayError {
     RequestTooLarge(usize),
     #[error("rate limit exceeded: at most {0} requests per minute")]
     RateLimited(u32),
+    /// The key's tokens-per-minute budget is spent until the minute turns.
+    #[error("rate limit exceeded: at most {limit} tokens per minute")]
+    TokensPerMinute { limit: u64, retry_after: u64 },
+    #[error("rate limit exceeded: at most {0} requests in flight at once")]
+    TooManyInFlight(u32),
     #[error("the upstream failed to answer")]
     Upstream,
     /// The upstream's answer was over `TOLLGATE_MAX_UPSTREAM_MB`: the request's problem.
@@ -68,13 +73,26 @@ impl RelayError {
             RelayError::ModelNotFound(_) | RelayError::NotFound(_) => 404,
             RelayError::Conflict(_) => 409,
             RelayError::RequestTooLarge(_) => 413,
-            RelayError::RateLimited(_) => 429,
+            RelayError::RateLimited(_)
+            | RelayError::TokensPerMinute { .. }
+            | RelayError::TooManyInFlight(_) => 429,
             RelayError::Upstream | RelayError::AnswerTooLarge => 502,
             RelayError::NoAvailableChannel => 503,
             RelayError::UpstreamTimeout => 504,
             RelayError::Rejected { status, .. } => *status,
             RelayError::ServiceUnavailable => 503,
             RelayError::Internal => 500,
+        }
+    }
+
+    /// Seconds a client should wait before trying again (`Retry-After`), when it says.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            RelayError::RateLimited(_) => Some(60),
+            RelayError::TokensPerMinute { retry_after, .. } => Some((*retry_after).max(1)),
+            RelayError::TooManyInFlight(_) => Some(1),
+            RelayError::ServiceUnavailable => Some(2),
+            _ => None,
         }
     }
 
@@ -92,7 +110,9 @@ impl RelayError {
             RelayError::NotFound(_) => "not_found",
             RelayError::Conflict(_) => "conflict",
             RelayError::RequestTooLarge(_) => "request_too_large",
-            RelayError::RateLimited(_) => "rate_limited",
+            RelayError::RateLimited(_)
+            | RelayError::TokensPerMinute { .. }
+            | RelayError::TooManyInFlight(_) => "rate_limited",
             RelayError::Upstream | RelayError::AnswerTooLarge => "upstream_error",
             RelayError::NoAvailableChannel => "no_available_channel",
             RelayError::UpstreamTimeout => "upstream_timeout",

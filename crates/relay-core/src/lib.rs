@@ -16,6 +16,7 @@ pub mod funds;
 pub mod gemini;
 pub mod health;
 pub mod hold;
+pub mod limits;
 pub mod media;
 pub mod meter;
 pub mod metrics;

@@ -8,6 +8,7 @@ use std::time::Instant;
 use billing::{Charge, GenerationRecord, Hold, Price, Usage};
 
 use crate::funds::{Funds, Records};
+use crate::limits::{Slot, TokenBudget};
 
 use crate::metrics::Settled;
 use tokio_util::task::TaskTracker;
@@ -34,6 +35,10 @@ pub struct Meter {
     pub record: GenerationRecord,
     pub started: Instant,
     pub first_byte: Option<Instant>,
+    /// The key's concurrency slot, given back when the request ends.
+    slot: Option<Slot>,
+    /// Where the request's tokens are counted against its key's `tpm`.
+    tokens: Option<TokenBudget>,
 }
 
 /// How a request ended.
@@ -63,7 +68,16 @@ impl Meter {
             started,
             first_byte: None,
             span: tracing::Span::current(),
+            slot: None,
+            tokens: None,
         }
+    }
+
+    /// With the key's concurrency slot and token budget.
+    pub fn with_limits(mut self, slot: Option<Slot>, tokens: Option<TokenBudget>) -> Self {
+        self.slot = slot;
+        self.tokens = tokens;
+        self
     }
 
     /// Marks the moment the first byte went to the client (once).
@@ -101,6 +115,9 @@ impl Meter {
         let settler = self.settler.clone();
         let (price, mult, key_limited) = (self.price, self.multiplier_ppm, self.key_limited);
         let span = self.span.clone();
+        // The request has ended: its slot goes back now, its tokens count once settled.
+        self.slot.take();
+        let tokens = self.tokens.take();
         self.settler.tasks.spawn(tracing::Instrument::instrument(async move {
             match outcome {
                 Outcome::Served(usage) => {
@@ -120,6 +137,11 @@ impl Meter {
                         }
                     };
                     tracing::debug!(cost, held, "settled");
+                    if let Some(budget) = tokens {
+                        budget
+                            .spend(usage.prompt_tokens + usage.completion_tokens)
+                            .await;
+                    }
                     settler.writer.submit(
                         record,
                         Some(Charge { user_id, key_id, key_limited, pending, lease }),

@@ -133,6 +133,14 @@ impl Pipeline {
         record.model = admitted.model.clone();
         tracing::Span::current().record("model", admitted.model.as_str());
         record.streamed = head.is_stream();
+        // In flight from here until its answer (its stream included) has ended.
+        let slot = match self.take_slot(&caller).await {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.reject(record, &e, started);
+                return answered(generation_id, Err(e));
+            }
+        };
         let (hold, body) = match self.hold_for(proto, &admitted, &head, body).await {
             Ok(held) => held,
             Err(e) => {
@@ -147,7 +155,8 @@ impl Pipeline {
             admitted.multiplier_ppm,
             record,
             started,
-        );
+        )
+        .with_limits(slot, self.token_budget(&caller));
         let deps = ChatDeps {
             router: routing.router,
             client: &self.client,
@@ -271,6 +280,7 @@ impl Pipeline {
         let admitted =
             admission::admit_model(routing.catalog, routing.router, caller, head.model(), proto)?;
         self.check_rpm(caller).await?;
+        self.check_tpm(caller).await?;
         let rest = Rest {
             extra: inbound.extra,
             content_type: inbound.content_type,

@@ -213,6 +213,8 @@ fn catalog(channels: Vec<Arc<ChannelEntry>>) -> Catalog {
             models: None,
             allow_ips: None,
             rpm: None,
+            tpm: None,
+            max_concurrency: None,
             credit_limit: None,
             used: 0,
         }),

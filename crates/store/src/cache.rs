@@ -129,8 +129,24 @@ pub enum Shared {
 /// The in-process backend.
 pub struct MemoryShared {
     counters: Mutex<HashMap<String, (i64, Instant)>>,
+    /// Slots taken per key: member -> when it lapses.
+    slots: Mutex<HashMap<String, HashMap<String, Instant>>>,
     bus: broadcast::Sender<String>,
 }
+
+/// Takes a slot of `KEYS[1]` (a sorted set of members by lapse time, Redis's clock)
+/// unless `ARGV[1]` are taken: lapsed ones are dropped first. 1 taken, 0 full.
+const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+";
 
 /// The Redis backend: a pool for commands and a client for the pub/sub connection.
 pub struct RedisShared {
@@ -146,6 +162,7 @@ impl Shared {
         let (bus, _) = broadcast::channel(64);
         Shared::Memory(MemoryShared {
             counters: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
             bus,
         })
     }
@@ -206,6 +223,79 @@ impl Shared {
     /// Adds one to the counter `key` in its current window of `window` length and
     /// returns the new count. The window starts with the first increment.
     pub async fn incr(&self, key: &str, window: Duration) -> Result<i64, StoreError> {
+        self.add(key, 1, window).await
+    }
+
+    /// Takes one of `limit` slots of `key` for `member`, lapsing after `ttl` (a holder
+    /// that died gives its slot back then); false when all are taken.
+    pub async fn acquire(
+        &self,
+        key: &str,
+        member: &str,
+        limit: u32,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Shared::Memory(m) => {
+                let now = Instant::now();
+                let mut slots = m.slots.lock().unwrap_or_else(|e| e.into_inner());
+                let taken = slots.entry(key.to_owned()).or_default();
+                taken.retain(|_, until| *until > now);
+                if taken.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+                    return Ok(false);
+                }
+                taken.insert(member.to_owned(), now + ttl);
+                Ok(true)
+            }
+            Shared::Redis(r) => {
+                let (mut conn, tag) = r.link.conn().await?;
+                let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+                let got: i64 = r.link.checked(
+                    tag,
+                    redis::Script::new(ACQUIRE)
+                        .key(format!("{}:z:{key}", r.prefix))
+                        .arg(limit)
+                        .arg(ms)
+                        .arg(member)
+                        .invoke_async(&mut conn)
+                        .await,
+                )?;
+                Ok(got == 1)
+            }
+        }
+    }
+
+    /// Gives back the slot `member` took of `key`.
+    pub async fn release(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        match self {
+            Shared::Memory(m) => {
+                let mut slots = m.slots.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(taken) = slots.get_mut(key) {
+                    taken.remove(member);
+                    if taken.is_empty() {
+                        slots.remove(key);
+                    }
+                }
+                Ok(())
+            }
+            Shared::Redis(r) => {
+                let (mut conn, tag) = r.link.conn().await?;
+                let _: i64 = r.link.checked(
+                    tag,
+                    redis::cmd("ZREM")
+                        .arg(format!("{}:z:{key}", r.prefix))
+                        .arg(member)
+                        .query_async(&mut conn)
+                        .await,
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds `amount` to the counter `key` in its current window of `window` length and
+    /// returns the new count. The window starts with the first addition.
+    pub async fn add(&self, key: &str, amount: i64, window: Duration) -> Result<i64, StoreError> {
         match self {
             Shared::Memory(m) => {
                 let now = Instant::now();
@@ -217,7 +307,7 @@ impl Shared {
                 if entry.1 <= now {
                     *entry = (0, now + window);
                 }
-                entry.0 += 1;
+                entry.0 += amount;
                 Ok(entry.0)
             }
             Shared::Redis(r) => {
@@ -228,7 +318,7 @@ impl Shared {
                     tag,
                     redis::pipe()
                         .atomic()
-                        .incr(&full, 1)
+                        .incr(&full, amount)
                         .expire(&full, window.as_secs().max(1) as i64)
                         .arg("NX")
                         .ignore()

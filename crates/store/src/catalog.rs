@@ -135,6 +135,10 @@ pub struct KeyEntry {
     pub models: Option<HashSet<String>>,
     pub allow_ips: Option<Vec<IpNet>>,
     pub rpm: Option<u32>,
+    /// Tokens per minute (prompt + completion, counted at settlement).
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    pub max_concurrency: Option<u32>,
     pub credit_limit: Option<i64>,
     pub used: i64,
 }
@@ -357,6 +361,8 @@ fn key_entry(k: api_key::Model) -> KeyEntry {
         models: json_list(k.models.as_deref()).map(|m| m.into_iter().collect()),
         allow_ips,
         rpm: k.rpm.and_then(|r| u32::try_from(r).ok()),
+        tpm: k.tpm.and_then(|t| u64::try_from(t).ok()),
+        max_concurrency: k.max_concurrency.and_then(|c| u32::try_from(c).ok()),
         credit_limit: k.credit_limit,
         used: k.used,
     }

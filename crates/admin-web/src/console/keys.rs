@@ -26,6 +26,8 @@ struct Row {
     expires: String,
     models: String,
     rpm: String,
+    /// `tpm` and `max_concurrency`, shown together.
+    limits: String,
     last_used: String,
 }
 
@@ -46,6 +48,14 @@ fn row(k: &api_key::Model) -> Row {
             .unwrap_or_else(|| "never".to_owned()),
         models: stored_list(k.models.as_deref()).map_or_else(|| "all".to_owned(), |m| m.join(", ")),
         rpm: k.rpm.map_or_else(|| "–".to_owned(), |r| r.to_string()),
+        limits: match (k.tpm, k.max_concurrency) {
+            (None, None) => "–".to_owned(),
+            (t, c) => format!(
+                "{} tpm / {} at once",
+                t.map_or_else(|| "–".to_owned(), |t| t.to_string()),
+                c.map_or_else(|| "–".to_owned(), |c| c.to_string())
+            ),
+        },
         last_used: k.last_used_at.map(page::when).unwrap_or_default(),
     }
 }
@@ -68,6 +78,10 @@ pub struct KeyForm {
     allow_ips: String,
     #[serde(default)]
     rpm: String,
+    #[serde(default)]
+    tpm: String,
+    #[serde(default)]
+    max_concurrency: String,
 }
 
 const FIELDS: &[&str] = &[
@@ -78,6 +92,8 @@ const FIELDS: &[&str] = &[
     "models",
     "allow_ips",
     "rpm",
+    "tpm",
+    "max_concurrency",
 ];
 
 fn expiry(text: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -116,6 +132,8 @@ impl KeyForm {
                 .map(|m| m.join(", "))
                 .unwrap_or_default(),
             rpm: k.rpm.map(|r| r.to_string()).unwrap_or_default(),
+            tpm: k.tpm.map(|t| t.to_string()).unwrap_or_default(),
+            max_concurrency: k.max_concurrency.map(|c| c.to_string()).unwrap_or_default(),
         }
     }
 
@@ -128,6 +146,8 @@ impl KeyForm {
             models: list_or_none(&self.models),
             allow_ips: list_or_none(&self.allow_ips),
             rpm: page::number("rpm", &self.rpm)?,
+            tpm: page::number("tpm", &self.tpm)?,
+            max_concurrency: page::number("max_concurrency", &self.max_concurrency)?,
         })
     }
 
@@ -141,6 +161,8 @@ impl KeyForm {
             models: Some(list_or_none(&self.models)),
             allow_ips: Some(list_or_none(&self.allow_ips)),
             rpm: Some(page::number("rpm", &self.rpm)?),
+            tpm: Some(page::number("tpm", &self.tpm)?),
+            max_concurrency: Some(page::number("max_concurrency", &self.max_concurrency)?),
         })
     }
 }

@@ -23,6 +23,10 @@ pub struct Model {
     /// JSON array of IPs/CIDRs, or NULL for "any".
     pub allow_ips: Option<String>,
     pub rpm: Option<i32>,
+    /// Tokens (prompt + completion) per minute, counted at settlement.
+    pub tpm: Option<i64>,
+    /// Requests in flight at once.
+    pub max_concurrency: Option<i32>,
     pub last_used_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
 }
