@@ -9,6 +9,7 @@ mod m20261122_000001_init;
 mod m20261130_000001_trust;
 mod m20261205_000001_tasks;
 mod m20261205_000002_key_limits;
+mod m20261205_000003_margins;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000001_trust::Migration),
             Box::new(m20261205_000001_tasks::Migration),
             Box::new(m20261205_000002_key_limits::Migration),
+            Box::new(m20261205_000003_margins::Migration),
         ]
     }
 }

@@ -153,6 +153,8 @@ async fn every_console_page_renders_for_an_admin() {
         format!("/console/logs/{gen_id}"),
         "/console/redemptions".to_owned(),
         "/console/tasks".to_owned(),
+        "/console/margins".to_owned(),
+        "/console/margins?group_by=reseller&from=2020-01-01T00:00".to_owned(),
         "/console/tasks?state=open&family=midjourney".to_owned(),
         "/console/settings".to_owned(),
         "/console/account".to_owned(),

@@ -432,6 +432,7 @@ async fn many_generations(s: &Scenario, n: i64) {
             attempts: Set(None),
             // Pairs share a second: the export's paging must neither skip nor repeat.
             created_at: Set(start + chrono::Duration::seconds(i / 2)),
+            upstream_cost: Set(0),
         }
         .insert(&s.app.db)
         .await

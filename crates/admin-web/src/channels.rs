@@ -52,6 +52,7 @@ pub fn channel_json(c: &channel::Model, keys: &[channel_key::Model]) -> serde_js
         "last_test_at": c.last_test_at.map(ts),
         "last_error": c.last_error,
         "disabled_reason": c.disabled_reason,
+        "costs": c.costs.as_deref().map(parse).unwrap_or(serde_json::Value::Null),
         "created_at": ts(c.created_at),
     })
 }
@@ -72,6 +73,8 @@ pub struct ChannelBody {
     pub headers: Option<HashMap<String, String>>,
     pub timeout_s: Option<i32>,
     pub status: Option<String>,
+    /// model -> `{input, output}` or `{ratio}`; `null` clears.
+    pub costs: Option<serde_json::Value>,
 }
 
 fn bad(field: &'static str, msg: &str) -> ApiError {
@@ -171,6 +174,15 @@ fn apply(body: &ChannelBody, m: &mut channel::ActiveModel, creating: bool) -> Re
         m.timeout_s = Set(t);
     } else if creating {
         m.timeout_s = Set(300);
+    }
+    match &body.costs {
+        Some(serde_json::Value::Null) => m.costs = Set(None),
+        Some(costs) => {
+            store::catalog::UpstreamCost::parse_all(costs).map_err(|e| bad("costs", &e))?;
+            m.costs = Set(Some(costs.to_string()));
+        }
+        None if creating => m.costs = Set(None),
+        None => {}
     }
     if let Some(s) = &body.status {
         if s != "enabled" && s != "disabled" {

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod ledger;
 pub mod login_limit;
 pub mod logs;
+pub mod margins;
 pub mod ops;
 pub mod pricing;
 pub mod redemptions;

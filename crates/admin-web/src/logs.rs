@@ -84,7 +84,10 @@ pub struct LogFilter {
 
 /// RFC 3339; also, in UTC, what a browser's date and time fields send
 /// (`2025-01-31T08:30`, `2025-01-31`).
-fn parse_time(name: &'static str, text: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(crate) fn parse_time(
+    name: &'static str,
+    text: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
     text.map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| {

@@ -59,6 +59,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/tasks", web::get().to(tasks::list))
             .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))
             .route("/stats", web::get().to(stats::get))
+            .route("/stats/margin", web::get().to(crate::margins::get))
             .route("/settings", web::get().to(settings::get))
             .route("/settings", web::put().to(settings::put))
             .route("/cache/refresh", web::post().to(ops::refresh))

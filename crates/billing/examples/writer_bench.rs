@@ -116,6 +116,7 @@ async fn main() {
             client_ip: Some("127.0.0.1".into()),
             attempts: None,
             created_at: now,
+            upstream_cost: 0,
         };
         settled.push((
             record,

@@ -195,6 +195,7 @@ pub async fn open(
             client_ip: Set(new.client_ip.clone()),
             attempts: Set(None),
             created_at: Set(now),
+            upstream_cost: Set(0),
         })
         .exec_without_returning(&txn)
         .await?;

@@ -68,6 +68,7 @@ fn record(id: &str, user_id: i64) -> GenerationRecord {
         client_ip: None,
         attempts: None,
         created_at: chrono::Utc::now(),
+        upstream_cost: 0,
     }
 }
 

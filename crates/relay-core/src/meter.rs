@@ -39,6 +39,31 @@ pub struct Meter {
     slot: Option<Slot>,
     /// Where the request's tokens are counted against its key's `tpm`.
     tokens: Option<TokenBudget>,
+    /// What the serving channel's upstream charges for the model (for margins).
+    pub upstream_cost: Option<store::catalog::UpstreamCost>,
+}
+
+/// What the upstream charged for `usage`, at `cost` (or as a share of the list price:
+/// `price` without any group multiplier).
+pub fn upstream_cost_of(
+    cost: Option<store::catalog::UpstreamCost>,
+    price: &Price,
+    usage: &Usage,
+) -> i64 {
+    use store::catalog::UpstreamCost;
+    match cost {
+        None => 0,
+        Some(UpstreamCost::Tokens { input, output }) => Price {
+            input,
+            output,
+            ..Price::default()
+        }
+        .cost(usage, 1_000_000),
+        Some(UpstreamCost::Ratio { ppm }) => {
+            let list = i128::from(price.cost(usage, 1_000_000));
+            i64::try_from((list * i128::from(ppm) + 999_999) / 1_000_000).unwrap_or(i64::MAX)
+        }
+    }
 }
 
 /// How a request ended.
@@ -70,6 +95,7 @@ impl Meter {
             span: tracing::Span::current(),
             slot: None,
             tokens: None,
+            upstream_cost: None,
         }
     }
 
@@ -115,6 +141,7 @@ impl Meter {
         let settler = self.settler.clone();
         let (price, mult, key_limited) = (self.price, self.multiplier_ppm, self.key_limited);
         let span = self.span.clone();
+        let upstream = self.upstream_cost;
         // The request has ended: its slot goes back now, its tokens count once settled.
         self.slot.take();
         let tokens = self.tokens.take();
@@ -123,6 +150,7 @@ impl Meter {
                 Outcome::Served(usage) => {
                     record.usage = usage;
                     record.status = "success";
+                    record.upstream_cost = upstream_cost_of(upstream, &price, &usage);
                     let cost = price.cost(&usage, mult);
                     let (user_id, key_id, lease) = (hold.user_id, record.key_id, hold.lease);
                     let held = hold.amount;

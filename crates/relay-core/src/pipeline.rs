@@ -246,6 +246,7 @@ impl Pipeline {
             client_ip: ip.map(|i| i.to_string()),
             attempts: None,
             created_at: chrono::Utc::now(),
+            upstream_cost: 0,
         }
     }
 

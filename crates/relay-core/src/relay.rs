@@ -124,6 +124,7 @@ pub async fn chat(
         .await;
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         meter.record.channel_id = Some(channel.id);
+        meter.upstream_cost = channel.costs.get(&meter.record.model).copied();
         tracing::Span::current().record("channel.id", channel.id);
         meter.record.provider_name = Some(channel.name.clone());
         meter.record.upstream_model = Some(upstream_model.clone());

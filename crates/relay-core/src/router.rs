@@ -163,6 +163,7 @@ mod tests {
                 secret: "k".into(),
             }],
             next_key: Default::default(),
+            costs: Default::default(),
         })
     }
 

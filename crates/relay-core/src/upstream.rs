@@ -350,6 +350,7 @@ mod tests {
             status: store::catalog::ChannelStatus::Enabled,
             keys: Vec::new(),
             next_key: std::sync::atomic::AtomicUsize::new(0),
+            costs: Default::default(),
         }
     }
 

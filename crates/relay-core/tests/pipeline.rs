@@ -195,6 +195,7 @@ fn channel(id: i64, priority: i32, base_url: String) -> Arc<ChannelEntry> {
             secret: format!("sk-up-{id}"),
         }],
         next_key: AtomicUsize::new(0),
+        costs: Default::default(),
     })
 }
 

@@ -190,6 +190,57 @@ pub struct ChannelEntry {
     pub keys: Vec<ChannelSecret>,
     /// Round-robin position over `keys`.
     pub next_key: AtomicUsize,
+    /// What the upstream charges per model (for margins).
+    pub costs: HashMap<String, UpstreamCost>,
+}
+
+/// What an upstream charges for a model: micro-credits per 1M input and output
+/// tokens, or a share of Tollgate's list price (parts per million).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamCost {
+    Tokens { input: i64, output: i64 },
+    Ratio { ppm: i64 },
+}
+
+impl UpstreamCost {
+    /// Reads one model's cost as the API takes it: `{input, output}` in credits per
+    /// 1M tokens, or `{ratio}`; anything else (negative, not a number) is an error.
+    pub fn parse(v: &serde_json::Value) -> Result<Self, String> {
+        let number = |name: &str| -> Result<Option<i64>, String> {
+            match v.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(n) => n
+                    .as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0 && *f <= 1e9)
+                    .map(|f| Some((f * 1_000_000.0).round() as i64))
+                    .ok_or_else(|| format!("'{name}' must be a number of credits, 0 or more")),
+            }
+        };
+        match (number("input")?, number("output")?, number("ratio")?) {
+            (None, None, Some(ppm)) => Ok(UpstreamCost::Ratio { ppm }),
+            (input, output, None) if input.is_some() || output.is_some() => {
+                Ok(UpstreamCost::Tokens {
+                    input: input.unwrap_or(0),
+                    output: output.unwrap_or(0),
+                })
+            }
+            _ => Err("a cost is {input, output} (credits per 1M tokens) or {ratio}".into()),
+        }
+    }
+
+    /// Parses a channel's `costs` object (model -> cost).
+    pub fn parse_all(v: &serde_json::Value) -> Result<HashMap<String, Self>, String> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| "costs must be an object: model -> cost".to_owned())?;
+        obj.iter()
+            .map(|(model, c)| {
+                UpstreamCost::parse(c)
+                    .map(|c| (model.clone(), c))
+                    .map_err(|e| format!("costs.{model}: {e}"))
+            })
+            .collect()
+    }
 }
 
 impl ChannelEntry {
@@ -399,6 +450,12 @@ pub fn channel_entry_from(c: channel::Model, keys: Vec<ChannelSecret>) -> Channe
         status: ChannelStatus::parse(&c.status),
         keys,
         next_key: AtomicUsize::new(0),
+        costs: c
+            .costs
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            .and_then(|v| UpstreamCost::parse_all(&v).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -434,6 +491,7 @@ mod tests {
                 secret: "sk-live-supersecret".into(),
             }],
             next_key: AtomicUsize::new(0),
+            costs: Default::default(),
         };
         let shown = format!("{channel:?} {:#?}", channel.keys[0]);
         for secret in [

@@ -126,6 +126,10 @@ pub struct ChannelForm {
     timeout_s: String,
     #[serde(default)]
     status: String,
+    /// What the upstream charges, one model a line: `model=0.15/0.6` (credits per 1M
+    /// input / output tokens) or `model=70%` (of the list price).
+    #[serde(default)]
+    costs: String,
 }
 
 const FIELDS: &[&str] = &[
@@ -140,7 +144,57 @@ const FIELDS: &[&str] = &[
     "weight",
     "timeout_s",
     "status",
+    "costs",
 ];
+
+/// The costs field's lines as the API's `costs` object.
+fn costs_of(text: &str) -> Result<serde_json::Value, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "costs",
+            "write one model a line as model=input/output (credits per 1M tokens) or model=70%",
+        )
+    };
+    let mut out = serde_json::Map::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (model, cost) = line.split_once('=').ok_or_else(bad)?;
+        let cost = cost.trim();
+        let number = |t: &str| t.trim().parse::<f64>().map_err(|_| bad());
+        let value = match cost.strip_suffix('%') {
+            Some(p) => serde_json::json!({"ratio": number(p)? / 100.0}),
+            None => {
+                let (i, o) = cost.split_once('/').ok_or_else(bad)?;
+                serde_json::json!({"input": number(i)?, "output": number(o)?})
+            }
+        };
+        out.insert(model.trim().to_owned(), value);
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// The API's `costs` object as the field's lines.
+fn costs_text(stored: Option<&str>) -> String {
+    let v: serde_json::Value = stored
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default();
+    let mut lines: Vec<String> = v
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(model, c)| match c.get("ratio").and_then(|r| r.as_f64()) {
+                    Some(r) => format!("{model}={}%", r * 100.0),
+                    None => format!(
+                        "{model}={}/{}",
+                        c.get("input").and_then(|x| x.as_f64()).unwrap_or(0.0),
+                        c.get("output").and_then(|x| x.as_f64()).unwrap_or(0.0)
+                    ),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    lines.sort();
+    lines.join("\n")
+}
 
 impl ChannelForm {
     fn of(c: &channel::Model) -> Self {
@@ -168,6 +222,7 @@ impl ChannelForm {
                 "enabled" | "disabled" => c.status.clone(),
                 _ => String::new(),
             },
+            costs: costs_text(c.costs.as_deref()),
         }
     }
 
@@ -208,6 +263,11 @@ impl ChannelForm {
             headers: None,
             timeout_s: page::number("timeout_s", &self.timeout_s)?,
             status: text(&self.status),
+            costs: Some(if self.costs.trim().is_empty() {
+                serde_json::Value::Null
+            } else {
+                costs_of(&self.costs)?
+            }),
         })
     }
 }

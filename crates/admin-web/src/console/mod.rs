@@ -10,6 +10,7 @@ mod charts;
 mod dashboard;
 mod keys;
 mod logs;
+mod margins;
 mod page;
 mod pricing;
 mod redemptions;
@@ -96,6 +97,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/logs", web::get().to(logs::list))
                 .route("/logs.csv", web::get().to(logs::csv))
                 .route("/logs/{id}", web::get().to(logs::show))
+                .route("/margins", web::get().to(margins::show))
                 .route("/tasks", web::get().to(tasks::list))
                 .route("/tasks/{id}/cancel", web::post().to(tasks::cancel))
                 .route("/redemptions", web::get().to(redemptions::show))

@@ -49,6 +49,8 @@ pub struct GenerationRecord {
     pub client_ip: Option<String>,
     pub attempts: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// What the serving channel's upstream charged (its `costs`), micro-credits.
+    pub upstream_cost: i64,
 }
 
 /// A settled charge waiting to be committed: `pending` is what the wallet holds for it.

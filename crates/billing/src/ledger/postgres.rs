@@ -240,6 +240,7 @@ struct Columns {
     client_ip: Vec<Option<String>>,
     attempts: Vec<Option<String>>,
     created_at: Vec<DateTime<Utc>>,
+    upstream_cost: Vec<i64>,
 }
 
 async fn insert_generations(
@@ -250,7 +251,7 @@ async fn insert_generations(
 ) -> Result<(), BillingError> {
     let size = |i: usize| {
         let r = &batch[i].0;
-        27 * 12
+        28 * 12
             + r.id.len()
             + r.model.len()
             + r.endpoint.len()
@@ -299,6 +300,7 @@ async fn insert_generations(
             c.client_ip.push(clean_opt(&r.client_ip));
             c.attempts.push(clean_opt(&r.attempts));
             c.created_at.push(r.created_at);
+            c.upstream_cost.push(r.upstream_cost);
         }
         let [prompt, completion, cached, reasoning, cache_write, media] = c.tokens;
         sqlx::query(
@@ -306,12 +308,12 @@ async fn insert_generations(
              model, upstream_model, endpoint, streamed, cancelled, finish_reason, tokens_prompt, \
              tokens_completion, tokens_cached, tokens_reasoning, tokens_cache_write, num_media, \
              latency_ms, generation_time_ms, cost, status, status_code, error, client_ip, \
-             attempts, created_at) \
+             attempts, created_at, upstream_cost) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::bool[], \
              $12::text[], $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], \
              $18::int8[], $19::int8[], $20::int8[], $21::int8[], $22::text[], $23::int4[], \
-             $24::text[], $25::text[], $26::text[], $27::timestamptz[])",
+             $24::text[], $25::text[], $26::text[], $27::timestamptz[], $28::int8[])",
         )
         .bind(c.id)
         .bind(c.upstream_id)
@@ -340,6 +342,7 @@ async fn insert_generations(
         .bind(c.client_ip)
         .bind(c.attempts)
         .bind(c.created_at)
+        .bind(c.upstream_cost)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;

@@ -28,8 +28,8 @@ const GENERATION_COLUMNS: &str = "id, upstream_id, user_id, key_id, channel_id, 
     model, upstream_model, endpoint, streamed, cancelled, finish_reason, tokens_prompt, \
     tokens_completion, tokens_cached, tokens_reasoning, tokens_cache_write, num_media, \
     latency_ms, generation_time_ms, cost, status, status_code, error, client_ip, attempts, \
-    created_at";
-const GENERATION_ARITY: usize = 27;
+    created_at, upstream_cost";
+const GENERATION_ARITY: usize = 28;
 
 const LEDGER_COLUMNS: &str = "user_id, kind, amount, balance_after, reference, note, created_at";
 const LEDGER_ARITY: usize = 7;
@@ -246,7 +246,8 @@ async fn insert_generations(
                 })
                 .bind(text(&r.client_ip))
                 .bind(text(&r.attempts))
-                .bind(r.created_at);
+                .bind(r.created_at)
+                .bind(r.upstream_cost);
         }
         q.execute(&mut *tx).await.map_err(db_err)?;
     }

@@ -28,6 +28,9 @@ pub struct Model {
     pub last_error: Option<String>,
     pub disabled_reason: Option<String>,
     pub created_at: DateTimeUtc,
+    /// JSON object model -> `{input, output}` (credits per 1M tokens) or `{ratio}` (of
+    /// the list price): what the upstream charges, for margins.
+    pub costs: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

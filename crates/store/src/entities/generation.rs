@@ -35,6 +35,9 @@ pub struct Model {
     /// JSON array of attempts (channel, status, latency, error class).
     pub attempts: Option<String>,
     pub created_at: DateTimeUtc,
+    /// What the serving channel's upstream charged for it (its `costs`), in
+    /// micro-credits; 0 when the channel names no cost.
+    pub upstream_cost: i64,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
