@@ -1,5 +1,6 @@
 //! Margins: what a channel's upstream charges (per model), and on every generation the
-//! upstream cost of the channel that served it, beside the price charged.
+//! upstream cost of the channel that served it, beside the price charged; and an index
+//! on generations by time (retention and exports walk them across users).
 
 use sea_orm_migration::prelude::*;
 
@@ -27,6 +28,17 @@ impl MigrationTrait for Migration {
                             .not_null()
                             .default(0),
                     )
+                    .take(),
+            )
+            .await?;
+        // Retention and exports walk generations by time, across every user.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_generations_created")
+                    .table(Alias::new("generations"))
+                    .col(Alias::new("created_at"))
+                    .col(Alias::new("id"))
                     .take(),
             )
             .await?;

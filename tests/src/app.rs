@@ -84,8 +84,10 @@ fn secrets_in(sent: Option<&Value>, got: &Value) -> Vec<String> {
             }
         }
     }
-    if let Some(k) = got.get("key").and_then(Value::as_str) {
-        found.push(k.to_owned());
+    for field in ["key", "token"] {
+        if let Some(k) = got.get(field).and_then(Value::as_str) {
+            found.push(k.to_owned());
+        }
     }
     // Short strings could occur by chance; real secrets are long.
     found.retain(|s| s.len() >= 12);
@@ -282,10 +284,14 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "login of {username}");
-        resp.json::<Value>().await.unwrap()["token"]
+        let token = resp.json::<Value>().await.unwrap()["token"]
             .as_str()
             .unwrap()
-            .to_owned()
+            .to_owned();
+        // A session token is a secret too.
+        self.secret(&token);
+        self.secret(password);
+        token
     }
 
     /// Creates a user as root and returns its id.

@@ -479,34 +479,38 @@ async fn the_csv_export_has_every_row_of_the_logs_in_order_with_six_decimal_cred
     let text = csv_text(&s, &s.customer_token, "/api/logs.csv").await;
     let rows = parse_csv(&text);
     assert_eq!(rows[0][0], "id");
-    assert_eq!(rows[0][17], "cost");
+    assert_eq!(rows[0][16], "cost");
+    assert!(
+        !rows[0].iter().any(|c| c == "upstream_model"),
+        "the channel's mapping is the operator's"
+    );
     let body = &rows[1..];
     assert_eq!(body.len(), api_rows.len(), "one CSV row per log row");
     assert_eq!(body.len(), 1_204);
     for (csv, api) in body.iter().zip(&api_rows) {
         assert_eq!(csv[0], api["id"].as_str().unwrap());
         assert_eq!(csv[2], api["user_id"].to_string());
-        assert_eq!(csv[9], api["status"].as_str().unwrap());
+        assert_eq!(csv[8], api["status"].as_str().unwrap());
         let micros = (api["total_cost"].as_f64().unwrap() * 1e6).round() as i64;
         assert_eq!(
-            csv[17],
+            csv[16],
             format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
         );
         assert_eq!(
-            csv[19],
+            csv[18],
             api["error"]
                 .as_str()
                 .map_or(String::new(), |e| format!("'{e}"))
         );
     }
     assert!(
-        body.iter().any(|r| r[7] == "mock, \"quoted\""),
+        body.iter().any(|r| r[6] == "mock, \"quoted\""),
         "quoting survives"
     );
     assert_eq!(
         rows.iter()
             .skip(1)
-            .filter(|r| r[17] == format!("0.{:06}", NORMAL_COST))
+            .filter(|r| r[16] == format!("0.{:06}", NORMAL_COST))
             .count(),
         1
     );
@@ -515,7 +519,7 @@ async fn the_csv_export_has_every_row_of_the_logs_in_order_with_six_decimal_cred
     let failed_api = all_logs(&s, &s.customer_token, "?status=error").await;
     let failed = parse_csv(&csv_text(&s, &s.customer_token, "/api/logs.csv?status=error").await);
     assert_eq!(failed.len() - 1, failed_api.len());
-    assert!(failed[1..].iter().all(|r| r[9] == "error"));
+    assert!(failed[1..].iter().all(|r| r[8] == "error"));
     let (status, v) = s
         .app
         .api("GET", "/api/logs.csv?status=bogus", &s.customer_token, None)

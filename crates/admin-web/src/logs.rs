@@ -179,13 +179,12 @@ fn log_query(
 }
 
 /// The columns of `/api/logs.csv`, in order.
-pub const CSV_COLUMNS: [&str; 20] = [
+pub const CSV_COLUMNS: [&str; 19] = [
     "id",
     "created_at",
     "user_id",
     "key_id",
     "model",
-    "upstream_model",
     "channel_id",
     "provider_name",
     "endpoint",
@@ -238,7 +237,6 @@ pub fn csv_line(g: &generation::Model) -> String {
         g.user_id.to_string(),
         g.key_id.to_string(),
         g.model.clone(),
-        g.upstream_model.clone().unwrap_or_default(),
         opt(g.channel_id),
         g.provider_name.clone().unwrap_or_default(),
         g.endpoint.clone(),

@@ -100,7 +100,10 @@ impl Config {
                 .transpose()
                 .context("TOLLGATE_LOG_RETENTION_DAYS must be a whole number of days")?
                 .map(|d| {
-                    anyhow::ensure!(d >= 1, "TOLLGATE_LOG_RETENTION_DAYS must be at least 1");
+                    anyhow::ensure!(
+                        (1..=36_500).contains(&d),
+                        "TOLLGATE_LOG_RETENTION_DAYS must be 1 to 36500"
+                    );
                     Ok(d)
                 })
                 .transpose()?,

@@ -22,6 +22,8 @@ pub struct Slot {
     shared: Arc<store::Shared>,
     key: String,
     member: String,
+    /// Where the give-back runs (the settlements' tracker: a shutdown waits for it).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Drop for Slot {
@@ -31,8 +33,8 @@ impl Drop for Slot {
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.member),
         );
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tasks.spawn(async move {
                 if let Err(e) = shared.release(&key, &member).await {
                     tracing::warn!(error = %e, "giving back a concurrency slot failed; it lapses");
                 }
@@ -112,21 +114,24 @@ impl Pipeline {
         let Some(limit) = caller.key.max_concurrency else {
             return Ok(None);
         };
-        let key = format!("inflight:{}", caller.key.id);
-        let member = uuid::Uuid::now_v7().simple().to_string();
+        // The guard exists before the slot is asked for: whatever happens to this
+        // request meanwhile (its client leaves, Redis answers too late), a slot taken
+        // for it is given back (giving back one never taken is harmless).
+        let slot = Slot {
+            shared: Arc::clone(&self.shared),
+            key: format!("inflight:{}", caller.key.id),
+            member: uuid::Uuid::now_v7().simple().to_string(),
+            tasks: self.settler.tasks.clone(),
+        };
         let taken = self
             .shared
-            .acquire(&key, &member, limit, SLOT_TTL)
+            .acquire(&slot.key, &slot.member, limit, SLOT_TTL)
             .await
             .map_err(|e| unavailable(&e))?;
         if !taken {
             return Err(RelayError::TooManyInFlight(limit));
         }
-        Ok(Some(Slot {
-            shared: Arc::clone(&self.shared),
-            key,
-            member,
-        }))
+        Ok(Some(slot))
     }
 
     /// The key's token budget, when it has a `tpm`.

@@ -165,15 +165,15 @@ impl Meter {
                         }
                     };
                     tracing::debug!(cost, held, "settled");
+                    settler.writer.submit(
+                        record,
+                        Some(Charge { user_id, key_id, key_limited, pending, lease }),
+                    );
                     if let Some(budget) = tokens {
                         budget
                             .spend(usage.prompt_tokens + usage.completion_tokens)
                             .await;
                     }
-                    settler.writer.submit(
-                        record,
-                        Some(Charge { user_id, key_id, key_limited, pending, lease }),
-                    );
                 }
                 Outcome::Failed { status, error } => {
                     record.status = "error";

@@ -148,6 +148,10 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 ";
 
+/// [`ACQUIRE`], hashed once.
+static ACQUIRE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(ACQUIRE));
+
 /// The Redis backend: a pool for commands and a client for the pub/sub connection.
 pub struct RedisShared {
     pool: Pool,
@@ -252,7 +256,7 @@ impl Shared {
                 let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
                 let got: i64 = r.link.checked(
                     tag,
-                    redis::Script::new(ACQUIRE)
+                    ACQUIRE_SCRIPT
                         .key(format!("{}:z:{key}", r.prefix))
                         .arg(limit)
                         .arg(ms)
