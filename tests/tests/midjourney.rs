@@ -801,3 +801,50 @@ async fn a_turbo_prompt_is_priced_on_its_own_or_refused() {
     assert_eq!(s.app.balance(s.user).await, START - 200_000 - UPSCALE);
     assert_eq!(upscaled["description"], format!("/upscale {up}"));
 }
+
+#[tokio::test]
+async fn a_finished_task_records_what_its_channel_pays_upstream_and_a_failed_one_nothing() {
+    let s = setup().await;
+    let (_, channels) = s
+        .app
+        .api("GET", "/api/channels", &s.app.root_token, None)
+        .await;
+    let id = channels["items"][0]["id"].as_i64().unwrap();
+    let (status, v) = s
+        .app
+        .api(
+            "PATCH",
+            &format!("/api/channels/{id}"),
+            &s.app.root_token,
+            Some(json!({"costs": {"mj_imagine": {"ratio": 0.35}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let done = s.submit("imagine", json!({"prompt": "a cheap cat"})).await;
+    let failed = s
+        .submit("imagine", json!({"prompt": "this will fail"}))
+        .await;
+    s.until_done(&done).await;
+    s.until_done(&failed).await;
+    let g = s.app.generation(&done).await;
+    assert_eq!((g.cost, g.upstream_cost), (IMAGINE, 35_000));
+    assert_eq!(s.app.generation(&failed).await.upstream_cost, 0);
+    let (_, margin) = s
+        .app
+        .api(
+            "GET",
+            "/api/stats/margin?group_by=model",
+            &s.app.root_token,
+            None,
+        )
+        .await;
+    let row = margin["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "mj_imagine")
+        .unwrap()
+        .clone();
+    assert_eq!(row["requests"], 1, "{margin}");
+    assert_eq!(row["margin"], 0.065);
+}

@@ -182,6 +182,7 @@ pub async fn cancel_task(
         result: None,
         error: Some(format!("cancelled: by admin {}", who.username)),
         progress: t.progress,
+        upstream_cost: 0,
     };
     let ended = store_task::finish(&state.db, &state.wallet, id, &outcome).await?;
     if !ended {

@@ -693,6 +693,9 @@ pub struct Outcome {
     pub result: Option<String>,
     pub error: Option<String>,
     pub progress: i32,
+    /// What the serving channel's upstream charged for a success (its `costs`), in
+    /// micro-credits; recorded on the task's generation for margins.
+    pub upstream_cost: i64,
 }
 
 /// Ends an open task: one conditional transition, with the charge (success) or the
@@ -795,6 +798,10 @@ pub async fn finish(
             Expr::value(if success { "success" } else { "error" }),
         )
         .col_expr(generation::Column::Cost, Expr::value(charge))
+        .col_expr(
+            generation::Column::UpstreamCost,
+            Expr::value(if success { outcome.upstream_cost } else { 0 }),
+        )
         .col_expr(
             generation::Column::Error,
             Expr::value(outcome.error.clone()),

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
-use store::catalog::{ChannelEntry, ChannelKind};
+use store::catalog::{ChannelEntry, ChannelKind, UpstreamCost};
 use store::entities::task;
 
 use futures_util::StreamExt;
@@ -590,6 +590,7 @@ impl TaskEngine {
             result: None,
             error: Some(last.code().to_owned()),
             progress: 0,
+            upstream_cost: 0,
         };
         for wait in [0, 50, 250] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -661,7 +662,8 @@ impl TaskEngine {
             .ok_or(RelayError::Internal)?;
         // Some upstreams answer a submission already finished (or refused).
         if let Some(seen) = seen.filter(|s| s.state.is_some_and(|st| !st.is_open())) {
-            self.conclude(&task, &seen).await;
+            self.conclude(&task, &seen, channel.costs.get(&task.model).copied())
+                .await;
             task = store_task::find(&self.db, &opened.id)
                 .await
                 .map_err(|e| store_failure(&e))?
@@ -790,7 +792,8 @@ impl TaskEngine {
                         },
                         _ => Err(()),
                     };
-                    self.looked(t, looked, now).await;
+                    let cost = channel.costs.get(&t.model).copied();
+                    self.looked(t, looked, now, cost).await;
                 }
             }
         }
@@ -805,6 +808,9 @@ impl TaskEngine {
             return;
         }
         let found = task_channel(routing, t);
+        let cost = found
+            .as_ref()
+            .and_then(|(c, _)| c.costs.get(&t.model).copied());
         let mut upstream_id = t.upstream_task_id.clone();
         if upstream_id.is_none()
             && let Some((channel, key)) = &found
@@ -821,7 +827,7 @@ impl TaskEngine {
             // channel or key is gone): wait for the deadline.
             _ => Err(()),
         };
-        self.looked(t, looked, now).await;
+        self.looked(t, looked, now, cost).await;
     }
 
     /// Applies a look at a leased task, or expires it when its deadline has passed
@@ -831,6 +837,7 @@ impl TaskEngine {
         t: &task::Model,
         looked: Result<Looked, ()>,
         now: chrono::DateTime<Utc>,
+        cost: Option<UpstreamCost>,
     ) {
         let finished =
             matches!(&looked, Ok(Looked::Seen(seen)) if seen.state.is_some_and(|s| !s.is_open()));
@@ -838,7 +845,7 @@ impl TaskEngine {
             self.expire(t).await;
             return;
         }
-        self.apply(t, looked, now).await;
+        self.apply(t, looked, now, cost).await;
     }
 
     /// Looks for an unconfirmed submission among the upstream's recent tasks (an
@@ -919,6 +926,7 @@ impl TaskEngine {
                 result: None,
                 error: Some("expired: the upstream did not finish before the deadline".into()),
                 progress: t.progress,
+                upstream_cost: 0,
             };
             match store_task::finish(&self.db, &self.wallet, &t.id, &outcome).await {
                 Ok(_) => {}
@@ -928,10 +936,16 @@ impl TaskEngine {
     }
 
     /// Applies one look at the upstream to a leased task.
-    async fn apply(&self, t: &task::Model, looked: Result<Looked, ()>, now: chrono::DateTime<Utc>) {
+    async fn apply(
+        &self,
+        t: &task::Model,
+        looked: Result<Looked, ()>,
+        now: chrono::DateTime<Utc>,
+        cost: Option<UpstreamCost>,
+    ) {
         match looked {
             Ok(Looked::Seen(seen)) if seen.state.is_some_and(|s| !s.is_open()) => {
-                self.conclude(t, &seen).await;
+                self.conclude(t, &seen, cost).await;
             }
             Ok(Looked::Seen(seen)) => {
                 if seen.state.is_none() {
@@ -967,7 +981,7 @@ impl TaskEngine {
                     result: None,
                     error: Some("the upstream no longer knows this task".into()),
                 };
-                self.conclude(t, &seen).await;
+                self.conclude(t, &seen, None).await;
             }
             Err(()) => self.poll_failed(t, now).await,
         }
@@ -981,7 +995,7 @@ impl TaskEngine {
 
     /// Ends a task the upstream reports finished: success is charged (what the
     /// upstream reports, never more than the hold), anything else released.
-    async fn conclude(&self, t: &task::Model, seen: &Observed) {
+    async fn conclude(&self, t: &task::Model, seen: &Observed, cost: Option<UpstreamCost>) {
         let pricing: Pricing = serde_json::from_str(&t.pricing).unwrap_or_default();
         let state = seen.state.unwrap_or(State::Failed);
         let mut seconds = seen.seconds.unwrap_or(pricing.seconds);
@@ -1017,6 +1031,7 @@ impl TaskEngine {
             } else {
                 seen.progress
             },
+            upstream_cost: task_upstream_cost(cost, &pricing, (seconds, tokens, images)),
         };
         match store_task::finish(&self.db, &self.wallet, &t.id, &outcome).await {
             Ok(true) => {
@@ -1387,6 +1402,7 @@ impl TaskEngine {
             result: None,
             error: Some(format!("continued: by its modal, task {by}")),
             progress: parent.progress,
+            upstream_cost: 0,
         };
         store_task::finish(&self.db, &self.wallet, &parent.id, &outcome)
             .await
@@ -1458,6 +1474,7 @@ impl TaskEngine {
             result: None,
             error: Some("cancelled: cancelled by its owner".into()),
             progress: t.progress,
+            upstream_cost: 0,
         };
         store_task::finish(&self.db, &self.wallet, &t.id, &outcome)
             .await
@@ -1536,6 +1553,39 @@ fn timed_out_behind_a_proxy(failure: &Failure) -> bool {
             ..
         }
     )
+}
+
+/// What the upstream charged for a task that made `seconds`, `tokens` and `images`:
+/// a share of the list price (the task's price without the group multiplier), or, for
+/// an upstream priced per token, its output tokens at that price.
+fn task_upstream_cost(
+    cost: Option<UpstreamCost>,
+    pricing: &Pricing,
+    (seconds, tokens, images): (i64, i64, i64),
+) -> i64 {
+    match cost {
+        None => 0,
+        Some(UpstreamCost::Ratio { ppm }) => {
+            let list = Pricing {
+                multiplier_ppm: 1_000_000,
+                ..*pricing
+            }
+            .cost(seconds, tokens, images);
+            i64::try_from((i128::from(list) * i128::from(ppm) + 999_999) / 1_000_000)
+                .unwrap_or(i64::MAX)
+        }
+        Some(UpstreamCost::Tokens { output, .. }) => Price {
+            output,
+            ..Price::default()
+        }
+        .cost(
+            &Usage {
+                completion_tokens: tokens,
+                ..Usage::default()
+            },
+            1_000_000,
+        ),
+    }
 }
 
 /// Tasks asked about in one batched poll.
