@@ -6,7 +6,8 @@
 //! 16:9, and `duration`); `DELETE` cancels a queued task only. Storage
 //! (`/tos/{id}.mp4?X-Tos-Signature=…`) needs no key, honours `Range`, and records
 //! whether anyone sent it an `Authorization` header. The model picks the behaviour:
-//! - anything else: succeeds on the second poll;
+//! - anything else: succeeds on the second poll (a prompt saying "keep going" runs
+//!   for forty polls);
 //! - `seedance-fail`: fails on the second poll (`OutputVideoSensitiveContentDetected`);
 //! - `seedance-refuse`: refuses the submission, 400 `InvalidParameter`.
 
@@ -162,9 +163,12 @@ async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
     };
     if job.status != "cancelled" {
         job.polls += 1;
+        // "keep going" in the prompt: a long job, running for a good while.
+        let long = text.contains("keep going");
         job.status = match (job.polls, job.body["model"].as_str()) {
             (1, _) => "queued",
             (2, _) => "running",
+            (3..=40, _) if long => "running",
             (_, Some("seedance-fail")) => "failed",
             _ => "succeeded",
         };

@@ -230,53 +230,16 @@ async fn fetch(
     }
 }
 
-#[derive(Deserialize)]
-struct Ids {
-    #[serde(default)]
-    ids: Option<Vec<String>>,
-}
-
-/// The most tasks one `list-by-condition` reads.
-const LIST_MAX: usize = 500;
-
-/// `POST /mj/task/list-by-condition {ids}`: those of the caller's tasks; any other id
-/// is left out, as the proxy leaves out ids it does not know.
+/// `POST /mj/task/list-by-condition {ids}`: those of the caller's tasks.
 async fn list(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let snap = state.snapshot.load_full();
-    let caller = match state
-        .jobs
-        .caller(snap.routing(), key(&req), client_ip(&state, &req))
-    {
-        Ok(c) => c,
-        Err(e) => return error(&e),
-    };
-    let raw = match crate::tasks::body(&state, &req, payload).await {
-        Ok(b) => b,
-        Err(e) => return error(&e),
-    };
-    let Ok(ids) = serde_json::from_slice::<Ids>(&raw) else {
-        return error(&RelayError::InvalidRequest(
-            "the body must be {\"ids\": [task ids]}".into(),
-        ));
-    };
-    let ids = ids.ids.unwrap_or_default();
-    if ids.len() > LIST_MAX {
-        return error(&RelayError::InvalidRequest(format!(
-            "at most {LIST_MAX} ids at once"
-        )));
-    }
-    match billing::task::find_many_owned(&state.db, &ids, caller.user.id, midjourney::FAMILY).await
-    {
+    match crate::tasks::many(&state, &req, key(&req), payload, midjourney::FAMILY).await {
         Ok(tasks) => HttpResponse::Ok().json(
             tasks
                 .iter()
                 .map(|t| answer(&state, &req, t))
                 .collect::<Vec<_>>(),
         ),
-        Err(e) => {
-            tracing::error!(error = ?e, "listing tasks failed");
-            error(&RelayError::ServiceUnavailable)
-        }
+        Err(e) => error(&e),
     }
 }
 

@@ -7,7 +7,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use relay_core::RelayError;
 use relay_core::task::{TaskRequest, suno};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use store::entities::task;
 
@@ -137,51 +136,16 @@ async fn fetch(
     }
 }
 
-#[derive(Deserialize)]
-struct Ids {
-    #[serde(default)]
-    ids: Option<Vec<String>>,
-}
-
-/// The most tasks one batch fetch reads.
-const FETCH_MAX: usize = 500;
-
-/// `POST /suno/fetch {ids}`: those of the caller's tasks; any other id is left out.
+/// `POST /suno/fetch {ids}`: those of the caller's tasks.
 async fn fetch_many(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let snap = state.snapshot.load_full();
-    let caller = match state
-        .jobs
-        .caller(snap.routing(), bearer(&req), client_ip(&state, &req))
-    {
-        Ok(c) => c,
-        Err(e) => return error(&e),
-    };
-    let raw = match crate::tasks::body(&state, &req, payload).await {
-        Ok(b) => b,
-        Err(e) => return error(&e),
-    };
-    let Ok(ids) = serde_json::from_slice::<Ids>(&raw) else {
-        return error(&RelayError::InvalidRequest(
-            "the body must be {\"ids\": [task ids]}".into(),
-        ));
-    };
-    let ids = ids.ids.unwrap_or_default();
-    if ids.len() > FETCH_MAX {
-        return error(&RelayError::InvalidRequest(format!(
-            "at most {FETCH_MAX} ids at once"
-        )));
-    }
-    match billing::task::find_many_owned(&state.db, &ids, caller.user.id, suno::FAMILY).await {
+    match crate::tasks::many(&state, &req, bearer(&req), payload, suno::FAMILY).await {
         Ok(tasks) => HttpResponse::Ok().json(success(Value::Array(
             tasks.iter().map(|t| answer(&state, &req, t)).collect(),
         ))),
-        Err(e) => {
-            tracing::error!(error = ?e, "fetching tasks failed");
-            error(&RelayError::ServiceUnavailable)
-        }
+        Err(e) => error(&e),
     }
 }

@@ -89,3 +89,44 @@ pub fn result_urls(state: &AppState, req: &HttpRequest, t: &task::Model) -> Vec<
         state.jobs.signed_urls(t, &base)
     }
 }
+
+#[derive(serde::Deserialize)]
+struct Ids {
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+}
+
+/// The most tasks one batch read (`list-by-condition`, Suno's `fetch`) names.
+pub const MANY_MAX: usize = 500;
+
+/// The caller's tasks of `family` among a body's `{ids}` (`null` or none: none), in
+/// id order; any other id, another user's or another family's, is left out, as the
+/// upstreams leave out ids they do not know.
+pub async fn many(
+    state: &AppState,
+    req: &HttpRequest,
+    key: Option<&str>,
+    payload: web::Payload,
+    family: &str,
+) -> Result<Vec<task::Model>, RelayError> {
+    let snap = state.snapshot.load_full();
+    let caller = state
+        .jobs
+        .caller(snap.routing(), key, client_ip(state, req))?;
+    let raw = body(state, req, payload).await?;
+    let ids = serde_json::from_slice::<Ids>(&raw)
+        .map_err(|_| RelayError::InvalidRequest("the body must be {\"ids\": [task ids]}".into()))?
+        .ids
+        .unwrap_or_default();
+    if ids.len() > MANY_MAX {
+        return Err(RelayError::InvalidRequest(format!(
+            "at most {MANY_MAX} ids at once"
+        )));
+    }
+    billing::task::find_many_owned(&state.db, &ids, caller.user.id, family)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = ?e, "reading tasks failed");
+            RelayError::ServiceUnavailable
+        })
+}

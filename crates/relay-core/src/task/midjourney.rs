@@ -411,20 +411,6 @@ pub fn state_of(word: &str) -> Option<State> {
     })
 }
 
-/// The progress in `"37%"`.
-fn percent(v: Option<&Value>) -> i32 {
-    match v {
-        Some(Value::String(s)) => s
-            .trim()
-            .trim_end_matches('%')
-            .trim()
-            .parse::<f64>()
-            .map_or(0, |p| p.clamp(0.0, 100.0) as i32),
-        Some(Value::Number(n)) => n.as_f64().map_or(0, |p| p.clamp(0.0, 100.0) as i32),
-        _ => 0,
-    }
-}
-
 /// The fields of an upstream task object kept for the client (never its Discord
 /// ids, instance or hook; its `description` names upstream ids, so it is rebuilt).
 const KEPT: [&str; 4] = ["prompt", "promptEn", "startTime", "buttons"];
@@ -496,7 +482,7 @@ fn observe_task(v: &Value) -> Option<(String, Observed)> {
         Observed {
             state,
             word,
-            progress: percent(v.get("progress")),
+            progress: super::percent(v.get("progress")),
             seconds: None,
             tokens: None,
             images: None,

@@ -1588,6 +1588,16 @@ fn task_upstream_cost(
     }
 }
 
+/// A progress as upstreams write it (`"37%"`, `37`, `""`), 0 to 100.
+pub(crate) fn percent(v: Option<&serde_json::Value>) -> i32 {
+    let p = match v {
+        Some(serde_json::Value::String(s)) => s.trim().trim_end_matches('%').trim().parse().ok(),
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        _ => None,
+    };
+    p.map_or(0, |p: f64| p.clamp(0.0, 100.0) as i32)
+}
+
 /// Tasks asked about in one batched poll.
 pub const BATCH_IDS: usize = 100;
 

@@ -201,19 +201,6 @@ pub fn state_of(word: &str) -> Option<State> {
     })
 }
 
-fn percent(v: Option<&Value>) -> i32 {
-    match v {
-        Some(Value::String(s)) => s
-            .trim()
-            .trim_end_matches('%')
-            .trim()
-            .parse::<f64>()
-            .map_or(0, |p| p.clamp(0.0, 100.0) as i32),
-        Some(Value::Number(n)) => n.as_f64().map_or(0, |p| p.clamp(0.0, 100.0) as i32),
-        _ => 0,
-    }
-}
-
 /// Reads one upstream task object.
 fn observe_task(v: &Value) -> Option<(String, Observed)> {
     let id = v.get("task_id")?.as_str()?.to_owned();
@@ -299,7 +286,7 @@ fn observe_task(v: &Value) -> Option<(String, Observed)> {
     let progress = if state == Some(State::Succeeded) {
         100
     } else {
-        percent(v.get("progress"))
+        super::percent(v.get("progress"))
     };
     Some((
         id,
