@@ -124,6 +124,87 @@ async fn a_key_past_its_tokens_per_minute_is_refused_until_the_minute_turns_on_e
     s.stop().await;
 }
 
+/// Calls `key` at `app` again and again, one at a time, until it is refused; what it
+/// was answered, in order.
+async fn until_refused(app: &TestApp, key: &str) -> Vec<(u16, Option<String>)> {
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        let resp = chat_at(app, key, "gpt-4o-mini").await;
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        resp.bytes().await.unwrap();
+        seen.push((status, retry));
+        if status != 200 {
+            break;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_both_instances_stops_at_the_tokens_per_minute_and_counts_every_token_once() {
+    let s = Scenario::start(1.0).await;
+    let other = other_instance(&s).await;
+    let second = other.as_ref().unwrap_or(&s.app);
+    const LIMIT_CALLS: usize = 10;
+    const WORKERS: usize = 8;
+    limit(&s, json!({"tpm": LIMIT_CALLS as i64 * CALL_TOKENS})).await;
+    until_seen(second, s.key_id, |k| k.tpm == Some(420)).await;
+    a_fresh_minute().await;
+    let (window, _) = relay_core::limits::tpm_window(s.key_id, chrono::Utc::now().timestamp());
+
+    // Eight clients at once, half on each instance, each calling until refused.
+    let key = &s.key;
+    let workers =
+        (0..WORKERS).map(|i| until_refused(if i % 2 == 0 { &s.app } else { second }, key));
+    let seen: Vec<_> = futures_util::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let served = seen.iter().filter(|(st, _)| *st == 200).count();
+    let refused: Vec<_> = seen.iter().filter(|(st, _)| *st != 200).collect();
+    // Every client ended refused, as rate_limited with the seconds left in the minute.
+    assert_eq!(refused.len(), WORKERS, "{seen:?}");
+    for (status, retry) in &refused {
+        assert_eq!(*status, 429);
+        let wait: u64 = retry.as_deref().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+    }
+    // Nothing is refused before the minute is spent; past it, only what was already
+    // admitted when the last tokens were counted (counted at settlement: a request in
+    // flight, or one whose count was a moment behind its answer, per client).
+    assert!(served >= LIMIT_CALLS, "refused early: {served} served");
+    assert!(served <= LIMIT_CALLS + 2 * WORKERS, "{served} served");
+    s.app.settled().await;
+    second.settled().await;
+    // Every served token counted once in the shared minute, whichever instance served it.
+    assert_eq!(
+        s.app.state.shared.count(&window).await.unwrap(),
+        served as i64 * CALL_TOKENS
+    );
+    assert_eq!(
+        second.state.shared.count(&window).await.unwrap(),
+        served as i64 * CALL_TOKENS
+    );
+    // The minute is spent for both instances, and the refused calls cost nothing.
+    for app in [&s.app, second] {
+        assert_eq!(chat_at(app, &s.key, "gpt-4o-mini").await.status(), 429);
+    }
+    assert_eq!(
+        s.app.balance(s.customer_id).await,
+        1_000_000 - served as i64 * NORMAL_COST
+    );
+    s.app.assert_ledger_consistent().await;
+    if let Some(o) = other {
+        o.stop().await;
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_runs_at_most_its_max_concurrency_requests_at_once_across_instances() {
     let s = Scenario::start(1.0).await;
@@ -249,5 +330,84 @@ async fn key_limits_are_set_shown_and_checked_through_the_api() {
         "{}",
         page.body
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_submission_is_refused_over_the_keys_tokens_per_minute_or_concurrency_and_holds_nothing()
+ {
+    let s = Scenario::start(10.0).await;
+    let sora = tollgate_tests::mock_sora::MockSora::start().await;
+    s.app
+        .add_channel("sora", &sora.base_url, &["sora-2"], json!({}))
+        .await;
+    s.app
+        .set_price_with("sora-2", json!({"per_second": 0.1}))
+        .await;
+    let submit = || async {
+        let resp = s
+            .app
+            .http
+            .post(format!("{}/v1/videos", s.app.address))
+            .bearer_auth(&s.key)
+            .json(&json!({"model": "sora-2", "prompt": "a lighthouse", "seconds": "4"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let retry = resp.headers().contains_key("retry-after");
+        let v: Value = resp.json().await.unwrap();
+        (status, retry, v)
+    };
+    let start = s.app.balance(s.customer_id).await;
+
+    // The minute's tokens spent by a chat: no video either.
+    limit(&s, json!({"tpm": CALL_TOKENS})).await;
+    a_fresh_minute().await;
+    chat_at(&s.app, &s.key, "gpt-4o-mini")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    s.app.settled().await;
+    let (status, retry, v) = submit().await;
+    assert_eq!((status, retry), (429, true), "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited");
+
+    // Its one slot taken by a stream: no video while the stream runs.
+    limit(&s, json!({"tpm": null, "max_concurrency": 1})).await;
+    let stream = s
+        .app
+        .http
+        .post(format!("{}/v1/chat/completions", s.app.address))
+        .bearer_auth(&s.key)
+        .json(&json!({"model": "slow-stream", "stream": true,
+            "messages": [{"role": "user", "content": "tick"}]}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = stream.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    let (status, retry, v) = submit().await;
+    assert_eq!((status, retry), (429, true), "{v}");
+    while let Some(chunk) = body.next().await {
+        chunk.unwrap();
+    }
+    s.app.settled().await;
+    // Nothing held or charged for the refused submissions: only the two chats.
+    let chats = s.app.balance(s.customer_id).await;
+    assert!(start - chats < 1_000, "{start} → {chats}");
+    // Once the stream is over, the slot is the video's.
+    let mut status = 0;
+    for _ in 0..50 {
+        let (st, _, _) = submit().await;
+        status = st;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+    s.app.assert_ledger_consistent().await;
     s.stop().await;
 }

@@ -348,6 +348,10 @@ impl TaskEngine {
                 .ok_or_else(|| RelayError::ModelNotPriced(variant.clone()))?;
         }
         pipeline.check_rpm(&caller).await?;
+        pipeline.check_tpm(&caller).await?;
+        // In flight until the upstream has answered the submission (a task then runs
+        // upstream, not here).
+        let _slot = pipeline.take_slot(&caller).await?;
         let mut meta = req.meta.clone();
         if let (Some(base), Some(m)) = (&req.base, meta.as_object_mut()) {
             m.insert("base".into(), serde_json::Value::String(base.clone()));
