@@ -9,7 +9,13 @@
 //! - anything else: succeeds on the second poll (a prompt saying "keep going" runs
 //!   for forty polls);
 //! - `seedance-fail`: fails on the second poll (`OutputVideoSensitiveContentDetected`);
-//! - `seedance-refuse`: refuses the submission, 400 `InvalidParameter`.
+//! - `seedance-refuse`: refuses the submission, 400 `InvalidParameter`;
+//! - `seedance-slow-accept`: takes the task, then answers only after 2 s (an answer
+//!   lost to the client's timeout).
+//!
+//! `GET …/tasks?page_num=&page_size=&filter.model=` lists the tasks, newest first, as
+//! Ark does: `{items: [{id, model, status, created_at, updated_at}], total}` (no
+//! prompt).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +28,8 @@ use crate::mock_sora::content_bytes;
 #[derive(Clone, Debug)]
 struct Job {
     body: Value,
+    /// When it was made, in seconds since the epoch.
+    created_at: i64,
     polls: u32,
     status: &'static str,
 }
@@ -50,6 +58,7 @@ impl MockArk {
         let (base_url, handle) = crate::mock_server::serve(move |cfg| {
             cfg.app_data(data.clone())
                 .route("/api/v3/contents/generations/tasks", web::post().to(create))
+                .route("/api/v3/contents/generations/tasks", web::get().to(list))
                 .route(
                     "/api/v3/contents/generations/tasks/{id}",
                     web::get().to(retrieve),
@@ -112,6 +121,15 @@ fn flag<'a>(text: &'a str, names: &[&str]) -> Option<&'a str> {
 
 async fn create(state: Shared, body: web::Json<Value>) -> HttpResponse {
     let body = body.into_inner();
+    let slow = body["model"] == "seedance-slow-accept";
+    let answer = accept(&state, body);
+    if slow {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    answer
+}
+
+fn accept(state: &Shared, body: Value) -> HttpResponse {
     let mut s = state.lock().unwrap();
     s.submissions.push(body.clone());
     if body["model"] == "seedance-refuse" {
@@ -133,11 +151,33 @@ async fn create(state: Shared, body: web::Json<Value>) -> HttpResponse {
         id.clone(),
         Job {
             body,
+            created_at: chrono::Utc::now().timestamp(),
             polls: 0,
             status: "queued",
         },
     );
     HttpResponse::Ok().json(json!({ "id": id }))
+}
+
+async fn list(state: Shared, query: web::Query<HashMap<String, String>>) -> HttpResponse {
+    let s = state.lock().unwrap();
+    let model = query.get("filter.model");
+    let mut items: Vec<(&String, &Job)> = s
+        .jobs
+        .iter()
+        .filter(|(_, j)| model.is_none_or(|m| j.body["model"] == m.as_str()))
+        .collect();
+    items.sort_by_key(|(id, j)| (std::cmp::Reverse(j.created_at), std::cmp::Reverse(*id)));
+    let total = items.len();
+    let items: Vec<Value> = items
+        .into_iter()
+        .take(100)
+        .map(|(id, j)| {
+            json!({"id": id, "model": j.body["model"], "status": j.status,
+                "created_at": j.created_at, "updated_at": j.created_at})
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"items": items, "total": total}))
 }
 
 async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
@@ -175,7 +215,7 @@ async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
     }
     let mut out = json!({
         "id": path.as_str(), "model": job.body["model"], "status": job.status,
-        "created_at": 1751199308, "updated_at": 1751199347,
+        "created_at": job.created_at, "updated_at": job.created_at,
     });
     match job.status {
         "succeeded" => {

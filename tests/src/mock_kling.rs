@@ -8,7 +8,12 @@
 //! - anything else: succeeds on the second query, `duration` as asked, `n` images;
 //! - `kling-fail`: fails on the second query (`task_status_msg`);
 //! - `kling-refuse`: refused at once, 400 `{code:1301}` (content policy);
-//! - `kling-busy`: refused with HTTP 200 and `{code:1303}` (over the concurrency limit).
+//! - `kling-busy`: refused with HTTP 200 and `{code:1303}` (over the concurrency limit);
+//! - `kling-slow-accept`: takes the task, then answers only after 2 s (an answer lost
+//!   to the client's timeout).
+//!
+//! `GET /v1/{class}/{action}?pageNum=&pageSize=` lists the tasks made there, newest
+//! first, each with `task_info.external_task_id` as it was submitted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +30,8 @@ pub const SECRET_KEY: &str = "kling-sk-456";
 #[derive(Default)]
 struct State {
     jobs: HashMap<String, (String, Value, u32)>,
+    /// Task ids in the order they were made.
+    made: Vec<String>,
     submissions: Vec<(String, Value)>,
     cdn_auth_seen: bool,
     base: String,
@@ -47,6 +54,7 @@ impl MockKling {
         let (base_url, handle) = crate::mock_server::serve(move |cfg| {
             cfg.app_data(data.clone())
                 .route("/v1/{class}/{action}", web::post().to(create))
+                .route("/v1/{class}/{action}", web::get().to(list))
                 .route("/v1/{class}/{action}/{id}", web::get().to(query))
                 .route("/cdn/{file}", web::get().to(cdn));
         });
@@ -116,8 +124,16 @@ async fn create(
         return denied;
     }
     let (class, action) = path.into_inner();
-    let route = format!("/v1/{class}/{action}");
     let body = body.into_inner();
+    let slow = body["model_name"] == "kling-slow-accept";
+    let answer = accept(&state, format!("/v1/{class}/{action}"), body);
+    if slow {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    answer
+}
+
+fn accept(state: &Shared, route: String, body: Value) -> HttpResponse {
     let mut s = state.lock().unwrap();
     s.submissions.push((route.clone(), body.clone()));
     if body["model_name"] == "kling-refuse" {
@@ -131,6 +147,7 @@ async fn create(
     s.next += 1;
     let id = s.next.to_string();
     s.jobs.insert(id.clone(), (route, body, 0));
+    s.made.push(id.clone());
     let now = chrono::Utc::now().timestamp_millis();
     HttpResponse::Ok().json(envelope(
         0,
@@ -139,6 +156,33 @@ async fn create(
             "task_id": id, "task_status": "submitted", "created_at": now, "updated_at": now
         }),
     ))
+}
+
+async fn list(state: Shared, req: HttpRequest, path: web::Path<(String, String)>) -> HttpResponse {
+    if let Some(denied) = unauthorized(&req) {
+        return denied;
+    }
+    let (class, action) = path.into_inner();
+    let route = format!("/v1/{class}/{action}");
+    let s = state.lock().unwrap();
+    let items: Vec<Value> = s
+        .made
+        .iter()
+        .rev()
+        .filter_map(|id| {
+            let (r, body, polls) = s.jobs.get(id)?;
+            (*r == route).then(|| {
+                json!({
+                    "task_id": id,
+                    "task_status": if *polls == 0 { "submitted" } else { "processing" },
+                    "task_info": {"external_task_id": body["external_task_id"]},
+                    "created_at": 1_722_769_557_708_i64, "updated_at": 1_722_769_557_708_i64,
+                })
+            })
+        })
+        .take(500)
+        .collect();
+    HttpResponse::Ok().json(envelope(0, "SUCCEED", json!(items)))
 }
 
 async fn query(

@@ -332,3 +332,61 @@ async fn a_kling_callback_gets_the_bare_task_with_signed_result_urls_from_tollga
     }
     panic!("the callback was not called within 10 s");
 }
+
+#[tokio::test]
+async fn a_kling_submission_whose_answer_was_lost_is_found_by_its_tag_never_sent_again_and_charged_once()
+ {
+    let s = setup().await;
+    s.app
+        .add_channel(
+            "kling-slow",
+            &s.kling.base_url,
+            &["kling-slow-accept"],
+            json!({"type": "kling", "keys": [format!("{ACCESS_KEY}|{SECRET_KEY}")], "timeout_s": 1}),
+        )
+        .await;
+    s.app
+        .set_price_with("kling-slow-accept", json!({"per_second": 0.1}))
+        .await;
+    // Another customer's task on the same upstream account, made just before.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/kling/v1/videos/text2video",
+            Some(json!({"model_name": "kling-v1", "prompt": "someone else's"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s
+        .call(
+            "POST",
+            "/kling/v1/videos/text2video",
+            Some(
+                json!({"model_name": "kling-slow-accept", "prompt": "lost in transit",
+                "duration": "5", "external_task_id": "my-own-42"}),
+            ),
+        )
+        .await;
+    // Taken upstream, its answer too late: the client gets the task, open.
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["task_status"], "submitted", "{v}");
+    assert_eq!(v["data"]["task_info"]["external_task_id"], "my-own-42");
+    let id = v["data"]["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.app.balance(s.user).await, START - 2 * 5 * PER_SECOND);
+    // Upstream it carries Tollgate's task id, not the client's.
+    let (_, sent) = s.kling.submissions().last().unwrap().clone();
+    assert_eq!(sent["external_task_id"], json!(id));
+
+    let done = s
+        .until_done(&format!("/kling/v1/videos/text2video/{id}"))
+        .await;
+    assert_eq!(done["data"]["task_status"], "succeed", "{done}");
+    assert_eq!(done["data"]["task_info"]["external_task_id"], "my-own-42");
+    assert_eq!(s.kling.submissions().len(), 2, "never sent again");
+    let task = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
+    assert_eq!(task.upstream_status.as_deref(), Some("succeed"));
+    // The mock numbers its tasks: the other customer's is …799, this one …800.
+    assert_eq!(task.upstream_task_id.as_deref(), Some("866889456698785800"));
+    assert_eq!(s.app.balance(s.user).await, START - 2 * 5 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
+}

@@ -10,7 +10,8 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend,
-    EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    TransactionTrait,
 };
 use store::entities::{api_key, generation, task, user};
 
@@ -563,6 +564,54 @@ pub async fn link_upstream(
         .exec(db)
         .await?;
     Ok(done.rows_affected == 1)
+}
+
+/// Of `upstream_ids`, those some task of `channel_id` already has.
+pub async fn known_upstream_ids(
+    db: &DatabaseConnection,
+    channel_id: i64,
+    upstream_ids: &[String],
+) -> Result<Vec<String>, BillingError> {
+    if upstream_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let known = task::Entity::find()
+        .filter(task::Column::ChannelId.eq(channel_id))
+        .filter(task::Column::UpstreamTaskId.is_in(upstream_ids.iter().cloned()))
+        .all(db)
+        .await?;
+    Ok(known
+        .into_iter()
+        .filter_map(|t| t.upstream_task_id)
+        .collect())
+}
+
+/// How many open tasks without an upstream id, opened between `from` and `to` for
+/// `model` (or sent as `upstream_model`), went to `channel_id` or are still being sent
+/// (no channel yet): submissions that an upstream task of that model could belong to.
+pub async fn unconfirmed_between(
+    db: &DatabaseConnection,
+    channel_id: i64,
+    (model, upstream_model): (&str, &str),
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<u64, BillingError> {
+    Ok(task::Entity::find()
+        .filter(
+            Condition::any()
+                .add(task::Column::ChannelId.eq(channel_id))
+                .add(task::Column::ChannelId.is_null()),
+        )
+        .filter(
+            Condition::any()
+                .add(task::Column::Model.eq(model))
+                .add(task::Column::UpstreamModel.eq(upstream_model)),
+        )
+        .filter(task::Column::UpstreamTaskId.is_null())
+        .filter(task::Column::State.is_in(OPEN))
+        .filter(task::Column::CreatedAt.gte(from))
+        .filter(task::Column::CreatedAt.lte(to))
+        .count(db)
+        .await?)
 }
 
 /// Takes up to `limit` open tasks due for a poll, for `owner`, until `ttl` from now.

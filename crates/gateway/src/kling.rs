@@ -78,7 +78,10 @@ async fn create(
         seconds: ask.seconds,
         tokens: 0,
         images: ask.images,
-        meta: json!({"prompt": ask.prompt}),
+        meta: match &ask.external_id {
+            Some(ext) => json!({"prompt": ask.prompt, "external_task_id": ext}),
+            None => json!({"prompt": ask.prompt}),
+        },
         idempotency_key: crate::tasks::idempotency_key(&req),
         hook: ask.hook.clone(),
         price_model: ask.variant.clone(),

@@ -69,9 +69,19 @@ pub struct Ask {
     /// The priced name of a dearer variant: `{model}-pro` for `mode: pro`, with
     /// `-sound` for `sound: on` (Kling charges both more).
     pub variant: Option<String>,
+    /// The client's own `external_task_id`: shown back to it, never sent upstream
+    /// (Tollgate sends its task id there, to find a submission whose answer was lost).
+    pub external_id: Option<String>,
 }
 
-const READ: [&str; 5] = ["model_name", "model", "duration", "n", "callback_url"];
+const READ: [&str; 6] = [
+    "model_name",
+    "model",
+    "duration",
+    "n",
+    "callback_url",
+    "external_task_id",
+];
 
 /// Reads a native create request for `path` (one of [`ACTIONS`]).
 pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> {
@@ -130,6 +140,15 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
         .and_then(Value::as_str)
         .map(str::to_owned);
     obj.remove("callback_url");
+    let external_id = match obj.remove("external_task_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 128 => Some(s),
+        Some(_) => {
+            return Err(RelayError::InvalidRequest(
+                "'external_task_id' must be a string of at most 128 characters".into(),
+            ));
+        }
+    };
     let mode = obj.get("mode").and_then(Value::as_str).unwrap_or("std");
     let sound = obj.get("sound").and_then(Value::as_str).unwrap_or("off");
     if !matches!(mode, "std" | "pro") || !matches!(sound, "on" | "off") {
@@ -145,7 +164,10 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
     };
     obj.insert("model_name".into(), Value::String(model.clone()));
     let forwarded = Bytes::from(v.to_string());
-    let fingerprint = format!("{path}\n{hook:?}\n{}", store::hash_bytes(&forwarded));
+    let fingerprint = format!(
+        "{path}\n{hook:?}\n{external_id:?}\n{}",
+        store::hash_bytes(&forwarded)
+    );
     Ok(Ask {
         path,
         model,
@@ -156,6 +178,43 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
         hook,
         fingerprint,
         variant,
+        external_id,
+    })
+}
+
+/// A Kling submission carrying Tollgate's task id as its `external_task_id`, by which
+/// a submission whose answer was lost is found among the upstream's tasks.
+pub fn tagged(body: &Bytes, task_id: &str) -> Bytes {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut o)) => {
+            o.insert("external_task_id".into(), Value::String(task_id.to_owned()));
+            Bytes::from(Value::Object(o).to_string())
+        }
+        _ => body.clone(),
+    }
+}
+
+/// The upstream path listing the tasks made at `path` (newest first, one page).
+pub fn list_path(path: &str) -> String {
+    format!("{path}?pageNum=1&pageSize=500")
+}
+
+/// The upstream id of the task tagged `task_id` in a Kling task list, if listed.
+pub fn find_tagged(body: &[u8], task_id: &str) -> Option<String> {
+    let env: Envelope = serde_json::from_slice(body).ok()?;
+    if env.code != 0 {
+        return None;
+    }
+    env.data?.as_array()?.iter().find_map(|item| {
+        let tag = item.get("task_info")?.get("external_task_id")?.as_str()?;
+        if tag != task_id {
+            return None;
+        }
+        match item.get("task_id")? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
     })
 }
 
@@ -312,6 +371,12 @@ pub fn task_json(t: &task::Model, urls: &[String]) -> Value {
         "created_at": t.created_at.timestamp_millis(),
         "updated_at": t.updated_at.timestamp_millis(),
     });
+    let external = serde_json::from_str::<Value>(&t.meta)
+        .ok()
+        .and_then(|m| m.get("external_task_id").cloned());
+    if let Some(ext) = external.filter(Value::is_string) {
+        data["task_info"] = json!({"external_task_id": ext});
+    }
     if word == "failed" {
         let msg = t
             .error

@@ -474,7 +474,10 @@ impl TaskEngine {
             };
             tried.push(channel.id);
             let upstream_model = channel.upstream_model(&req.model);
-            let sub = (req.build)(&channel, &upstream_model, parent_upstream.as_deref());
+            let mut sub = (req.build)(&channel, &upstream_model, parent_upstream.as_deref());
+            if channel.kind == ChannelKind::Kling {
+                sub.body = kling::tagged(&sub.body, &opened.id);
+            }
             let sub_path = sub.path.clone();
             // DashScope runs these only as tasks, and only when asked to.
             let extra: Vec<(&'static str, String)> = if channel.kind == ChannelKind::Dashscope {
@@ -852,9 +855,18 @@ impl TaskEngine {
         self.apply(t, looked, now, cost).await;
     }
 
-    /// Looks for an unconfirmed submission among the upstream's recent tasks (an
-    /// upstream that lists them: OpenAI's videos): the oldest one of the same model
-    /// and prompt, made since shortly before the task, that no other task has.
+    /// Looks for an unconfirmed submission among the upstream's recent tasks, where
+    /// the upstream lists them, and links the task to it (never sent again):
+    /// - OpenAI's videos: the oldest of the same model and prompt, made since shortly
+    ///   before the task, that no other task has;
+    /// - Kling: the one carrying the task's id as its `external_task_id` (exact);
+    /// - Ark (Seedance), whose list shows no prompt: the one task of the model made
+    ///   while the submission was in flight, and only when no other submission of
+    ///   the channel and model went unconfirmed around then (two lost at once could
+    ///   be told apart only by guessing, and a guess could hand one tenant's video to
+    ///   another: both are then released at their deadline).
+    ///
+    /// Elsewhere (DashScope, Veo, Midjourney, Suno) the deadline releases the hold.
     async fn reconcile(
         &self,
         pipeline: &Pipeline,
@@ -862,49 +874,48 @@ impl TaskEngine {
         key: &str,
         t: &task::Model,
     ) -> Option<String> {
-        if channel.kind != ChannelKind::OpenAi {
-            return None;
-        }
-        let meta: serde_json::Value = serde_json::from_str(&t.meta).ok()?;
-        let prompt = meta.get("prompt")?.as_str()?;
+        let upstream_model = t.upstream_model.as_deref().unwrap_or(&t.model);
+        let path = match channel.kind {
+            ChannelKind::OpenAi => "/v1/videos?limit=100&order=desc".to_owned(),
+            ChannelKind::Kling => {
+                kling::list_path(t.upstream_path.as_deref().unwrap_or(kling::ACTIONS[0]))
+            }
+            ChannelKind::Volcengine => seedance::list_path(upstream_model),
+            _ => return None,
+        };
         let resp = pipeline
             .client
             .send(
                 reqwest::Method::GET,
                 channel,
                 key,
-                ("/v1/videos?limit=100&order=desc", &t.model),
+                (&path, upstream_model),
                 None,
                 &[],
             )
             .await
             .ok()?;
         if !resp.status().is_success() {
+            tracing::warn!(task.id = %t.id, status = resp.status().as_u16(), "listing the upstream's tasks failed");
             return None;
         }
         let body = crate::upstream::read_body(
             resp,
             Duration::from_secs(channel.timeout_s.max(1)),
-            4 << 20,
+            8 << 20,
         )
         .await
         .ok()?;
-        let list: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        let since = t.created_at.timestamp() - 10;
-        let mut candidates: Vec<(i64, String)> = list
-            .get("data")?
-            .as_array()?
-            .iter()
-            .filter(|v| v.get("prompt").and_then(|p| p.as_str()) == Some(prompt))
-            .filter(|v| v.get("model").and_then(|m| m.as_str()) == t.upstream_model.as_deref())
-            .filter_map(|v| {
-                let at = v.get("created_at")?.as_i64()?;
-                let id = v.get("id")?.as_str()?.to_owned();
-                (at >= since).then_some((at, id))
-            })
-            .collect();
-        candidates.sort();
-        for (_, id) in candidates {
+        let candidates = match channel.kind {
+            ChannelKind::Kling => kling::find_tagged(&body, &t.id).into_iter().collect(),
+            ChannelKind::Volcengine => self.lone_candidate(channel, t, &body).await?,
+            _ => {
+                let meta: serde_json::Value = serde_json::from_str(&t.meta).ok()?;
+                let prompt = meta.get("prompt")?.as_str()?;
+                videos::listed_like(&body, prompt, upstream_model, t.created_at.timestamp() - 10)
+            }
+        };
+        for id in candidates {
             match store_task::link_upstream(&self.db, &t.id, channel.id, &id).await {
                 Ok(true) => {
                     tracing::info!(task.id = %t.id, "an unconfirmed submission was found upstream");
@@ -918,6 +929,61 @@ impl TaskEngine {
             }
         }
         None
+    }
+
+    /// The one Ark task that can only be `t`'s submission: made by the model while
+    /// it was in flight, had by no other task, with no other submission of the same
+    /// channel and model unconfirmed around then.
+    async fn lone_candidate(
+        &self,
+        channel: &ChannelEntry,
+        t: &task::Model,
+        body: &[u8],
+    ) -> Option<Vec<String>> {
+        let upstream_model = t.upstream_model.as_deref().unwrap_or(&t.model);
+        // In flight: from a little before the task was opened until its channel's
+        // timeout (and a margin for clocks) after. Looked at only once that stretch is
+        // over, so that every submission sent in it has its answer or is unconfirmed.
+        let margin = chrono::Duration::seconds(10);
+        let timeout = chrono::Duration::seconds(
+            i64::try_from(channel.timeout_s.clamp(1, 86_400)).unwrap_or(86_400),
+        );
+        if Utc::now() < t.created_at + timeout + margin {
+            return Some(Vec::new());
+        }
+        let listed = seedance::listed_between(
+            body,
+            upstream_model,
+            (
+                (t.created_at - margin).timestamp(),
+                (t.created_at + timeout + margin).timestamp(),
+            ),
+        )?;
+        let known = store_task::known_upstream_ids(&self.db, channel.id, &listed)
+            .await
+            .ok()?;
+        let fresh: Vec<String> = listed
+            .into_iter()
+            .filter(|id| !known.contains(id))
+            .collect();
+        // Any submission whose stretch overlaps this one's could have made that task.
+        let span = timeout + margin + margin;
+        let lost = store_task::unconfirmed_between(
+            &self.db,
+            channel.id,
+            (&t.model, upstream_model),
+            (t.created_at - span, t.created_at + span),
+        )
+        .await
+        .ok()?;
+        match (fresh.len(), lost) {
+            (1, 1) => Some(fresh),
+            (0, _) => Some(Vec::new()),
+            _ => {
+                tracing::warn!(task.id = %t.id, listed = fresh.len(), unconfirmed = lost, "an unconfirmed Ark submission cannot be told apart from others; released at its deadline");
+                Some(Vec::new())
+            }
+        }
     }
 
     /// Ends a task still open at its deadline: released, nothing charged.

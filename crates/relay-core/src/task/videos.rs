@@ -371,6 +371,29 @@ pub fn item_path(upstream_id: &str) -> String {
     format!("/v1/videos/{}", encode_segment(upstream_id))
 }
 
+/// The ids of the videos in an OpenAI video list of `upstream_model` and `prompt`
+/// made at or after `since` (seconds since the epoch), oldest first.
+pub fn listed_like(body: &[u8], prompt: &str, upstream_model: &str, since: i64) -> Vec<String> {
+    let Ok(list) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(i64, String)> = list
+        .get("data")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("prompt").and_then(Value::as_str) == Some(prompt))
+        .filter(|v| v.get("model").and_then(Value::as_str) == Some(upstream_model))
+        .filter_map(|v| {
+            let at = v.get("created_at")?.as_i64()?;
+            let id = v.get("id")?.as_str()?.to_owned();
+            (at >= since).then_some((at, id))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, id)| id).collect()
+}
+
 /// The upstream path of a video's content; of the client's query only `variant` goes.
 pub fn content_path(upstream_id: &str, query: &str) -> String {
     let variant = query
