@@ -12,10 +12,6 @@
 //! - `seedance-refuse`: refuses the submission, 400 `InvalidParameter`;
 //! - `seedance-slow-accept`: takes the task, then answers only after 2 s (an answer
 //!   lost to the client's timeout).
-//!
-//! `GET …/tasks?page_num=&page_size=&filter.model=` lists the tasks, newest first, as
-//! Ark does: `{items: [{id, model, status, created_at, updated_at}], total}` (no
-//! prompt).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,7 +54,6 @@ impl MockArk {
         let (base_url, handle) = crate::mock_server::serve(move |cfg| {
             cfg.app_data(data.clone())
                 .route("/api/v3/contents/generations/tasks", web::post().to(create))
-                .route("/api/v3/contents/generations/tasks", web::get().to(list))
                 .route(
                     "/api/v3/contents/generations/tasks/{id}",
                     web::get().to(retrieve),
@@ -157,27 +152,6 @@ fn accept(state: &Shared, body: Value) -> HttpResponse {
         },
     );
     HttpResponse::Ok().json(json!({ "id": id }))
-}
-
-async fn list(state: Shared, query: web::Query<HashMap<String, String>>) -> HttpResponse {
-    let s = state.lock().unwrap();
-    let model = query.get("filter.model");
-    let mut items: Vec<(&String, &Job)> = s
-        .jobs
-        .iter()
-        .filter(|(_, j)| model.is_none_or(|m| j.body["model"] == m.as_str()))
-        .collect();
-    items.sort_by_key(|(id, j)| (std::cmp::Reverse(j.created_at), std::cmp::Reverse(*id)));
-    let total = items.len();
-    let items: Vec<Value> = items
-        .into_iter()
-        .take(100)
-        .map(|(id, j)| {
-            json!({"id": id, "model": j.body["model"], "status": j.status,
-                "created_at": j.created_at, "updated_at": j.created_at})
-        })
-        .collect();
-    HttpResponse::Ok().json(json!({"items": items, "total": total}))
 }
 
 async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {

@@ -348,15 +348,6 @@ async fn a_kling_submission_whose_answer_was_lost_is_found_by_its_tag_never_sent
     s.app
         .set_price_with("kling-slow-accept", json!({"per_second": 0.1}))
         .await;
-    // Another customer's task on the same upstream account, made just before.
-    let (status, v) = s
-        .call(
-            "POST",
-            "/kling/v1/videos/text2video",
-            Some(json!({"model_name": "kling-v1", "prompt": "someone else's"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
     let (status, v) = s
         .call(
             "POST",
@@ -372,10 +363,26 @@ async fn a_kling_submission_whose_answer_was_lost_is_found_by_its_tag_never_sent
     assert_eq!(v["data"]["task_status"], "submitted", "{v}");
     assert_eq!(v["data"]["task_info"]["external_task_id"], "my-own-42");
     let id = v["data"]["task_id"].as_str().unwrap().to_owned();
-    assert_eq!(s.app.balance(s.user).await, START - 2 * 5 * PER_SECOND);
+    assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
     // Upstream it carries Tollgate's task id, not the client's.
     let (_, sent) = s.kling.submissions().last().unwrap().clone();
     assert_eq!(sent["external_task_id"], json!(id));
+    // Another customer's video on the same account, made just after: the newest in
+    // Kling's list, with its own tag.
+    let (_, other_key) = s.app.customer_with_key("rival", 10.0).await;
+    let resp = s
+        .app
+        .http
+        .post(format!("{}/kling/v1/videos/text2video", s.app.address))
+        .bearer_auth(&other_key)
+        .json(
+            &json!({"model_name": "kling-slow-accept", "prompt": "someone else's",
+            "external_task_id": "my-own-42"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 
     let done = s
         .until_done(&format!("/kling/v1/videos/text2video/{id}"))
@@ -385,8 +392,8 @@ async fn a_kling_submission_whose_answer_was_lost_is_found_by_its_tag_never_sent
     assert_eq!(s.kling.submissions().len(), 2, "never sent again");
     let task = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
     assert_eq!(task.upstream_status.as_deref(), Some("succeed"));
-    // The mock numbers its tasks: the other customer's is …799, this one …800.
-    assert_eq!(task.upstream_task_id.as_deref(), Some("866889456698785800"));
-    assert_eq!(s.app.balance(s.user).await, START - 2 * 5 * PER_SECOND);
+    // The mock numbers its tasks: this one is …799, the other customer's …800.
+    assert_eq!(task.upstream_task_id.as_deref(), Some("866889456698785799"));
+    assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
     s.app.assert_ledger_consistent().await;
 }

@@ -785,6 +785,63 @@ async fn a_submission_whose_answer_was_lost_is_found_upstream_never_sent_again_a
     s.app.assert_ledger_consistent().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lost_submissions_with_one_prompt_are_linked_to_two_different_videos_by_two_instances()
+{
+    let s = setup().await;
+    s.app
+        .add_channel(
+            "sora-slow",
+            &s.sora.base_url,
+            &["sora-slow-accept"],
+            json!({"timeout_s": 1}),
+        )
+        .await;
+    s.app
+        .set_price_with("sora-slow-accept", json!({"per_second": 0.1}))
+        .await;
+    let (other_user, other_key) = s.app.customer_with_key("copycat", 10.0).await;
+    let second = s.app.second_instance().await;
+    let body = json!({"model": "sora-slow-accept", "prompt": "the same words"});
+    let ((a, va), (b, vb)) = tokio::join!(s.create(&s.key, body.clone()), async {
+        let resp = second
+            .http
+            .post(format!("{}/v1/videos", second.address))
+            .bearer_auth(&other_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap())
+    });
+    assert_eq!((a, b), (200, 200), "{va} {vb}");
+    // Both instances poll both; each lost submission is linked to one video, never
+    // both to the same one.
+    let ids = [va["id"].as_str().unwrap(), vb["id"].as_str().unwrap()];
+    let mut linked = Vec::new();
+    for id in ids {
+        let mut task = None;
+        for _ in 0..100 {
+            let t = billing::task::find(&s.app.db, id).await.unwrap().unwrap();
+            if t.state == "succeeded" {
+                task = Some(t);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let task = task.unwrap_or_else(|| panic!("{id} did not finish"));
+        linked.push(task.upstream_task_id.unwrap());
+    }
+    assert_ne!(linked[0], linked[1]);
+    assert_eq!(s.sora.submissions().len(), 2);
+    s.app.settled().await;
+    assert_eq!(s.app.balance(s.user).await, START - 4 * PER_SECOND);
+    assert_eq!(s.app.balance(other_user).await, START - 4 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
+    second.stop().await;
+}
+
 #[tokio::test]
 async fn a_video_model_priced_only_per_image_is_refused_not_served_free() {
     let s = setup().await;

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend,
-    EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
     TransactionTrait,
 };
 use store::entities::{api_key, generation, task, user};
@@ -534,84 +534,73 @@ pub async fn submitted(
     Ok(())
 }
 
+/// Whether a task for `model` other than `id`, opened since `since`, is still being
+/// sent (open, no channel recorded yet): its upstream job may already exist without
+/// Tollgate knowing whose it is.
+pub async fn sending(
+    db: &DatabaseConnection,
+    id: &str,
+    model: &str,
+    since: DateTime<Utc>,
+) -> Result<bool, BillingError> {
+    Ok(task::Entity::find()
+        .filter(task::Column::Id.ne(id))
+        .filter(task::Column::Model.eq(model))
+        .filter(task::Column::ChannelId.is_null())
+        .filter(task::Column::UpstreamTaskId.is_null())
+        .filter(task::Column::State.is_in(OPEN))
+        .filter(task::Column::CreatedAt.gte(since))
+        .one(db)
+        .await?
+        .is_some())
+}
+
 /// Links an open task whose submission went unconfirmed to the upstream task found
 /// to be it (once: only while it has none, and only if no other task of the channel
-/// has that upstream id).
+/// has that upstream id). One statement checks and writes; on Postgres, where two
+/// such statements for different tasks would not see each other, an advisory lock on
+/// the channel and upstream id makes them take turns.
 pub async fn link_upstream(
     db: &DatabaseConnection,
     id: &str,
     channel_id: i64,
     upstream_id: &str,
 ) -> Result<bool, BillingError> {
-    let taken = task::Entity::find()
-        .filter(task::Column::ChannelId.eq(channel_id))
-        .filter(task::Column::UpstreamTaskId.eq(upstream_id))
-        .one(db)
+    let backend = db.get_database_backend();
+    let txn = db.begin().await?;
+    if backend == DbBackend::Postgres {
+        let digest = store::hash_bytes(format!("{channel_id}\n{upstream_id}").as_bytes());
+        let lock = u64::from_str_radix(&digest[..16], 16).unwrap_or(0) as i64;
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT pg_advisory_xact_lock($1)",
+            [lock.into()],
+        ))
         .await?;
-    if taken.is_some() {
-        return Ok(false);
     }
-    let done = task::Entity::update_many()
-        .col_expr(task::Column::UpstreamTaskId, Expr::value(upstream_id))
-        .col_expr(task::Column::UpstreamStatus, Expr::value("reconciled"))
-        .col_expr(
-            task::Column::Version,
-            Expr::col(task::Column::Version).add(1),
-        )
-        .filter(task::Column::Id.eq(id))
-        .filter(task::Column::UpstreamTaskId.is_null())
-        .filter(task::Column::State.is_in(OPEN))
-        .exec(db)
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "UPDATE tasks SET upstream_task_id = $1, upstream_status = 'reconciled', \
+             version = version + 1 WHERE id = $2 AND upstream_task_id IS NULL \
+             AND state IN ('queued', 'in_progress') AND NOT EXISTS \
+             (SELECT 1 FROM tasks o WHERE o.channel_id = $3 AND o.upstream_task_id = $1)"
+        }
+        _ => {
+            "UPDATE tasks SET upstream_task_id = ?1, upstream_status = 'reconciled', \
+             version = version + 1 WHERE id = ?2 AND upstream_task_id IS NULL \
+             AND state IN ('queued', 'in_progress') AND NOT EXISTS \
+             (SELECT 1 FROM tasks o WHERE o.channel_id = ?3 AND o.upstream_task_id = ?1)"
+        }
+    };
+    let done = txn
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [upstream_id.into(), id.into(), channel_id.into()],
+        ))
         .await?;
-    Ok(done.rows_affected == 1)
-}
-
-/// Of `upstream_ids`, those some task of `channel_id` already has.
-pub async fn known_upstream_ids(
-    db: &DatabaseConnection,
-    channel_id: i64,
-    upstream_ids: &[String],
-) -> Result<Vec<String>, BillingError> {
-    if upstream_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let known = task::Entity::find()
-        .filter(task::Column::ChannelId.eq(channel_id))
-        .filter(task::Column::UpstreamTaskId.is_in(upstream_ids.iter().cloned()))
-        .all(db)
-        .await?;
-    Ok(known
-        .into_iter()
-        .filter_map(|t| t.upstream_task_id)
-        .collect())
-}
-
-/// How many open tasks without an upstream id, opened between `from` and `to` for
-/// `model` (or sent as `upstream_model`), went to `channel_id` or are still being sent
-/// (no channel yet): submissions that an upstream task of that model could belong to.
-pub async fn unconfirmed_between(
-    db: &DatabaseConnection,
-    channel_id: i64,
-    (model, upstream_model): (&str, &str),
-    (from, to): (DateTime<Utc>, DateTime<Utc>),
-) -> Result<u64, BillingError> {
-    Ok(task::Entity::find()
-        .filter(
-            Condition::any()
-                .add(task::Column::ChannelId.eq(channel_id))
-                .add(task::Column::ChannelId.is_null()),
-        )
-        .filter(
-            Condition::any()
-                .add(task::Column::Model.eq(model))
-                .add(task::Column::UpstreamModel.eq(upstream_model)),
-        )
-        .filter(task::Column::UpstreamTaskId.is_null())
-        .filter(task::Column::State.is_in(OPEN))
-        .filter(task::Column::CreatedAt.gte(from))
-        .filter(task::Column::CreatedAt.lte(to))
-        .count(db)
-        .await?)
+    txn.commit().await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Takes up to `limit` open tasks due for a poll, for `owner`, until `ttl` from now.

@@ -182,6 +182,12 @@ pub fn parse_native(path: &'static str, body: &[u8]) -> Result<Ask, RelayError> 
     })
 }
 
+/// Whether submissions to `path` carry Tollgate's task id as their `external_task_id`
+/// (Kling's video endpoints take one; its image endpoint documents none).
+pub fn tags(path: &str) -> bool {
+    path.starts_with("/v1/videos/")
+}
+
 /// A Kling submission carrying Tollgate's task id as its `external_task_id`, by which
 /// a submission whose answer was lost is found among the upstream's tasks.
 pub fn tagged(body: &Bytes, task_id: &str) -> Bytes {

@@ -348,10 +348,6 @@ impl TaskEngine {
                 .ok_or_else(|| RelayError::ModelNotPriced(variant.clone()))?;
         }
         pipeline.check_rpm(&caller).await?;
-        pipeline.check_tpm(&caller).await?;
-        // In flight until the upstream has answered the submission (a task then runs
-        // upstream, not here).
-        let _slot = pipeline.take_slot(&caller).await?;
         let mut meta = req.meta.clone();
         if let (Some(base), Some(m)) = (&req.base, meta.as_object_mut()) {
             m.insert("base".into(), serde_json::Value::String(base.clone()));
@@ -371,6 +367,11 @@ impl TaskEngine {
         {
             return Ok(existing);
         }
+        // A retry of a submission already made is answered above whatever the
+        // limits; a new one is refused over the key's tokens per minute, and is in
+        // flight (one of the key's slots) until the upstream has answered it.
+        pipeline.check_tpm(&caller).await?;
+        let _slot = pipeline.take_slot(&caller).await?;
         let key_limited = caller.key.credit_limit.is_some();
         let pricing = Pricing::of(&admitted.price, admitted.multiplier_ppm, &req, key_limited);
         let id = format!("task_{}", uuid::Uuid::now_v7().simple());
@@ -475,7 +476,7 @@ impl TaskEngine {
             tried.push(channel.id);
             let upstream_model = channel.upstream_model(&req.model);
             let mut sub = (req.build)(&channel, &upstream_model, parent_upstream.as_deref());
-            if channel.kind == ChannelKind::Kling {
+            if channel.kind == ChannelKind::Kling && kling::tags(&sub.path) {
                 sub.body = kling::tagged(&sub.body, &opened.id);
             }
             let sub_path = sub.path.clone();
@@ -856,17 +857,19 @@ impl TaskEngine {
     }
 
     /// Looks for an unconfirmed submission among the upstream's recent tasks, where
-    /// the upstream lists them, and links the task to it (never sent again):
-    /// - OpenAI's videos: the oldest of the same model and prompt, made since shortly
-    ///   before the task, that no other task has;
-    /// - Kling: the one carrying the task's id as its `external_task_id` (exact);
-    /// - Ark (Seedance), whose list shows no prompt: the one task of the model made
-    ///   while the submission was in flight, and only when no other submission of
-    ///   the channel and model went unconfirmed around then (two lost at once could
-    ///   be told apart only by guessing, and a guess could hand one tenant's video to
-    ///   another: both are then released at their deadline).
+    /// the upstream lists them in a way that tells it apart, and links the task to it
+    /// (never sent again):
+    /// - OpenAI's videos: the oldest of the same model and prompt, made while the
+    ///   submission could have been in flight, that no other task has; looked for
+    ///   only while no other submission of the model is being sent (its video could
+    ///   be in the list before its answer reaches Tollgate);
+    /// - Kling: the one carrying the task's id as its `external_task_id` (exact).
     ///
-    /// Elsewhere (DashScope, Veo, Midjourney, Suno) the deadline releases the hold.
+    /// Elsewhere the deadline releases the hold. Ark and DashScope list their tasks
+    /// without prompt or tag, so a lost submission could be matched only by model
+    /// and time: a guess that could hand one tenant's video to another (two lost at
+    /// once, two channels on one account, jobs made outside Tollgate). Veo,
+    /// Midjourney and Suno do not list tasks by anything Tollgate sent.
     async fn reconcile(
         &self,
         pipeline: &Pipeline,
@@ -876,11 +879,19 @@ impl TaskEngine {
     ) -> Option<String> {
         let upstream_model = t.upstream_model.as_deref().unwrap_or(&t.model);
         let path = match channel.kind {
-            ChannelKind::OpenAi => "/v1/videos?limit=100&order=desc".to_owned(),
-            ChannelKind::Kling => {
-                kling::list_path(t.upstream_path.as_deref().unwrap_or(kling::ACTIONS[0]))
+            ChannelKind::OpenAi => {
+                let since = Utc::now() - chrono_duration(IN_FLIGHT);
+                if store_task::sending(&self.db, &t.id, &t.model, since)
+                    .await
+                    .unwrap_or(true)
+                {
+                    return None;
+                }
+                "/v1/videos?limit=100&order=desc".to_owned()
             }
-            ChannelKind::Volcengine => seedance::list_path(upstream_model),
+            ChannelKind::Kling if kling::tags(t.upstream_path.as_deref().unwrap_or_default()) => {
+                kling::list_path(t.upstream_path.as_deref().unwrap_or_default())
+            }
             _ => return None,
         };
         let resp = pipeline
@@ -908,11 +919,12 @@ impl TaskEngine {
         .ok()?;
         let candidates = match channel.kind {
             ChannelKind::Kling => kling::find_tagged(&body, &t.id).into_iter().collect(),
-            ChannelKind::Volcengine => self.lone_candidate(channel, t, &body).await?,
             _ => {
                 let meta: serde_json::Value = serde_json::from_str(&t.meta).ok()?;
                 let prompt = meta.get("prompt")?.as_str()?;
-                videos::listed_like(&body, prompt, upstream_model, t.created_at.timestamp() - 10)
+                let made = t.created_at.timestamp();
+                let window = (made - 10, made + IN_FLIGHT.as_secs() as i64);
+                videos::listed_like(&body, prompt, upstream_model, window)
             }
         };
         for id in candidates {
@@ -929,61 +941,6 @@ impl TaskEngine {
             }
         }
         None
-    }
-
-    /// The one Ark task that can only be `t`'s submission: made by the model while
-    /// it was in flight, had by no other task, with no other submission of the same
-    /// channel and model unconfirmed around then.
-    async fn lone_candidate(
-        &self,
-        channel: &ChannelEntry,
-        t: &task::Model,
-        body: &[u8],
-    ) -> Option<Vec<String>> {
-        let upstream_model = t.upstream_model.as_deref().unwrap_or(&t.model);
-        // In flight: from a little before the task was opened until its channel's
-        // timeout (and a margin for clocks) after. Looked at only once that stretch is
-        // over, so that every submission sent in it has its answer or is unconfirmed.
-        let margin = chrono::Duration::seconds(10);
-        let timeout = chrono::Duration::seconds(
-            i64::try_from(channel.timeout_s.clamp(1, 86_400)).unwrap_or(86_400),
-        );
-        if Utc::now() < t.created_at + timeout + margin {
-            return Some(Vec::new());
-        }
-        let listed = seedance::listed_between(
-            body,
-            upstream_model,
-            (
-                (t.created_at - margin).timestamp(),
-                (t.created_at + timeout + margin).timestamp(),
-            ),
-        )?;
-        let known = store_task::known_upstream_ids(&self.db, channel.id, &listed)
-            .await
-            .ok()?;
-        let fresh: Vec<String> = listed
-            .into_iter()
-            .filter(|id| !known.contains(id))
-            .collect();
-        // Any submission whose stretch overlaps this one's could have made that task.
-        let span = timeout + margin + margin;
-        let lost = store_task::unconfirmed_between(
-            &self.db,
-            channel.id,
-            (&t.model, upstream_model),
-            (t.created_at - span, t.created_at + span),
-        )
-        .await
-        .ok()?;
-        match (fresh.len(), lost) {
-            (1, 1) => Some(fresh),
-            (0, _) => Some(Vec::new()),
-            _ => {
-                tracing::warn!(task.id = %t.id, listed = fresh.len(), unconfirmed = lost, "an unconfirmed Ark submission cannot be told apart from others; released at its deadline");
-                Some(Vec::new())
-            }
-        }
     }
 
     /// Ends a task still open at its deadline: released, nothing charged.
@@ -1667,6 +1624,10 @@ pub(crate) fn percent(v: Option<&serde_json::Value>) -> i32 {
     };
     p.map_or(0, |p: f64| p.clamp(0.0, 100.0) as i32)
 }
+
+/// The longest a submission can be in flight (every try on every channel): an
+/// upstream job made later is not a lost submission's.
+const IN_FLIGHT: Duration = Duration::from_secs(600);
 
 /// Tasks asked about in one batched poll.
 pub const BATCH_IDS: usize = 100;

@@ -31,37 +31,6 @@ pub fn item_path(upstream_id: &str) -> String {
     )
 }
 
-/// The upstream path listing the newest tasks of `upstream_model` (one page).
-pub fn list_path(upstream_model: &str) -> String {
-    format!(
-        "{UPSTREAM_PATH}?page_num=1&page_size=100&filter.model={}",
-        super::videos::encode_segment(upstream_model)
-    )
-}
-
-/// The ids of the tasks of `upstream_model` in an Ark task list made between `from`
-/// and `to` (seconds since the epoch); `None` when the list is unreadable.
-pub fn listed_between(
-    body: &[u8],
-    upstream_model: &str,
-    (from, to): (i64, i64),
-) -> Option<Vec<String>> {
-    let list: Value = serde_json::from_slice(body).ok()?;
-    Some(
-        list.get("items")?
-            .as_array()?
-            .iter()
-            .filter(|v| v.get("model").and_then(Value::as_str) == Some(upstream_model))
-            .filter(|v| {
-                v.get("created_at")
-                    .and_then(Value::as_i64)
-                    .is_some_and(|at| (from..=to).contains(&at))
-            })
-            .filter_map(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
-            .collect(),
-    )
-}
-
 /// The largest frame area of a resolution, over the aspect ratios Ark offers (21:9 is
 /// the widest): what a hold assumes.
 fn max_area(resolution: &str) -> i64 {

@@ -372,8 +372,13 @@ pub fn item_path(upstream_id: &str) -> String {
 }
 
 /// The ids of the videos in an OpenAI video list of `upstream_model` and `prompt`
-/// made at or after `since` (seconds since the epoch), oldest first.
-pub fn listed_like(body: &[u8], prompt: &str, upstream_model: &str, since: i64) -> Vec<String> {
+/// made between `from` and `to` (seconds since the epoch), oldest first.
+pub fn listed_like(
+    body: &[u8],
+    prompt: &str,
+    upstream_model: &str,
+    (from, to): (i64, i64),
+) -> Vec<String> {
     let Ok(list) = serde_json::from_slice::<Value>(body) else {
         return Vec::new();
     };
@@ -387,7 +392,7 @@ pub fn listed_like(body: &[u8], prompt: &str, upstream_model: &str, since: i64) 
         .filter_map(|v| {
             let at = v.get("created_at")?.as_i64()?;
             let id = v.get("id")?.as_str()?.to_owned();
-            (at >= since).then_some((at, id))
+            (from..=to).contains(&at).then_some((at, id))
         })
         .collect();
     found.sort();
