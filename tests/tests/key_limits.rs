@@ -64,6 +64,44 @@ async fn chat_at(app: &TestApp, key: &str, model: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// A slow stream by `key` at `app`, its first chunk read (it is in flight).
+async fn slow_stream(
+    app: &TestApp,
+    key: &str,
+) -> impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + use<> {
+    let stream = app
+        .http
+        .post(format!("{}/v1/chat/completions", app.address))
+        .bearer_auth(key)
+        .json(&json!({"model": "slow-stream", "stream": true,
+            "messages": [{"role": "user", "content": "tick"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut body = stream.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    body
+}
+
+/// Calls `call` again (a slot's give-back is asynchronous: a moment) until it is
+/// served; fails when it never is.
+async fn until_served<F, Fut>(call: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let mut status = 0;
+    for _ in 0..50 {
+        status = call().await;
+        if status == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("still refused after a second: {status}");
+}
+
 /// Waits, when the minute is about to turn, for the next one (a test's calls then
 /// fall in one minute window).
 async fn a_fresh_minute() {
@@ -238,36 +276,19 @@ async fn a_key_runs_at_most_its_max_concurrency_requests_at_once_across_instance
     // A stream holds its slot until it ends.
     limit(&s, json!({"max_concurrency": 1})).await;
     until_seen(second, s.key_id, |k| k.max_concurrency == Some(1)).await;
-    let stream = s
-        .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.address))
-        .bearer_auth(&s.key)
-        .json(&json!({"model": "slow-stream", "stream": true,
-            "messages": [{"role": "user", "content": "tick"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
-    let mut body = stream.bytes_stream();
-    body.next().await.unwrap().unwrap();
+    let mut body = slow_stream(&s.app, &s.key).await;
     assert_eq!(chat_at(second, &s.key, "gpt-4o-mini").await.status(), 429);
     while let Some(chunk) = body.next().await {
         chunk.unwrap();
     }
     // Given back when it ended (the release is asynchronous: a moment).
-    let mut status = 0;
-    for _ in 0..50 {
-        status = chat_at(second, &s.key, "gpt-4o-mini")
+    until_served(|| async {
+        chat_at(second, &s.key, "gpt-4o-mini")
             .await
             .status()
-            .as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, 200);
+            .as_u16()
+    })
+    .await;
     s.app.settled().await;
     second.settled().await;
     s.app.assert_ledger_consistent().await;
@@ -376,18 +397,7 @@ async fn a_task_submission_is_refused_over_the_keys_tokens_per_minute_or_concurr
 
     // Its one slot taken by a stream: no video while the stream runs.
     limit(&s, json!({"tpm": null, "max_concurrency": 1})).await;
-    let stream = s
-        .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.address))
-        .bearer_auth(&s.key)
-        .json(&json!({"model": "slow-stream", "stream": true,
-            "messages": [{"role": "user", "content": "tick"}]}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = stream.bytes_stream();
-    body.next().await.unwrap().unwrap();
+    let mut body = slow_stream(&s.app, &s.key).await;
     let (status, retry, v) = submit().await;
     assert_eq!((status, retry), (429, true), "{v}");
     assert_eq!(v["error"]["code"], "rate_limited");
@@ -402,16 +412,7 @@ async fn a_task_submission_is_refused_over_the_keys_tokens_per_minute_or_concurr
     // once the upstream has answered (a moment after: the release is asynchronous),
     // so submissions one after another are each taken.
     for _ in 0..3 {
-        let mut status = 0;
-        for _ in 0..50 {
-            let (st, _, _) = submit().await;
-            status = st;
-            if status == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(status, 200);
+        until_served(|| async { submit().await.0 }).await;
     }
     s.app.assert_ledger_consistent().await;
     s.stop().await;

@@ -324,14 +324,9 @@ async fn a_result_url_that_points_inside_the_network_is_not_fetched() {
     assert_eq!(reqwest::get(url).await.unwrap().status(), 502);
 }
 
-#[tokio::test]
-async fn an_ark_submission_whose_answer_was_lost_is_not_guessed_at_and_its_hold_comes_back_at_the_deadline()
- {
-    let app = spawn_app_with(|c| {
-        c.tasks.allow_private_addresses = true;
-        c.tasks.deadline = Duration::from_secs(6);
-    })
-    .await;
+/// A mock Ark behind a `volcengine` channel serving `seedance-slow-accept` (the mock
+/// answers after 2 s) with a 1 s timeout: every submission's answer is lost.
+async fn slow_ark(app: &TestApp) -> MockArk {
     let ark = MockArk::start().await;
     app.add_channel(
         "ark-slow",
@@ -342,6 +337,18 @@ async fn an_ark_submission_whose_answer_was_lost_is_not_guessed_at_and_its_hold_
     .await;
     app.set_price_with("seedance-slow-accept", json!({"output": 10.0}))
         .await;
+    ark
+}
+
+#[tokio::test]
+async fn an_ark_submission_whose_answer_was_lost_is_not_guessed_at_and_its_hold_comes_back_at_the_deadline()
+ {
+    let app = spawn_app_with(|c| {
+        c.tasks.allow_private_addresses = true;
+        c.tasks.deadline = Duration::from_secs(6);
+    })
+    .await;
+    let ark = slow_ark(&app).await;
     let (user, key) = app.customer_with_key("director", 20.0).await;
     let s = Setup {
         app,
@@ -382,16 +389,7 @@ async fn an_ark_submission_whose_answer_was_lost_is_not_guessed_at_and_its_hold_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_upstream_task_is_linked_to_one_lost_submission_even_when_two_pollers_try_at_once() {
     let app = spawn_app_with(|c| c.tasks.allow_private_addresses = true).await;
-    let ark = MockArk::start().await;
-    app.add_channel(
-        "ark-slow",
-        &ark.base_url,
-        &["seedance-slow-accept"],
-        json!({"type": "volcengine", "keys": ["ark-secret-key-5678"], "timeout_s": 1}),
-    )
-    .await;
-    app.set_price_with("seedance-slow-accept", json!({"output": 10.0}))
-        .await;
+    let _ark = slow_ark(&app).await;
     let mut lost = Vec::new();
     for name in ["first", "second", "third", "fourth"] {
         let (_, key) = app.customer_with_key(name, 20.0).await;

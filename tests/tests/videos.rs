@@ -98,6 +98,22 @@ impl Setup {
         panic!("video {id} did not finish within 10 s");
     }
 
+    /// A channel serving `sora-slow-accept` (the mock answers after 2 s) with a 1 s
+    /// timeout: every submission's answer is lost.
+    async fn slow_channel(&self) {
+        self.app
+            .add_channel(
+                "sora-slow",
+                &self.sora.base_url,
+                &["sora-slow-accept"],
+                json!({"timeout_s": 1}),
+            )
+            .await;
+        self.app
+            .set_price_with("sora-slow-accept", json!({"per_second": 0.1}))
+            .await;
+    }
+
     /// The user's ledger as (kind, amount, reference).
     async fn ledger(&self) -> Vec<(String, i64, Option<String>)> {
         self.app
@@ -753,17 +769,7 @@ async fn a_request_that_could_be_read_as_a_longer_or_dearer_video_is_refused_unh
 #[tokio::test]
 async fn a_submission_whose_answer_was_lost_is_found_upstream_never_sent_again_and_charged_once() {
     let s = setup().await;
-    s.app
-        .add_channel(
-            "sora-slow",
-            &s.sora.base_url,
-            &["sora-slow-accept"],
-            json!({"timeout_s": 1}),
-        )
-        .await;
-    s.app
-        .set_price_with("sora-slow-accept", json!({"per_second": 0.1}))
-        .await;
+    s.slow_channel().await;
     let (status, v) = s
         .create(
             &s.key,
@@ -789,17 +795,7 @@ async fn a_submission_whose_answer_was_lost_is_found_upstream_never_sent_again_a
 async fn two_lost_submissions_with_one_prompt_are_linked_to_two_different_videos_by_two_instances()
 {
     let s = setup().await;
-    s.app
-        .add_channel(
-            "sora-slow",
-            &s.sora.base_url,
-            &["sora-slow-accept"],
-            json!({"timeout_s": 1}),
-        )
-        .await;
-    s.app
-        .set_price_with("sora-slow-accept", json!({"per_second": 0.1}))
-        .await;
+    s.slow_channel().await;
     let (other_user, other_key) = s.app.customer_with_key("copycat", 10.0).await;
     let second = s.app.second_instance().await;
     let body = json!({"model": "sora-slow-accept", "prompt": "the same words"});
