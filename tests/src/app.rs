@@ -76,7 +76,11 @@ fn secrets_in(sent: Option<&Value>, got: &Value) -> Vec<String> {
     let mut found = Vec::new();
     if let Some(body) = sent {
         if let Some(keys) = body.get("keys").and_then(Value::as_array) {
-            found.extend(keys.iter().filter_map(|k| k.as_str().map(str::to_owned)));
+            for key in keys.iter().filter_map(Value::as_str) {
+                found.push(key.to_owned());
+                // A key of two halves (Kling's `access_key|secret_key`): each alone too.
+                found.extend(key.split('|').map(str::to_owned));
+            }
         }
         for field in ["password", "new_password", "key"] {
             if let Some(p) = body.get(field).and_then(Value::as_str) {

@@ -684,6 +684,8 @@ async fn a_new_key_is_shown_once_works_and_can_be_limited_disabled_and_deleted()
             &[
                 ("name", "console key"),
                 ("rpm", "30"),
+                ("tpm", "5000"),
+                ("max_concurrency", "2"),
                 ("models", "gpt-4o-mini"),
             ],
         )
@@ -704,14 +706,19 @@ async fn a_new_key_is_shown_once_works_and_can_be_limited_disabled_and_deleted()
     );
 
     let (_, keys) = s.app.api("GET", "/api/keys", &s.customer_token, None).await;
-    let id = keys["items"]
+    let made = keys["items"]
         .as_array()
         .unwrap()
         .iter()
         .find(|k| k["name"] == "console key")
-        .unwrap()["id"]
-        .as_i64()
-        .unwrap();
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (made["tpm"].clone(), made["max_concurrency"].clone()),
+        (json!(5000), json!(2)),
+        "{made}"
+    );
+    let id = made["id"].as_i64().unwrap();
     let limited = alice
         .post(
             &format!("/console/keys/{id}"),
@@ -722,6 +729,8 @@ async fn a_new_key_is_shown_once_works_and_can_be_limited_disabled_and_deleted()
                 ("models", ""),
                 ("allow_ips", "127.0.0.1"),
                 ("rpm", ""),
+                ("tpm", "900"),
+                ("max_concurrency", ""),
             ],
         )
         .await;
@@ -739,6 +748,8 @@ async fn a_new_key_is_shown_once_works_and_can_be_limited_disabled_and_deleted()
     assert_eq!(k["models"], serde_json::Value::Null);
     assert_eq!(k["allow_ips"], json!(["127.0.0.1"]));
     assert_eq!(k["rpm"], serde_json::Value::Null);
+    assert_eq!(k["tpm"], 900);
+    assert_eq!(k["max_concurrency"], serde_json::Value::Null);
     assert!(
         k["expires_at"]
             .as_str()

@@ -487,10 +487,40 @@ async fn the_csv_export_has_every_row_of_the_logs_in_order_with_six_decimal_cred
     let body = &rows[1..];
     assert_eq!(body.len(), api_rows.len(), "one CSV row per log row");
     assert_eq!(body.len(), 1_204);
+    // Every column against the same row of /api/logs (text as the CSV writes it).
+    let text_of = |v: &Value| match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let same = [
+        (0, "id"),
+        (1, "created_at"),
+        (2, "user_id"),
+        (3, "key_id"),
+        (4, "model"),
+        (5, "channel_id"),
+        (6, "provider_name"),
+        (7, "endpoint"),
+        (8, "status"),
+        (9, "status_code"),
+        (10, "streamed"),
+        (11, "tokens_prompt"),
+        (12, "tokens_completion"),
+        (13, "native_tokens_cached"),
+        (14, "native_tokens_reasoning"),
+        (17, "latency"),
+    ];
     for (csv, api) in body.iter().zip(&api_rows) {
-        assert_eq!(csv[0], api["id"].as_str().unwrap());
-        assert_eq!(csv[2], api["user_id"].to_string());
-        assert_eq!(csv[8], api["status"].as_str().unwrap());
+        assert_eq!(csv.len(), 19, "{csv:?}");
+        for (column, field) in same {
+            assert_eq!(
+                csv[column],
+                text_of(&api[field]),
+                "{field} of {}",
+                api["id"]
+            );
+        }
         let micros = (api["total_cost"].as_f64().unwrap() * 1e6).round() as i64;
         assert_eq!(
             csv[16],

@@ -259,13 +259,43 @@ impl Gateway {
     }
 }
 
+/// Secrets the binary tests hand a gateway (besides customer keys, found by shape).
+const SECRETS: [&str; 5] = [
+    ROOT_PASSWORD,
+    SECRET_KEY,
+    "sk-upstream-secret-1234",
+    "sk-dead-upstream-key-5678",
+    "mj-crash-secret",
+];
+
+/// The first secret written in `log`: one of [`SECRETS`], or a customer key (`sk-`
+/// and 48 letters and digits).
+fn secret_in(log: &str) -> Option<String> {
+    if let Some(s) = SECRETS.iter().find(|s| log.contains(*s)) {
+        return Some((*s).to_owned());
+    }
+    log.match_indices("sk-").find_map(|(at, _)| {
+        let tail: String = log[at + 3..]
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        (tail.len() >= 48).then(|| format!("sk-{tail}"))
+    })
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             eprintln!("----- {} -----\n{log}", self.log.display());
+        } else if let Some(secret) = secret_in(&log) {
+            panic!(
+                "a secret ({}…) is in the gateway's log {}",
+                &secret[..secret.len().min(6)],
+                self.log.display()
+            );
         }
     }
 }
