@@ -1,4 +1,5 @@
-//! A mock Volcengine Ark (Seedance) upstream, shaped like the real one:
+//! A mock Volcengine Ark (Seedance) upstream, shaped like the real one (every call but
+//! storage needs `Authorization: Bearer` [`KEY`], else 401):
 //! `POST /api/v3/contents/generations/tasks` answers `{id}` (`cgt-…`); each
 //! `GET …/tasks/{id}` moves the job on (`queued`, `running`, then `succeeded` with
 //! `content.video_url` on the mock's own storage, `usage.completion_tokens` as Ark
@@ -9,6 +10,8 @@
 //! - anything else: succeeds on the second poll (a prompt saying "keep going" runs
 //!   for forty polls);
 //! - `seedance-fail`: fails on the second poll (`OutputVideoSensitiveContentDetected`);
+//! - `seedance-flaky`: polls answer 429, then 500, then an unknown status twice, then
+//!   run as usual;
 //! - `seedance-refuse`: refuses the submission, 400 `InvalidParameter`;
 //! - `seedance-slow-accept`: takes the task, then answers only after 2 s (an answer
 //!   lost to the client's timeout).
@@ -19,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
+use crate::mock_server::{Flaky, flaky, timeline};
 use crate::mock_sora::content_bytes;
 
 #[derive(Clone, Debug)]
@@ -114,7 +118,28 @@ fn flag<'a>(text: &'a str, names: &[&str]) -> Option<&'a str> {
         .map(|w| w[1])
 }
 
-async fn create(state: Shared, body: web::Json<Value>) -> HttpResponse {
+/// The key the mock accepts, as Ark takes it: `Authorization: Bearer <key>`.
+pub const KEY: &str = "ark-secret-key-5678";
+
+/// `None` when the request carries the key; else Ark's 401.
+fn denied(req: &HttpRequest) -> Option<HttpResponse> {
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    (bearer != Some(&format!("Bearer {KEY}"))).then(|| {
+        error(
+            401,
+            "AuthenticationError",
+            "the API key in the request is missing or invalid",
+        )
+    })
+}
+
+async fn create(state: Shared, req: HttpRequest, body: web::Json<Value>) -> HttpResponse {
+    if let Some(d) = denied(&req) {
+        return d;
+    }
     let body = body.into_inner();
     let slow = body["model"] == "seedance-slow-accept";
     let answer = accept(&state, body);
@@ -154,7 +179,10 @@ fn accept(state: &Shared, body: Value) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "id": id }))
 }
 
-async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
+async fn retrieve(state: Shared, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    if let Some(d) = denied(&req) {
+        return d;
+    }
     let mut s = state.lock().unwrap();
     let base = s.base.clone();
     let signature = s.signature.clone();
@@ -175,11 +203,33 @@ async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
         "720p" => (1280, 720),
         _ => (1920, 1080),
     };
+    let model = job.body["model"].as_str().unwrap_or_default().to_owned();
     if job.status != "cancelled" {
         job.polls += 1;
+        match flaky(&model, job.polls) {
+            Some(Flaky::TooMany) => {
+                return error(
+                    429,
+                    "RateLimitExceeded.EndpointRPMExceeded",
+                    "Too many requests",
+                );
+            }
+            Some(Flaky::Broken) => {
+                return error(
+                    500,
+                    "InternalServiceError",
+                    "The service encountered an error",
+                );
+            }
+            Some(Flaky::Unknown) => {
+                return HttpResponse::Ok().json(json!({"id": path.as_str(), "model": model,
+                    "status": "pondering", "created_at": job.created_at, "updated_at": job.created_at}));
+            }
+            None => {}
+        }
         // "keep going" in the prompt: a long job, running for a good while.
         let long = text.contains("keep going");
-        job.status = match (job.polls, job.body["model"].as_str()) {
+        job.status = match (timeline(&model, job.polls), job.body["model"].as_str()) {
             (1, _) => "queued",
             (2, _) => "running",
             (3..=40, _) if long => "running",
@@ -206,7 +256,10 @@ async fn retrieve(state: Shared, path: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok().json(out)
 }
 
-async fn cancel(state: Shared, path: web::Path<String>) -> HttpResponse {
+async fn cancel(state: Shared, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    if let Some(d) = denied(&req) {
+        return d;
+    }
     let mut s = state.lock().unwrap();
     match s.jobs.get_mut(path.as_str()) {
         Some(job) if job.status == "queued" => {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use crate::mock_sora::content_bytes;
+use crate::mock_server::{Flaky, flaky, timeline};
 
 /// The key the mock accepts.
 pub const KEY: &str = "ds-key";
@@ -130,7 +130,20 @@ async fn query(state: Shared, req: HttpRequest, path: web::Path<String>) -> Http
     }
     *polls += 1;
     let video = route.contains("video-generation");
-    let out = match (*polls, body["model"].as_str()) {
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    match flaky(&model, *polls) {
+        Some(Flaky::TooMany) => {
+            return error(429, "Throttling.RateQuota", "Requests rate limit exceeded.");
+        }
+        Some(Flaky::Broken) => return error(500, "InternalError", "An internal error occured."),
+        Some(Flaky::Unknown) => {
+            return HttpResponse::Ok().json(
+                json!({"request_id": "r", "output": {"task_id": id, "task_status": "HIBERNATING"}}),
+            );
+        }
+        None => {}
+    }
+    let out = match (timeline(&model, *polls), body["model"].as_str()) {
         (1, _) => json!({"request_id": "r", "output": {"task_id": id, "task_status": "PENDING"}}),
         (2, _) => json!({"request_id": "r", "output": {"task_id": id, "task_status": "RUNNING"}}),
         (_, Some("wan-fail")) => {
@@ -174,8 +187,11 @@ async fn cancel(state: Shared, req: HttpRequest, path: web::Path<String>) -> Htt
     }
 }
 
-async fn oss() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(("content-type", "video/mp4"))
-        .body(content_bytes())
+async fn oss(req: HttpRequest) -> HttpResponse {
+    let kind = if req.path().ends_with(".png") {
+        "image/png"
+    } else {
+        "video/mp4"
+    };
+    crate::mock_server::ranged_content(&req, kind)
 }

@@ -9,6 +9,8 @@
 //! - `kling-fail`: fails on the second query (`task_status_msg`);
 //! - `kling-refuse`: refused at once, 400 `{code:1301}` (content policy);
 //! - `kling-busy`: refused with HTTP 200 and `{code:1303}` (over the concurrency limit);
+//! - `kling-flaky`: polls answer 429, then 500, then an unknown status word twice,
+//!   then run as usual;
 //! - `kling-slow-accept`: takes the task, then answers only after 2 s (an answer lost
 //!   to the client's timeout).
 //!
@@ -21,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use crate::mock_sora::content_bytes;
+use crate::mock_server::{Flaky, flaky, timeline};
 
 /// The access key and secret key the mock accepts.
 pub const ACCESS_KEY: &str = "kling-ak-123";
@@ -207,7 +209,24 @@ async fn query(
     *polls += 1;
     let now = chrono::Utc::now().timestamp_millis();
     let mut data = json!({"task_id": id, "created_at": now, "updated_at": now});
-    match (*polls, body["model_name"].as_str()) {
+    let model = body["model_name"].as_str().unwrap_or_default().to_owned();
+    match flaky(&model, *polls) {
+        Some(Flaky::TooMany) => {
+            return HttpResponse::TooManyRequests().json(
+                json!({"code": 1302, "message": "request rate over limit", "request_id": ""}),
+            );
+        }
+        Some(Flaky::Broken) => {
+            return HttpResponse::InternalServerError()
+                .json(json!({"code": 5000, "message": "server internal error", "request_id": ""}));
+        }
+        Some(Flaky::Unknown) => {
+            data["task_status"] = json!("rendering_elsewhere");
+            return HttpResponse::Ok().json(envelope(0, "SUCCEED", data));
+        }
+        None => {}
+    }
+    match (timeline(&model, *polls), body["model_name"].as_str()) {
         (1, _) => data["task_status"] = json!("processing"),
         (_, Some("kling-fail")) => {
             data["task_status"] = json!("failed");
@@ -231,7 +250,10 @@ async fn cdn(state: Shared, req: HttpRequest) -> HttpResponse {
     if req.headers().contains_key("authorization") {
         state.lock().unwrap().cdn_auth_seen = true;
     }
-    HttpResponse::Ok()
-        .insert_header(("content-type", "video/mp4"))
-        .body(content_bytes())
+    let kind = if req.path().ends_with(".png") {
+        "image/png"
+    } else {
+        "video/mp4"
+    };
+    crate::mock_server::ranged_content(&req, kind)
 }

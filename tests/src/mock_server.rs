@@ -48,3 +48,57 @@ pub fn ranged_content(req: &actix_web::HttpRequest, content_type: &str) -> actix
             .body(bytes),
     }
 }
+
+/// How a job whose model ends in `-flaky` answers a poll: 429, then 500, then a status
+/// word no upstream documents for two polls; after those [`FLAKY_POLLS`] its own
+/// timeline runs as usual ([`timeline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaky {
+    TooMany,
+    Broken,
+    Unknown,
+}
+
+/// Polls a flaky job spends failing or unknown before its own timeline.
+pub const FLAKY_POLLS: u32 = 4;
+
+/// What poll `polls` (from 1) of a job of `model` should be, when it is flaky.
+pub fn flaky(model: &str, polls: u32) -> Option<Flaky> {
+    if !model.ends_with("-flaky") {
+        return None;
+    }
+    match polls {
+        1 => Some(Flaky::TooMany),
+        2 => Some(Flaky::Broken),
+        3 | 4 => Some(Flaky::Unknown),
+        _ => None,
+    }
+}
+
+/// The poll a job of `model` is at on its own timeline (a flaky job's first
+/// [`FLAKY_POLLS`] do not count).
+pub fn timeline(model: &str, polls: u32) -> u32 {
+    if model.ends_with("-flaky") {
+        polls.saturating_sub(FLAKY_POLLS)
+    } else {
+        polls
+    }
+}
+
+/// Fetches `url` (a signed Tollgate result URL) for its first ten bytes and checks that
+/// the range came back as the storage sent it: 206, `Content-Range`, those bytes.
+pub async fn assert_served_in_ranges(url: &str) {
+    let all = crate::mock_sora::content_bytes();
+    let resp = reqwest::Client::new()
+        .get(url)
+        .header("range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206, "{url}");
+    assert_eq!(
+        resp.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 0-9/{}", all.len())
+    );
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), all[..10].to_vec());
+}

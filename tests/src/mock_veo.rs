@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use crate::mock_sora::content_bytes;
+use crate::mock_server::{Flaky, flaky, timeline};
 
 /// The key the mock accepts.
 pub const KEY: &str = "veo-key";
@@ -109,7 +109,20 @@ async fn operation(
     };
     *polls += 1;
     let name = format!("models/{model}/operations/{id}");
-    if *polls == 1 {
+    match flaky(&model, *polls) {
+        Some(Flaky::TooMany) => {
+            return HttpResponse::TooManyRequests().json(json!({"error": {"code": 429,
+                "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED"}}));
+        }
+        Some(Flaky::Broken) => {
+            return HttpResponse::InternalServerError().json(json!({"error": {"code": 500,
+                "message": "An internal error has occurred.", "status": "INTERNAL"}}));
+        }
+        // An operation has no status word: still running is all it can say.
+        Some(Flaky::Unknown) => return HttpResponse::Ok().json(json!({ "name": name })),
+        None => {}
+    }
+    if timeline(&model, *polls) == 1 {
         return HttpResponse::Ok().json(json!({ "name": name }));
     }
     let out = match model.as_str() {
@@ -136,7 +149,5 @@ async fn file(req: HttpRequest) -> HttpResponse {
     if let Some(d) = denied(&req) {
         return d;
     }
-    HttpResponse::Ok()
-        .insert_header(("content-type", "video/mp4"))
-        .body(content_bytes())
+    crate::mock_server::ranged_content(&req, "video/mp4")
 }

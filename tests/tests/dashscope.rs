@@ -33,12 +33,12 @@ async fn setup() -> Setup {
             &app.root_token,
             Some(
                 json!({"name": "wan", "type": "dashscope", "base_url": ds.base_url, "keys": [KEY],
-                "models": ["wan2.2-t2v-plus", "wan-fail", "wan-refuse", "wanx2.1-t2i-turbo"]}),
+                "models": ["wan2.2-t2v-plus", "wan-fail", "wan-refuse", "wanx2.1-t2i-turbo", "wan-flaky"]}),
             ),
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    for model in ["wan2.2-t2v-plus", "wan-fail", "wan-refuse"] {
+    for model in ["wan2.2-t2v-plus", "wan-fail", "wan-refuse", "wan-flaky"] {
         app.set_price_with(model, json!({"per_second": 0.1})).await;
     }
     app.set_price_with("wanx2.1-t2i-turbo", json!({"per_image": 0.05}))
@@ -300,5 +300,26 @@ async fn a_resolution_with_a_price_of_its_own_is_held_and_charged_at_that_price(
         s.until_done(&id).await["output"]["task_status"],
         "SUCCEEDED"
     );
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn polls_that_fail_or_say_an_unknown_word_keep_a_wan_task_open_then_it_is_charged_once_and_served_in_ranges()
+ {
+    let s = setup().await;
+    let (status, v) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan-flaky", "input": {"prompt": "a kite"}, "parameters": {"duration": 5}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["output"]["task_id"].as_str().unwrap().to_owned();
+    let done = s.until_done(&id).await;
+    assert_eq!(done["output"]["task_status"], "SUCCEEDED", "{done}");
+    assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
+    let url = done["output"]["video_url"].as_str().unwrap();
+    tollgate_tests::mock_server::assert_served_in_ranges(url).await;
     s.app.assert_ledger_consistent().await;
 }

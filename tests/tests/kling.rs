@@ -31,12 +31,18 @@ async fn setup() -> Setup {
             Some(
                 json!({"name": "kling", "type": "kling", "base_url": kling.base_url,
                 "keys": [format!("{ACCESS_KEY}|{SECRET_KEY}")],
-                "models": ["kling-v1", "kling-fail", "kling-refuse", "kling-busy", "kling-v1-image"]}),
+                "models": ["kling-v1", "kling-fail", "kling-refuse", "kling-busy", "kling-v1-image", "kling-flaky"]}),
             ),
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    for model in ["kling-v1", "kling-fail", "kling-refuse", "kling-busy"] {
+    for model in [
+        "kling-v1",
+        "kling-fail",
+        "kling-refuse",
+        "kling-busy",
+        "kling-flaky",
+    ] {
         app.set_price_with(model, json!({"per_second": 0.1})).await;
     }
     app.set_price_with("kling-v1-image", json!({"per_image": 0.05}))
@@ -331,6 +337,7 @@ async fn a_kling_callback_gets_the_bare_task_with_signed_result_urls_from_tollga
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the callback was not called within 10 s");
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -395,5 +402,31 @@ async fn a_kling_submission_whose_answer_was_lost_is_found_by_its_tag_never_sent
     // The mock numbers its tasks: this one is …799, the other customer's …800.
     assert_eq!(task.upstream_task_id.as_deref(), Some("866889456698785799"));
     assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn polls_that_fail_or_say_an_unknown_word_keep_a_kling_task_open_then_it_is_charged_once_and_served_in_ranges()
+ {
+    let s = setup().await;
+    let (status, v) = s
+        .call(
+            "POST",
+            "/kling/v1/videos/text2video",
+            Some(json!({"model_name": "kling-flaky", "prompt": "bumpy road", "duration": "5"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["data"]["task_id"].as_str().unwrap().to_owned();
+    // 429, 500 and an unknown word on the way: open all along, then done, once.
+    let done = s
+        .until_done(&format!("/kling/v1/videos/text2video/{id}"))
+        .await;
+    assert_eq!(done["data"]["task_status"], "succeed", "{done}");
+    assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
+    let url = done["data"]["task_result"]["videos"][0]["url"]
+        .as_str()
+        .unwrap();
+    tollgate_tests::mock_server::assert_served_in_ranges(url).await;
     s.app.assert_ledger_consistent().await;
 }

@@ -321,6 +321,7 @@ async fn another_tenant_sees_none_of_a_midjourney_task_and_cannot_act_on_it() {
         .await
         .unwrap();
     assert_eq!(image.status(), 200);
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -403,6 +404,7 @@ async fn an_unknown_status_keeps_the_task_open_and_its_hold_held() {
     let t = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
     assert_eq!(t.state, "queued");
     assert_eq!(t.upstream_status.as_deref(), Some("PAUSED"));
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -602,6 +604,7 @@ async fn a_notify_hook_gets_the_final_task_with_a_signed_image_url() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the hook was not called within 10 s");
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -800,6 +803,7 @@ async fn a_turbo_prompt_is_priced_on_its_own_or_refused() {
     let upscaled = s.until_done(&up).await;
     assert_eq!(s.app.balance(s.user).await, START - 200_000 - UPSCALE);
     assert_eq!(upscaled["description"], format!("/upscale {up}"));
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -847,4 +851,5 @@ async fn a_finished_task_records_what_its_channel_pays_upstream_and_a_failed_one
         .clone();
     assert_eq!(row["requests"], 1, "{margin}");
     assert_eq!(row["margin"], 0.065);
+    s.app.assert_ledger_consistent().await;
 }

@@ -37,12 +37,17 @@ async fn setup_with(allow_private: bool) -> Setup {
             Some(
                 json!({"name": "ark", "type": "volcengine", "base_url": ark.base_url,
                 "keys": ["ark-secret-key-5678"],
-                "models": ["seedance-pro", "seedance-fail", "seedance-refuse"]}),
+                "models": ["seedance-pro", "seedance-fail", "seedance-refuse", "seedance-flaky"]}),
             ),
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    for model in ["seedance-pro", "seedance-fail", "seedance-refuse"] {
+    for model in [
+        "seedance-pro",
+        "seedance-fail",
+        "seedance-refuse",
+        "seedance-flaky",
+    ] {
         app.set_price_with(model, json!({"output": 10.0})).await;
     }
     let (user, key) = app.customer_with_key("director", 20.0).await;
@@ -322,6 +327,7 @@ async fn a_result_url_that_points_inside_the_network_is_not_fetched() {
     assert_eq!(done["status"], "succeeded", "{done}");
     let url = done["content"]["video_url"].as_str().unwrap();
     assert_eq!(reqwest::get(url).await.unwrap().status(), 502);
+    s.app.assert_ledger_consistent().await;
 }
 
 /// A mock Ark behind a `volcengine` channel serving `seedance-slow-accept` (the mock
@@ -421,4 +427,21 @@ async fn one_upstream_task_is_linked_to_one_lost_submission_even_when_two_poller
         assert_eq!(linked.iter().filter(|l| **l).count(), 1, "{linked:?}");
     }
     app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn polls_that_fail_or_say_an_unknown_word_keep_a_seedance_task_open_then_it_is_charged_once()
+{
+    let s = setup().await;
+    let body = json!({"model": "seedance-flaky",
+        "content": [{"type": "text", "text": "a bumpy road --rs 720p --dur 5"}]});
+    let (status, v) = s.call("POST", PATH, &s.key, Some(body)).await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let done = s.until_done(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(s.app.balance(s.user).await, START - MADE_720P_5S);
+    let url = done["content"]["video_url"].as_str().unwrap();
+    tollgate_tests::mock_server::assert_served_in_ranges(url).await;
+    s.app.assert_ledger_consistent().await;
 }

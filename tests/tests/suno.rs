@@ -193,6 +193,7 @@ async fn lyrics_are_charged_at_their_own_price_and_read_as_text() {
         (400, json!("invalid_request")),
         "{v}"
     );
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -242,6 +243,7 @@ async fn an_unknown_suno_status_keeps_the_song_open_and_held() {
         "{v}"
     );
     assert_eq!(s.app.balance(s.user).await, START - MUSIC);
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ async fn setup() -> Setup {
             &app.root_token,
             Some(
                 json!({"name": "veo", "type": "gemini", "base_url": veo.base_url, "keys": [KEY],
-                "models": ["veo-3.0-generate-001", "veo-filtered", "veo-fail", "veo-partial"]}),
+                "models": ["veo-3.0-generate-001", "veo-filtered", "veo-fail", "veo-partial", "veo-flaky"]}),
             ),
         )
         .await;
@@ -40,6 +40,7 @@ async fn setup() -> Setup {
         "veo-filtered",
         "veo-fail",
         "veo-partial",
+        "veo-flaky",
     ] {
         app.set_price_with(model, json!({"per_second": 0.1})).await;
     }
@@ -257,5 +258,27 @@ async fn a_veo_operation_with_some_videos_filtered_is_charged_for_the_videos_del
         .len();
     assert_eq!(samples, 2, "{done}");
     assert_eq!(s.app.balance(s.user).await, START - 12 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn operation_polls_that_fail_keep_a_veo_task_open_then_it_is_charged_once_and_served_in_ranges()
+ {
+    let s = setup().await;
+    let (status, op) = s
+        .call(
+            "POST",
+            "/v1beta/models/veo-flaky:predictLongRunning",
+            Some(json!({"instances": [{"prompt": "rain"}], "parameters": {"durationSeconds": 8}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{op}");
+    let name = op["name"].as_str().unwrap().to_owned();
+    let done = s.until_done(&name).await;
+    let uri = done["response"]["generateVideoResponse"]["generatedSamples"][0]["video"]["uri"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{done}"));
+    assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    tollgate_tests::mock_server::assert_served_in_ranges(uri).await;
     s.app.assert_ledger_consistent().await;
 }

@@ -340,6 +340,7 @@ async fn a_video_that_costs_more_than_the_balance_is_refused_before_it_is_sent()
     assert_eq!(body["error"]["code"], "insufficient_quota");
     assert!(s.sora.submissions().is_empty());
     assert_eq!(s.app.balance(poor).await, 500_000);
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -431,6 +432,7 @@ async fn content_streams_from_the_upstream_with_ranges_and_variants() {
     assert_eq!(thumb.headers()["content-type"], "image/webp");
     // Reading content costs nothing more.
     assert_eq!(s.app.balance(s.user).await, START - 4 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -704,6 +706,7 @@ async fn a_webhook_gets_the_finished_video_from_tollgate_and_never_reaches_the_u
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the webhook was not called within 10 s");
+    app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -723,6 +726,7 @@ async fn a_webhook_to_an_internal_address_is_refused_before_anything_is_held() {
     }
     assert!(s.sora.submissions().is_empty());
     assert_eq!(s.app.balance(s.user).await, START);
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -764,6 +768,7 @@ async fn a_request_that_could_be_read_as_a_longer_or_dearer_video_is_refused_unh
     let (_, sent) = s.sora.submissions().last().unwrap().clone();
     assert_eq!(sent["seconds"], "8");
     assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -986,4 +991,5 @@ async fn a_webhook_that_fails_is_tried_again_from_the_database_until_it_answers(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the webhook was not delivered within 15 s");
+    app.assert_ledger_consistent().await;
 }
