@@ -701,12 +701,12 @@ async fn a_webhook_gets_the_finished_video_from_tollgate_and_never_reaches_the_u
             assert_eq!(v["status"], "completed");
             assert!(!v.to_string().contains("hook"), "{v}");
             handle.stop(false).await;
+            app.assert_ledger_consistent().await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the webhook was not called within 10 s");
-    app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
@@ -986,10 +986,10 @@ async fn a_webhook_that_fails_is_tried_again_from_the_database_until_it_answers(
             tokio::time::sleep(Duration::from_millis(600)).await;
             assert_eq!(calls.load(Ordering::SeqCst), 3);
             handle.stop(false).await;
+            app.assert_ledger_consistent().await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the webhook was not delivered within 15 s");
-    app.assert_ledger_consistent().await;
 }
