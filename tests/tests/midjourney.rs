@@ -599,12 +599,12 @@ async fn a_notify_hook_gets_the_final_task_with_a_signed_image_url() {
             );
             assert_eq!(reqwest::get(url).await.unwrap().status(), 200);
             handle.stop(false).await;
+            s.app.assert_ledger_consistent().await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the hook was not called within 10 s");
-    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
