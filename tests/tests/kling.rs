@@ -332,12 +332,12 @@ async fn a_kling_callback_gets_the_bare_task_with_signed_result_urls_from_tollga
             );
             assert_eq!(reqwest::get(url).await.unwrap().status(), 200);
             handle.stop(false).await;
+            s.app.assert_ledger_consistent().await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the callback was not called within 10 s");
-    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]
