@@ -323,3 +323,52 @@ async fn polls_that_fail_or_say_an_unknown_word_keep_a_wan_task_open_then_it_is_
     tollgate_tests::mock_server::assert_served_in_ranges(url).await;
     s.app.assert_ledger_consistent().await;
 }
+
+#[tokio::test]
+async fn a_wan_video_that_costs_more_than_the_balance_is_refused_with_402_and_never_sent() {
+    let s = setup().await;
+    let (poor, key) = s.app.customer_with_key("short-of-credits", 0.2).await;
+    let resp = s
+        .app
+        .http
+        .post(format!("{}{VIDEO}", s.app.address))
+        .bearer_auth(&key)
+        .header("x-dashscope-async", "enable")
+        .json(&json!({"model": "wan2.2-t2v-plus", "input": {"prompt": "too long"}, "parameters": {"duration": 10}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 402);
+    assert!(s.ds.submissions().is_empty());
+    assert_eq!(s.app.balance(poor).await, 200_000);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_wan_image_to_image_edit_goes_to_its_own_path_and_is_charged_per_image_made() {
+    let s = setup().await;
+    let (status, v) = s
+        .call(
+            "POST",
+            "/api/v1/services/aigc/image2image/image-synthesis",
+            Some(json!({"model": "wanx2.1-t2i-turbo",
+                "input": {"function": "stylization_all", "prompt": "as a watercolour",
+                    "base_image_url": "https://example.com/photo.png"},
+                "parameters": {"n": 2}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (path, sent) = s.ds.submissions().last().unwrap().clone();
+    assert_eq!(path, "/api/v1/services/aigc/image2image/image-synthesis");
+    assert_eq!(
+        sent["input"]["base_image_url"],
+        "https://example.com/photo.png"
+    );
+    assert_eq!(s.app.balance(s.user).await, START - 2 * PER_IMAGE);
+    let id = v["output"]["task_id"].as_str().unwrap().to_owned();
+    let done = s.until_done(&id).await;
+    assert_eq!(done["output"]["task_status"], "SUCCEEDED", "{done}");
+    // The mock makes one image fewer than asked: one is charged.
+    assert_eq!(s.app.balance(s.user).await, START - PER_IMAGE);
+    s.app.assert_ledger_consistent().await;
+}

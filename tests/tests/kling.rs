@@ -430,3 +430,54 @@ async fn polls_that_fail_or_say_an_unknown_word_keep_a_kling_task_open_then_it_i
     tollgate_tests::mock_server::assert_served_in_ranges(url).await;
     s.app.assert_ledger_consistent().await;
 }
+
+#[tokio::test]
+async fn a_kling_video_that_costs_more_than_the_balance_is_refused_with_402_and_never_sent() {
+    let s = setup().await;
+    let (poor, key) = s.app.customer_with_key("short-of-credits", 0.2).await;
+    let resp = s
+        .app
+        .http
+        .post(format!("{}/kling/v1/videos/text2video", s.app.address))
+        .bearer_auth(&key)
+        .json(&json!({"model_name": "kling-v1", "prompt": "too long", "duration": "10"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 402);
+    assert!(s.kling.submissions().is_empty());
+    assert_eq!(s.app.balance(poor).await, 200_000);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_kling_image_to_video_goes_to_its_own_path_held_and_charged_for_its_duration() {
+    let s = setup().await;
+    let (status, v) = s
+        .call(
+            "POST",
+            "/kling/v1/videos/image2video",
+            Some(
+                json!({"model_name": "kling-v1", "image": "https://example.com/still.png",
+                "prompt": "make it move", "duration": "5"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (path, sent) = s.kling.submissions().last().unwrap().clone();
+    assert_eq!(path, "/v1/videos/image2video");
+    assert_eq!(sent["image"], "https://example.com/still.png");
+    let id = v["data"]["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
+    let done = s
+        .until_done(&format!("/kling/v1/videos/image2video/{id}"))
+        .await;
+    assert_eq!(done["data"]["task_status"], "succeed", "{done}");
+    assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
+    // Asked under the other path, it is not there.
+    let (status, _) = s
+        .call("GET", &format!("/kling/v1/videos/text2video/{id}"), None)
+        .await;
+    assert_eq!(status, 404);
+    s.app.assert_ledger_consistent().await;
+}

@@ -195,8 +195,14 @@ async fn a_failed_seedance_task_costs_nothing_and_another_tenant_never_sees_it()
     let (status, v) = s.call("POST", PATH, &s.key, Some(body)).await;
     assert_eq!(status, 200, "{v}");
     let id = v["id"].as_str().unwrap().to_owned();
-    let (status, _) = s.call("GET", &format!("{PATH}/{id}"), &other, None).await;
-    assert_eq!(status, 404);
+    for (method, path) in [
+        ("GET", format!("{PATH}/{id}")),
+        ("DELETE", format!("{PATH}/{id}")),
+        ("GET", format!("/v1/generation?id={id}")),
+    ] {
+        let (status, _) = s.call(method, &path, &other, None).await;
+        assert_eq!(status, 404, "{method} {path}");
+    }
     let done = s.until_done(&id).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(
@@ -443,5 +449,23 @@ async fn polls_that_fail_or_say_an_unknown_word_keep_a_seedance_task_open_then_i
     assert_eq!(s.app.balance(s.user).await, START - MADE_720P_5S);
     let url = done["content"]["video_url"].as_str().unwrap();
     tollgate_tests::mock_server::assert_served_in_ranges(url).await;
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_seedance_video_that_costs_more_than_the_balance_is_refused_with_402_and_never_sent() {
+    let s = setup().await;
+    let (poor, key) = s.app.customer_with_key("short-of-credits", 0.2).await;
+    let (status, body) = s
+        .call(
+            "POST",
+            PATH,
+            &key,
+            Some(text("too long --rs 1080p --dur 10")),
+        )
+        .await;
+    assert_eq!(status, 402, "{body}");
+    assert!(s.ark.submissions().is_empty());
+    assert_eq!(s.app.balance(poor).await, 200_000);
     s.app.assert_ledger_consistent().await;
 }

@@ -140,13 +140,24 @@ async fn a_veo_operation_is_held_for_every_video_asked_and_its_videos_are_signed
         401
     );
     assert_eq!(s.app.balance(s.user).await, START - 16 * PER_SECOND);
-    // Another tenant gets 404 for the operation.
+    // Another tenant gets 404 for the operation and its generation.
     let (_, other) = s.app.customer_with_key("other-cinematographer", 1.0).await;
     let status = s
         .app
         .http
         .get(format!("{}/v1beta/{name}", s.app.address))
         .header("x-goog-api-key", &other)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    let task_id = name.rsplit('/').next().unwrap();
+    let status = s
+        .app
+        .http
+        .get(format!("{}/v1/generation?id={task_id}", s.app.address))
+        .bearer_auth(&other)
         .send()
         .await
         .unwrap()
@@ -280,5 +291,27 @@ async fn operation_polls_that_fail_keep_a_veo_task_open_then_it_is_charged_once_
         .unwrap_or_else(|| panic!("{done}"));
     assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
     tollgate_tests::mock_server::assert_served_in_ranges(uri).await;
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_veo_operation_that_costs_more_than_the_balance_is_refused_with_402_and_never_sent() {
+    let s = setup().await;
+    let (poor, key) = s.app.customer_with_key("short-of-credits", 0.2).await;
+    let resp = s
+        .app
+        .http
+        .post(format!(
+            "{}/v1beta/models/veo-3.0-generate-001:predictLongRunning",
+            s.app.address
+        ))
+        .header("x-goog-api-key", &key)
+        .json(&json!({"instances": [{"prompt": "too long"}], "parameters": {"durationSeconds": 8}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 402);
+    assert!(s.veo.submissions().is_empty());
+    assert_eq!(s.app.balance(poor).await, 200_000);
     s.app.assert_ledger_consistent().await;
 }

@@ -355,6 +355,7 @@ async fn another_tenant_gets_404_for_a_video_its_content_its_remix_and_its_delet
     for path in [
         format!("/v1/videos/{id}"),
         format!("/v1/videos/{id}/content"),
+        format!("/v1/generation?id={id}"),
     ] {
         let (status, body) = s.get(&other_key, &path).await;
         assert_eq!(status, 404, "{path}: {body}");
@@ -383,6 +384,44 @@ async fn another_tenant_gets_404_for_a_video_its_content_its_remix_and_its_delet
     // The owner still has it, whole.
     let (status, _) = s.get(&s.key, &format!("/v1/videos/{id}")).await;
     assert_eq!(status, 200);
+    let (status, _) = s.get(&s.key, &format!("/v1/generation?id={id}")).await;
+    assert_eq!(status, 200);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn an_open_video_cannot_be_deleted_and_is_still_charged_once_when_it_completes() {
+    let s = setup().await;
+    let (_, v) = s
+        .create(&s.key, json!({"prompt": "not yet", "seconds": "8"}))
+        .await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    let resp = s
+        .app
+        .http
+        .delete(format!("{}/v1/videos/{id}", s.app.address))
+        .bearer_auth(&s.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    assert_eq!(s.until_done(&id).await["status"], "completed");
+    assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    // Once finished it can be, and the charge stands.
+    let resp = s
+        .app
+        .http
+        .delete(format!("{}/v1/videos/{id}", s.app.address))
+        .bearer_auth(&s.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    s.app.assert_ledger_consistent().await;
 }
 
 #[tokio::test]

@@ -104,7 +104,22 @@ async fn retrieve(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> HttpResponse {
-    match crate::tasks::read(&state, &req, bearer(&req), &path, kling::FAMILY).await {
+    let found = crate::tasks::read(&state, &req, bearer(&req), &path, kling::FAMILY)
+        .await
+        .and_then(|t| {
+            // As on Kling, a task lives under the path that created it.
+            let made_at = match t.action.as_str() {
+                "text2video" => kling::ACTIONS[0],
+                "image2video" => kling::ACTIONS[1],
+                _ => kling::ACTIONS[2],
+            };
+            if req.path().starts_with(&format!("/kling{made_at}/")) {
+                Ok(t)
+            } else {
+                Err(RelayError::NotFound(format!("no task '{}'", path.as_str())))
+            }
+        });
+    match found {
         Ok(t) => HttpResponse::Ok().json(kling::task_json(
             &t,
             &crate::tasks::result_urls(&state, &req, &t),
