@@ -1032,3 +1032,43 @@ async fn a_webhook_that_fails_is_tried_again_from_the_database_until_it_answers(
     }
     panic!("the webhook was not delivered within 15 s");
 }
+
+#[tokio::test]
+async fn a_task_that_failed_over_shows_every_upstream_attempt_with_its_state_and_cost_in_the_logs()
+{
+    let s = setup().await;
+    // Tried first, and down (nothing listens there): the submission goes on to the next.
+    let dead = s
+        .app
+        .add_channel(
+            "dead-sora",
+            "http://127.0.0.1:9",
+            &["sora-2"],
+            json!({"priority": 10}),
+        )
+        .await;
+    let (status, v) = s
+        .create(
+            &s.key,
+            json!({"prompt": "second time lucky", "seconds": "4"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.until_done(&id).await["status"], "completed");
+    assert_eq!(s.sora.submissions().len(), 1);
+    let (status, log) = s
+        .app
+        .api("GET", &format!("/api/logs/{id}"), &s.app.root_token, None)
+        .await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log["status"], "success", "{log}");
+    assert_eq!(log["finish_reason"], "succeeded", "{log}");
+    assert_eq!(log["total_cost"], 0.4, "{log}");
+    let attempts = log["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{log}");
+    assert_eq!(attempts[0]["channel_id"], dead, "{log}");
+    assert!(attempts[0]["error"].is_string(), "{log}");
+    assert_eq!(attempts[1]["status"], 200, "{log}");
+    s.app.assert_ledger_consistent().await;
+}

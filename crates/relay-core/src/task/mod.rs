@@ -1017,7 +1017,7 @@ impl TaskEngine {
     /// The next poll interval of an open task: a fifth of its age, within the bounds.
     fn interval(&self, t: &task::Model) -> Duration {
         let age = (Utc::now() - t.created_at).to_std().unwrap_or_default();
-        (age / 5).clamp(self.settings.poll_min, self.settings.poll_max)
+        poll_interval(age, &self.settings)
     }
 
     /// Ends a task the upstream reports finished: success is charged (what the
@@ -1136,11 +1136,7 @@ impl TaskEngine {
     /// Records a poll that got no usable answer (or could not be applied): the
     /// lease goes back and the next poll waits longer each time.
     async fn poll_failed(&self, t: &task::Model, now: chrono::DateTime<Utc>) {
-        let backoff = self
-            .settings
-            .poll_min
-            .saturating_mul(2u32.saturating_pow(u32::try_from(t.attempts).unwrap_or(0)))
-            .min(self.settings.poll_max);
+        let backoff = poll_backoff(t.attempts, &self.settings);
         let p = Progress {
             state: State::parse(&t.state).unwrap_or(State::Queued),
             upstream_status: t.upstream_status.clone(),
@@ -1629,6 +1625,21 @@ pub(crate) fn percent(v: Option<&serde_json::Value>) -> i32 {
 /// upstream job made later is not a lost submission's.
 const IN_FLIGHT: Duration = Duration::from_secs(600);
 
+/// How long after a look an open task of age `age` is looked at again: a fifth of its
+/// age, from `poll_min` (5 s by default) up to `poll_max` (60 s).
+fn poll_interval(age: Duration, settings: &TaskSettings) -> Duration {
+    (age / 5).clamp(settings.poll_min, settings.poll_max)
+}
+
+/// How long after its `failed`-th failed look in a row (from 0) a task is looked at
+/// again: doubling from `poll_min` up to `poll_max`.
+fn poll_backoff(failed: i32, settings: &TaskSettings) -> Duration {
+    settings
+        .poll_min
+        .saturating_mul(2u32.saturating_pow(u32::try_from(failed).unwrap_or(0)))
+        .min(settings.poll_max)
+}
+
 /// Tasks asked about in one batched poll.
 pub const BATCH_IDS: usize = 100;
 
@@ -1866,7 +1877,28 @@ fn store_failure(e: &BillingError) -> RelayError {
 
 #[cfg(test)]
 mod tests {
-    use super::Pricing;
+    use std::time::Duration;
+
+    use super::{Pricing, TaskSettings, poll_backoff, poll_interval};
+
+    #[test]
+    fn polls_slow_from_five_seconds_to_a_minute_as_a_task_ages_and_back_off_when_they_fail() {
+        let settings = TaskSettings {
+            poll_min: Duration::from_secs(5),
+            poll_max: Duration::from_secs(60),
+            ..TaskSettings::default()
+        };
+        let at = |age: u64| poll_interval(Duration::from_secs(age), &settings).as_secs();
+        assert_eq!(
+            (at(0), at(25), at(100), at(300), at(3_600)),
+            (5, 5, 20, 60, 60)
+        );
+        let after = |failed: i32| poll_backoff(failed, &settings).as_secs();
+        assert_eq!(
+            (after(0), after(1), after(2), after(3), after(4), after(40)),
+            (5, 10, 20, 40, 60, 60)
+        );
+    }
 
     #[test]
     fn a_task_is_held_for_the_seconds_asked_and_charged_for_the_seconds_made() {
