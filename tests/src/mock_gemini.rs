@@ -57,6 +57,8 @@ pub struct Received {
 pub struct MockGemini {
     pub base_url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    /// What a `gemini-held-tail` stream's last event waits for.
+    tail: Arc<tokio::sync::Notify>,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -155,9 +157,11 @@ impl MockGemini {
     /// Starts the mock on a free port.
     pub async fn start() -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
+        let tail = Arc::new(tokio::sync::Notify::new());
         let data = web::Data::new(Arc::clone(&received));
+        let gate = web::Data::new(Arc::clone(&tail));
         let (base_url, handle) = crate::mock_server::serve(move |cfg| {
-            cfg.app_data(data.clone()).route(
+            cfg.app_data(data.clone()).app_data(gate.clone()).route(
                 "/v1beta/models/{model_and_method}",
                 web::post().to(generate),
             );
@@ -165,8 +169,14 @@ impl MockGemini {
         MockGemini {
             base_url,
             received,
+            tail,
             handle,
         }
+    }
+
+    /// Lets a `gemini-held-tail` stream send its last event.
+    pub fn release_tail(&self) {
+        self.tail.notify_one();
     }
 
     /// Everything received so far.
@@ -226,6 +236,7 @@ fn response(model: &str, text: &str, finish: bool, usage: Value) -> Value {
 
 async fn generate(
     received: web::Data<Arc<Mutex<Vec<Received>>>>,
+    tail: web::Data<Arc<tokio::sync::Notify>>,
     req: HttpRequest,
     segment: web::Path<String>,
     body: Bytes,
@@ -398,14 +409,24 @@ async fn generate(
             .insert_header(("content-type", "application/json; charset=UTF-8"))
             .body(serde_json::to_string_pretty(&chunks).unwrap());
     }
-    let body = futures_util::stream::iter(
-        chunks
-            .into_iter()
-            .map(|c| Ok::<_, actix_web::Error>(Bytes::from(format!("data: {c}\r\n\r\n")))),
-    )
-    .then(|c| async move {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        c
+    // `gemini-held-tail`: the last event waits until the test releases it.
+    let last = chunks.len() - 1;
+    let gate = (model == "gemini-held-tail").then(|| Arc::clone(&tail));
+    let body = futures_util::stream::iter(chunks.into_iter().enumerate().map(|(i, c)| {
+        (
+            i,
+            Ok::<_, actix_web::Error>(Bytes::from(format!("data: {c}\r\n\r\n"))),
+        )
+    }))
+    .then(move |(i, c)| {
+        let gate = gate.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if let (Some(gate), true) = (gate, i == last) {
+                gate.notified().await;
+            }
+            c
+        }
     });
     HttpResponse::Ok()
         .insert_header(("content-type", "text/event-stream"))

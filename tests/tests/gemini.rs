@@ -788,6 +788,51 @@ async fn a_stream_asked_for_without_alt_sse_is_streamed_as_googles_json_array_an
     let got = s.mock.received();
     assert!(got[0].query.split('&').any(|p| p == "alt=sse"), "{got:?}");
     s.assert_charged_once(&gen_id, NORMAL_COST).await;
+
+    // Element by element: what the upstream has sent reaches the client while the
+    // rest is still coming (the mock holds its last event until the client has read
+    // the first two; a gateway that waited for the whole answer would never answer).
+    s.app
+        .add_channel(
+            "gemini-held",
+            &s.mock.base_url,
+            &["gemini-held-tail"],
+            json!({"type": "gemini", "keys": [UPSTREAM_KEY]}),
+        )
+        .await;
+    price(&s.app, "gemini-held-tail", 0.1, 0.4, 0.025).await;
+    let resp = s
+        .app
+        .http
+        .post(format!(
+            "{}/v1beta/models/gemini-held-tail:streamGenerateContent?key={}",
+            s.app.address, s.key
+        ))
+        .json(&Gemini::body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut early = String::new();
+    let read_early = async {
+        while !early.contains(TEXT_PIECES[1]) {
+            let chunk = body.next().await.unwrap().unwrap();
+            early.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read_early)
+        .await
+        .expect("the first elements were held back until the last one came");
+    assert!(early.starts_with('['), "{early}");
+    assert!(!early.contains(TEXT_PIECES[2]), "{early}");
+    s.mock.release_tail();
+    let mut whole = early;
+    while let Some(chunk) = body.next().await {
+        whole.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let chunks: Vec<Value> = serde_json::from_str(&whole).unwrap();
+    assert_eq!(streamed_text(&chunks), answer_text());
     s.stop().await;
 }
 
