@@ -8,7 +8,13 @@
 //! `usage.image_count` says so); `POST …/cancel` works while `PENDING`. The model picks:
 //! - anything else: succeeds on the second query;
 //! - `wan-fail`: fails (`output.code` `DataInspectionFailed`);
-//! - `wan-refuse`: refused at once, 400 `DataInspectionFailed`.
+//! - `wan-refuse`: refused at once, 400 `DataInspectionFailed`;
+//! - `wan-flaky`: polls answer 429, then 500, then an unknown status twice, then run
+//!   as usual;
+//! - `wan-slow-accept`: takes the task, then answers only after 2 s.
+//!
+//! Result URLs on its OSS carry a signature that `expire_urls` rotates (403 after,
+//! as an expired OSS URL); OSS honours `Range`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +30,8 @@ pub const KEY: &str = "ds-key";
 #[derive(Default)]
 struct State {
     jobs: HashMap<String, (String, Value, u32, bool)>,
+    /// The OSS signature currently valid (rotated by `expire_urls`).
+    signature: String,
     submissions: Vec<(String, Value)>,
     base: String,
 }
@@ -48,12 +56,23 @@ impl MockDashscope {
                 .route("/api/v1/tasks/{id}/cancel", web::post().to(cancel))
                 .route("/oss/{file}", web::get().to(oss));
         });
-        state.lock().unwrap().base = base_url.clone();
+        {
+            let mut s = state.lock().unwrap();
+            s.base = base_url.clone();
+            s.signature = "oss-1".into();
+        }
         MockDashscope {
             base_url,
             state,
             handle,
         }
+    }
+
+    /// Expires every OSS URL handed out so far (a new signature from now on), as
+    /// DashScope's result URLs expire after a day.
+    pub fn expire_urls(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.signature = format!("{}x", s.signature);
     }
 
     /// Every submission: (path, body).
@@ -97,8 +116,17 @@ async fn create(state: Shared, req: HttpRequest, body: web::Json<Value>) -> Http
         );
     }
     let body = body.into_inner();
+    let slow = body["model"] == "wan-slow-accept";
+    let answer = accept(&state, req.path(), body);
+    if slow {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    answer
+}
+
+fn accept(state: &Shared, path: &str, body: Value) -> HttpResponse {
     let mut s = state.lock().unwrap();
-    s.submissions.push((req.path().to_owned(), body.clone()));
+    s.submissions.push((path.to_owned(), body.clone()));
     if body["model"] == "wan-refuse" {
         return error(
             400,
@@ -107,8 +135,7 @@ async fn create(state: Shared, req: HttpRequest, body: web::Json<Value>) -> Http
         );
     }
     let id = uuid::Uuid::now_v7().to_string();
-    s.jobs
-        .insert(id.clone(), (req.path().to_owned(), body, 0, false));
+    s.jobs.insert(id.clone(), (path.to_owned(), body, 0, false));
     HttpResponse::Ok()
         .json(json!({"request_id": "r-2", "output": {"task_id": id, "task_status": "PENDING"}}))
 }
@@ -119,6 +146,7 @@ async fn query(state: Shared, req: HttpRequest, path: web::Path<String>) -> Http
     }
     let mut s = state.lock().unwrap();
     let base = s.base.clone();
+    let signature = s.signature.clone();
     let Some((route, body, polls, cancelled)) = s.jobs.get_mut(path.as_str()) else {
         return HttpResponse::Ok().json(json!({"request_id": "r", "output": {"task_id": path.as_str(), "task_status": "UNKNOWN"}}));
     };
@@ -153,13 +181,13 @@ async fn query(state: Shared, req: HttpRequest, path: web::Path<String>) -> Http
         _ if video => {
             let seconds = body["parameters"]["duration"].as_i64().unwrap_or(5);
             json!({"request_id": "r", "output": {"task_id": id, "task_status": "SUCCEEDED",
-                "video_url": format!("{base}/oss/{id}.mp4?Expires=1&Signature=x")},
+                "video_url": format!("{base}/oss/{id}.mp4?Expires=1&Signature={signature}")},
                 "usage": {"video_duration": seconds, "video_ratio": "1280*720", "video_count": 1}})
         }
         _ => {
             let n = body["parameters"]["n"].as_i64().unwrap_or(4);
             let made: Vec<Value> = (0..n - 1)
-                .map(|i| json!({"url": format!("{base}/oss/{id}-{i}.png")}))
+                .map(|i| json!({"url": format!("{base}/oss/{id}-{i}.png?Expires=1&Signature={signature}")}))
                 .collect();
             json!({"request_id": "r", "output": {"task_id": id, "task_status": "SUCCEEDED", "results": made},
                 "usage": {"image_count": n - 1}})
@@ -187,7 +215,15 @@ async fn cancel(state: Shared, req: HttpRequest, path: web::Path<String>) -> Htt
     }
 }
 
-async fn oss(req: HttpRequest) -> HttpResponse {
+async fn oss(state: Shared, req: HttpRequest) -> HttpResponse {
+    let valid = format!("Signature={}", state.lock().unwrap().signature);
+    if !req.query_string().split('&').any(|p| p == valid) {
+        return HttpResponse::Forbidden()
+            .insert_header(("content-type", "application/xml"))
+            .body(
+                "<Error><Code>AccessDenied</Code><Message>Request has expired.</Message></Error>",
+            );
+    }
     let kind = if req.path().ends_with(".png") {
         "image/png"
     } else {

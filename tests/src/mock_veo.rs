@@ -7,7 +7,12 @@
 //! - anything else: done on the second query, one video per `sampleCount`;
 //! - `veo-filtered`: done with every sample filtered (`raiMediaFilteredCount`), no video;
 //! - `veo-fail`: done with an `error`;
-//! - `veo-partial`: done with one video fewer than asked (one filtered).
+//! - `veo-partial`: done with one video fewer than asked (one filtered);
+//! - `veo-flaky`: polls answer 429, then 500, then two unanswered looks, then run as
+//!   usual;
+//! - `veo-slow-accept`: takes the job, then answers only after 2 s.
+//!
+//! Files honour `Range`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -84,11 +89,18 @@ async fn submit(
     let Some(model) = target.strip_suffix(":predictLongRunning") else {
         return HttpResponse::NotFound().finish();
     };
+    let answer = accept(&state, model, body.into_inner());
+    if model == "veo-slow-accept" {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    answer
+}
+
+fn accept(state: &Shared, model: &str, body: Value) -> HttpResponse {
     let mut s = state.lock().unwrap();
     s.submissions.push((model.to_owned(), body.clone()));
     let id = uuid::Uuid::now_v7().simple().to_string();
-    s.ops
-        .insert(id.clone(), (model.to_owned(), body.into_inner(), 0));
+    s.ops.insert(id.clone(), (model.to_owned(), body, 0));
     HttpResponse::Ok().json(json!({"name": format!("models/{model}/operations/{id}")}))
 }
 

@@ -113,6 +113,11 @@ async fn a_wan_video_is_held_for_its_duration_charged_what_dashscope_reports_and
         content_bytes()
     );
     assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    // A day later DashScope's OSS URL has expired: Tollgate asks for a fresh one.
+    s.ds.expire_urls();
+    let again = reqwest::get(url).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.bytes().await.unwrap().to_vec(), content_bytes());
     // Another tenant gets 404 for it, for its cancellation and for its generation.
     let (_, other) = s.app.customer_with_key("other-painter", 1.0).await;
     for (method, path) in [
@@ -370,5 +375,53 @@ async fn a_wan_image_to_image_edit_goes_to_its_own_path_and_is_charged_per_image
     assert_eq!(done["output"]["task_status"], "SUCCEEDED", "{done}");
     // The mock makes one image fewer than asked: one is charged.
     assert_eq!(s.app.balance(s.user).await, START - PER_IMAGE);
+    s.app.assert_ledger_consistent().await;
+}
+
+#[tokio::test]
+async fn a_wan_submission_whose_answer_was_lost_is_never_sent_again_and_released_at_the_deadline() {
+    let app = spawn_app_with(|c| {
+        c.tasks.allow_private_addresses = true;
+        c.tasks.deadline = Duration::from_secs(5);
+    })
+    .await;
+    let ds = MockDashscope::start().await;
+    app.add_channel(
+        "wan-slow",
+        &ds.base_url,
+        &["wan-slow-accept"],
+        json!({"type": "dashscope", "keys": [KEY], "timeout_s": 1}),
+    )
+    .await;
+    app.set_price_with("wan-slow-accept", json!({"per_second": 0.1}))
+        .await;
+    let (user, key) = app.customer_with_key("painter", 10.0).await;
+    let s = Setup { app, ds, user, key };
+    let (status, v) = s
+        .call(
+            "POST",
+            VIDEO,
+            Some(json!({"model": "wan-slow-accept", "input": {"prompt": "lost"}, "parameters": {"duration": 5}})),
+        )
+        .await;
+    // Taken upstream, its answer too late: open, held, never sent again; DashScope's
+    // task list cannot tell it apart, so its deadline frees the hold.
+    assert_eq!(status, 200, "{v}");
+    let id = v["output"]["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
+    let mut task = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
+    for _ in 0..150 {
+        if task.state != "queued" && task.state != "in_progress" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        task = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
+    }
+    assert_eq!(
+        (task.state.as_str(), task.upstream_task_id),
+        ("expired", None)
+    );
+    assert_eq!(s.ds.submissions().len(), 1);
+    assert_eq!(s.app.balance(s.user).await, START);
     s.app.assert_ledger_consistent().await;
 }

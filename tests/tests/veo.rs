@@ -315,3 +315,56 @@ async fn a_veo_operation_that_costs_more_than_the_balance_is_refused_with_402_an
     assert_eq!(s.app.balance(poor).await, 200_000);
     s.app.assert_ledger_consistent().await;
 }
+
+#[tokio::test]
+async fn a_veo_submission_whose_answer_was_lost_is_never_sent_again_and_released_at_the_deadline() {
+    let app =
+        tollgate_tests::app::spawn_app_with(|c| c.tasks.deadline = Duration::from_secs(5)).await;
+    let veo = MockVeo::start().await;
+    app.add_channel(
+        "veo-slow",
+        &veo.base_url,
+        &["veo-slow-accept"],
+        json!({"type": "gemini", "keys": [KEY], "timeout_s": 1}),
+    )
+    .await;
+    app.set_price_with("veo-slow-accept", json!({"per_second": 0.1}))
+        .await;
+    let (user, key) = app.customer_with_key("cinematographer", 10.0).await;
+    let s = Setup {
+        app,
+        veo,
+        user,
+        key,
+    };
+    let (status, op) = s
+        .call(
+            "POST",
+            "/v1beta/models/veo-slow-accept:predictLongRunning",
+            Some(json!({"instances": [{"prompt": "lost"}], "parameters": {"durationSeconds": 8}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{op}");
+    let name = op["name"].as_str().unwrap().to_owned();
+    assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
+    let id = name.rsplit('/').next().unwrap().to_owned();
+    let mut task = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
+    for _ in 0..150 {
+        if task.state != "queued" && task.state != "in_progress" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        task = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
+    }
+    assert_eq!(
+        (task.state.as_str(), task.upstream_task_id),
+        ("expired", None)
+    );
+    assert_eq!(s.veo.submissions().len(), 1);
+    assert_eq!(s.app.balance(s.user).await, START);
+    // The operation says so, Google-shaped.
+    let (_, done) = s.call("GET", &format!("/v1beta/{name}"), None).await;
+    assert_eq!(done["done"], true, "{done}");
+    assert!(done["error"].is_object(), "{done}");
+    s.app.assert_ledger_consistent().await;
+}
