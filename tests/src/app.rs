@@ -169,6 +169,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         trusted_proxies: Default::default(),
         public_url: None,
         log_retention_days: None,
+        log_retention_every: Duration::from_millis(300),
         tasks: relay_core::task::TaskSettings {
             poll_min: Duration::from_millis(200),
             poll_max: Duration::from_secs(1),

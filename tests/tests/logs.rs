@@ -637,3 +637,49 @@ async fn a_key_that_reaches_a_log_line_fails_the_test_that_used_it() {
     assert!(!message.contains(&s.key));
     s.app.forget_secrets();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_retention_period_the_gateway_itself_deletes_old_records_and_keeps_the_ledger() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use store::entities::generation;
+    // TOLLGATE_LOG_RETENTION_DAYS=30, its job sweeping every 300 ms in tests.
+    let s = Scenario::start_with(1.0, |c| c.log_retention_days = Some(30)).await;
+    let kept = call(&s, &s.key, "gpt-4o-mini").await;
+    let old = call(&s, &s.key, "gpt-4o-mini").await;
+    s.app.settled().await;
+    generation::Entity::update_many()
+        .col_expr(
+            generation::Column::CreatedAt,
+            sea_orm::sea_query::Expr::value(chrono::Utc::now() - chrono::Duration::days(40)),
+        )
+        .filter(generation::Column::Id.eq(old.clone()))
+        .exec(&s.app.db)
+        .await
+        .unwrap();
+    let balance = s.app.balance(s.customer_id).await;
+    let mut gone = false;
+    for _ in 0..100 {
+        if generation::Entity::find_by_id(old.clone())
+            .one(&s.app.db)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the 40-day-old record is still there");
+    assert!(
+        generation::Entity::find_by_id(kept)
+            .one(&s.app.db)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The ledger is whole: the balance is what it was, and balance = Σ ledger.
+    assert_eq!(s.app.balance(s.customer_id).await, balance);
+    s.app.assert_ledger_consistent().await;
+    s.stop().await;
+}

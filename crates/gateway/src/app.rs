@@ -194,7 +194,7 @@ impl Application {
         }
         crate::tunables::spawn_health_job(state.clone(), env_tunables);
         if let Some(days) = config.log_retention_days {
-            crate::tunables::spawn_retention_job(state.clone(), days);
+            crate::tunables::spawn_retention_job(state.clone(), days, config.log_retention_every);
         }
         crate::videos::spawn_poller(
             state.clone(),

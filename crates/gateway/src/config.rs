@@ -58,6 +58,9 @@ pub struct Config {
     /// `TOLLGATE_LOG_RETENTION_DAYS`: generation records older than this many days
     /// are deleted (the ledger never is); unset, they are kept.
     pub log_retention_days: Option<u32>,
+    /// How often the retention job sweeps (hourly; the first sweep comes a minute
+    /// after start, or sooner when this is shorter).
+    pub log_retention_every: std::time::Duration,
 }
 
 impl Config {
@@ -107,6 +110,7 @@ impl Config {
                     Ok(d)
                 })
                 .transpose()?,
+            log_retention_every: std::time::Duration::from_secs(3600),
             tasks: {
                 let secs = |name: &str, default: usize| -> anyhow::Result<std::time::Duration> {
                     let n = number(name, default)?;

@@ -30,11 +30,11 @@ pub fn spawn_health_job(state: web::Data<AppState>, defaults: Tunables) {
     });
 }
 
-/// Deletes generation records older than `days`, an hour apart (the first sweep a
-/// minute after start), a thousand at a time; the ledger is never touched.
-pub fn spawn_retention_job(state: web::Data<AppState>, days: u32) {
+/// Deletes generation records older than `days`, `every` apart (hourly; the first
+/// sweep a minute after start), a thousand at a time; the ledger is never touched.
+pub fn spawn_retention_job(state: web::Data<AppState>, days: u32, every: Duration) {
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        tokio::time::sleep(every.min(Duration::from_secs(60))).await;
         loop {
             let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
             match store::retention::sweep(&state.db, before, 1000, Duration::from_millis(200)).await
@@ -43,7 +43,7 @@ pub fn spawn_retention_job(state: web::Data<AppState>, days: u32) {
                 Ok(n) => tracing::info!(deleted = n, days, "old generation records deleted"),
                 Err(e) => tracing::warn!(error = %e, "deleting old generation records failed"),
             }
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            tokio::time::sleep(every).await;
         }
     });
 }
