@@ -503,6 +503,18 @@ impl TestApp {
             .unwrap_or_else(|| panic!("generation {id} not recorded"))
     }
 
+    /// Task `id` once it has left the open states (at most 15 s).
+    pub async fn task_when_ended(&self, id: &str) -> store::entities::task::Model {
+        for _ in 0..150 {
+            let task = billing::task::find(&self.db, id).await.unwrap().unwrap();
+            if task.state != "queued" && task.state != "in_progress" {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("task {id} was still open after 15 s");
+    }
+
     /// Starts another instance on the same database and Redis namespace.
     pub async fn second_instance(&self) -> TestApp {
         let (db, prefix, secret, jwt) = (

@@ -409,14 +409,7 @@ async fn a_wan_submission_whose_answer_was_lost_is_never_sent_again_and_released
     assert_eq!(status, 200, "{v}");
     let id = v["output"]["task_id"].as_str().unwrap().to_owned();
     assert_eq!(s.app.balance(s.user).await, START - 5 * PER_SECOND);
-    let mut task = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
-    for _ in 0..150 {
-        if task.state != "queued" && task.state != "in_progress" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        task = billing::task::find(&s.app.db, &id).await.unwrap().unwrap();
-    }
+    let task = s.app.task_when_ended(&id).await;
     assert_eq!(
         (task.state.as_str(), task.upstream_task_id),
         ("expired", None)

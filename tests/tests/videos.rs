@@ -98,6 +98,17 @@ impl Setup {
         panic!("video {id} did not finish within 10 s");
     }
 
+    /// `DELETE /v1/videos/{id}` by `key`.
+    async fn delete(&self, key: &str, id: &str) -> reqwest::Response {
+        self.app
+            .http
+            .delete(format!("{}/v1/videos/{id}", self.app.address))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A channel serving `sora-slow-accept` (the mock answers after 2 s) with a 1 s
     /// timeout: every submission's answer is lost.
     async fn slow_channel(&self) {
@@ -370,14 +381,7 @@ async fn another_tenant_gets_404_for_a_video_its_content_its_remix_and_its_delet
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
-    let resp = s
-        .app
-        .http
-        .delete(format!("{}/v1/videos/{id}", s.app.address))
-        .bearer_auth(&other_key)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.delete(&other_key, &id).await;
     assert_eq!(resp.status(), 404);
     let (_, list) = s.get(&other_key, "/v1/videos").await;
     assert_eq!(list["data"], json!([]), "{list}");
@@ -396,14 +400,7 @@ async fn an_open_video_cannot_be_deleted_and_is_still_charged_once_when_it_compl
         .create(&s.key, json!({"prompt": "not yet", "seconds": "8"}))
         .await;
     let id = v["id"].as_str().unwrap().to_owned();
-    let resp = s
-        .app
-        .http
-        .delete(format!("{}/v1/videos/{id}", s.app.address))
-        .bearer_auth(&s.key)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.delete(&s.key, &id).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_request", "{body}");
@@ -411,14 +408,7 @@ async fn an_open_video_cannot_be_deleted_and_is_still_charged_once_when_it_compl
     assert_eq!(s.until_done(&id).await["status"], "completed");
     assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
     // Once finished it can be, and the charge stands.
-    let resp = s
-        .app
-        .http
-        .delete(format!("{}/v1/videos/{id}", s.app.address))
-        .bearer_auth(&s.key)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.delete(&s.key, &id).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(s.app.balance(s.user).await, START - 8 * PER_SECOND);
     s.app.assert_ledger_consistent().await;
@@ -667,14 +657,7 @@ async fn a_remix_goes_to_the_same_upstream_with_the_same_key_and_is_held_like_it
     assert_eq!(s.until_done(&rid).await["status"], "completed");
     assert_eq!(s.app.balance(s.user).await, START - 16 * PER_SECOND);
     // Deleting: the finished video leaves the owner's list.
-    let resp = s
-        .app
-        .http
-        .delete(format!("{}/v1/videos/{id}", s.app.address))
-        .bearer_auth(&s.key)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.delete(&s.key, &id).await;
     assert_eq!(resp.status(), 200);
     let deleted: Value = resp.json().await.unwrap();
     assert_eq!(
