@@ -88,6 +88,20 @@ impl Gemini {
         }
     }
 
+    /// `:streamGenerateContent` without `alt=sse` (Google's JSON array) for `model`.
+    async fn stream_array(&self, model: &str) -> reqwest::Response {
+        self.app
+            .http
+            .post(format!(
+                "{}/v1beta/models/{model}:streamGenerateContent?key={}",
+                self.app.address, self.key
+            ))
+            .json(&Gemini::body())
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A `GenerateContentRequest` body.
     fn body() -> Value {
         json!({"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}],
@@ -757,17 +771,7 @@ async fn a_stream_asked_for_without_alt_sse_is_streamed_as_googles_json_array_an
     // Without `alt=sse` Google streams one JSON array of GenerateContentResponse
     // objects, element by element (seed 001's curl calls it that way).
     let s = Gemini::start().await;
-    let resp = s
-        .app
-        .http
-        .post(format!(
-            "{}/v1beta/models/{MODEL}:streamGenerateContent?key={}",
-            s.app.address, s.key
-        ))
-        .json(&Gemini::body())
-        .send()
-        .await
-        .unwrap();
+    let resp = s.stream_array(MODEL).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["content-type"],
@@ -801,17 +805,7 @@ async fn a_stream_asked_for_without_alt_sse_is_streamed_as_googles_json_array_an
         )
         .await;
     price(&s.app, "gemini-held-tail", 0.1, 0.4, 0.025).await;
-    let resp = s
-        .app
-        .http
-        .post(format!(
-            "{}/v1beta/models/gemini-held-tail:streamGenerateContent?key={}",
-            s.app.address, s.key
-        ))
-        .json(&Gemini::body())
-        .send()
-        .await
-        .unwrap();
+    let resp = s.stream_array("gemini-held-tail").await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let mut early = String::new();

@@ -162,18 +162,24 @@ async fn a_key_past_its_tokens_per_minute_is_refused_until_the_minute_turns_on_e
     s.stop().await;
 }
 
+/// A chat call's status and `Retry-After`, its body read to the end.
+async fn answered(app: &TestApp, key: &str, model: &str) -> (u16, Option<String>) {
+    let resp = chat_at(app, key, model).await;
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    resp.bytes().await.unwrap();
+    (status, retry)
+}
+
 /// Calls `key` at `app` again and again, one at a time, until it is refused; what it
 /// was answered, in order.
 async fn until_refused(app: &TestApp, key: &str) -> Vec<(u16, Option<String>)> {
     let mut seen = Vec::new();
     for _ in 0..40 {
-        let resp = chat_at(app, key, "gpt-4o-mini").await;
-        let status = resp.status().as_u16();
-        let retry = resp
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_owned());
-        resp.bytes().await.unwrap();
+        let (status, retry) = answered(app, key, "gpt-4o-mini").await;
         seen.push((status, retry));
         if status != 200 {
             break;
@@ -255,16 +261,7 @@ async fn a_key_runs_at_most_its_max_concurrency_requests_at_once_across_instance
     let key = &s.key;
     let calls = (0..6).map(|i| {
         let app = if i % 2 == 0 { &s.app } else { second };
-        async move {
-            let resp = chat_at(app, key, "slow").await;
-            let status = resp.status().as_u16();
-            let retry = resp
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_owned());
-            resp.bytes().await.unwrap();
-            (status, retry)
-        }
+        answered(app, key, "slow")
     });
     let results = futures_util::future::join_all(calls).await;
     let served = results.iter().filter(|(s, _)| *s == 200).count();
