@@ -5,6 +5,8 @@
 #   bash bench/run.sh                     # full run on SQLite + in-process (builds release)
 #   bash bench/run.sh --backend postgres  # the same on Postgres + Redis (production setup)
 #   bash bench/run.sh --direct-only       # only the mock, no gateway (checks the harness)
+#   bash bench/run.sh --serve             # set up, print the addresses and key, keep serving
+#                                         # until interrupted (for perf, strace, wrk by hand)
 #
 # Env: BENCH_SECONDS (10) per measured run, BENCH_WARMUP (1) seconds of warm-up before
 # each run, SKIP_BUILD=1 to use an existing binary, GATEWAY_BIN (target/release/gateway),
@@ -19,14 +21,16 @@ SECS=${BENCH_SECONDS:-10}
 WARMUP=${BENCH_WARMUP:-1}
 GW_BIN=${GATEWAY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/gateway}
 DIRECT_ONLY=0
+SERVE=0
 BACKEND=sqlite
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --direct-only) DIRECT_ONLY=1 ;;
+    --serve) SERVE=1 ;;
     --backend) BACKEND=${2:-}; shift ;;
     --backend=*) BACKEND=${1#--backend=} ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [--backend sqlite|postgres] [--direct-only]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--backend sqlite|postgres] [--direct-only] [--serve]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -296,6 +300,14 @@ PY
     done
   ) &
   SAMPLER_PID=$!
+fi
+
+if [[ $SERVE -eq 1 && $DIRECT_ONLY -eq 0 ]]; then
+  log "serving until interrupted: gateway $GW (pid $GW_PID), mock $MOCK, key in $T/key"
+  printf '%s\n' "$SK" >"$T/key"
+  printf 'GW=%s GW_PID=%s MOCK=%s SK=%s BODY=%s\n' "$GW" "$GW_PID" "$MOCK" "$SK" "$BENCH_DIR/requests/chat.json"
+  while kill -0 "$GW_PID" 2>/dev/null; do sleep 1; done
+  exit 0
 fi
 
 # ---------------------------------------------------------------- load

@@ -113,7 +113,11 @@ impl GenerationRecord {
 }
 
 const MAX_BATCH: usize = 512;
-const GATHER: Duration = Duration::from_millis(5);
+/// How long the writer gathers records before it commits them. Every commit rewrites
+/// the tail pages of each table and index it touches (on SQLite, whole pages into the
+/// WAL), so fewer, larger batches write far less per record: 5 ms made 1.6 page writes
+/// per request under load, 20 ms about a third of that. Visibility (2 s) is unaffected.
+const GATHER: Duration = Duration::from_millis(20);
 
 impl LedgerWriter {
     /// Starts the writer task.
