@@ -1,10 +1,13 @@
 //! The one pooled HTTP client for every upstream, and how a channel's base URL and key
 //! become a request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use http::HeaderValue;
+use http_body_util::Full;
 use store::catalog::{ChannelEntry, ChannelKind};
 
 use crate::RelayError;
@@ -50,55 +53,71 @@ impl Failure {
     }
 }
 
-/// The upstream client: TCP_NODELAY, pooled keep-alive connections, connect timeout.
+/// The upstream client: TCP_NODELAY, pooled keep-alive connections, connect timeout,
+/// HTTP/1.1 over rustls with the platform's roots (what reqwest did), and no redirects
+/// (a redirect would carry the channel's key wherever it points).
+///
+/// It is hyper's pooled client itself: reqwest's layers above it turned the URL into
+/// text and parsed it back three times per request, with IDNA processing each time.
 ///
 /// One pool per thread: a pooled connection is driven by a task on the runtime that
 /// opened it, so with one shared pool a request served by one actix worker often rode
 /// a connection owned by the other, and every request and answer crossed threads (a
-/// wake and a context switch each way). Each worker keeps its own connections instead.
+/// wake and a context switch each way). Each worker keeps its own connections instead;
+/// they share one TLS configuration.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    /// Used where a thread's own client cannot be built (it never fails once this did).
-    fallback: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
 }
+
+type Wire = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
 thread_local! {
-    static THREAD_CLIENT: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+    static THREAD_WIRE: std::cell::OnceCell<Wire> = const { std::cell::OnceCell::new() };
 }
 
-fn build_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        // A redirect would carry the channel's key (an `x-goog-api-key` or `api-key`
-        // header survives reqwest's cross-host redirect) wherever it points.
-        .redirect(reqwest::redirect::Policy::none())
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
+fn build_wire(tls: &Arc<rustls::ClientConfig>) -> Wire {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnector::from((http, Arc::clone(tls)));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(512)
-        .build()
+        .build(https)
+}
+
+/// TLS as reqwest configured it: ring, the platform's certificate roots, HTTP/1.1.
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls_platform_verifier::Verifier::new(Arc::clone(&provider))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
 }
 
 impl UpstreamClient {
     pub fn new() -> Result<Self, RelayError> {
         install_tls_provider();
-        let fallback = build_client().map_err(|e| {
-            tracing::error!(error = %e, "cannot build the upstream HTTP client");
+        let tls = tls_config().map_err(|e| {
+            tracing::error!(error = %e, "cannot build the upstream TLS configuration");
             RelayError::Internal
         })?;
-        Ok(UpstreamClient { fallback })
+        Ok(UpstreamClient { tls: Arc::new(tls) })
     }
 
     /// This thread's client (made on first use).
-    fn http(&self) -> reqwest::Client {
-        THREAD_CLIENT
-            .with(|c| {
-                if let Some(client) = c.get() {
-                    return Some(client.clone());
-                }
-                let client = build_client().ok()?;
-                Some(c.get_or_init(|| client).clone())
-            })
-            .unwrap_or_else(|| self.fallback.clone())
+    fn wire(&self) -> Wire {
+        THREAD_WIRE.with(|c| c.get_or_init(|| build_wire(&self.tls)).clone())
     }
 
     /// POSTs a JSON body to `path` on `channel` with `key`, waiting at most the
@@ -146,76 +165,115 @@ impl UpstreamClient {
         body: Option<(Bytes, &str)>,
         extra: &[(&'static str, String)],
     ) -> Result<reqwest::Response, Failure> {
-        let http = self.http();
-        let mut req = match parsed_url(channel, path, model) {
-            Ok(url) => http.request(method, url),
-            // reqwest refuses it with its own error, reported as a failed try.
-            Err(text) => http.request(method, text),
-        };
-        if let Some((body, content_type)) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(body);
-        }
-        req = match channel.kind {
-            ChannelKind::Azure => req.header("api-key", key),
-            ChannelKind::Gemini => req.header("x-goog-api-key", key),
-            ChannelKind::Anthropic => {
-                let version = extra
-                    .iter()
-                    .find(|(n, _)| *n == "anthropic-version")
-                    .map_or("2023-06-01", |(_, v)| v.as_str());
-                req.header("x-api-key", key)
-                    .header("anthropic-version", version)
-            }
-            ChannelKind::Kling => req.bearer_auth(crate::task::kling::bearer(key)),
-            ChannelKind::Midjourney => req.header("mj-api-secret", key),
-            ChannelKind::OpenAi
-            | ChannelKind::Volcengine
-            | ChannelKind::Dashscope
-            | ChannelKind::Suno
-            | ChannelKind::Unknown => req.bearer_auth(key),
-        };
-        for (name, value) in extra.iter().filter(|(n, _)| *n != "anthropic-version") {
-            req = req.header(*name, value.as_str());
-        }
-        for (name, value) in &channel.headers {
-            req = req.header(name.as_str(), value.as_str());
-        }
+        // An address or header that cannot be sent fails the try as reqwest's builder
+        // did (as a broken connection), before anything leaves.
+        let request = build_request(method, channel, key, (path, model), body, extra)
+            .ok_or(Failure::Broken)?;
         let timeout = Duration::from_secs(channel.timeout_s.max(1));
-        match tokio::time::timeout(timeout, req.send()).await {
+        match tokio::time::timeout(timeout, self.wire().request(request)).await {
             Err(_) => Err(Failure::Timeout),
             // Not connected within the connect timeout: the request never left, so
             // another channel may take it.
             Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
-            Ok(Err(e)) if e.is_timeout() => Err(Failure::Timeout),
             // The connection broke, perhaps after the request went out: a relay try
             // is retried elsewhere like a refused connection; a task submission must
             // take it as possibly received (see `Failure::may_have_arrived`).
             Ok(Err(_)) => Err(Failure::Broken),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => Ok(reqwest::Response::from(resp.map(reqwest::Body::wrap))),
         }
     }
 }
 
-/// How many parsed upstream URLs each thread keeps.
-const URL_CACHE: usize = 64;
+/// The request as it goes upstream: the channel's URL, its own auth header, the
+/// client's headers that must pass, the channel's headers. `None` when a header or
+/// the URL cannot be sent.
+fn build_request(
+    method: reqwest::Method,
+    channel: &ChannelEntry,
+    key: &str,
+    (path, model): (&str, &str),
+    body: Option<(Bytes, &str)>,
+    extra: &[(&'static str, String)],
+) -> Option<http::Request<Full<Bytes>>> {
+    let (body, content_type) = body.map_or((Bytes::new(), None), |(b, t)| (b, Some(t)));
+    let mut request = http::Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = parsed_uri(channel, path, model)?;
+    let headers = request.headers_mut();
+    headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    if let Some(t) = content_type {
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_str(t).ok()?);
+    }
+    let secret = |v: String| {
+        let mut v = HeaderValue::try_from(v).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    };
+    match channel.kind {
+        ChannelKind::Azure => {
+            headers.insert("api-key", secret(key.to_owned())?);
+        }
+        ChannelKind::Gemini => {
+            headers.insert("x-goog-api-key", secret(key.to_owned())?);
+        }
+        ChannelKind::Anthropic => {
+            let version = extra
+                .iter()
+                .find(|(n, _)| *n == "anthropic-version")
+                .map_or("2023-06-01", |(_, v)| v.as_str());
+            headers.insert("x-api-key", secret(key.to_owned())?);
+            headers.insert("anthropic-version", HeaderValue::from_str(version).ok()?);
+        }
+        ChannelKind::Kling => {
+            let token = crate::task::kling::bearer(key);
+            headers.insert(
+                http::header::AUTHORIZATION,
+                secret(format!("Bearer {token}"))?,
+            );
+        }
+        ChannelKind::Midjourney => {
+            headers.insert("mj-api-secret", secret(key.to_owned())?);
+        }
+        ChannelKind::OpenAi
+        | ChannelKind::Volcengine
+        | ChannelKind::Dashscope
+        | ChannelKind::Suno
+        | ChannelKind::Unknown => {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                secret(format!("Bearer {key}"))?,
+            );
+        }
+    }
+    for (name, value) in extra.iter().filter(|(n, _)| *n != "anthropic-version") {
+        headers.append(*name, HeaderValue::from_str(value).ok()?);
+    }
+    for (name, value) in &channel.headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+        headers.append(name, HeaderValue::from_str(value).ok()?);
+    }
+    Some(request)
+}
 
-/// One parsed URL: ((channel id, kind), base URL, path, model, the URL).
-type CachedUrl = ((i64, ChannelKind), String, String, String, reqwest::Url);
+/// How many parsed upstream addresses each thread keeps.
+const URI_CACHE: usize = 64;
+
+/// One parsed address: ((channel id, kind), base URL, path, model, the address).
+type CachedUri = ((i64, ChannelKind), String, String, String, http::Uri);
 
 thread_local! {
-    /// (channel id, base URL, path, model) -> the parsed URL. Parsing (with IDNA host
-    /// processing) on every request showed in the profile; the key holds the base URL,
-    /// so a channel edited in the console can never be served a stale address.
-    static URLS: std::cell::RefCell<Vec<CachedUrl>> =
+    /// (channel id, base URL, path, model) -> the parsed address. Parsing (with IDNA
+    /// host processing) on every request showed in the profile; the key holds the base
+    /// URL, so a channel edited in the console can never be served a stale address.
+    static URIS: std::cell::RefCell<Vec<CachedUri>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// [`channel_url`], parsed once per thread and reused (`Err`: the text, which does not
-/// parse).
-fn parsed_url(channel: &ChannelEntry, path: &str, model: &str) -> Result<reqwest::Url, String> {
-    let hit = URLS.with(|cache| {
+/// [`channel_url`], parsed once per thread and reused (`None`: it does not parse, or
+/// is not http(s)). The text is read as a browser would (`url`: IDNA hosts, escaped
+/// spaces) before it becomes the request's address.
+fn parsed_uri(channel: &ChannelEntry, path: &str, model: &str) -> Option<http::Uri> {
+    let hit = URIS.with(|cache| {
         cache
             .borrow()
             .iter()
@@ -227,29 +285,28 @@ fn parsed_url(channel: &ChannelEntry, path: &str, model: &str) -> Result<reqwest
             })
             .map(|entry| entry.4.clone())
     });
-    if let Some(url) = hit {
-        return Ok(url);
+    if hit.is_some() {
+        return hit;
     }
-    let text = channel_url(channel, path, model);
-    match reqwest::Url::parse(&text) {
-        Ok(url) => {
-            URLS.with(|cache| {
-                let mut cache = cache.borrow_mut();
-                if cache.len() >= URL_CACHE {
-                    cache.clear();
-                }
-                cache.push((
-                    (channel.id, channel.kind),
-                    channel.base_url.clone(),
-                    path.to_owned(),
-                    model.to_owned(),
-                    url.clone(),
-                ));
-            });
-            Ok(url)
+    let url = reqwest::Url::parse(&channel_url(channel, path, model)).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    let uri = http::Uri::try_from(url.as_str()).ok()?;
+    URIS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= URI_CACHE {
+            cache.clear();
         }
-        Err(_) => Err(text),
-    }
+        cache.push((
+            (channel.id, channel.kind),
+            channel.base_url.clone(),
+            path.to_owned(),
+            model.to_owned(),
+            uri.clone(),
+        ));
+    });
+    Some(uri)
 }
 
 /// Makes ring the process's TLS provider (once; later calls do nothing).
@@ -357,7 +414,7 @@ mod tests {
     #[test]
     fn a_cached_upstream_url_follows_an_edit_of_the_channels_type_or_base_url() {
         let path = "/v1/chat/completions";
-        let url = |c: &ChannelEntry, model: &str| parsed_url(c, path, model).unwrap().to_string();
+        let url = |c: &ChannelEntry, model: &str| parsed_uri(c, path, model).unwrap().to_string();
         let openai = entry(ChannelKind::OpenAi, "https://res.example.com");
         assert_eq!(
             url(&openai, "gpt-4o"),
@@ -376,6 +433,102 @@ mod tests {
         assert_eq!(
             url(&moved, "m"),
             "https://elsewhere.example.com/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn an_upstream_address_is_read_as_a_browser_would_and_only_http_is_sent() {
+        let path = "/v1/chat/completions";
+        let mut unicode = entry(ChannelKind::OpenAi, "https://bücher.example/");
+        unicode.id = 101;
+        assert_eq!(
+            parsed_uri(&unicode, path, "m").unwrap().host(),
+            Some("xn--bcher-kva.example")
+        );
+        let mut azure = entry(ChannelKind::Azure, "https://res.example.com");
+        azure.id = 102;
+        let spaced = parsed_uri(&azure, path, "my deployment")
+            .unwrap()
+            .to_string();
+        assert!(spaced.contains("/deployments/my%20deployment/"), "{spaced}");
+        let mut ftp = entry(ChannelKind::OpenAi, "ftp://files.example.com");
+        ftp.id = 103;
+        assert!(parsed_uri(&ftp, path, "m").is_none());
+        let mut junk = entry(ChannelKind::OpenAi, "not a url");
+        junk.id = 104;
+        assert!(parsed_uri(&junk, path, "m").is_none());
+    }
+
+    #[test]
+    fn each_channel_kind_sends_its_own_auth_header_marked_sensitive_with_the_clients_and_channels_headers()
+     {
+        let target = ("/v1/messages", "claude");
+        let extra = [
+            ("anthropic-version", "2023-06-01".to_owned()),
+            ("anthropic-beta", "tools-2024".to_owned()),
+        ];
+        let mut anthropic = entry(ChannelKind::Anthropic, "https://api.anthropic.com");
+        anthropic.headers = vec![("x-team".into(), "blue".into())];
+        let body = Some((Bytes::from_static(b"{}"), "application/json"));
+        let req = build_request(
+            reqwest::Method::POST,
+            &anthropic,
+            "sk-ant",
+            target,
+            body,
+            &extra,
+        )
+        .unwrap();
+        let h = req.headers();
+        assert_eq!(h["x-api-key"], "sk-ant");
+        assert!(h["x-api-key"].is_sensitive());
+        assert_eq!(h["anthropic-version"], "2023-06-01");
+        assert_eq!(h.get_all("anthropic-version").iter().count(), 1);
+        assert_eq!(h["anthropic-beta"], "tools-2024");
+        assert_eq!(h["x-team"], "blue");
+        assert_eq!(h["content-type"], "application/json");
+        assert!(h.get("authorization").is_none());
+
+        let openai = entry(ChannelKind::OpenAi, "https://api.openai.com");
+        let req = build_request(
+            reqwest::Method::GET,
+            &openai,
+            "sk-1",
+            ("/v1/models", ""),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(req.headers()["authorization"], "Bearer sk-1");
+        assert!(req.headers()["authorization"].is_sensitive());
+        assert!(req.headers().get("content-type").is_none());
+        assert_eq!(req.uri().to_string(), "https://api.openai.com/v1/models");
+
+        let gemini = entry(
+            ChannelKind::Gemini,
+            "https://generativelanguage.googleapis.com",
+        );
+        let req = build_request(
+            reqwest::Method::POST,
+            &gemini,
+            "AIza",
+            ("/v1beta/x", ""),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(req.headers()["x-goog-api-key"], "AIza");
+        // A key that cannot be a header value is never sent (the try fails instead).
+        assert!(
+            build_request(
+                reqwest::Method::GET,
+                &openai,
+                "sk\nx",
+                ("/v1/models", ""),
+                None,
+                &[]
+            )
+            .is_none()
         );
     }
 

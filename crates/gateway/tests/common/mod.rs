@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 pub const ROOT_PASSWORD: &str = "root-password-for-signals";
 pub const SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -44,8 +44,48 @@ pub async fn start_mock_upstream_paced(pace: Duration) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// The mock behind TLS with the certificate chain and key in `cert` and `key` (PEM
+/// files); returns its port.
+pub async fn start_tls_upstream(cert: &Path, key: &Path) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(conn).await {
+                    let _ = serve_connection(tls, Duration::from_millis(5)).await;
+                }
+            });
+        }
+    });
+    port
+}
+
 /// Reads one request (headers, then `Content-Length` bytes of body) and answers it.
-async fn serve_connection(mut conn: TcpStream, pace: Duration) -> std::io::Result<()> {
+async fn serve_connection<S>(mut conn: S, pace: Duration) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let header_end = loop {
