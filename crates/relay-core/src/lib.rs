@@ -33,6 +33,7 @@ pub mod stream;
 pub mod task;
 pub mod tokens;
 pub mod upstream;
+pub mod wire;
 
 pub use error::RelayError;
 pub use router::Router;

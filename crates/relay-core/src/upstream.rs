@@ -1,16 +1,15 @@
 //! The one pooled HTTP client for every upstream, and how a channel's base URL and key
 //! become a request.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::HeaderValue;
-use http_body_util::Full;
 use store::catalog::{ChannelEntry, ChannelKind};
 
 use crate::RelayError;
+use crate::wire::{WireError, Wires};
 
 /// How one try at a channel failed (whose fault it is: [`crate::fault::classify`]).
 #[derive(Debug)]
@@ -53,71 +52,22 @@ impl Failure {
     }
 }
 
-/// The upstream client: TCP_NODELAY, pooled keep-alive connections, connect timeout,
-/// HTTP/1.1 over rustls with the platform's roots (what reqwest did), and no redirects
-/// (a redirect would carry the channel's key wherever it points).
-///
-/// It is hyper's pooled client itself: reqwest's layers above it turned the URL into
-/// text and parsed it back three times per request, with IDNA processing each time.
-///
-/// One pool per thread: a pooled connection is driven by a task on the runtime that
-/// opened it, so with one shared pool a request served by one actix worker often rode
-/// a connection owned by the other, and every request and answer crossed threads (a
-/// wake and a context switch each way). Each worker keeps its own connections instead;
-/// they share one TLS configuration.
+/// The upstream client: what a channel's base URL, path and key become as a request,
+/// sent over this thread's pooled connections ([`crate::wire`]) within the channel's
+/// timeout.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    tls: Arc<rustls::ClientConfig>,
-}
-
-type Wire = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
-
-thread_local! {
-    static THREAD_WIRE: std::cell::OnceCell<Wire> = const { std::cell::OnceCell::new() };
-}
-
-fn build_wire(tls: &Arc<rustls::ClientConfig>) -> Wire {
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let https = hyper_rustls::HttpsConnector::from((http, Arc::clone(tls)));
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(512)
-        .build(https)
-}
-
-/// TLS as reqwest configured it: ring, the platform's certificate roots, HTTP/1.1.
-fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls_platform_verifier::Verifier::new(Arc::clone(&provider))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tls)
+    wires: Wires,
 }
 
 impl UpstreamClient {
     pub fn new() -> Result<Self, RelayError> {
         install_tls_provider();
-        let tls = tls_config().map_err(|e| {
+        let wires = Wires::new().map_err(|e| {
             tracing::error!(error = %e, "cannot build the upstream TLS configuration");
             RelayError::Internal
         })?;
-        Ok(UpstreamClient { tls: Arc::new(tls) })
-    }
-
-    /// This thread's client (made on first use).
-    fn wire(&self) -> Wire {
-        THREAD_WIRE.with(|c| c.get_or_init(|| build_wire(&self.tls)).clone())
+        Ok(UpstreamClient { wires })
     }
 
     /// POSTs a JSON body to `path` on `channel` with `key`, waiting at most the
@@ -167,40 +117,40 @@ impl UpstreamClient {
     ) -> Result<reqwest::Response, Failure> {
         // An address or header that cannot be sent fails the try as reqwest's builder
         // did (as a broken connection), before anything leaves.
-        let request = build_request(method, channel, key, (path, model), body, extra)
-            .ok_or(Failure::Broken)?;
+        let (uri, proxied) =
+            parsed_uri(&self.wires, channel, path, model).ok_or(Failure::Broken)?;
+        let request =
+            build_request(uri, channel, key, extra, (method, body)).ok_or(Failure::Broken)?;
         let timeout = Duration::from_secs(channel.timeout_s.max(1));
-        match tokio::time::timeout(timeout, self.wire().request(request)).await {
+        match tokio::time::timeout(timeout, self.wires.send(request, proxied)).await {
             Err(_) => Err(Failure::Timeout),
             // Not connected within the connect timeout: the request never left, so
             // another channel may take it.
-            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+            Ok(Err(WireError::Connect)) => Err(Failure::Connect),
             // The connection broke, perhaps after the request went out: a relay try
             // is retried elsewhere like a refused connection; a task submission must
             // take it as possibly received (see `Failure::may_have_arrived`).
-            Ok(Err(_)) => Err(Failure::Broken),
-            Ok(Ok(resp)) => Ok(reqwest::Response::from(resp.map(reqwest::Body::wrap))),
+            Ok(Err(WireError::Broken)) => Err(Failure::Broken),
+            Ok(Ok(resp)) => Ok(resp),
         }
     }
 }
 
-/// The request as it goes upstream: the channel's URL, its own auth header, the
-/// client's headers that must pass, the channel's headers. `None` when a header or
-/// the URL cannot be sent.
+/// The request as it goes to `uri`: the channel's own auth header, the client's
+/// headers that must pass, the channel's headers, then what is sent (the method, and
+/// the body with its type). `None` when a header cannot be sent.
 fn build_request(
-    method: reqwest::Method,
+    uri: http::Uri,
     channel: &ChannelEntry,
     key: &str,
-    (path, model): (&str, &str),
-    body: Option<(Bytes, &str)>,
     extra: &[(&'static str, String)],
-) -> Option<http::Request<Full<Bytes>>> {
+    (method, body): (reqwest::Method, Option<(Bytes, &str)>),
+) -> Option<http::Request<Bytes>> {
     let (body, content_type) = body.map_or((Bytes::new(), None), |(b, t)| (b, Some(t)));
-    let mut request = http::Request::new(Full::new(body));
+    let mut request = http::Request::new(body);
     *request.method_mut() = method;
-    *request.uri_mut() = parsed_uri(channel, path, model)?;
+    *request.uri_mut() = uri;
     let headers = request.headers_mut();
-    headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
     if let Some(t) = content_type {
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_str(t).ok()?);
     }
@@ -252,14 +202,25 @@ fn build_request(
         let name = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
         headers.append(name, HeaderValue::from_str(value).ok()?);
     }
+    // reqwest's default, when nothing above named one.
+    if !headers.contains_key(http::header::ACCEPT) {
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    }
     Some(request)
 }
 
 /// How many parsed upstream addresses each thread keeps.
 const URI_CACHE: usize = 64;
 
-/// One parsed address: ((channel id, kind), base URL, path, model, the address).
-type CachedUri = ((i64, ChannelKind), String, String, String, http::Uri);
+/// One parsed address: ((channel id, kind), base URL, path, model, (the address,
+/// whether it goes through a proxy)).
+type CachedUri = (
+    (i64, ChannelKind),
+    String,
+    String,
+    String,
+    (http::Uri, bool),
+);
 
 thread_local! {
     /// (channel id, base URL, path, model) -> the parsed address. Parsing (with IDNA
@@ -269,10 +230,16 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// [`channel_url`], parsed once per thread and reused (`None`: it does not parse, or
-/// is not http(s)). The text is read as a browser would (`url`: IDNA hosts, escaped
-/// spaces) before it becomes the request's address.
-fn parsed_uri(channel: &ChannelEntry, path: &str, model: &str) -> Option<http::Uri> {
+/// [`channel_url`], parsed once per thread and reused, with whether the environment
+/// sends it through a proxy (`None`: it does not parse, or is not http(s)). The text is
+/// read as a browser would (`url`: IDNA hosts, escaped spaces) before it becomes the
+/// request's address.
+fn parsed_uri(
+    wires: &Wires,
+    channel: &ChannelEntry,
+    path: &str,
+    model: &str,
+) -> Option<(http::Uri, bool)> {
     let hit = URIS.with(|cache| {
         cache
             .borrow()
@@ -293,6 +260,7 @@ fn parsed_uri(channel: &ChannelEntry, path: &str, model: &str) -> Option<http::U
         return None;
     }
     let uri = http::Uri::try_from(url.as_str()).ok()?;
+    let proxied = wires.proxied(&uri);
     URIS.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.len() >= URI_CACHE {
@@ -303,10 +271,10 @@ fn parsed_uri(channel: &ChannelEntry, path: &str, model: &str) -> Option<http::U
             channel.base_url.clone(),
             path.to_owned(),
             model.to_owned(),
-            uri.clone(),
+            (uri.clone(), proxied),
         ));
     });
-    Some(uri)
+    Some((uri, proxied))
 }
 
 /// Makes ring the process's TLS provider (once; later calls do nothing).
@@ -411,10 +379,25 @@ mod tests {
         }
     }
 
+    fn uri(c: &ChannelEntry, path: &str, model: &str) -> Option<http::Uri> {
+        let wires = Wires::new().unwrap();
+        parsed_uri(&wires, c, path, model).map(|(uri, _)| uri)
+    }
+
+    fn request(
+        c: &ChannelEntry,
+        key: &str,
+        (path, model): (&str, &str),
+        extra: &[(&'static str, String)],
+        sent: (reqwest::Method, Option<(Bytes, &str)>),
+    ) -> Option<http::Request<Bytes>> {
+        build_request(uri(c, path, model)?, c, key, extra, sent)
+    }
+
     #[test]
     fn a_cached_upstream_url_follows_an_edit_of_the_channels_type_or_base_url() {
         let path = "/v1/chat/completions";
-        let url = |c: &ChannelEntry, model: &str| parsed_uri(c, path, model).unwrap().to_string();
+        let url = |c: &ChannelEntry, model: &str| uri(c, path, model).unwrap().to_string();
         let openai = entry(ChannelKind::OpenAi, "https://res.example.com");
         assert_eq!(
             url(&openai, "gpt-4o"),
@@ -442,21 +425,19 @@ mod tests {
         let mut unicode = entry(ChannelKind::OpenAi, "https://bücher.example/");
         unicode.id = 101;
         assert_eq!(
-            parsed_uri(&unicode, path, "m").unwrap().host(),
+            uri(&unicode, path, "m").unwrap().host(),
             Some("xn--bcher-kva.example")
         );
         let mut azure = entry(ChannelKind::Azure, "https://res.example.com");
         azure.id = 102;
-        let spaced = parsed_uri(&azure, path, "my deployment")
-            .unwrap()
-            .to_string();
+        let spaced = uri(&azure, path, "my deployment").unwrap().to_string();
         assert!(spaced.contains("/deployments/my%20deployment/"), "{spaced}");
         let mut ftp = entry(ChannelKind::OpenAi, "ftp://files.example.com");
         ftp.id = 103;
-        assert!(parsed_uri(&ftp, path, "m").is_none());
+        assert!(uri(&ftp, path, "m").is_none());
         let mut junk = entry(ChannelKind::OpenAi, "not a url");
         junk.id = 104;
-        assert!(parsed_uri(&junk, path, "m").is_none());
+        assert!(uri(&junk, path, "m").is_none());
     }
 
     #[test]
@@ -470,13 +451,12 @@ mod tests {
         let mut anthropic = entry(ChannelKind::Anthropic, "https://api.anthropic.com");
         anthropic.headers = vec![("x-team".into(), "blue".into())];
         let body = Some((Bytes::from_static(b"{}"), "application/json"));
-        let req = build_request(
-            reqwest::Method::POST,
+        let req = request(
             &anthropic,
             "sk-ant",
             target,
-            body,
             &extra,
+            (reqwest::Method::POST, body),
         )
         .unwrap();
         let h = req.headers();
@@ -490,13 +470,12 @@ mod tests {
         assert!(h.get("authorization").is_none());
 
         let openai = entry(ChannelKind::OpenAi, "https://api.openai.com");
-        let req = build_request(
-            reqwest::Method::GET,
+        let req = request(
             &openai,
             "sk-1",
             ("/v1/models", ""),
-            None,
             &[],
+            (reqwest::Method::GET, None),
         )
         .unwrap();
         assert_eq!(req.headers()["authorization"], "Bearer sk-1");
@@ -508,25 +487,39 @@ mod tests {
             ChannelKind::Gemini,
             "https://generativelanguage.googleapis.com",
         );
-        let req = build_request(
-            reqwest::Method::POST,
+        let req = request(
             &gemini,
             "AIza",
             ("/v1beta/x", ""),
-            None,
             &[],
+            (reqwest::Method::POST, None),
         )
         .unwrap();
         assert_eq!(req.headers()["x-goog-api-key"], "AIza");
+        assert_eq!(req.headers()["accept"], "*/*");
+        // A channel's own Accept replaces the default rather than joining it.
+        let mut picky = entry(ChannelKind::OpenAi, "https://api.openai.com");
+        picky.headers = vec![("Accept".into(), "application/json".into())];
+        let req = request(
+            &picky,
+            "k",
+            ("/v1/models", ""),
+            &[],
+            (reqwest::Method::GET, None),
+        )
+        .unwrap();
+        assert_eq!(
+            req.headers().get_all("accept").iter().collect::<Vec<_>>(),
+            ["application/json"]
+        );
         // A key that cannot be a header value is never sent (the try fails instead).
         assert!(
-            build_request(
-                reqwest::Method::GET,
+            request(
                 &openai,
                 "sk\nx",
                 ("/v1/models", ""),
-                None,
-                &[]
+                &[],
+                (reqwest::Method::GET, None)
             )
             .is_none()
         );

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub const ROOT_PASSWORD: &str = "root-password-for-signals";
 pub const SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -29,19 +29,30 @@ pub async fn start_mock_upstream() -> String {
 
 /// The mock, with `pace` between its ten content chunks.
 pub async fn start_mock_upstream_paced(pace: Duration) -> String {
+    let port = accept_forever(move |conn| async move {
+        let _ = serve_connection(conn, pace).await;
+    })
+    .await;
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Listens on a free port and serves each connection with `serve` in a task of its
+/// own, for ever; returns the port.
+async fn accept_forever<F, Fut>(serve: F) -> u16
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = serve_connection(conn, pace).await;
-            });
+            if let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(serve(conn));
+            }
         }
     });
-    format!("http://127.0.0.1:{port}")
+    port
 }
 
 /// The mock behind TLS with the certificate chain and key in `cert` and `key` (PEM
@@ -63,22 +74,15 @@ pub async fn start_tls_upstream(cert: &Path, key: &Path) -> u16 {
     .with_single_cert(chain, key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(conn).await {
-                    let _ = serve_connection(tls, Duration::from_millis(5)).await;
-                }
-            });
+    accept_forever(move |conn| {
+        let acceptor = acceptor.clone();
+        async move {
+            if let Ok(tls) = acceptor.accept(conn).await {
+                let _ = serve_connection(tls, Duration::from_millis(5)).await;
+            }
         }
-    });
-    port
+    })
+    .await
 }
 
 /// Reads one request (headers, then `Content-Length` bytes of body) and answers it.
@@ -117,7 +121,12 @@ where
     let body: Value = serde_json::from_slice(&buf[header_end..]).unwrap_or(Value::Null);
 
     let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // Asked as a proxy (absolute form, `POST http://host/path`): answered the same.
+    let path = target
+        .strip_prefix("http://")
+        .and_then(|rest| rest.find('/').map(|at| &rest[at..]))
+        .unwrap_or(target);
     let is_chat = method == "POST" && path.split('?').next() == Some("/v1/chat/completions");
     if !is_chat || body["stream"] != json!(true) {
         let msg = br#"{"error":{"message":"mock: only streaming chat","type":"invalid_request_error","param":null,"code":null}}"#;

@@ -1,7 +1,8 @@
-//! The upstream client speaks TLS as a production upstream needs: a channel on an
-//! `https://` address is served when the upstream's certificate chains to a root the
-//! machine trusts (here, a test CA named by `SSL_CERT_FILE`, which replaces the system's
-//! roots), and a certificate nobody vouches for fails the try with nothing charged.
+//! How the gateway reaches upstreams, through the real binary: TLS as a production
+//! upstream needs it (a channel on an `https://` address is served when the upstream's
+//! certificate chains to a root the machine trusts, here a test CA named by
+//! `SSL_CERT_FILE`, which replaces the system's roots; a certificate nobody vouches for
+//! fails the try with nothing charged), and the proxy the environment names.
 
 // Test code: clippy's allow-*-in-tests covers #[test] fns only, not these helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -160,26 +161,18 @@ async fn an_https_upstream_is_served_when_its_certificate_chains_to_a_trusted_ro
 
     let rogue_channel = json!({"name": "rogue", "type": "openai",
         "base_url": format!("https://localhost:{rogue}"), "keys": ["sk-up"], "models": ["rogue-model"]});
-    let (status, v) = api(
-        &http,
-        &gw,
-        reqwest::Method::POST,
-        "/api/channels",
-        &token,
-        Some(rogue_channel),
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    let (status, v) = api(
-        &http,
-        &gw,
-        reqwest::Method::PUT,
-        "/api/pricing/models/rogue-model",
-        &token,
-        Some(price),
-    )
-    .await;
-    assert!((200..300).contains(&status), "{v}");
+    let setup = [
+        (reqwest::Method::POST, "/api/channels", rogue_channel),
+        (
+            reqwest::Method::PUT,
+            "/api/pricing/models/rogue-model",
+            price,
+        ),
+    ];
+    for (method, path, body) in setup {
+        let (status, v) = api(&http, &gw, method, path, &token, Some(body)).await;
+        assert!((200..300).contains(&status), "{path}: {v}");
+    }
     let (status, body) = chat(&http, &gw, &key, "rogue-model").await;
     assert!(
         status >= 500,
@@ -188,5 +181,35 @@ async fn an_https_upstream_is_served_when_its_certificate_chains_to_a_trusted_ro
     let error: Value = serde_json::from_str(&body).unwrap();
     assert!(error["error"]["message"].is_string(), "{body}");
     assert!(!body.contains("sk-up"), "{body}");
+    balance_settles_at(&http, &gw, &token, 10.0 - 0.000042).await;
+}
+
+#[tokio::test]
+async fn a_channel_is_reached_through_the_proxy_the_environment_names() {
+    let dir = TempDir::new();
+    // The mock answers requests asked of it as a proxy (`POST http://host/path`).
+    let proxy = common::start_mock_upstream_paced(Duration::from_millis(5)).await;
+    let mut gw = Gateway::start_on(
+        &dir.0,
+        "proxied",
+        &Backend::sqlite(&dir.0),
+        &[("HTTP_PROXY", proxy.as_str()), ("NO_PROXY", "")],
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    gw.wait_healthy(&http).await;
+    // A name that never resolves: only the proxy can reach it.
+    let upstream = "http://upstream.invalid";
+    let (token, _root, key) = provision(
+        &http,
+        &gw,
+        upstream,
+        10.0,
+        json!({"input": 1.0, "output": 1.0}),
+    )
+    .await;
+    let (status, body) = chat(&http, &gw, &key, MODEL).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("[DONE]"), "{body}");
     balance_settles_at(&http, &gw, &token, 10.0 - 0.000042).await;
 }
