@@ -26,7 +26,7 @@ mod postgres;
 mod sqlite;
 
 /// Everything known about one relay request when it ends.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GenerationRecord {
     pub id: String,
     pub upstream_id: Option<String>,
