@@ -740,7 +740,31 @@ pub struct Outcome {
 /// release (anything else) in the same transaction. `Ok(false)` when the task had
 /// already ended (another poller, instance or request got there first): nothing is
 /// charged or released twice.
+///
+/// A transaction that lost a race with another writer (on SQLite, a poll of the same
+/// task committed between this one's read and its write) is run again: it rolled back
+/// whole, and the task is read anew.
 pub async fn finish(
+    db: &DatabaseConnection,
+    wallet: &Wallet,
+    id: &str,
+    outcome: &Outcome,
+) -> Result<bool, BillingError> {
+    let mut wait = std::time::Duration::from_millis(5);
+    for _ in 0..4 {
+        match finish_once(db, wallet, id, outcome).await {
+            Err(BillingError::Store(store::StoreError::Db(e))) if store::db::is_contended(&e) => {
+                tracing::debug!(task.id = %id, error = %e, "finishing a task lost a race; again");
+                tokio::time::sleep(wait).await;
+                wait *= 3;
+            }
+            other => return other,
+        }
+    }
+    finish_once(db, wallet, id, outcome).await
+}
+
+async fn finish_once(
     db: &DatabaseConnection,
     wallet: &Wallet,
     id: &str,

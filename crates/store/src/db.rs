@@ -91,6 +91,27 @@ pub fn is_unreachable(e: &sea_orm::DbErr) -> bool {
     }
 }
 
+/// Whether a transaction lost a race with another writer and may simply be run again:
+/// SQLite's `SQLITE_BUSY` family (5, and 517 `BUSY_SNAPSHOT`: a read transaction cannot
+/// become a write one after another connection committed, whatever the busy timeout),
+/// `SQLITE_LOCKED` (6), Postgres's serialization failure (`40001`) and deadlock (`40P01`).
+pub fn is_contended(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::sqlx::Error as SqlxError;
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
+        return false;
+    };
+    let SqlxError::Database(db) = e.as_ref() else {
+        return false;
+    };
+    db.code().is_some_and(|code| match code.len() {
+        // A Postgres SQLSTATE.
+        5 => matches!(code.as_ref(), "40001" | "40P01"),
+        // A SQLite result code; its low byte is the primary code.
+        _ => code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+    })
+}
+
 /// Postgres SQLSTATEs of a server that cannot serve for now, whatever the query:
 /// `57P01` admin shutdown, `57P02` crash shutdown, `57P03` cannot connect now (starting
 /// up), `53300` too many connections, `25006` read-only transaction (a replica after a
@@ -224,5 +245,57 @@ mod tests {
             }
         }
         assert!(!is_unreachable(&DbErr::RecordNotFound("x".into())));
+    }
+
+    #[test]
+    fn a_lost_race_is_told_apart_from_a_refused_query_on_both_databases() {
+        let err = |code: &'static str| {
+            DbErr::Exec(RuntimeErr::SqlxError(Arc::new(
+                sea_orm::sqlx::Error::Database(Box::new(Sqlstate(code))),
+            )))
+        };
+        for code in ["40001", "40P01", "5", "517", "261", "6", "262"] {
+            assert!(is_contended(&err(code)), "{code}");
+        }
+        // Unique violation, insufficient privilege (whose number ends like a busy code
+        // would), SQLite's constraint and generic errors.
+        for code in ["23505", "42501", "2067", "1", "19"] {
+            assert!(!is_contended(&err(code)), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlites_refusal_to_turn_a_stale_read_into_a_write_is_a_lost_race() {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let path = std::env::temp_dir().join(format!(
+            "tollgate-store-contended-{}-{}.db",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let db = connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+        db.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")
+            .await
+            .unwrap();
+        db.execute_unprepared("INSERT INTO t VALUES (1, 0)")
+            .await
+            .unwrap();
+        let reader = db.begin().await.unwrap();
+        reader.execute_unprepared("SELECT n FROM t").await.unwrap();
+        // Another connection commits a write after the read began.
+        db.execute_unprepared("UPDATE t SET n = n + 1")
+            .await
+            .unwrap();
+        let e = reader
+            .execute_unprepared("UPDATE t SET n = n + 10")
+            .await
+            .unwrap_err();
+        assert!(is_contended(&e), "{e:?}");
+        assert!(!is_unreachable(&e), "{e:?}");
+        let _ = std::fs::remove_file(&path);
     }
 }
