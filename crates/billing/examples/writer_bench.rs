@@ -114,7 +114,7 @@ async fn main() {
             status_code: 200,
             error: None,
             client_ip: Some("127.0.0.1".into()),
-            attempts: None,
+            attempts: Vec::new(),
             created_at: now,
             upstream_cost: 0,
         };

@@ -66,7 +66,7 @@ fn record(id: &str, user_id: i64) -> GenerationRecord {
         status_code: 200,
         error: None,
         client_ip: None,
-        attempts: None,
+        attempts: Vec::new(),
         created_at: chrono::Utc::now(),
         upstream_cost: 0,
     }

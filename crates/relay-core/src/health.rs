@@ -60,15 +60,19 @@ struct Trial {
 /// from everyone else.
 pub const MIN_CALLERS: usize = 2;
 
+/// How many locks the breakers are spread over (by channel id): requests to
+/// different channels rarely wait on each other's breaker.
+const SHARDS: usize = 16;
+
 /// Every channel's breaker, in this process. A healthy process reads only two
-/// atomics per request: the map and the dead keys are locked only while some channel
-/// has failed recently or some key was found dead.
+/// atomics per request: a channel's shard of the breakers, and the dead keys, are
+/// locked only while some channel has failed recently or some key was found dead.
 #[derive(Debug, Default)]
 pub struct Breakers {
     /// The thresholds; the admin's settings replace them on every catalog reload.
     config: Mutex<BreakerConfig>,
-    map: Mutex<HashMap<i64, Breaker>>,
-    /// How many channels have breaker state (`map.len()`, kept under its lock).
+    shards: [Mutex<HashMap<i64, Breaker>>; SHARDS],
+    /// How many channels have breaker state (the shards' sizes, kept under their locks).
     tracked: AtomicUsize,
     /// Keys found dead here, kept out until the catalog no longer has them.
     dead_keys: Mutex<HashMap<i64, Instant>>,
@@ -106,7 +110,7 @@ pub struct TrialClaim<'a> {
 
 impl Drop for TrialClaim<'_> {
     fn drop(&mut self) {
-        if let Some(b) = self.breakers.lock().map.get_mut(&self.channel)
+        if let Some(b) = self.breakers.lock(self.channel).map.get_mut(&self.channel)
             && b.trial.is_some_and(|t| t.id == self.id)
         {
             b.trial = None;
@@ -114,15 +118,22 @@ impl Drop for TrialClaim<'_> {
     }
 }
 
-/// The breaker map, locked; its size is published to `tracked` when the lock ends.
+/// One shard of the breakers, locked; its change in size is added to `tracked` when
+/// the lock ends.
 struct Locked<'a> {
     map: std::sync::MutexGuard<'a, HashMap<i64, Breaker>>,
     tracked: &'a AtomicUsize,
+    len: usize,
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        self.tracked.store(self.map.len(), Ordering::Release);
+        let now = self.map.len();
+        if now > self.len {
+            self.tracked.fetch_add(now - self.len, Ordering::Release);
+        } else if now < self.len {
+            self.tracked.fetch_sub(self.len - now, Ordering::Release);
+        }
     }
 }
 
@@ -143,9 +154,13 @@ impl Breakers {
         *self.config.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock(&self) -> Locked<'_> {
+    /// The shard of `channel`'s breaker, locked.
+    fn lock(&self, channel: i64) -> Locked<'_> {
+        let shard = usize::try_from(channel.rem_euclid(SHARDS as i64)).unwrap_or(0);
+        let map = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         Locked {
-            map: self.map.lock().unwrap_or_else(|e| e.into_inner()),
+            len: map.len(),
+            map,
             tracked: &self.tracked,
         }
     }
@@ -162,7 +177,7 @@ impl Breakers {
             return Gate::Open;
         }
         let now = Instant::now();
-        let locked = self.lock();
+        let locked = self.lock(channel);
         let Some(b) = locked.map.get(&channel) else {
             return Gate::Open;
         };
@@ -178,7 +193,7 @@ impl Breakers {
     /// timeout); `None` when another request holds it.
     pub fn claim_trial(&self, channel: i64, lease: Duration) -> Option<TrialClaim<'_>> {
         let now = Instant::now();
-        let mut locked = self.lock();
+        let mut locked = self.lock(channel);
         let b = locked.map.entry(channel).or_default();
         if b.trial.is_some_and(|t| t.expires > now) {
             return None;
@@ -217,7 +232,7 @@ impl Breakers {
     /// Records a success: the breaker closes.
     pub fn success(&self, channel: i64) {
         if self.any_tracked() {
-            self.lock().map.remove(&channel);
+            self.lock(channel).map.remove(&channel);
         }
     }
 
@@ -228,7 +243,7 @@ impl Breakers {
     pub fn failure(&self, channel: i64, caller: i64) -> bool {
         let now = Instant::now();
         let config = self.config();
-        let mut locked = self.lock();
+        let mut locked = self.lock(channel);
         let b = locked.map.entry(channel).or_default();
         if b.trial.take().is_some() {
             // The trial failed: cool down again.

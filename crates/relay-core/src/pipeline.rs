@@ -244,7 +244,7 @@ impl Pipeline {
             status_code: 200,
             error: None,
             client_ip: ip.map(|i| i.to_string()),
-            attempts: None,
+            attempts: Vec::new(),
             created_at: chrono::Utc::now(),
             upstream_cost: 0,
         }

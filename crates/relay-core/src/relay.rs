@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use billing::Attempt;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::Serialize;
 use store::catalog::{ChannelEntry, ChannelSecret};
 
 use crate::admission::Admitted;
@@ -24,16 +24,6 @@ use crate::stream::ChatStream;
 use crate::tokens::Fallback;
 use crate::upstream::{Failure, UpstreamClient, read_body, upstream_message};
 use crate::{RelayError, Router};
-
-/// One try at one channel, kept on the generation.
-#[derive(Debug, Serialize)]
-pub struct Attempt {
-    pub channel_id: i64,
-    pub channel: String,
-    pub status: Option<u16>,
-    pub latency_ms: i64,
-    pub error: Option<String>,
-}
 
 /// What the client gets on success.
 pub enum ChatAnswer {
@@ -138,7 +128,7 @@ pub async fn chat(
                     latency_ms,
                     error: None,
                 });
-                meter.record.attempts = serde_json::to_string(&attempts).ok();
+                meter.record.attempts = attempts;
                 return Ok(answer(success, req, meter));
             }
             Err(failure) => failure,
@@ -179,7 +169,7 @@ pub async fn chat(
             Next::Retry(e) => last = e,
         }
     }
-    meter.record.attempts = serde_json::to_string(&attempts).ok();
+    meter.record.attempts = attempts;
     meter.finish(Outcome::Failed {
         status: last.status(),
         error: last.code().to_owned(),

@@ -347,7 +347,7 @@ async fn a_channel_that_fails_is_retried_on_the_next_and_the_request_is_charged_
     let submitted = records.submitted.lock().unwrap();
     assert_eq!(submitted.len(), 1, "one generation for the request");
     let attempts: serde_json::Value =
-        serde_json::from_str(submitted[0].0.attempts.as_deref().unwrap()).unwrap();
+        serde_json::from_str(&submitted[0].0.attempts_json().unwrap()).unwrap();
     assert_eq!(attempts.as_array().unwrap().len(), 2, "{attempts}");
     assert_eq!(submitted[0].0.channel_id, Some(2));
 }

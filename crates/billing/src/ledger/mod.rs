@@ -47,10 +47,40 @@ pub struct GenerationRecord {
     pub status_code: u16,
     pub error: Option<String>,
     pub client_ip: Option<String>,
-    pub attempts: Option<String>,
+    /// The channels tried, in order; stored as JSON, written by the writer (not on
+    /// the request's own path).
+    pub attempts: Vec<Attempt>,
     pub created_at: DateTime<Utc>,
     /// What the serving channel's upstream charged (its `costs`), micro-credits.
     pub upstream_cost: i64,
+}
+
+/// One try at one channel, kept on the generation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attempt {
+    pub channel_id: i64,
+    pub channel: String,
+    pub status: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+impl GenerationRecord {
+    /// The attempts as stored (`None` when no channel was tried).
+    pub fn attempts_json(&self) -> Option<String> {
+        if self.attempts.is_empty() {
+            return None;
+        }
+        serde_json::to_string(&self.attempts).ok()
+    }
+
+    /// About how long [`GenerationRecord::attempts_json`] is, without writing it.
+    fn attempts_len(&self) -> usize {
+        self.attempts
+            .iter()
+            .map(|a| 80 + a.channel.len() + a.error.as_ref().map_or(0, String::len))
+            .sum()
+    }
 }
 
 /// A settled charge waiting to be committed: `pending` is what the wallet holds for it.
@@ -108,7 +138,12 @@ impl GenerationRecord {
             + text(&self.finish_reason)
             + text(&self.error)
             + text(&self.client_ip)
-            + text(&self.attempts)
+            + self.attempts.capacity() * std::mem::size_of::<Attempt>()
+            + self
+                .attempts
+                .iter()
+                .map(|a| a.channel.capacity() + text(&a.error))
+                .sum::<usize>()
     }
 }
 

@@ -261,7 +261,7 @@ async fn insert_generations(
             + text_len(&r.finish_reason)
             + text_len(&r.error)
             + text_len(&r.client_ip)
-            + text_len(&r.attempts)
+            + r.attempts_len()
     };
     for run in runs(batch.len(), size) {
         let mut c = Columns::default();
@@ -298,7 +298,7 @@ async fn insert_generations(
             c.error
                 .push(shortfall_error(shortfall[i]).or_else(|| clean_opt(&r.error)));
             c.client_ip.push(clean_opt(&r.client_ip));
-            c.attempts.push(clean_opt(&r.attempts));
+            c.attempts.push(clean_opt(&r.attempts_json()));
             c.created_at.push(r.created_at);
             c.upstream_cost.push(r.upstream_cost);
         }

@@ -245,7 +245,7 @@ async fn insert_generations(
                     None => text(&r.error),
                 })
                 .bind(text(&r.client_ip))
-                .bind(text(&r.attempts))
+                .bind(r.attempts_json().as_deref().map(clean))
                 .bind(r.created_at)
                 .bind(r.upstream_cost);
         }
