@@ -754,17 +754,30 @@ impl Wallet {
             }
         };
         if let Some(rx) = waiting {
-            match rx.await {
+            let mut wait = Follower {
+                wallet: self,
+                rx: Some(rx),
+            };
+            let turn = match wait.rx.as_mut() {
+                Some(rx) => rx.await,
+                None => return Err(batch_failed(None)),
+            };
+            wait.rx = None;
+            match turn {
                 Ok(Turn::Settled(result)) => return result,
                 Ok(Turn::Lead) => {}
                 // The one in flight was dropped before handing on (shutdown).
                 Err(_) => return Err(batch_failed(None)),
             }
         }
-        // This settlement leads: it sends itself and everyone waiting, then hands the
-        // lead to the first to come after (also if this future is dropped meanwhile).
+        // This settlement leads: it sends itself and those waiting, then hands the lead
+        // to the first still waiting (also if this future is dropped meanwhile).
         let lead = LeadGuard { wallet: self };
-        let others = std::mem::take(&mut lock(&self.settles).waiting);
+        let others: Vec<_> = {
+            let mut q = lock(&self.settles);
+            let n = q.waiting.len().min(SETTLE_CHUNK - 1);
+            q.waiting.drain(..n).collect()
+        };
         let result = self.send_settles(&mine, &others).await;
         for (_, tx) in others {
             let shared = match &result {
@@ -1335,6 +1348,28 @@ enum Turn {
     Lead,
 }
 
+/// Most settlements one `SETTLE` call takes.
+const SETTLE_CHUNK: usize = 200;
+
+/// A settlement waiting for its turn. Dropped while waiting (its request's task ended
+/// with the runtime), it still hands on a lead it was given and never took up: a lead
+/// lost there would leave every later settlement waiting for good.
+struct Follower<'a> {
+    wallet: &'a Wallet,
+    rx: Option<tokio::sync::oneshot::Receiver<Turn>>,
+}
+
+impl Drop for Follower<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(Turn::Lead) = rx.try_recv() {
+                self.wallet.pass_lead();
+            }
+        }
+    }
+}
+
 /// Hands the lead on when the leading settlement ends, however it ends.
 struct LeadGuard<'a> {
     wallet: &'a Wallet,
@@ -1695,6 +1730,34 @@ mod tests {
         if let Backend::Redis { .. } = &w.backend {
             assert!(lock(&w.settles).waiting.is_empty() && !lock(&w.settles).busy);
         }
+    }
+
+    #[tokio::test]
+    async fn a_settlement_dropped_after_it_was_handed_the_lead_hands_it_on() {
+        use std::future::Future;
+        let w = wallet().await;
+        w.sync(&[state(Account::User(1), 1_000, 1)]).await.unwrap();
+        // A call is in flight; a settlement comes and waits for its turn.
+        lock(&w.settles).busy = true;
+        let settling = |lease| Settling {
+            end: Ending::of(1, None, lease),
+            reserved: 0,
+            charge: 0,
+        };
+        let mut waiting = Box::pin(w.settle_in_turn(settling(1)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(lock(&w.settles).waiting.len(), 1);
+        // The call in flight ends and hands the lead to it; its task is dropped before
+        // it runs again (a worker stopping).
+        w.pass_lead();
+        drop(waiting);
+        // The lead was handed on, not lost: the next settlement goes at once.
+        assert!(!lock(&w.settles).busy);
+        tokio::time::timeout(Duration::from_secs(5), w.settle_in_turn(settling(2)))
+            .await
+            .expect("a settlement after a dropped lead must not wait for good")
+            .unwrap();
     }
 
     #[tokio::test]
