@@ -254,17 +254,5 @@ pub async fn retest_auto_disabled(
     }
 }
 
-/// Runs [`retest_auto_disabled`] every `interval` until the process ends.
-pub fn spawn_health_job(state: web::Data<AppState>, interval: Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            retest_auto_disabled(&state.db, &state.secrets, &state.client, &state.reloader).await;
-        }
-    });
-}
-
 /// Shared by the relay handlers.
 pub type Health = Arc<GatewayHealth>;
