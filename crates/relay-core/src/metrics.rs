@@ -4,7 +4,8 @@
 //! come from what Tollgate knows (admitted model names, channel ids), never from
 //! unchecked client input, so a client cannot grow the label sets.
 
-use std::sync::atomic::Ordering;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -59,6 +60,9 @@ impl Settled {
 /// The process's metrics. Cheap to share (`Arc`); recording takes a read lock and,
 /// for a new label set only, a write lock.
 pub struct Metrics {
+    /// Tells this process's metrics from another's (tests run several) in the
+    /// per-thread cache of [`Metrics::request`].
+    id: u64,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<EndpointLabels, Histogram>,
@@ -76,6 +80,24 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// How many label sets of requests a thread remembers.
+const RECENT: usize = 32;
+
+/// A label set of requests this thread recorded, with its metrics (handles on the
+/// families' own: the families never drop a label set).
+struct Recent {
+    metrics: u64,
+    endpoint: String,
+    model: String,
+    status: u16,
+    count: Counter,
+    duration: Histogram,
+}
+
+thread_local! {
+    static RECENT_REQUESTS: RefCell<Vec<Recent>> = const { RefCell::new(Vec::new()) };
 }
 
 fn seconds_histogram() -> Histogram {
@@ -149,7 +171,9 @@ impl Metrics {
             "Polls of asynchronous tasks that got a status word no family knows (the task stays open)",
             task_unknown_status.clone(),
         );
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             duration,
@@ -165,19 +189,57 @@ impl Metrics {
     }
 
     /// One relay request ended (`model` empty when it was refused before admission).
+    /// The label sets of nearly every request repeat: a thread keeps the metrics of its
+    /// last [`RECENT`] ones, so a repeat records without building label strings or
+    /// taking the families' locks.
     pub fn request(&self, endpoint: &str, model: &str, status: u16, seconds: f64) {
-        self.requests
+        let hit = RECENT_REQUESTS.with_borrow(|recent| {
+            recent
+                .iter()
+                .find(|r| {
+                    r.metrics == self.id
+                        && r.status == status
+                        && r.endpoint == endpoint
+                        && r.model == model
+                })
+                .map(|r| {
+                    r.count.inc();
+                    r.duration.observe(seconds);
+                })
+                .is_some()
+        });
+        if hit {
+            return;
+        }
+        let count = self
+            .requests
             .get_or_create(&RequestLabels {
                 endpoint: endpoint.to_owned(),
                 model: model.to_owned(),
                 status: status.to_string(),
             })
-            .inc();
-        self.duration
+            .clone();
+        let duration = self
+            .duration
             .get_or_create(&EndpointLabels {
                 endpoint: endpoint.to_owned(),
             })
-            .observe(seconds);
+            .clone();
+        count.inc();
+        duration.observe(seconds);
+        RECENT_REQUESTS.with_borrow_mut(|recent| {
+            if recent.len() >= RECENT {
+                recent.remove(0);
+            }
+            recent.push(Recent {
+                metrics: self.id,
+                endpoint: endpoint.to_owned(),
+                model: model.to_owned(),
+                status,
+                count,
+                duration,
+            });
+        });
     }
 
     /// The first byte of a channel's answer went to the client.
@@ -268,6 +330,37 @@ mod tests {
         assert!(
             text.contains("tollgate_request_duration_seconds_bucket"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn two_processes_metrics_on_one_thread_each_count_only_their_own_requests() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            a.request("/v1/chat/completions", "m", 200, 0.01);
+        }
+        b.request("/v1/chat/completions", "m", 200, 0.01);
+        b.request("/v1/chat/completions", "m", 429, 0.01);
+        // More label sets than a thread remembers, then the first again.
+        for i in 0..40 {
+            a.request("/v1/embeddings", &format!("e{i}"), 200, 0.01);
+        }
+        a.request("/v1/chat/completions", "m", 200, 0.01);
+        let line = |status| {
+            format!(
+                r#"tollgate_requests_total{{endpoint="/v1/chat/completions",model="m",status="{status}"}}"#
+            )
+        };
+        let (ta, tb) = (a.render(0, &[]), b.render(0, &[]));
+        assert!(ta.contains(&format!("{} 4\n", line(200))), "{ta}");
+        assert!(!ta.contains(&line(429)), "{ta}");
+        assert!(tb.contains(&format!("{} 1\n", line(200))), "{tb}");
+        assert!(tb.contains(&format!("{} 1\n", line(429))), "{tb}");
+        assert!(
+            ta.contains(
+                r#"tollgate_request_duration_seconds_count{endpoint="/v1/chat/completions"} 4"#
+            ),
+            "{ta}"
         );
     }
 }
