@@ -187,8 +187,37 @@ impl Drop for TempDir {
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for a gateway child to listen on. It is picked
+/// at random below the kernel's ephemeral range: a port the kernel handed out for
+/// `bind(0)` is just as soon handed to some test's outgoing connection, and a CI run
+/// failed once on a child that found its port taken that way ("Address already in
+/// use"). No port is handed out twice in one test process.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (
+        ephemeral_low.saturating_sub(12_000).max(10_000),
+        ephemeral_low,
+    );
+    let state = std::collections::hash_map::RandomState::new();
+    let tries = if high > low + 1_000 { 2_000 } else { 0 };
+    for attempt in 0_u64..tries {
+        let mut h = state.build_hasher();
+        h.write_u64(attempt);
+        let port = low + u16::try_from(h.finish() % u64::from(high - low)).unwrap();
+        let mut given = GIVEN.lock().unwrap();
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
