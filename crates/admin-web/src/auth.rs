@@ -54,24 +54,7 @@ pub struct AuthUser {
     pub exp: i64,
 }
 
-/// The three roles of API.md §1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    Reseller,
-    Customer,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "reseller" => Some(Role::Reseller),
-            "customer" => Some(Role::Customer),
-            _ => None,
-        }
-    }
-}
+pub use store::catalog::Role;
 
 impl AuthUser {
     pub fn is_admin(&self) -> bool {

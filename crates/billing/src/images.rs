@@ -30,7 +30,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{Price, Usage};
+    use crate::{Cost, Price, Usage};
 
     fn cost(answer: &Value) -> i64 {
         let price = Price {

@@ -17,5 +17,5 @@ pub mod wallet;
 pub use credits::{credits_to_micros, micros_to_credits};
 pub use error::BillingError;
 pub use ledger::{Attempt, Charge, GenerationRecord, LedgerWriter};
-pub use price::{Price, Usage};
+pub use price::{Cost, Price, Usage};
 pub use wallet::{Account, Hold, Synced, Wallet};

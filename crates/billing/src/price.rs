@@ -1,37 +1,6 @@
 //! Prices and metering: what a request used, and what that costs in micro-credits.
 
-use store::entities::model_price;
-
-/// A model's price. Token prices are micro-credits per 1M tokens (equal to credits per
-/// 1M tokens × 10⁶); unit prices are micro-credits per unit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Price {
-    pub input: i64,
-    pub output: i64,
-    pub cached_input: Option<i64>,
-    /// Prompt-cache writes; unset means 1.25 × `input` (Anthropic's list ratio).
-    pub cache_write: Option<i64>,
-    pub per_request: Option<i64>,
-    pub per_image: Option<i64>,
-    pub per_second: Option<i64>,
-    /// The model's own output ceiling in tokens, when known: holds never assume more.
-    pub max_output_tokens: Option<i64>,
-}
-
-impl From<&model_price::Model> for Price {
-    fn from(m: &model_price::Model) -> Self {
-        Price {
-            input: m.input,
-            output: m.output,
-            cached_input: m.cached_input,
-            cache_write: m.cache_write,
-            max_output_tokens: m.max_output_tokens,
-            per_request: m.per_request,
-            per_image: m.per_image,
-            per_second: m.per_second,
-        }
-    }
-}
+pub use store::catalog::Price;
 
 /// What one request used, as the upstream reported it (or as counted locally).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,10 +25,15 @@ pub struct Usage {
 /// per 1M tokens, multipliers are parts per million.
 const SCALE: i128 = 1_000_000;
 
-impl Price {
+/// What a [`Price`] (loaded with the catalog) makes of a request's usage.
+pub trait Cost {
     /// The cost of `usage` at this price under a group multiplier (parts per million),
     /// rounded up to a whole micro-credit once, at the end.
-    pub fn cost(&self, usage: &Usage, multiplier_ppm: i64) -> i64 {
+    fn cost(&self, usage: &Usage, multiplier_ppm: i64) -> i64;
+}
+
+impl Cost for Price {
+    fn cost(&self, usage: &Usage, multiplier_ppm: i64) -> i64 {
         let prompt = i128::from(usage.prompt_tokens.max(0));
         let cached = i128::from(usage.cached_tokens.clamp(0, usage.prompt_tokens.max(0)));
         let written = i128::from(usage.cache_write_tokens.max(0)).min(prompt - cached);

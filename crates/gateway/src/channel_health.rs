@@ -88,7 +88,7 @@ async fn disable_key(
 
 impl HealthSink for GatewayHealth {
     fn key_suspected(&self, suspect: SuspectKey) {
-        if !self.claim_confirmation(suspect.key_id) {
+        if !self.claim_confirmation(suspect.key.id) {
             return;
         }
         let db = self.db.clone();
@@ -98,11 +98,11 @@ impl HealthSink for GatewayHealth {
         tokio::spawn(async move {
             let SuspectKey {
                 channel,
-                key_id,
-                secret,
+                key,
                 reason,
             } = suspect;
-            if confirm_dead(&client, &channel, &secret).await.is_none() {
+            let key_id = key.id;
+            if confirm_dead(&client, &channel, &key).await.is_none() {
                 tracing::info!(
                     channel.id = channel.id,
                     channel_key.id = key_id,
@@ -156,7 +156,7 @@ pub async fn run_test(
         .ok_or_else(|| ApiError::BadRequest("the channel serves no model".into()))?;
     let upstream_model = entry.upstream_model(&model);
     let result = match entry.keys.first() {
-        Some(key) => probe(&state.client, &entry, &key.secret, &upstream_model).await,
+        Some(key) => probe(&state.client, &entry, key, &upstream_model).await,
         None => Err("the channel has no key".to_owned()),
     };
     store::channel_health::record_test(&state.db, id, &result).await?;
@@ -217,7 +217,7 @@ pub async fn retest_auto_disabled(
         let mut passed = Vec::new();
         let mut last = Err(String::from("no key"));
         for key in &entry.keys {
-            last = probe(client, &entry, &key.secret, &upstream_model).await;
+            last = probe(client, &entry, key, &upstream_model).await;
             if last.is_ok() {
                 passed.push(key.id);
             }

@@ -119,7 +119,7 @@ pub fn admit_where(
     let price = catalog
         .prices
         .get(model)
-        .map(Price::from)
+        .copied()
         .filter(|p| metered(p))
         .ok_or_else(|| RelayError::ModelNotPriced(model.to_owned()))?;
     Ok(Admitted {

@@ -44,7 +44,7 @@ pub async fn count_tokens(
         };
         let body = Bytes::from(serde_json::to_vec(&body).map_err(|_| RelayError::Internal)?);
         if let Ok(resp) = client
-            .post_json(&channel, &key.secret, (&path, &upstream_model), body, &[])
+            .post_json(&channel, key, (&path, &upstream_model), body, &[])
             .await
         {
             let ok = resp.status().is_success();

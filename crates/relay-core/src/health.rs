@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use store::catalog::ChannelEntry;
+use store::catalog::{ChannelEntry, ChannelSecret};
 
 /// Breaker thresholds.
 #[derive(Clone, Copy, Debug)]
@@ -280,10 +280,8 @@ impl Breakers {
 pub struct SuspectKey {
     /// The channel the key belongs to, as the relay saw it.
     pub channel: Arc<ChannelEntry>,
-    /// The key's id (`channel_keys.id`).
-    pub key_id: i64,
-    /// The key itself, for the test request; never logged.
-    pub secret: String,
+    /// The key (its id is `channel_keys.id`), for the test request; never logged.
+    pub key: ChannelSecret,
     /// Why it is suspected; shown to the admin when the test confirms it.
     pub reason: String,
 }

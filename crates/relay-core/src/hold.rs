@@ -4,6 +4,7 @@
 //! model's own ceiling — and when the client set no limit, the upstream is told the
 //! limit the hold covers, so nothing beyond it can be generated.
 
+use billing::Cost;
 use billing::{Price, Usage};
 use bytes::Bytes;
 use serde_json::{Map, Value};

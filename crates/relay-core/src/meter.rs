@@ -3,6 +3,7 @@
 //! at once where it need not wait (the in-process wallet), else on a tracked task, so a
 //! client that goes away, or a shutdown, never skips it.
 
+use billing::Cost;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use store::catalog::ChannelEntry;
+use store::catalog::{ChannelEntry, ChannelSecret};
 
 use crate::protocol::Protocol;
 use crate::upstream::{Failure, UpstreamClient, read_body, upstream_message};
@@ -14,7 +14,7 @@ use crate::upstream::{Failure, UpstreamClient, read_body, upstream_message};
 pub async fn probe(
     client: &UpstreamClient,
     channel: &ChannelEntry,
-    key: &str,
+    key: &ChannelSecret,
     model: &str,
 ) -> Result<u64, String> {
     probe_failure(client, channel, key, model)
@@ -36,7 +36,7 @@ pub async fn probe(
 pub async fn confirm_dead(
     client: &UpstreamClient,
     channel: &ChannelEntry,
-    key: &str,
+    key: &ChannelSecret,
 ) -> Option<String> {
     let model = channel.upstream_model(channel.models.first()?);
     let failure = probe_failure(client, channel, key, &model).await.err()?;
@@ -66,7 +66,7 @@ fn probe_body(model: &str) -> Result<Bytes, crate::RelayError> {
 async fn probe_failure(
     client: &UpstreamClient,
     channel: &ChannelEntry,
-    key: &str,
+    key: &ChannelSecret,
     model: &str,
 ) -> Result<u64, Failure> {
     let body = probe_body(model).map_err(|_| Failure::Unconvertible("probe body".into()))?;

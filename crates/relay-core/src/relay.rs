@@ -106,7 +106,7 @@ pub async fn chat(
         let result = try_channel(
             deps.client,
             &channel,
-            &key.secret,
+            key,
             (req, via_chat),
             &upstream_model,
             deps.max_answer_bytes,
@@ -213,8 +213,7 @@ fn judge(
             // The key may be dead, not the channel: its other keys may still serve.
             deps.health.key_suspected(SuspectKey {
                 channel: Arc::clone(channel),
-                key_id: key.id,
-                secret: key.secret.clone(),
+                key: key.clone(),
                 reason: crate::fault::key_reason(&failure, trouble),
             });
             tried.dead_keys.push(key.id);
@@ -281,7 +280,7 @@ struct Opened {
 async fn try_channel(
     client: &UpstreamClient,
     channel: &Arc<ChannelEntry>,
-    key: &str,
+    key: &ChannelSecret,
     (req, via_chat): (&RelayRequest<'_>, bool),
     upstream_model: &str,
     max_answer_bytes: usize,

@@ -158,12 +158,10 @@ mod tests {
             headers: vec![],
             timeout_s: 30,
             status: ChannelStatus::parse(status),
-            keys: vec![ChannelSecret {
-                id,
-                secret: "k".into(),
-            }],
+            keys: vec![ChannelSecret::new(ChannelKind::OpenAi, id, "k".into())],
             next_key: Default::default(),
             costs: Default::default(),
+            wire: Default::default(),
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::HeaderValue;
-use store::catalog::{ChannelEntry, ChannelKind};
+use store::catalog::{ChannelEntry, ChannelKind, ChannelSecret};
 
 use crate::RelayError;
 use crate::wire::{WireError, Wires};
@@ -75,7 +75,7 @@ impl UpstreamClient {
     pub async fn post_json(
         &self,
         channel: &ChannelEntry,
-        key: &str,
+        key: &ChannelSecret,
         target: (&str, &str),
         body: Bytes,
         extra: &[(&'static str, String)],
@@ -88,7 +88,7 @@ impl UpstreamClient {
     pub async fn post(
         &self,
         channel: &ChannelEntry,
-        key: &str,
+        key: &ChannelSecret,
         target: (&str, &str),
         (body, content_type): (Bytes, &str),
         extra: &[(&'static str, String)],
@@ -110,15 +110,14 @@ impl UpstreamClient {
         &self,
         method: reqwest::Method,
         channel: &ChannelEntry,
-        key: &str,
+        key: &ChannelSecret,
         (path, model): (&str, &str),
         body: Option<(Bytes, &str)>,
         extra: &[(&'static str, String)],
     ) -> Result<reqwest::Response, Failure> {
         // An address or header that cannot be sent fails the try as reqwest's builder
         // did (as a broken connection), before anything leaves.
-        let (uri, proxied) =
-            parsed_uri(&self.wires, channel, path, model).ok_or(Failure::Broken)?;
+        let (uri, proxied) = address(&self.wires, channel, path, model).ok_or(Failure::Broken)?;
         let request =
             build_request(uri, channel, key, extra, (method, body)).ok_or(Failure::Broken)?;
         let timeout = Duration::from_secs(channel.timeout_s.max(1));
@@ -142,7 +141,7 @@ impl UpstreamClient {
 fn build_request(
     uri: http::Uri,
     channel: &ChannelEntry,
-    key: &str,
+    key: &ChannelSecret,
     extra: &[(&'static str, String)],
     (method, body): (reqwest::Method, Option<(Bytes, &str)>),
 ) -> Option<http::Request<Bytes>> {
@@ -154,53 +153,32 @@ fn build_request(
     if let Some(t) = content_type {
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_str(t).ok()?);
     }
-    let secret = |v: String| {
-        let mut v = HeaderValue::try_from(v).ok()?;
-        v.set_sensitive(true);
-        Some(v)
-    };
-    match channel.kind {
-        ChannelKind::Azure => {
-            headers.insert("api-key", secret(key.to_owned())?);
+    match (&key.auth, channel.kind) {
+        (Some((name, value)), _) => {
+            headers.insert(name, value.clone());
         }
-        ChannelKind::Gemini => {
-            headers.insert("x-goog-api-key", secret(key.to_owned())?);
+        // A Kling key signs a short-lived token for each request.
+        (None, ChannelKind::Kling) => {
+            let token = crate::task::kling::bearer(&key.secret);
+            let mut value = HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
         }
-        ChannelKind::Anthropic => {
-            let version = extra
-                .iter()
-                .find(|(n, _)| *n == "anthropic-version")
-                .map_or("2023-06-01", |(_, v)| v.as_str());
-            headers.insert("x-api-key", secret(key.to_owned())?);
-            headers.insert("anthropic-version", HeaderValue::from_str(version).ok()?);
-        }
-        ChannelKind::Kling => {
-            let token = crate::task::kling::bearer(key);
-            headers.insert(
-                http::header::AUTHORIZATION,
-                secret(format!("Bearer {token}"))?,
-            );
-        }
-        ChannelKind::Midjourney => {
-            headers.insert("mj-api-secret", secret(key.to_owned())?);
-        }
-        ChannelKind::OpenAi
-        | ChannelKind::Volcengine
-        | ChannelKind::Dashscope
-        | ChannelKind::Suno
-        | ChannelKind::Unknown => {
-            headers.insert(
-                http::header::AUTHORIZATION,
-                secret(format!("Bearer {key}"))?,
-            );
-        }
+        // A key that cannot be a header value.
+        (None, _) => return None,
+    }
+    if channel.kind == ChannelKind::Anthropic {
+        let version = extra
+            .iter()
+            .find(|(n, _)| *n == "anthropic-version")
+            .map_or("2023-06-01", |(_, v)| v.as_str());
+        headers.insert("anthropic-version", HeaderValue::from_str(version).ok()?);
     }
     for (name, value) in extra.iter().filter(|(n, _)| *n != "anthropic-version") {
         headers.append(*name, HeaderValue::from_str(value).ok()?);
     }
-    for (name, value) in &channel.headers {
-        let name = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
-        headers.append(name, HeaderValue::from_str(value).ok()?);
+    for (name, value) in channel.wire.headers()? {
+        headers.append(name, value.clone());
     }
     // reqwest's default, when nothing above named one.
     if !headers.contains_key(http::header::ACCEPT) {
@@ -209,71 +187,23 @@ fn build_request(
     Some(request)
 }
 
-/// How many parsed upstream addresses each thread keeps.
-const URI_CACHE: usize = 64;
-
-/// One parsed address: ((channel id, kind), base URL, path, model, (the address,
-/// whether it goes through a proxy)).
-type CachedUri = (
-    (i64, ChannelKind),
-    String,
-    String,
-    String,
-    (http::Uri, bool),
-);
-
-thread_local! {
-    /// (channel id, base URL, path, model) -> the parsed address. Parsing (with IDNA
-    /// host processing) on every request showed in the profile; the key holds the base
-    /// URL, so a channel edited in the console can never be served a stale address.
-    static URIS: std::cell::RefCell<Vec<CachedUri>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// [`channel_url`], parsed once per thread and reused, with whether the environment
-/// sends it through a proxy (`None`: it does not parse, or is not http(s)). The text is
-/// read as a browser would (`url`: IDNA hosts, escaped spaces) before it becomes the
-/// request's address.
-fn parsed_uri(
+/// The address of `path` on `channel` (joined to the base URL parsed when the catalog
+/// loaded), with whether the environment sends it through a proxy; `None` when it is
+/// not an http(s) address.
+fn address(
     wires: &Wires,
     channel: &ChannelEntry,
     path: &str,
     model: &str,
 ) -> Option<(http::Uri, bool)> {
-    let hit = URIS.with(|cache| {
-        cache
-            .borrow()
-            .iter()
-            .find(|(id, base, p, m, _)| {
-                *id == (channel.id, channel.kind)
-                    && p == path
-                    && (channel.kind != ChannelKind::Azure || m == model)
-                    && *base == channel.base_url
-            })
-            .map(|entry| entry.4.clone())
-    });
-    if hit.is_some() {
-        return hit;
-    }
-    let url = reqwest::Url::parse(&channel_url(channel, path, model)).ok()?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return None;
-    }
-    let uri = http::Uri::try_from(url.as_str()).ok()?;
-    let proxied = wires.proxied(&uri);
-    URIS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.len() >= URI_CACHE {
-            cache.clear();
-        }
-        cache.push((
-            (channel.id, channel.kind),
-            channel.base_url.clone(),
-            path.to_owned(),
-            model.to_owned(),
-            (uri.clone(), proxied),
-        ));
-    });
+    let wire = &channel.wire;
+    let uri = wire.uri(channel.kind, &channel.base_url, path, model)?;
+    let proxied = if wire.prepared() {
+        // Decided by the scheme and host, which a prepared base fixes.
+        *wire.proxied.get_or_init(|| wires.proxied(&uri))
+    } else {
+        wires.proxied(&uri)
+    };
     Some((uri, proxied))
 }
 
@@ -307,39 +237,13 @@ pub async fn read_body(
     }
 }
 
-/// Joins a channel's base URL (origin, optionally with a path; a trailing `/v1` is
-/// tolerated) and an API path starting with `/v1/`.
-pub fn endpoint_url(base: &str, path: &str) -> String {
-    let base = base.trim_end_matches('/');
-    let base = base
-        .strip_suffix("/v1")
-        .or_else(|| base.strip_suffix("/v1beta"))
-        .unwrap_or(base);
-    format!("{base}{path}")
-}
-
-/// The `api-version` an Azure channel uses when its base URL names none.
-pub const AZURE_API_VERSION: &str = "2024-10-21";
+pub use store::wire::{AZURE_API_VERSION, endpoint_url};
 
 /// The URL of `path` (an OpenAI-style `/v1/...` path) on `channel`. An Azure channel's
 /// base URL is its resource endpoint, optionally with `?api-version=`; the model is
 /// the deployment's name.
 pub fn channel_url(channel: &ChannelEntry, path: &str, model: &str) -> String {
-    if channel.kind != ChannelKind::Azure {
-        return endpoint_url(&channel.base_url, path);
-    }
-    let (origin, query) = channel
-        .base_url
-        .split_once('?')
-        .unwrap_or((channel.base_url.as_str(), ""));
-    let version = query
-        .split('&')
-        .find_map(|p| p.strip_prefix("api-version="))
-        .unwrap_or(AZURE_API_VERSION);
-    let origin = origin.trim_end_matches('/');
-    let origin = origin.strip_suffix("/openai").unwrap_or(origin);
-    let rest = path.strip_prefix("/v1").unwrap_or(path);
-    format!("{origin}/openai/deployments/{model}{rest}?api-version={version}")
+    store::wire::channel_url(channel.kind, &channel.base_url, path, model)
 }
 
 /// An upstream error message safe to show the client: the upstream's own
@@ -376,12 +280,23 @@ mod tests {
             keys: Vec::new(),
             next_key: std::sync::atomic::AtomicUsize::new(0),
             costs: Default::default(),
+            wire: store::wire::Wire::of(kind, base_url, &[]),
         }
+    }
+
+    /// `c` with `headers` of its own, as the catalog would load it.
+    fn with_headers(mut c: ChannelEntry, headers: &[(&str, &str)]) -> ChannelEntry {
+        c.headers = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        c.wire = store::wire::Wire::of(c.kind, &c.base_url, &c.headers);
+        c
     }
 
     fn uri(c: &ChannelEntry, path: &str, model: &str) -> Option<http::Uri> {
         let wires = Wires::new().unwrap();
-        parsed_uri(&wires, c, path, model).map(|(uri, _)| uri)
+        address(&wires, c, path, model).map(|(uri, _)| uri)
     }
 
     fn request(
@@ -391,11 +306,12 @@ mod tests {
         extra: &[(&'static str, String)],
         sent: (reqwest::Method, Option<(Bytes, &str)>),
     ) -> Option<http::Request<Bytes>> {
-        build_request(uri(c, path, model)?, c, key, extra, sent)
+        let key = ChannelSecret::new(c.kind, 1, key.to_owned());
+        build_request(uri(c, path, model)?, c, &key, extra, sent)
     }
 
     #[test]
-    fn a_cached_upstream_url_follows_an_edit_of_the_channels_type_or_base_url() {
+    fn a_channels_address_follows_its_type_and_base_url() {
         let path = "/v1/chat/completions";
         let url = |c: &ChannelEntry, model: &str| uri(c, path, model).unwrap().to_string();
         let openai = entry(ChannelKind::OpenAi, "https://res.example.com");
@@ -403,7 +319,7 @@ mod tests {
             url(&openai, "gpt-4o"),
             "https://res.example.com/v1/chat/completions"
         );
-        // Same id and base URL, now an Azure resource: the deployment URL, not the cached one.
+        // The same base URL as an Azure resource: the deployment's URL.
         let azure = entry(ChannelKind::Azure, "https://res.example.com");
         assert_eq!(
             url(&azure, "gpt-4o"),
@@ -422,21 +338,17 @@ mod tests {
     #[test]
     fn an_upstream_address_is_read_as_a_browser_would_and_only_http_is_sent() {
         let path = "/v1/chat/completions";
-        let mut unicode = entry(ChannelKind::OpenAi, "https://bücher.example/");
-        unicode.id = 101;
+        let unicode = entry(ChannelKind::OpenAi, "https://bücher.example/");
         assert_eq!(
             uri(&unicode, path, "m").unwrap().host(),
             Some("xn--bcher-kva.example")
         );
-        let mut azure = entry(ChannelKind::Azure, "https://res.example.com");
-        azure.id = 102;
+        let azure = entry(ChannelKind::Azure, "https://res.example.com");
         let spaced = uri(&azure, path, "my deployment").unwrap().to_string();
         assert!(spaced.contains("/deployments/my%20deployment/"), "{spaced}");
-        let mut ftp = entry(ChannelKind::OpenAi, "ftp://files.example.com");
-        ftp.id = 103;
+        let ftp = entry(ChannelKind::OpenAi, "ftp://files.example.com");
         assert!(uri(&ftp, path, "m").is_none());
-        let mut junk = entry(ChannelKind::OpenAi, "not a url");
-        junk.id = 104;
+        let junk = entry(ChannelKind::OpenAi, "not a url");
         assert!(uri(&junk, path, "m").is_none());
     }
 
@@ -448,8 +360,10 @@ mod tests {
             ("anthropic-version", "2023-06-01".to_owned()),
             ("anthropic-beta", "tools-2024".to_owned()),
         ];
-        let mut anthropic = entry(ChannelKind::Anthropic, "https://api.anthropic.com");
-        anthropic.headers = vec![("x-team".into(), "blue".into())];
+        let anthropic = with_headers(
+            entry(ChannelKind::Anthropic, "https://api.anthropic.com"),
+            &[("x-team", "blue")],
+        );
         let body = Some((Bytes::from_static(b"{}"), "application/json"));
         let req = request(
             &anthropic,
@@ -498,8 +412,10 @@ mod tests {
         assert_eq!(req.headers()["x-goog-api-key"], "AIza");
         assert_eq!(req.headers()["accept"], "*/*");
         // A channel's own Accept replaces the default rather than joining it.
-        let mut picky = entry(ChannelKind::OpenAi, "https://api.openai.com");
-        picky.headers = vec![("Accept".into(), "application/json".into())];
+        let picky = with_headers(
+            entry(ChannelKind::OpenAi, "https://api.openai.com"),
+            &[("Accept", "application/json")],
+        );
         let req = request(
             &picky,
             "k",

@@ -23,7 +23,6 @@ use store::Catalog;
 use store::catalog::{
     ChannelEntry, ChannelKind, ChannelSecret, ChannelStatus, KeyEntry, Standing, UserEntry,
 };
-use store::entities::model_price;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -181,7 +180,6 @@ fn channel(id: i64, priority: i32, base_url: String) -> Arc<ChannelEntry> {
         id,
         name: format!("ch{id}"),
         kind: ChannelKind::OpenAi,
-        base_url,
         models: vec![MODEL.into()],
         model_mapping: HashMap::new(),
         groups: vec!["default".into()],
@@ -190,12 +188,15 @@ fn channel(id: i64, priority: i32, base_url: String) -> Arc<ChannelEntry> {
         headers: Vec::new(),
         timeout_s: 10,
         status: ChannelStatus::Enabled,
-        keys: vec![ChannelSecret {
-            id: id * 10,
-            secret: format!("sk-up-{id}"),
-        }],
+        keys: vec![ChannelSecret::new(
+            ChannelKind::OpenAi,
+            id * 10,
+            format!("sk-up-{id}"),
+        )],
         next_key: AtomicUsize::new(0),
         costs: Default::default(),
+        wire: store::wire::Wire::of(ChannelKind::OpenAi, &base_url, &[]),
+        base_url,
     })
 }
 
@@ -225,7 +226,7 @@ fn catalog(channels: Vec<Arc<ChannelEntry>>) -> Catalog {
         Arc::new(UserEntry {
             id: 1,
             username: "alice".into(),
-            role: "customer".into(),
+            role: Some(store::catalog::Role::Customer),
             group: "default".into(),
             parent_id: None,
             status: Standing::Enabled,
@@ -235,17 +236,10 @@ fn catalog(channels: Vec<Arc<ChannelEntry>>) -> Catalog {
     );
     c.prices.insert(
         MODEL.into(),
-        model_price::Model {
-            model: MODEL.into(),
+        store::catalog::Price {
             input: 100_000_000,
             output: 1_000_000_000,
-            cached_input: None,
-            cache_write: None,
-            max_output_tokens: None,
-            per_request: None,
-            per_image: None,
-            per_second: None,
-            updated_at: chrono::Utc::now(),
+            ..Default::default()
         },
     );
     c.channels = channels;

@@ -22,12 +22,12 @@ pub struct Catalog {
     pub keys: HashMap<String, Arc<KeyEntry>>,
     pub users: HashMap<i64, Arc<UserEntry>>,
     pub channels: Vec<Arc<ChannelEntry>>,
-    pub prices: HashMap<String, model_price::Model>,
+    pub prices: HashMap<String, Price>,
     /// Group multipliers in parts per million.
     pub groups: HashMap<String, i64>,
     /// Every channel key that decrypts, whatever its status, by id: (channel id,
     /// secret). Asynchronous tasks are polled with the key that submitted them.
-    pub all_keys: HashMap<i64, (i64, String)>,
+    pub all_keys: HashMap<i64, (i64, ChannelSecret)>,
 }
 
 /// What an upstream channel speaks, parsed once when the catalog loads (the relay
@@ -105,6 +105,65 @@ impl ChannelStatus {
     }
 }
 
+/// A model's price, read once when the catalog loads. Token prices are micro-credits
+/// per 1M tokens (equal to credits per 1M tokens × 10⁶); unit prices are micro-credits
+/// per unit. What it costs is `billing`'s to say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Price {
+    pub input: i64,
+    pub output: i64,
+    pub cached_input: Option<i64>,
+    /// Prompt-cache writes; unset means 1.25 × `input` (Anthropic's list ratio).
+    pub cache_write: Option<i64>,
+    pub per_request: Option<i64>,
+    pub per_image: Option<i64>,
+    pub per_second: Option<i64>,
+    /// The model's own output ceiling in tokens, when known: holds never assume more.
+    pub max_output_tokens: Option<i64>,
+}
+
+impl From<&model_price::Model> for Price {
+    fn from(m: &model_price::Model) -> Self {
+        Price {
+            input: m.input,
+            output: m.output,
+            cached_input: m.cached_input,
+            cache_write: m.cache_write,
+            max_output_tokens: m.max_output_tokens,
+            per_request: m.per_request,
+            per_image: m.per_image,
+            per_second: m.per_second,
+        }
+    }
+}
+
+/// The three roles of API.md §1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Reseller,
+    Customer,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "reseller" => Some(Role::Reseller),
+            "customer" => Some(Role::Customer),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Reseller => "reseller",
+            Role::Customer => "customer",
+        }
+    }
+}
+
 /// Whether a customer key or a user may be used: anything but `enabled` may not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Standing {
@@ -164,7 +223,8 @@ impl KeyEntry {
 pub struct UserEntry {
     pub id: i64,
     pub username: String,
-    pub role: String,
+    /// `None`: a role this build does not know.
+    pub role: Option<Role>,
     pub group: String,
     pub parent_id: Option<i64>,
     pub status: Standing,
@@ -192,6 +252,8 @@ pub struct ChannelEntry {
     pub next_key: AtomicUsize,
     /// What the upstream charges per model (for margins).
     pub costs: HashMap<String, UpstreamCost>,
+    /// The base URL and headers as they go on the wire, built from the fields above.
+    pub wire: crate::wire::Wire,
 }
 
 /// What an upstream charges for a model: micro-credits per 1M input and output
@@ -263,10 +325,25 @@ impl ChannelEntry {
     }
 }
 
-/// One usable upstream key of a channel. Its `Debug` shows the id only.
+/// One upstream key of a channel. Its `Debug` shows the id only.
+#[derive(Clone)]
 pub struct ChannelSecret {
     pub id: i64,
     pub secret: String,
+    /// The header that carries it, built when the catalog loads
+    /// ([`ChannelKind::auth_header`]).
+    pub auth: Option<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl ChannelSecret {
+    /// Key `id` of a channel of `kind`.
+    pub fn new(kind: ChannelKind, id: i64, secret: String) -> Self {
+        ChannelSecret {
+            id,
+            auth: kind.auth_header(&secret),
+            secret,
+        }
+    }
 }
 
 impl std::fmt::Debug for ChannelSecret {
@@ -327,18 +404,26 @@ impl Catalog {
         let prices = model_price::Entity::find().all(db).await?;
         let groups = group_multiplier::Entity::find().all(db).await?;
 
+        let kinds: HashMap<i64, ChannelKind> = channels
+            .iter()
+            .map(|c| (c.id, ChannelKind::parse(&c.kind)))
+            .collect();
         let mut secrets_by_channel: HashMap<i64, Vec<ChannelSecret>> = HashMap::new();
-        let mut all_keys: HashMap<i64, (i64, String)> = HashMap::new();
+        let mut all_keys: HashMap<i64, (i64, ChannelSecret)> = HashMap::new();
         for k in channel_keys {
+            let kind = kinds
+                .get(&k.channel_id)
+                .copied()
+                .unwrap_or(ChannelKind::Unknown);
             match secrets.open(&k.secret) {
-                Ok(secret) if k.status == "enabled" => {
-                    all_keys.insert(k.id, (k.channel_id, secret.clone()));
-                    secrets_by_channel
-                        .entry(k.channel_id)
-                        .or_default()
-                        .push(ChannelSecret { id: k.id, secret });
-                }
                 Ok(secret) => {
+                    let secret = ChannelSecret::new(kind, k.id, secret);
+                    if k.status == "enabled" {
+                        secrets_by_channel
+                            .entry(k.channel_id)
+                            .or_default()
+                            .push(secret.clone());
+                    }
                     all_keys.insert(k.id, (k.channel_id, secret));
                 }
                 Err(e) => {
@@ -364,7 +449,10 @@ impl Catalog {
                     Arc::new(channel_entry_from(c, keys))
                 })
                 .collect(),
-            prices: prices.into_iter().map(|p| (p.model.clone(), p)).collect(),
+            prices: prices
+                .into_iter()
+                .map(|p| (p.model.clone(), Price::from(&p)))
+                .collect(),
             groups: groups
                 .into_iter()
                 .map(|g| (g.name, g.multiplier_ppm))
@@ -423,7 +511,7 @@ fn user_entry(u: user::Model) -> UserEntry {
     UserEntry {
         id: u.id,
         username: u.username,
-        role: u.role,
+        role: Role::parse(&u.role),
         group: u.group_name,
         parent_id: u.parent_id,
         status: Standing::parse(&u.status),
@@ -435,17 +523,20 @@ fn user_entry(u: user::Model) -> UserEntry {
 /// A channel row and its decrypted keys as the relay uses them.
 pub fn channel_entry_from(c: channel::Model, keys: Vec<ChannelSecret>) -> ChannelEntry {
     let headers: HashMap<String, String> = serde_json::from_str(&c.headers).unwrap_or_default();
+    let headers: Vec<(String, String)> = headers.into_iter().collect();
+    let kind = ChannelKind::parse(&c.kind);
     ChannelEntry {
         id: c.id,
         name: c.name,
-        kind: ChannelKind::parse(&c.kind),
+        kind,
+        wire: crate::wire::Wire::of(kind, &c.base_url, &headers),
         base_url: c.base_url,
         models: serde_json::from_str(&c.models).unwrap_or_default(),
         model_mapping: serde_json::from_str(&c.model_mapping).unwrap_or_default(),
         groups: serde_json::from_str(&c.groups).unwrap_or_default(),
         priority: c.priority,
         weight: u32::try_from(c.weight).unwrap_or(1),
-        headers: headers.into_iter().collect(),
+        headers,
         timeout_s: u64::try_from(c.timeout_s).unwrap_or(300),
         status: ChannelStatus::parse(&c.status),
         keys,
@@ -486,12 +577,14 @@ mod tests {
             headers: vec![("X-Upstream-Token".into(), "hdr-secret-value".into())],
             timeout_s: 60,
             status: ChannelStatus::Enabled,
-            keys: vec![ChannelSecret {
-                id: 3,
-                secret: "sk-live-supersecret".into(),
-            }],
+            keys: vec![ChannelSecret::new(
+                ChannelKind::OpenAi,
+                3,
+                "sk-live-supersecret".into(),
+            )],
             next_key: AtomicUsize::new(0),
             costs: Default::default(),
+            wire: Default::default(),
         };
         let shown = format!("{channel:?} {:#?}", channel.keys[0]);
         for secret in [

@@ -71,13 +71,14 @@ pub async fn load_channel(
         .all(db)
         .await?;
     keys.sort_by_key(|k| (k.status != "enabled", k.id));
+    let kind = crate::catalog::ChannelKind::parse(&row.kind);
     let secrets_list = keys
         .iter()
         .filter_map(|k| {
             secrets
                 .open(&k.secret)
                 .ok()
-                .map(|secret| ChannelSecret { id: k.id, secret })
+                .map(|secret| ChannelSecret::new(kind, k.id, secret))
         })
         .collect();
     let entry = channel_entry_from(row.clone(), secrets_list);

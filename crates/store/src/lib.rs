@@ -12,6 +12,7 @@ pub mod error;
 pub mod retention;
 pub mod secret;
 pub mod settings;
+pub mod wire;
 
 pub use availability::Availability;
 pub use cache::{RedisLink, Shared};

@@ -17,6 +17,7 @@ pub mod suno;
 pub mod veo;
 pub mod videos;
 
+use billing::Cost;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
-use store::catalog::{ChannelEntry, ChannelKind, UpstreamCost};
+use store::catalog::{ChannelEntry, ChannelKind, ChannelSecret, UpstreamCost};
 use store::entities::task;
 
 use futures_util::StreamExt;
@@ -333,7 +334,7 @@ impl TaskEngine {
             .price_variants
             .iter()
             .filter_map(|v| routing.catalog.prices.get(v))
-            .map(Price::from)
+            .copied()
             .find(|p| meters(p, &req))
         {
             admitted.price = price;
@@ -343,7 +344,7 @@ impl TaskEngine {
                 .catalog
                 .prices
                 .get(variant)
-                .map(Price::from)
+                .copied()
                 .filter(|p| meters(p, &req))
                 .ok_or_else(|| RelayError::ModelNotPriced(variant.clone()))?;
         }
@@ -453,7 +454,7 @@ impl TaskEngine {
                         last = RelayError::NoAvailableChannel;
                         break;
                     };
-                    (channel, key.0, key.1, parent.upstream_task_id.clone())
+                    (channel, key.id, key, parent.upstream_task_id.clone())
                 }
                 None => {
                     let Some(channel) =
@@ -469,8 +470,8 @@ impl TaskEngine {
                         tried.push(channel.id);
                         continue;
                     };
-                    let key = (key.id, key.secret.clone());
-                    (channel, key.0, key.1, None)
+                    let key = key.clone();
+                    (channel, key.id, key, None)
                 }
             };
             tried.push(channel.id);
@@ -787,7 +788,7 @@ impl TaskEngine {
                     .iter()
                     .filter_map(|t| t.upstream_task_id.as_deref())
                     .collect();
-                let seen = look_many(pipeline, &channel, &key.1, &ids).await;
+                let seen = look_many(pipeline, &channel, &key, &ids).await;
                 let now = Utc::now();
                 for t in chunk {
                     let looked = match (&seen, t.upstream_task_id.as_deref()) {
@@ -796,7 +797,7 @@ impl TaskEngine {
                             // Left out of a batch proves nothing (a proxy may list only
                             // what it holds in memory): asked on its own, only a real
                             // "not found" counts.
-                            None => look(pipeline, &channel, &key.1, t, id).await,
+                            None => look(pipeline, &channel, &key, t, id).await,
                         },
                         _ => Err(()),
                     };
@@ -825,11 +826,11 @@ impl TaskEngine {
         {
             // A submission whose answer was lost: found among the upstream's tasks,
             // never sent again.
-            upstream_id = self.reconcile(pipeline, channel, &key.1, t).await;
+            upstream_id = self.reconcile(pipeline, channel, key, t).await;
         }
         let looked = match (&upstream_id, found) {
             (Some(upstream_id), Some((channel, key))) => {
-                look(pipeline, &channel, &key.1, t, upstream_id).await
+                look(pipeline, &channel, &key, t, upstream_id).await
             }
             // Nothing to ask (an unconfirmed submission not found upstream, or its
             // channel or key is gone): wait for the deadline.
@@ -874,7 +875,7 @@ impl TaskEngine {
         &self,
         pipeline: &Pipeline,
         channel: &ChannelEntry,
-        key: &str,
+        key: &ChannelSecret,
         t: &task::Model,
     ) -> Option<String> {
         let upstream_model = t.upstream_model.as_deref().unwrap_or(&t.model);
@@ -1194,14 +1195,14 @@ impl TaskEngine {
                 )));
             };
             let first = self
-                .fetch_result(pipeline, &channel, &key.1, &url, range)
+                .fetch_result(pipeline, &channel, &key, &url, range)
                 .await?;
             if !matches!(first.status().as_u16(), 403 | 404 | 410) {
                 first
             } else {
                 // The storage URL has expired (Ark's and DashScope's last a day): the
                 // upstream is asked for the task again, and its fresh URL kept.
-                let fresh = match look(pipeline, &channel, &key.1, t, upstream_id).await {
+                let fresh = match look(pipeline, &channel, &key, t, upstream_id).await {
                     Ok(Looked::Seen(seen)) => seen.result,
                     _ => None,
                 };
@@ -1228,7 +1229,7 @@ impl TaskEngine {
                 let Some(url) = result_urls(&refreshed).into_iter().nth(index) else {
                     return Ok(first);
                 };
-                self.fetch_result(pipeline, &channel, &key.1, &url, range)
+                self.fetch_result(pipeline, &channel, &key, &url, range)
                     .await?
             }
         } else if channel.kind == ChannelKind::Gemini {
@@ -1252,7 +1253,7 @@ impl TaskEngine {
                 .send(
                     reqwest::Method::GET,
                     &channel,
-                    &key.1,
+                    &key,
                     (&path, &t.model),
                     None,
                     &range
@@ -1286,7 +1287,7 @@ impl TaskEngine {
                 .send(
                     reqwest::Method::GET,
                     &channel,
-                    &key.1,
+                    &key,
                     (&path, t.upstream_model.as_deref().unwrap_or(&t.model)),
                     None,
                     &extra,
@@ -1329,7 +1330,7 @@ impl TaskEngine {
             .send(
                 reqwest::Method::GET,
                 &channel,
-                &key.1,
+                &key,
                 (&path(upstream_id), &t.model),
                 None,
                 &[],
@@ -1369,7 +1370,7 @@ impl TaskEngine {
         &self,
         pipeline: &Pipeline,
         channel: &ChannelEntry,
-        key: &str,
+        key: &ChannelSecret,
         url: &str,
         range: Option<&str>,
     ) -> Result<reqwest::Response, RelayError> {
@@ -1457,7 +1458,7 @@ impl TaskEngine {
         };
         // The database may be a poll behind: a task the upstream has started (or
         // finished) is not cancelled, or its work would go unpaid.
-        match look(pipeline, &channel, &key.1, t, upstream_id).await {
+        match look(pipeline, &channel, &key, t, upstream_id).await {
             Ok(Looked::Seen(seen)) if seen.state == Some(State::Queued) => {}
             Ok(Looked::Seen(_)) => return refuse("the upstream has started it"),
             _ => return refuse("its upstream cannot say whether it has started"),
@@ -1475,7 +1476,7 @@ impl TaskEngine {
         };
         let sent = pipeline
             .client
-            .send(method, &channel, &key.1, (&path, &t.model), None, &[])
+            .send(method, &channel, &key, (&path, &t.model), None, &[])
             .await;
         match sent {
             Ok(r) if r.status().is_success() => {}
@@ -1528,7 +1529,7 @@ impl TaskEngine {
                 .send(
                     reqwest::Method::DELETE,
                     &channel,
-                    &key.1,
+                    &key,
                     (&path, t.upstream_model.as_deref().unwrap_or(&t.model)),
                     None,
                     &[],
@@ -1653,7 +1654,7 @@ fn batches(kind: ChannelKind) -> bool {
 async fn look_many(
     pipeline: &Pipeline,
     channel: &ChannelEntry,
-    key: &str,
+    key: &ChannelSecret,
     ids: &[&str],
 ) -> Result<std::collections::HashMap<String, Observed>, ()> {
     let (path, body) = match channel.kind {
@@ -1724,7 +1725,7 @@ enum Looked {
 async fn look(
     pipeline: &Pipeline,
     channel: &ChannelEntry,
-    key: &str,
+    key: &ChannelSecret,
     t: &task::Model,
     upstream_id: &str,
 ) -> Result<Looked, ()> {
@@ -1836,7 +1837,7 @@ fn served_by(family: &str) -> fn(ChannelKind) -> bool {
 fn task_channel(
     routing: Routing<'_>,
     t: &task::Model,
-) -> Option<(Arc<ChannelEntry>, (i64, String))> {
+) -> Option<(Arc<ChannelEntry>, ChannelSecret)> {
     let channel = routing
         .catalog
         .channels
@@ -1847,14 +1848,14 @@ fn task_channel(
     if *owner != channel.id {
         return None;
     }
-    Some((Arc::clone(channel), (key_id, secret.clone())))
+    Some((Arc::clone(channel), secret.clone()))
 }
 
 /// Where a continuation of `parent` must go.
 fn parent_channel(
     routing: Routing<'_>,
     parent: &task::Model,
-) -> Option<(Arc<ChannelEntry>, (i64, String))> {
+) -> Option<(Arc<ChannelEntry>, ChannelSecret)> {
     parent.upstream_task_id.as_ref()?;
     task_channel(routing, parent)
 }
