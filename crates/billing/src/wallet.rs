@@ -1403,21 +1403,11 @@ struct AccountKey<'a> {
 
 impl redis::ToRedisArgs for AccountKey<'_> {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
-        use std::io::Write;
         let (kind, id) = match self.account {
             Account::User(id) => ("u", id),
             Account::Key(id) => ("k", id),
         };
-        let mut buf = [0_u8; 128];
-        let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        match write!(cursor, "{}:w:{kind}:{id}", self.prefix) {
-            Ok(()) => {
-                let len = usize::try_from(cursor.position()).unwrap_or(0);
-                out.write_arg(&buf[..len]);
-            }
-            // A prefix too long for the buffer.
-            Err(_) => out.write_arg(redis_key(self.prefix, self.account).as_bytes()),
-        }
+        store::cache::KeyArg(format_args!("{}:w:{kind}:{id}", self.prefix)).write_redis_args(out);
     }
 }
 

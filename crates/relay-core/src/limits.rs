@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use store::cache::Name;
+
 use crate::RelayError;
 use crate::admission::Caller;
 use crate::pipeline::Pipeline;
@@ -20,8 +22,8 @@ pub const SLOT_TTL: Duration = Duration::from_secs(15 * 60);
 /// A request in flight, holding one of its key's slots; given back when dropped.
 pub struct Slot {
     shared: Arc<store::Shared>,
-    key: String,
-    member: String,
+    key: Name,
+    member: Name,
     /// Where the give-back runs (the settlements' tracker: a shutdown waits for it).
     tasks: tokio_util::task::TaskTracker,
 }
@@ -30,8 +32,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let (shared, key, member) = (
             Arc::clone(&self.shared),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.member),
+            self.key.clone(),
+            self.member.clone(),
         );
         if tokio::runtime::Handle::try_current().is_ok() {
             self.tasks.spawn(async move {
@@ -45,11 +47,11 @@ impl Drop for Slot {
 
 /// Where a key's tokens are counted: its counter for the minute of `now` (seconds
 /// since the epoch), and the seconds left in that minute.
-pub fn tpm_window(key_id: i64, now: i64) -> (String, u64) {
+pub fn tpm_window(key_id: i64, now: i64) -> (Name, u64) {
     let minute = now.div_euclid(60);
     let left = 60 - now.rem_euclid(60);
     (
-        format!("tpm:{key_id}:{minute}"),
+        Name::new(format_args!("tpm:{key_id}:{minute}")),
         u64::try_from(left).unwrap_or(60),
     )
 }
@@ -119,8 +121,8 @@ impl Pipeline {
         // for it is given back (giving back one never taken is harmless).
         let slot = Slot {
             shared: Arc::clone(&self.shared),
-            key: format!("inflight:{}", caller.key.id),
-            member: uuid::Uuid::now_v7().simple().to_string(),
+            key: Name::new(format_args!("inflight:{}", caller.key.id)),
+            member: Name::new(format_args!("{}", uuid::Uuid::now_v7().simple())),
             tasks: self.settler.tasks.clone(),
         };
         let taken = self
@@ -149,7 +151,15 @@ mod tests {
 
     #[test]
     fn a_minute_window_names_its_minute_and_the_seconds_left() {
-        assert_eq!(tpm_window(7, 120), ("tpm:7:2".to_owned(), 60));
-        assert_eq!(tpm_window(7, 179), ("tpm:7:2".to_owned(), 1));
+        let (name, left) = tpm_window(7, 120);
+        assert_eq!((&*name, left), ("tpm:7:2", 60));
+        let (name, left) = tpm_window(7, 179);
+        assert_eq!((&*name, left), ("tpm:7:2", 1));
+        // The longest name there can be still fits on the stack, and reads back whole.
+        let (name, _) = tpm_window(i64::MIN, i64::MIN);
+        assert_eq!(
+            &*name,
+            format!("tpm:{}:{}", i64::MIN, i64::MIN.div_euclid(60))
+        );
     }
 }

@@ -360,7 +360,10 @@ impl Pipeline {
         };
         let count = self
             .shared
-            .incr(&format!("rpm:{}", caller.key.id), Duration::from_secs(60))
+            .incr(
+                &store::cache::Name::new(format_args!("rpm:{}", caller.key.id)),
+                Duration::from_secs(60),
+            )
             .await
             .map_err(|e| {
                 if e.is_unavailable() {

@@ -20,6 +20,80 @@ if n > 0 then return redis.call('DECR', KEYS[1]) end
 return 0
 ";
 
+/// A counter's or slot's name, written on the stack: the relay names one per request
+/// (`rpm:7`, `tpm:7:29000000`), and a name that does not fit is kept on the heap.
+#[derive(Clone)]
+pub struct Name(NameText);
+
+#[derive(Clone)]
+enum NameText {
+    Inline([u8; 56], u8),
+    Heap(String),
+}
+
+impl Name {
+    pub fn new(text: std::fmt::Arguments<'_>) -> Name {
+        use std::io::Write;
+        let mut buf = [0_u8; 56];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let written = cursor
+            .write_fmt(text)
+            .ok()
+            .and_then(|()| u8::try_from(cursor.position()).ok());
+        match written {
+            // Only whole `str`s are written, so the bytes are UTF-8.
+            Some(len) if std::str::from_utf8(&buf[..usize::from(len)]).is_ok() => {
+                Name(NameText::Inline(buf, len))
+            }
+            _ => Name(NameText::Heap(text.to_string())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            NameText::Inline(buf, len) => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or("")
+            }
+            NameText::Heap(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// A Redis key written straight into a command from its parts (no `String` per call):
+/// `KeyArg(format_args!("{prefix}:c:{name}"))`.
+pub struct KeyArg<'a>(pub std::fmt::Arguments<'a>);
+
+impl redis::ToRedisArgs for KeyArg<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut buf = [0_u8; 128];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        match cursor.write_fmt(self.0) {
+            Ok(()) => {
+                let len = usize::try_from(cursor.position()).unwrap_or(0);
+                out.write_arg(&buf[..len]);
+            }
+            // Longer than the buffer (a long prefix).
+            Err(_) => out.write_arg(self.0.to_string().as_bytes()),
+        }
+    }
+}
+
+impl redis::ToSingleRedisArg for KeyArg<'_> {}
+
 /// Connections for the relay's hot path (the wallet's reserve and settle): one
 /// multiplexed connection per thread, made on first use and dropped after an error that
 /// may have broken it.
@@ -243,7 +317,12 @@ impl Shared {
             Shared::Memory(m) => {
                 let now = Instant::now();
                 let mut slots = m.slots.lock().unwrap_or_else(|e| e.into_inner());
-                let taken = slots.entry(key.to_owned()).or_default();
+                if !slots.contains_key(key) {
+                    slots.insert(key.to_owned(), HashMap::new());
+                }
+                let Some(taken) = slots.get_mut(key) else {
+                    return Ok(false);
+                };
                 taken.retain(|_, until| *until > now);
                 if taken.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
                     return Ok(false);
@@ -254,16 +333,12 @@ impl Shared {
             Shared::Redis(r) => {
                 let (mut conn, tag) = r.link.conn().await?;
                 let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-                let got: i64 = r.link.checked(
-                    tag,
-                    ACQUIRE_SCRIPT
-                        .key(format!("{}:z:{key}", r.prefix))
-                        .arg(limit)
-                        .arg(ms)
-                        .arg(member)
-                        .invoke_async(&mut conn)
-                        .await,
-                )?;
+                let mut call = ACQUIRE_SCRIPT.prepare_invoke();
+                call.key(KeyArg(format_args!("{}:z:{key}", r.prefix)))
+                    .arg(limit)
+                    .arg(ms)
+                    .arg(member);
+                let got: i64 = r.link.checked(tag, call.invoke_async(&mut conn).await)?;
                 Ok(got == 1)
             }
         }
@@ -284,14 +359,10 @@ impl Shared {
             }
             Shared::Redis(r) => {
                 let (mut conn, tag) = r.link.conn().await?;
-                let _: i64 = r.link.checked(
-                    tag,
-                    redis::cmd("ZREM")
-                        .arg(format!("{}:z:{key}", r.prefix))
-                        .arg(member)
-                        .query_async(&mut conn)
-                        .await,
-                )?;
+                let mut zrem = redis::cmd("ZREM");
+                zrem.arg(KeyArg(format_args!("{}:z:{key}", r.prefix)))
+                    .arg(member);
+                let _: i64 = r.link.checked(tag, zrem.query_async(&mut conn).await)?;
                 Ok(())
             }
         }
@@ -307,7 +378,12 @@ impl Shared {
                 if counters.len() > 100_000 {
                     counters.retain(|_, (_, until)| *until > now);
                 }
-                let entry = counters.entry(key.to_owned()).or_insert((0, now + window));
+                if !counters.contains_key(key) {
+                    counters.insert(key.to_owned(), (0, now + window));
+                }
+                let Some(entry) = counters.get_mut(key) else {
+                    return Ok(0);
+                };
                 if entry.1 <= now {
                     *entry = (0, now + window);
                 }
@@ -317,18 +393,16 @@ impl Shared {
             Shared::Redis(r) => {
                 // On the hot path (a key's rpm): the per-thread connection.
                 let (mut conn, tag) = r.link.conn().await?;
-                let full = format!("{}:c:{key}", r.prefix);
-                let (count,): (i64,) = r.link.checked(
-                    tag,
-                    redis::pipe()
-                        .atomic()
-                        .incr(&full, amount)
-                        .expire(&full, window.as_secs().max(1) as i64)
-                        .arg("NX")
-                        .ignore()
-                        .query_async(&mut conn)
-                        .await,
-                )?;
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .incr(KeyArg(format_args!("{}:c:{key}", r.prefix)), amount)
+                    .expire(
+                        KeyArg(format_args!("{}:c:{key}", r.prefix)),
+                        window.as_secs().max(1) as i64,
+                    )
+                    .arg("NX")
+                    .ignore();
+                let (count,): (i64,) = r.link.checked(tag, pipe.query_async(&mut conn).await)?;
                 Ok(count)
             }
         }
@@ -346,7 +420,9 @@ impl Shared {
             }
             Shared::Redis(r) => {
                 let mut conn = r.pool.get().await?;
-                let n: Option<i64> = conn.get(format!("{}:c:{key}", r.prefix)).await?;
+                let mut get = redis::cmd("GET");
+                get.arg(KeyArg(format_args!("{}:c:{key}", r.prefix)));
+                let n: Option<i64> = get.query_async(&mut conn).await?;
                 Ok(n.unwrap_or(0))
             }
         }
@@ -478,6 +554,29 @@ async fn pump_redis_bus(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_too_long_for_the_stack_is_kept_whole() {
+        let short = Name::new(format_args!("rpm:{}", 7));
+        assert!(matches!(short.0, NameText::Inline(..)));
+        assert_eq!(&*short, "rpm:7");
+        let long = "x".repeat(80);
+        let name = Name::new(format_args!("slot:{long}"));
+        assert!(matches!(name.0, NameText::Heap(_)));
+        assert_eq!(&*name, format!("slot:{long}"));
+        let accented = Name::new(format_args!("é{}", "ü".repeat(40)));
+        assert_eq!(&*accented, format!("é{}", "ü".repeat(40)));
+    }
+
+    #[test]
+    fn a_key_argument_is_one_argument_whatever_its_length() {
+        use redis::ToRedisArgs;
+        let long = "p".repeat(200);
+        for prefix in ["tollgate", long.as_str()] {
+            let args = KeyArg(format_args!("{prefix}:c:{}", "rpm:7")).to_redis_args();
+            assert_eq!(args, vec![format!("{prefix}:c:rpm:7").into_bytes()]);
+        }
+    }
 
     #[tokio::test]
     async fn a_memory_counter_counts_within_its_window_and_restarts_after() {
