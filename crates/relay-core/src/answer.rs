@@ -22,6 +22,21 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// An answer that reported its usage: nothing delivered is kept.
+    pub fn reported(
+        usage: Usage,
+        (id, model): (Option<String>, Option<String>),
+        finish_reason: Option<String>,
+    ) -> Self {
+        Completion {
+            id,
+            model,
+            usage: Some(usage),
+            finish_reason,
+            delivered: String::new(),
+        }
+    }
+
     fn new(usage: Option<Usage>, texts: impl FnOnce(&mut dyn FnMut(&str))) -> Self {
         let mut delivered = String::new();
         if usage.is_none() {
@@ -143,6 +158,57 @@ pub fn read(proto: Protocol, body: &[u8], raw: &[u8]) -> Option<Completion> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_converted_answer_is_metered_from_its_one_parse_exactly_as_the_metering_view_reads_it() {
+        let answers: [(Protocol, &[u8]); 3] = [
+            (
+                Protocol::OpenAiChat,
+                br#"{"id":"chatcmpl-9","object":"chat.completion","created":1,"model":"gpt-x","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"length"}],"usage":{"prompt_tokens":100,"completion_tokens":50,"prompt_tokens_details":{"cached_tokens":60},"completion_tokens_details":{"reasoning_tokens":20}}}"#,
+            ),
+            (
+                Protocol::AnthropicMessages,
+                br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":40,"cache_read_input_tokens":80,"cache_creation_input_tokens":5}}"#,
+            ),
+            (
+                Protocol::GeminiGenerate,
+                br#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":30,"cachedContentTokenCount":80,"thoughtsTokenCount":50,"totalTokenCount":180},"modelVersion":"gemini-x-001","responseId":"r1"}"#,
+            ),
+        ];
+        for (channel, body) in answers {
+            let client = if channel == Protocol::OpenAiChat {
+                Protocol::AnthropicMessages
+            } else {
+                Protocol::OpenAiChat
+            };
+            let (_, metered) = crate::convert::answer(channel, client, body).unwrap();
+            let metered = metered.expect("usage was reported");
+            let viewed = read(channel, body, b"").unwrap();
+            assert_eq!(metered.usage, viewed.usage, "{channel:?}");
+            assert_eq!(
+                (&metered.id, &metered.model, &metered.finish_reason),
+                (&viewed.id, &viewed.model, &viewed.finish_reason),
+                "{channel:?}"
+            );
+            assert!(metered.delivered.is_empty());
+        }
+        // No usage: the meter counts the delivered text through the view.
+        let bare = br#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}]}"#;
+        let (_, metered) =
+            crate::convert::answer(Protocol::OpenAiChat, Protocol::AnthropicMessages, bare)
+                .unwrap();
+        assert!(metered.is_none());
+        // Not an answer: refused, so the try fails over and nothing is charged.
+        for (channel, body) in [
+            (
+                Protocol::AnthropicMessages,
+                &br#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#[..],
+            ),
+            (Protocol::GeminiGenerate, &br#"{"error":{"code":400}}"#[..]),
+        ] {
+            assert!(crate::convert::answer(channel, Protocol::OpenAiChat, body).is_err());
+        }
+    }
 
     #[test]
     fn usage_with_cached_and_reasoning_details_is_read_and_no_text_is_gathered() {

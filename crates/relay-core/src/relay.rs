@@ -340,17 +340,23 @@ async fn try_channel(
     }
     if !head.is_stream() {
         let body = read_body(resp, idle, max_answer_bytes).await?;
+        if converting {
+            // One parse, for the client's answer and for the meter (a second, through
+            // the metering view, only when the answer reported no usage).
+            let (converted, metered) =
+                convert::answer(proto, req.proto, &body).map_err(|_| Failure::Malformed)?;
+            let summary = match metered {
+                Some(summary) => summary,
+                None => crate::answer::read(proto, &body, req.raw).ok_or(Failure::Malformed)?,
+            };
+            return Ok(Success::Complete(converted, summary));
+        }
         let summary = crate::answer::read(proto, &body, req.raw).ok_or(Failure::Malformed)?;
         if let Some(plan) = transcript.filter(|t| t.upstream.is_some())
             && let Some((made, content_type)) = crate::media::render_transcript(plan.client, &body)
         {
             return Ok(Success::Typed(made, content_type, summary));
         }
-        let body = if converting {
-            convert::response(proto, req.proto, &body).map_err(|_| Failure::Malformed)?
-        } else {
-            body
-        };
         return Ok(Success::Complete(body, summary));
     }
     // A stream: wait for its first whole event before the client gets a 200, so a

@@ -12,6 +12,7 @@ pub mod responses_chat;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::answer::Completion;
 use crate::event::Event;
 use crate::protocol::Protocol;
 use anthropic_chat::{AnthropicToChat, ChatToAnthropic, MessageResponse, MessagesRequest};
@@ -101,13 +102,53 @@ fn unsupported(proto: Protocol) -> ConvertError {
 
 /// A whole answer of `channel`'s protocol, as `client`'s.
 pub fn response(channel: Protocol, client: Protocol, body: &[u8]) -> Result<Bytes, ConvertError> {
-    let chat: ChatCompletion = match channel {
-        Protocol::OpenAiChat => parse(body, "chat completion")?,
+    answer(channel, client, body).map(|(converted, _)| converted)
+}
+
+/// A whole answer of `channel`'s protocol as `client`'s, with what the relay meters of
+/// it when the answer reports its usage, read from the same parse (`None`: no usage,
+/// the relay counts what was delivered, [`crate::answer::read`]).
+pub fn answer(
+    channel: Protocol,
+    client: Protocol,
+    body: &[u8],
+) -> Result<(Bytes, Option<Completion>), ConvertError> {
+    let (chat, metered) = match channel {
+        Protocol::OpenAiChat => {
+            let chat: ChatCompletion = parse(body, "chat completion")?;
+            let metered = chat.usage.map(|u| {
+                let finish = chat.choices.iter().find_map(|c| c.finish_reason.clone());
+                let (id, model) = (non_empty(&chat.id), non_empty(&chat.model));
+                Completion::reported(u.usage(), (id, model), finish)
+            });
+            (chat, metered)
+        }
         Protocol::AnthropicMessages => {
-            anthropic_chat::response_to_chat(parse::<MessageResponse>(body, "message")?)
+            let message: MessageResponse = parse(body, "message")?;
+            if message.kind != "message" {
+                return Err(ConvertError::new("the answer is not a message"));
+            }
+            let metered = Completion::reported(
+                message.usage.usage(),
+                (non_empty(&message.id), non_empty(&message.model)),
+                message.stop_reason.clone(),
+            );
+            (anthropic_chat::response_to_chat(message), Some(metered))
         }
         Protocol::GeminiGenerate => {
-            gemini_chat::response_to_chat(parse::<GenerateResponse>(body, "answer")?)
+            let answer: GenerateResponse = parse(body, "answer")?;
+            if answer.candidates.is_empty() && answer.usage_metadata.is_none() {
+                return Err(ConvertError::new("the answer has no candidates"));
+            }
+            let metered = answer.usage_metadata.as_ref().map(|u| {
+                let finish = answer
+                    .candidates
+                    .iter()
+                    .find_map(|c| c.finish_reason.clone());
+                let names = (answer.response_id.clone(), answer.model_version.clone());
+                Completion::reported(u.usage(), names, finish)
+            });
+            (gemini_chat::response_to_chat(answer), metered)
         }
         other => return Err(unsupported(other)),
     };
@@ -120,8 +161,14 @@ pub fn response(channel: Protocol, client: Protocol, body: &[u8]) -> Result<Byte
         Protocol::OpenAiResponses => serde_json::to_vec(&responses_chat::response_from_chat(chat)),
         other => return Err(unsupported(other)),
     };
-    out.map(Bytes::from)
-        .map_err(|e| ConvertError::new(format!("the converted answer cannot be written: {e}")))
+    let out = out
+        .map(Bytes::from)
+        .map_err(|e| ConvertError::new(format!("the converted answer cannot be written: {e}")))?;
+    Ok((out, metered))
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// One step of a stream in pivot terms.
