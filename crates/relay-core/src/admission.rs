@@ -37,7 +37,7 @@ pub fn authenticate(catalog: &Catalog, raw_key: Option<&str>) -> Result<Caller, 
         ))?;
     let key = catalog
         .keys
-        .get(&store::hash_secret(raw))
+        .get(&store::digest_secret(raw))
         .ok_or(RelayError::InvalidApiKey("invalid API key"))?;
     match key.status {
         Standing::Enabled => {}

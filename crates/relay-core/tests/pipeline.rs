@@ -205,7 +205,7 @@ fn channel(id: i64, priority: i32, base_url: String) -> Arc<ChannelEntry> {
 fn catalog(channels: Vec<Arc<ChannelEntry>>) -> Catalog {
     let mut c = Catalog::default();
     c.keys.insert(
-        store::hash_secret(KEY),
+        store::digest_secret(KEY),
         Arc::new(KeyEntry {
             id: 7,
             user_id: 1,

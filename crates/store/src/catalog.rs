@@ -18,8 +18,8 @@ use crate::secret::SecretBox;
 /// Everything the relay needs to admit and route a request.
 #[derive(Default)]
 pub struct Catalog {
-    /// Keys by the SHA-256 hex of the full key.
-    pub keys: HashMap<String, Arc<KeyEntry>>,
+    /// Keys by the SHA-256 of the full key ([`crate::digest_secret`]).
+    pub keys: HashMap<[u8; 32], Arc<KeyEntry>>,
     pub users: HashMap<i64, Arc<UserEntry>>,
     pub channels: Vec<Arc<ChannelEntry>>,
     pub prices: HashMap<String, Price>,
@@ -436,7 +436,17 @@ impl Catalog {
         Ok(Catalog {
             keys: keys
                 .into_iter()
-                .map(|k| (k.key_hash.clone(), Arc::new(key_entry(k))))
+                .filter_map(|k| {
+                    let mut digest = [0_u8; 32];
+                    if hex::decode_to_slice(&k.key_hash, &mut digest).is_err() {
+                        tracing::error!(
+                            key.id = k.id,
+                            "stored key hash is not SHA-256 hex; the key cannot be used"
+                        );
+                        return None;
+                    }
+                    Some((digest, Arc::new(key_entry(k))))
+                })
                 .collect(),
             users: users
                 .into_iter()
