@@ -94,9 +94,9 @@ impl Application {
         let client = UpstreamClient::new().map_err(|e| anyhow::anyhow!("{e}"))?;
         let availability = Arc::new(store::Availability::default());
         health::spawn_probe(db.clone(), Arc::clone(&shared), Arc::clone(&availability));
-        let health = Arc::new(crate::channel_health::GatewayHealth::new(
+        let health = Arc::new(relay_core::persisted_health::PersistedHealth::new(
             db.clone(),
-            reloader.clone(),
+            Arc::new(reloader.clone()),
             client.clone(),
             Arc::clone(&breakers),
         ));

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod multipart;
 pub mod observe;
 pub mod openai;
+pub mod persisted_health;
 pub mod pipeline;
 pub mod probe;
 pub mod protocol;
