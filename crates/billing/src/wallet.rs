@@ -685,8 +685,10 @@ impl Wallet {
                 Reserve::Missing(acct) => {
                     // A missing account may mean Redis lost its data: then every
                     // account is set again and the live holds are posted again first.
-                    self.recover_if_lost().await?;
-                    self.load_missing(acct).await?;
+                    // Boxed: rare, and their futures (7 KB) would make every reserve's
+                    // that large.
+                    Box::pin(self.recover_if_lost()).await?;
+                    Box::pin(self.load_missing(acct)).await?;
                 }
             }
         }

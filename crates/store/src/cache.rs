@@ -149,10 +149,13 @@ impl RedisLink {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(LINK_TIMEOUT))
             .set_response_timeout(Some(LINK_TIMEOUT));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        // Boxed: connecting is rare, and its future (about 2 KB) would otherwise make
+        // every future that awaits a command that large, copied on every move.
+        let conn = Box::pin(
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await?;
         let tag = NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         LINKS.with(|l| {
             let mut l = l.borrow_mut();
@@ -419,7 +422,8 @@ impl Shared {
                     .map_or(0, |(n, _)| *n))
             }
             Shared::Redis(r) => {
-                let mut conn = r.pool.get().await?;
+                // Boxed for the same reason as a link's connect.
+                let mut conn = Box::pin(r.pool.get()).await?;
                 let mut get = redis::cmd("GET");
                 get.arg(KeyArg(format_args!("{}:c:{key}", r.prefix)));
                 let n: Option<i64> = get.query_async(&mut conn).await?;
