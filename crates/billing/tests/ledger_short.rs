@@ -1,6 +1,7 @@
-//! The writer's short-balance path, on SQLite and (with `TEST_DATABASE_URL`) on
-//! Postgres: charges a balance cannot cover take what is there, in order, never below
-//! zero, and every shortfall is reported; the ledger still sums to the balance.
+//! The writer's batches, on SQLite and (with `TEST_DATABASE_URL`) on Postgres: charges
+//! a balance cannot cover take what is there, in order, never below zero, and every
+//! shortfall is reported; a batch larger than one statement is recorded whole; the
+//! ledger still sums to the balance.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,7 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use billing::{Charge, GenerationRecord, LedgerWriter, Usage, Wallet};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter,
+};
 use store::entities::{generation, user};
 
 fn unique() -> String {
@@ -170,6 +174,78 @@ async fn charges_a_balance_cannot_cover_take_what_is_there_and_the_rest_is_a_rep
             billing::metrics::SHORTFALLS.load(Ordering::Relaxed) >= shortfalls + 3,
             "{url}: every shortfall is counted, the gone user's too"
         );
+        let report = billing::verify::verify(&db).await.unwrap();
+        assert!(
+            report.ok,
+            "{url}: balance = Σ ledger: {:?}",
+            report.differences
+        );
+        drop_db(drop).await;
+    }
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_largest_insert_is_recorded_whole_and_charged_exactly() {
+    for (url, drop) in databases().await {
+        let db = store::db::connect(&url).await.unwrap();
+        let wallet = Arc::new(Wallet::new(db.clone(), &store::Shared::memory()));
+        let now = chrono::Utc::now();
+        let bob = user::ActiveModel {
+            username: Set(format!("bob-{}", unique())),
+            password_hash: Set(String::new()),
+            role: Set("customer".into()),
+            group_name: Set("default".into()),
+            parent_id: Set(None),
+            status: Set("enabled".into()),
+            balance: Set(0),
+            used: Set(0),
+            rev: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&db)
+        .await
+        .unwrap();
+        let mint = billing::accounts::Entry {
+            kind: "mint",
+            note: Some("test"),
+            reference: None,
+        };
+        billing::accounts::adjust(&db, &wallet, bob.id, 1_000, mint)
+            .await
+            .unwrap();
+        // 300 at once: more than one of the largest statements (128 rows) in a batch.
+        let (writer, _task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
+        let tag = unique();
+        for i in 0..300_u64 {
+            let mut r = record(&format!("gen-{tag}-{i}"), bob.id);
+            r.upstream_id = Some(format!("chatcmpl-{tag}-{i}"));
+            writer.submit(r, charge(bob.id, 1 + i64::from(i % 3 == 0), i + 1));
+        }
+        writer.flush().await;
+        let after = user::Entity::find_by_id(bob.id)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        let owed: i64 = (0..300).map(|i| 1 + i64::from(i % 3 == 0)).sum();
+        assert_eq!((after.balance, after.used), (1_000 - owed, owed), "{url}");
+        for i in [0, 127, 128, 255, 256, 299] {
+            let g = generation::Entity::find_by_id(format!("gen-{tag}-{i}"))
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{url}: generation {i} recorded"));
+            assert_eq!(g.cost, 1 + i64::from(i % 3 == 0), "{url}: {i}");
+            assert_eq!(g.upstream_id, Some(format!("chatcmpl-{tag}-{i}")), "{url}");
+        }
+        let recorded = generation::Entity::find()
+            .filter(generation::Column::UserId.eq(bob.id))
+            .count(&db)
+            .await
+            .unwrap();
+        assert_eq!(recorded, 300, "{url}");
         let report = billing::verify::verify(&db).await.unwrap();
         assert!(
             report.ok,

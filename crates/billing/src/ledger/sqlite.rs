@@ -21,8 +21,11 @@ fn db_err(e: sqlx::Error) -> BillingError {
     BillingError::from(DbErr::Exec(RuntimeErr::SqlxError(e.into())))
 }
 
-/// Rows per `INSERT`, largest first: a batch is cut into these sizes.
-const SHAPES: [usize; 3] = [32, 8, 1];
+/// Rows per `INSERT`, largest first: a batch is cut into these sizes. Each statement
+/// is a round trip to the driver's worker thread, so a batch of 700 (20 ms at 35k
+/// requests/s) takes 11 of them, not 27. 128 rows of generations bind 3,584 values,
+/// far below SQLite's limit of 32,766.
+const SHAPES: [usize; 4] = [128, 32, 8, 1];
 
 const GENERATION_COLUMNS: &str = "id, upstream_id, user_id, key_id, channel_id, provider_name, \
     model, upstream_model, endpoint, streamed, cancelled, finish_reason, tokens_prompt, \
@@ -45,7 +48,7 @@ fn insert_text(table: &str, columns: &str, arity: usize, rows: usize) -> String 
 
 /// The statement for `rows` rows (one of [`SHAPES`]), made once per process.
 fn shaped(
-    cell: &'static OnceLock<[String; 3]>,
+    cell: &'static OnceLock<[String; SHAPES.len()]>,
     table: &str,
     columns: &str,
     arity: usize,
@@ -167,7 +170,7 @@ async fn insert_ledger(
     lines: &[Line],
     now: DateTime<Utc>,
 ) -> Result<(), BillingError> {
-    static TEXT: OnceLock<[String; 3]> = OnceLock::new();
+    static TEXT: OnceLock<[String; SHAPES.len()]> = OnceLock::new();
     for run in cut(lines.len()) {
         let text = shaped(
             &TEXT,
@@ -203,7 +206,7 @@ async fn insert_generations(
     charged: &[i64],
     shortfall: &[i64],
 ) -> Result<(), BillingError> {
-    static TEXT: OnceLock<[String; 3]> = OnceLock::new();
+    static TEXT: OnceLock<[String; SHAPES.len()]> = OnceLock::new();
     for run in cut(batch.len()) {
         let sql = shaped(
             &TEXT,
@@ -264,6 +267,8 @@ mod tests {
         assert_eq!(sizes, [32, 32, 8, 8, 1, 1, 1, 1, 1, 1, 1]);
         assert_eq!(cut(87).last().map(|r| r.end), Some(87));
         assert!(cut(0).is_empty());
+        let sizes: Vec<usize> = cut(300).iter().map(std::ops::Range::len).collect();
+        assert_eq!(sizes, [128, 128, 32, 8, 1, 1, 1, 1]);
         assert!(SHAPES.windows(2).all(|w| w[0] > w[1]) && SHAPES.last() == Some(&1));
     }
 
