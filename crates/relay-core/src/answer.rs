@@ -198,6 +198,17 @@ mod tests {
             crate::convert::answer(Protocol::OpenAiChat, Protocol::AnthropicMessages, bare)
                 .unwrap();
         assert!(metered.is_none());
+        // Usage without choices is no chat answer: the meter does not take the typed
+        // reading, and the view refuses it as before (the try fails over, uncharged).
+        let error_with_usage = br#"{"error":{"message":"overloaded"},"usage":{"prompt_tokens":12,"completion_tokens":0}}"#;
+        let (_, metered) = crate::convert::answer(
+            Protocol::OpenAiChat,
+            Protocol::AnthropicMessages,
+            error_with_usage,
+        )
+        .unwrap();
+        assert!(metered.is_none());
+        assert!(read(Protocol::OpenAiChat, error_with_usage, b"").is_none());
         // Not an answer: refused, so the try fails over and nothing is charged.
         for (channel, body) in [
             (

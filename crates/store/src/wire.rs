@@ -82,9 +82,13 @@ impl Base {
             (base_without_version(base_url), None)
         };
         let url = url::Url::parse(origin).ok()?;
-        // A query or fragment on the base would land inside the joined path: such a
-        // base is joined as text on every request, as it always was.
+        // Prepared only when `url` writes the base back as it was given: a base it
+        // rewrites on its own (a backslash, a dot segment, a trailing control
+        // character, a host in capitals or IDNA) could join differently than the whole
+        // text parses, and a query or fragment would land inside the joined path. Such
+        // a base is joined as text on every request, as it always was.
         if !matches!(url.scheme(), "http" | "https")
+            || url.as_str().trim_end_matches('/') != origin
             || url.query().is_some()
             || url.fragment().is_some()
             || azure_query.as_deref().is_some_and(|q| !plain(q))
@@ -257,6 +261,13 @@ mod tests {
             "https://res.openai.azure.com",
             "https://api.example.com/v1?key=secret",
             "https://api.example.com/#frag",
+            // Bases `url` rewrites on their own (a backslash is a slash, a dot segment
+            // and a trailing control character go): joined as text, never prepared.
+            "https://h.example/a\\",
+            "https://h.example/v1\\",
+            "https://h.example/a//.",
+            "https://api.example.com/v1\u{1}",
+            "HTTPS://API.Example.COM:443/v1",
         ];
         let paths = [
             "/v1/chat/completions",

@@ -116,7 +116,9 @@ pub fn answer(
     let (chat, metered) = match channel {
         Protocol::OpenAiChat => {
             let chat: ChatCompletion = parse(body, "chat completion")?;
-            let metered = chat.usage.map(|u| {
+            // Usage with no choice (an error object that reports usage, say) is left to
+            // the metering view, which refuses an answer without `choices`.
+            let metered = chat.usage.filter(|_| !chat.choices.is_empty()).map(|u| {
                 let finish = chat.choices.iter().find_map(|c| c.finish_reason.clone());
                 let (id, model) = (non_empty(&chat.id), non_empty(&chat.model));
                 Completion::reported(u.usage(), (id, model), finish)
