@@ -218,6 +218,32 @@ pub fn with_output_limit(
         .map_err(|_| RelayError::Internal)
 }
 
+/// [`with_output_limit`] for a request read as `head`: a body that names no output-limit
+/// key (the common case: SDKs send none) gets `"key":n` spliced in as its first member,
+/// the rest of its bytes untouched; any other body (a key present, even `null` or 0; a
+/// Gemini config) is parsed and written again. A large prompt is not parsed twice.
+pub fn limited_body(
+    proto: Protocol,
+    head: &ChatHead,
+    body: &Bytes,
+    n: i64,
+) -> Result<Bytes, RelayError> {
+    if !limits_output(proto) {
+        return Ok(body.clone());
+    }
+    let key = match proto {
+        Protocol::GeminiGenerate => None,
+        Protocol::OpenAiResponses => Some("max_output_tokens"),
+        Protocol::OpenAiChat if reasoning_model(head.model()) => Some("max_completion_tokens"),
+        _ => Some("max_tokens"),
+    };
+    match key.filter(|_| !head.names_a_limit()) {
+        Some(key) => crate::openai::prepend_member(body, format_args!(r#""{key}":{n}"#))
+            .or_else(|_| with_output_limit(proto, head.model(), body, n)),
+        None => with_output_limit(proto, head.model(), body, n),
+    }
+}
+
 /// OpenAI's reasoning models take `max_completion_tokens` only.
 fn reasoning_model(model: &str) -> bool {
     let m = model.to_ascii_lowercase();
@@ -227,6 +253,59 @@ fn reasoning_model(model: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_naming_no_limit_gets_one_spliced_in_that_reads_as_the_rewritten_body() {
+        let cases: [(Protocol, &str); 7] = [
+            (
+                Protocol::OpenAiChat,
+                r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi \u4f60"}]}"#,
+            ),
+            (
+                Protocol::OpenAiChat,
+                "\n {\n \"model\": \"o3-mini\", \"messages\": [] }",
+            ),
+            (Protocol::OpenAiCompletions, r#"{"model":"m","prompt":"x"}"#),
+            (
+                Protocol::AnthropicMessages,
+                r#"{"model":"claude","messages":[],"stream":true}"#,
+            ),
+            (
+                Protocol::OpenAiResponses,
+                r#"{"model":"gpt-4o","input":"x"}"#,
+            ),
+            // Named, even as null or 0: parsed and written again.
+            (
+                Protocol::OpenAiChat,
+                r#"{"model":"gpt-4o","messages":[],"max_tokens":null}"#,
+            ),
+            (
+                Protocol::OpenAiChat,
+                r#"{"model":"gpt-4o","messages":[],"max_completion_tokens":0}"#,
+            ),
+        ];
+        for (proto, text) in cases {
+            let body = Bytes::from(text.to_owned());
+            let head = ChatHead::parse_for(proto, &body).unwrap();
+            let fast = limited_body(proto, &head, &body, 77).unwrap();
+            let slow = with_output_limit(proto, head.model(), &body, 77).unwrap();
+            let read = |b: &Bytes| serde_json::from_slice::<Value>(b).unwrap();
+            assert_eq!(read(&fast), read(&slow), "{text}");
+            let after = ChatHead::parse_for(proto, &fast).unwrap();
+            assert_eq!(after.max_output(), Some(77), "{text}");
+            if !head.names_a_limit() {
+                // The client's bytes follow the new member untouched.
+                let open = text.find('{').unwrap();
+                assert!(fast.ends_with(&text.as_bytes()[open + 1..]), "{text}");
+            }
+        }
+        let gemini = Bytes::from_static(br#"{"contents":[]}"#);
+        let head = ChatHead::gemini(&gemini, "gemini-x", false).unwrap();
+        assert_eq!(
+            limited_body(Protocol::GeminiGenerate, &head, &gemini, 9).unwrap(),
+            with_output_limit(Protocol::GeminiGenerate, "gemini-x", &gemini, 9).unwrap()
+        );
+    }
 
     fn mini() -> Price {
         Price {

@@ -19,14 +19,14 @@ pub struct ChatHead {
     #[serde(default)]
     pub stream: Option<bool>,
     #[serde(default)]
-    pub max_tokens: Option<i64>,
+    pub max_tokens: Named<i64>,
     #[serde(default)]
-    pub max_completion_tokens: Option<i64>,
+    pub max_completion_tokens: Named<i64>,
     /// The Responses API's output limit.
     #[serde(default)]
-    pub max_output_tokens: Option<i64>,
+    pub max_output_tokens: Named<i64>,
     #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
+    pub stream_options: Named<StreamOptions>,
     #[serde(default)]
     pub n: Option<i64>,
     /// Legacy completions: generated `best_of` times, billed for all.
@@ -45,6 +45,87 @@ pub struct ChatHead {
     prompt: Option<IgnoredAny>,
     #[serde(default)]
     input: Option<IgnoredAny>,
+}
+
+/// `body`, a JSON object, with `member` (`"key":value`, a key the object does not
+/// name) as its first member and every byte after it as the client sent it: no parse,
+/// no rewrite of a large prompt.
+pub fn prepend_member(body: &Bytes, member: std::fmt::Arguments<'_>) -> Result<Bytes, RelayError> {
+    use std::io::Write;
+    let not_an_object = || RelayError::InvalidRequest("request body is not a JSON object".into());
+    let open = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .filter(|&at| body[at] == b'{')
+        .ok_or_else(not_an_object)?;
+    let rest = &body[open + 1..];
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.extend_from_slice(&body[..=open]);
+    out.write_fmt(member).map_err(|_| RelayError::Internal)?;
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Ok(Bytes::from(out))
+}
+
+/// `body` with its top-level `model` replaced by `model` (written as a JSON string), the
+/// rest of its bytes as sent; `None` when the body has no such member.
+pub fn with_model(body: &Bytes, model: &str) -> Option<Bytes> {
+    #[derive(Deserialize)]
+    struct At<'a> {
+        #[serde(borrow)]
+        model: &'a serde_json::value::RawValue,
+    }
+    let at: At<'_> = serde_json::from_slice(body).ok()?;
+    let value = at.model.get().as_bytes();
+    // Where the value stands in `body` (it borrows from it).
+    let start = (value.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(value.len())?;
+    if body.get(start..end)? != value {
+        return None;
+    }
+    let name = serde_json::to_vec(model).ok()?;
+    let mut out = Vec::with_capacity(body.len() + name.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(&name);
+    out.extend_from_slice(&body[end..]);
+    Some(Bytes::from(out))
+}
+
+/// A field's value, and whether the body named its key at all (even as `null`): a
+/// body that names no output limit can be given one without being rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Named<T> {
+    pub named: bool,
+    pub value: Option<T>,
+}
+
+/// Not named (what serde's `default` gives an absent key).
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named {
+            named: false,
+            value: None,
+        }
+    }
+}
+
+impl<T> Named<T> {
+    /// A value read some other way (a Gemini config): counted as named.
+    pub fn given(value: Option<T>) -> Self {
+        Named { named: true, value }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Named {
+            named: true,
+            value: Option::<T>::deserialize(d)?,
+        })
+    }
 }
 
 /// OpenAI's ceiling on `n` and `best_of`.
@@ -93,6 +174,11 @@ impl ChatHead {
         Ok(head)
     }
 
+    /// Whether the body names any output-limit key (even as `null` or 0).
+    pub fn names_a_limit(&self) -> bool {
+        self.max_tokens.named || self.max_completion_tokens.named || self.max_output_tokens.named
+    }
+
     /// A Responses request run in the background is refused: the upstream answers
     /// `queued` without usage and runs the whole job, which the relay could not charge.
     fn check_background(&self) -> Result<(), RelayError> {
@@ -138,6 +224,7 @@ impl ChatHead {
     /// Whether the client itself asked for the usage chunk of a stream.
     pub fn wants_stream_usage(&self) -> bool {
         self.stream_options
+            .value
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false)
@@ -190,10 +277,10 @@ impl ChatHead {
         Ok(ChatHead {
             model: Some(model.to_owned()),
             stream: Some(stream),
-            max_tokens: config.as_ref().and_then(|c| c.max_output_tokens),
-            max_completion_tokens: None,
-            max_output_tokens: None,
-            stream_options: None,
+            max_tokens: Named::given(config.as_ref().and_then(|c| c.max_output_tokens)),
+            max_completion_tokens: Named::given(None),
+            max_output_tokens: Named::given(None),
+            stream_options: Named::given(None),
             n: config.as_ref().and_then(|c| c.candidate_count),
             best_of: None,
             background: None,
@@ -236,10 +323,10 @@ impl ChatHead {
         let head = ChatHead {
             model: Some(model.to_owned()),
             stream: None,
-            max_tokens: None,
-            max_completion_tokens: None,
-            max_output_tokens: None,
-            stream_options: None,
+            max_tokens: Named::given(None),
+            max_completion_tokens: Named::given(None),
+            max_output_tokens: Named::given(None),
+            stream_options: Named::given(None),
             n,
             best_of: None,
             background: None,
@@ -257,9 +344,9 @@ impl ChatHead {
     /// is covered); fields of other protocols do not count.
     pub fn max_output(&self) -> Option<i64> {
         let limit = match self.proto {
-            Protocol::OpenAiChat => self.max_completion_tokens.max(self.max_tokens),
-            Protocol::OpenAiResponses => self.max_output_tokens,
-            _ => self.max_tokens,
+            Protocol::OpenAiChat => self.max_completion_tokens.value.max(self.max_tokens.value),
+            Protocol::OpenAiResponses => self.max_output_tokens.value,
+            _ => self.max_tokens.value,
         };
         limit.filter(|n| *n > 0)
     }
@@ -285,6 +372,27 @@ pub fn upstream_body(
     let need_usage = streams_usage && head.is_stream() && !head.wants_stream_usage();
     if upstream_model == head.model() && !need_usage {
         return Ok(raw.clone());
+    }
+    // The common cases edit the client's bytes in place (a large prompt is not parsed
+    // into values and written again): a mapped model's name is replaced where it
+    // stands, and a stream that names no `stream_options` gets them in front.
+    if !need_usage || !head.stream_options.named {
+        let renamed = if upstream_model == head.model() {
+            Some(raw.clone())
+        } else {
+            with_model(raw, upstream_model)
+        };
+        let edited = match renamed {
+            Some(body) if need_usage => prepend_member(
+                &body,
+                format_args!(r#""stream_options":{{"include_usage":true}}"#),
+            )
+            .ok(),
+            other => other,
+        };
+        if let Some(body) = edited {
+            return Ok(body);
+        }
     }
     let mut obj: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| {
         RelayError::InvalidRequest(format!("request body is not a JSON object: {e}"))
@@ -435,5 +543,99 @@ mod tests {
         assert_eq!(out["stream_options"]["include_usage"], true);
         assert_eq!(out["temperature"], 0.5);
         assert_eq!(out["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn a_stream_that_names_no_stream_options_is_asked_for_usage_without_its_bytes_rewritten() {
+        let read = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+        let text = "{ \"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"\\u4f60 1e400\"}],\"x\":1.50}";
+        let raw = Bytes::from(text.to_owned());
+        let head = ChatHead::parse(&raw).unwrap();
+        let out = upstream_body(Protocol::OpenAiChat, &raw, &head, "m").unwrap();
+        assert!(
+            out.ends_with(&text.as_bytes()[1..]),
+            "the client's bytes follow as sent"
+        );
+        assert_eq!(read(&out)["stream_options"]["include_usage"], true);
+        let mut expected = read(&raw);
+        expected["stream_options"] = serde_json::json!({"include_usage": true});
+        assert_eq!(read(&out), expected);
+        // Named (null, or without include_usage): merged as before.
+        for named in [
+            r#"{"model":"m","stream":true,"messages":[],"stream_options":null}"#,
+            r#"{"model":"m","stream":true,"messages":[],"stream_options":{}}"#,
+        ] {
+            let raw = Bytes::from(named);
+            let head = ChatHead::parse(&raw).unwrap();
+            let out = read(&upstream_body(Protocol::OpenAiChat, &raw, &head, "m").unwrap());
+            assert_eq!(
+                out["stream_options"],
+                serde_json::json!({"include_usage": true})
+            );
+            assert!(matches!(&out, Value::Object(o) if o.len() == 4), "{out}");
+        }
+    }
+
+    #[test]
+    fn a_mapped_model_is_renamed_where_it_stands_and_nothing_else_moves() {
+        let read = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+        // (body, the model's value as written, whether it streams)
+        for (text, written, stream) in [
+            (
+                r#"{"messages":[{"role":"user","content":"say \"model\""}],"model" : "alias","n":1}"#,
+                r#""alias","n""#,
+                false,
+            ),
+            (
+                r#"{"model":"ali\u0061s","messages":[],"metadata":{"model":"alias"}}"#,
+                r#""ali\u0061s""#,
+                false,
+            ),
+            (
+                r#"{"model":"alias","messages":[],"stream":true}"#,
+                r#""alias""#,
+                true,
+            ),
+        ] {
+            let raw = Bytes::from(text.to_owned());
+            let head = ChatHead::parse(&raw).unwrap();
+            assert_eq!(head.model(), "alias");
+            let out = upstream_body(Protocol::OpenAiChat, &raw, &head, "real \"one\"").unwrap();
+            let mut expected = read(&raw);
+            expected["model"] = Value::from("real \"one\"");
+            if stream {
+                expected["stream_options"] = serde_json::json!({"include_usage": true});
+            }
+            assert_eq!(read(&out), expected, "{text}");
+            // Byte for byte: the value replaced where it stood, every other byte kept.
+            let at = text.find(written).unwrap();
+            let value_len = written.find(",\"").unwrap_or(written.len());
+            let renamed = format!(
+                "{}{}{}",
+                &text[..at],
+                r#""real \"one\"""#,
+                &text[at + value_len..]
+            );
+            let renamed = if stream {
+                renamed.replacen('{', r#"{"stream_options":{"include_usage":true},"#, 1)
+            } else {
+                renamed
+            };
+            assert_eq!(String::from_utf8(out.to_vec()).unwrap(), renamed);
+        }
+    }
+
+    #[test]
+    fn a_member_goes_first_in_an_object_empty_or_not_and_nothing_else_is_one() {
+        let put =
+            |b: &'static [u8]| prepend_member(&Bytes::from_static(b), format_args!(r#""k":1"#));
+        assert_eq!(put(b"{}").unwrap(), Bytes::from_static(br#"{"k":1}"#));
+        assert_eq!(put(b" { } ").unwrap(), Bytes::from_static(br#" {"k":1 } "#));
+        assert_eq!(
+            put(br#"{"a":2}"#).unwrap(),
+            Bytes::from_static(br#"{"k":1,"a":2}"#)
+        );
+        assert!(put(b"[1]").is_err());
+        assert!(put(b"").is_err());
     }
 }

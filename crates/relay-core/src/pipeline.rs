@@ -325,7 +325,7 @@ impl Pipeline {
         if !plan.set_limit {
             return Ok((held, body));
         }
-        match hold::with_output_limit(proto, head.model(), &body, plan.output_tokens) {
+        match hold::limited_body(proto, head, &body, plan.output_tokens) {
             Ok(body) => Ok((held, body)),
             Err(e) => {
                 if let Err(err) = wallet.release(held).await {
