@@ -49,6 +49,42 @@ async fn databases() -> Vec<(String, Option<(String, String)>)> {
     out
 }
 
+/// A new customer named `name-…` holding `balance` µc (minted through the ledger).
+async fn customer(
+    db: &sea_orm::DatabaseConnection,
+    wallet: &Arc<Wallet>,
+    name: &str,
+    balance: i64,
+) -> user::Model {
+    let now = chrono::Utc::now();
+    let created = user::ActiveModel {
+        username: Set(format!("{name}-{}", unique())),
+        password_hash: Set(String::new()),
+        role: Set("customer".into()),
+        group_name: Set("default".into()),
+        parent_id: Set(None),
+        status: Set("enabled".into()),
+        balance: Set(0),
+        used: Set(0),
+        rev: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    let mint = billing::accounts::Entry {
+        kind: "mint",
+        note: Some("test"),
+        reference: None,
+    };
+    billing::accounts::adjust(db, wallet, created.id, balance, mint)
+        .await
+        .unwrap();
+    created
+}
+
 fn record(id: &str, user_id: i64) -> GenerationRecord {
     GenerationRecord {
         id: id.to_owned(),
@@ -91,32 +127,7 @@ async fn charges_a_balance_cannot_cover_take_what_is_there_and_the_rest_is_a_rep
     for (url, drop) in databases().await {
         let db = store::db::connect(&url).await.unwrap();
         let wallet = Arc::new(Wallet::new(db.clone(), &store::Shared::memory()));
-        let now = chrono::Utc::now();
-        let alice = user::ActiveModel {
-            username: Set(format!("alice-{}", unique())),
-            password_hash: Set(String::new()),
-            role: Set("customer".into()),
-            group_name: Set("default".into()),
-            parent_id: Set(None),
-            status: Set("enabled".into()),
-            balance: Set(0),
-            used: Set(0),
-            rev: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
-        .insert(&db)
-        .await
-        .unwrap();
-        let mint = billing::accounts::Entry {
-            kind: "mint",
-            note: Some("test"),
-            reference: None,
-        };
-        billing::accounts::adjust(&db, &wallet, alice.id, 50, mint)
-            .await
-            .unwrap();
+        let alice = customer(&db, &wallet, "alice", 50).await;
         let shortfalls = billing::metrics::SHORTFALLS.load(Ordering::Relaxed);
 
         // Three charges in one batch against 50 µc: 40 in full, 10 of the next 40,
@@ -189,32 +200,7 @@ async fn a_batch_larger_than_the_largest_insert_is_recorded_whole_and_charged_ex
     for (url, drop) in databases().await {
         let db = store::db::connect(&url).await.unwrap();
         let wallet = Arc::new(Wallet::new(db.clone(), &store::Shared::memory()));
-        let now = chrono::Utc::now();
-        let bob = user::ActiveModel {
-            username: Set(format!("bob-{}", unique())),
-            password_hash: Set(String::new()),
-            role: Set("customer".into()),
-            group_name: Set("default".into()),
-            parent_id: Set(None),
-            status: Set("enabled".into()),
-            balance: Set(0),
-            used: Set(0),
-            rev: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
-        .insert(&db)
-        .await
-        .unwrap();
-        let mint = billing::accounts::Entry {
-            kind: "mint",
-            note: Some("test"),
-            reference: None,
-        };
-        billing::accounts::adjust(&db, &wallet, bob.id, 1_000, mint)
-            .await
-            .unwrap();
+        let bob = customer(&db, &wallet, "bob", 1_000).await;
         // 300 at once: more than one of the largest statements (128 rows) in a batch.
         let (writer, _task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
         let tag = unique();
