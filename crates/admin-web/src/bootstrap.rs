@@ -2,7 +2,6 @@
 //! kept in the database so every instance signs alike.
 
 use billing::wallet::Account;
-use chrono::Utc;
 use rand::RngCore;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait, PaginatorTrait,
@@ -26,23 +25,13 @@ pub async fn ensure_root(
         Some(p) => (p, false),
         None => (random_text(18), true),
     };
-    let now = Utc::now();
-    let root = user::ActiveModel {
-        username: Set("root".to_owned()),
-        password_hash: Set(hash_password(password.clone()).await?),
-        role: Set("admin".to_owned()),
-        group_name: Set("default".to_owned()),
-        parent_id: Set(None),
-        status: Set("enabled".to_owned()),
-        balance: Set(0),
-        used: Set(0),
-        // Explicit, not the column default: SQLite can return NULL for a
-        // default of a column added by ALTER TABLE in `RETURNING`.
-        rev: Set(0),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
-    }
+    let root = user::ActiveModel::enabled(
+        "root".to_owned(),
+        hash_password(password.clone()).await?,
+        store::catalog::Role::Admin,
+        "default".to_owned(),
+        None,
+    )
     .insert(db)
     .await?;
     wallet

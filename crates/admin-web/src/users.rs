@@ -131,23 +131,13 @@ pub async fn create_user(
     if taken > 0 {
         return Err(ApiError::UsernameTaken);
     }
-    let now = Utc::now();
-    let inserted = user::ActiveModel {
-        username: Set(username),
-        password_hash: Set(hash_password(body.password).await?),
-        role: Set(body.role),
-        group_name: Set(group),
-        parent_id: Set(parent_id),
-        status: Set("enabled".to_owned()),
-        balance: Set(0),
-        used: Set(0),
-        // Explicit, not the column default: SQLite can return NULL for a
-        // default of a column added by ALTER TABLE in `RETURNING`.
-        rev: Set(0),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
-    }
+    let inserted = user::ActiveModel::enabled(
+        username,
+        hash_password(body.password).await?,
+        role,
+        group,
+        parent_id,
+    )
     .insert(&state.db)
     .await
     .map_err(|e| match e.sql_err() {

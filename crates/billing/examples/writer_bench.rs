@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use billing::wallet::Account;
 use billing::{Charge, GenerationRecord, LedgerWriter, Usage, Wallet};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+use sea_orm::ActiveModelTrait;
 use store::entities::user;
 
 #[tokio::main]
@@ -41,25 +41,16 @@ async fn main() {
     let now = chrono::Utc::now();
     let mut ids = Vec::new();
     for i in 0..users {
-        let u = user::ActiveModel {
-            username: Set(format!(
+        let u = user::ActiveModel::enabled(
+            format!(
                 "bench-{i}-{}",
                 now.timestamp_nanos_opt().unwrap_or_default()
-            )),
-            password_hash: Set(String::new()),
-            role: Set("customer".into()),
-            group_name: Set("default".into()),
-            parent_id: Set(None),
-            status: Set("enabled".into()),
-            balance: Set(0),
-            used: Set(0),
-            // Explicit, not the column default: SQLite can return NULL for a
-            // default of a column added by ALTER TABLE in `RETURNING`.
-            rev: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
+            ),
+            String::new(),
+            store::catalog::Role::Customer,
+            "default".into(),
+            None,
+        )
         .insert(&db)
         .await
         .unwrap();

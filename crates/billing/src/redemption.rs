@@ -257,23 +257,13 @@ mod tests {
     }
 
     async fn user_with(db: &DatabaseConnection, wallet: &Wallet, name: &str, balance: i64) -> i64 {
-        let now = Utc::now();
-        let u = user::ActiveModel {
-            username: Set(name.to_owned()),
-            password_hash: Set(String::new()),
-            role: Set("reseller".to_owned()),
-            group_name: Set("default".to_owned()),
-            parent_id: Set(None),
-            status: Set("enabled".to_owned()),
-            balance: Set(0),
-            used: Set(0),
-            // Explicit, not the column default: SQLite can return NULL for a
-            // default of a column added by ALTER TABLE in `RETURNING`.
-            rev: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
+        let u = user::ActiveModel::enabled(
+            name.to_owned(),
+            String::new(),
+            store::catalog::Role::Reseller,
+            "default".to_owned(),
+            None,
+        )
         .insert(db)
         .await
         .unwrap();

@@ -68,27 +68,15 @@ mod tests {
     use super::*;
 
     async fn user(db: &DatabaseConnection, name: &str, balance: i64) -> i64 {
-        let now = chrono::Utc::now();
-        user::ActiveModel {
-            username: Set(name.into()),
-            password_hash: Set(String::new()),
-            role: Set("customer".into()),
-            group_name: Set("default".into()),
-            parent_id: Set(None),
-            status: Set("enabled".into()),
-            balance: Set(balance),
-            used: Set(0),
-            // Explicit, not the column default: SQLite can return NULL for a
-            // default of a column added by ALTER TABLE in `RETURNING`.
-            rev: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
-        .insert(db)
-        .await
-        .unwrap()
-        .id
+        let mut u = user::ActiveModel::enabled(
+            name.into(),
+            String::new(),
+            store::catalog::Role::Customer,
+            "default".into(),
+            None,
+        );
+        u.balance = Set(balance);
+        u.insert(db).await.unwrap().id
     }
 
     async fn entry(db: &DatabaseConnection, user_id: i64, amount: i64) {

@@ -1455,24 +1455,15 @@ mod tests {
     /// A customer in the wallet's database with `balance` at revision `rev`.
     async fn alice(w: &Wallet, balance: i64, rev: i64) -> user::Model {
         use sea_orm::{ActiveModelTrait, ActiveValue::Set};
-        let now = chrono::Utc::now();
-        user::ActiveModel {
-            username: Set("alice".into()),
-            password_hash: Set(String::new()),
-            role: Set("customer".into()),
-            group_name: Set("default".into()),
-            parent_id: Set(None),
-            status: Set("enabled".into()),
-            balance: Set(balance),
-            used: Set(0),
-            rev: Set(rev),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
-        .insert(&w.db)
-        .await
-        .unwrap()
+        let mut u = user::ActiveModel::enabled(
+            "alice".into(),
+            String::new(),
+            store::catalog::Role::Customer,
+            "default".into(),
+            None,
+        );
+        (u.balance, u.rev) = (Set(balance), Set(rev));
+        u.insert(&w.db).await.unwrap()
     }
 
     fn state(account: Account, limit: i64, rev: i64) -> Synced {

@@ -10,8 +10,7 @@ use std::sync::atomic::Ordering;
 
 use billing::{Charge, GenerationRecord, LedgerWriter, Usage, Wallet};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
 };
 use store::entities::{generation, user};
 
@@ -56,21 +55,13 @@ async fn customer(
     name: &str,
     balance: i64,
 ) -> user::Model {
-    let now = chrono::Utc::now();
-    let created = user::ActiveModel {
-        username: Set(format!("{name}-{}", unique())),
-        password_hash: Set(String::new()),
-        role: Set("customer".into()),
-        group_name: Set("default".into()),
-        parent_id: Set(None),
-        status: Set("enabled".into()),
-        balance: Set(0),
-        used: Set(0),
-        rev: Set(0),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
-    }
+    let created = user::ActiveModel::enabled(
+        format!("{name}-{}", unique()),
+        String::new(),
+        store::catalog::Role::Customer,
+        "default".into(),
+        None,
+    )
     .insert(db)
     .await
     .unwrap();
@@ -185,12 +176,7 @@ async fn charges_a_balance_cannot_cover_take_what_is_there_and_the_rest_is_a_rep
             billing::metrics::SHORTFALLS.load(Ordering::Relaxed) >= shortfalls + 3,
             "{url}: every shortfall is counted, the gone user's too"
         );
-        let report = billing::verify::verify(&db).await.unwrap();
-        assert!(
-            report.ok,
-            "{url}: balance = Σ ledger: {:?}",
-            report.differences
-        );
+        ledger_sums_to_balances(&db, &url).await;
         drop_db(drop).await;
     }
 }
@@ -232,14 +218,18 @@ async fn a_batch_larger_than_the_largest_insert_is_recorded_whole_and_charged_ex
             .await
             .unwrap();
         assert_eq!(recorded, 300, "{url}");
-        let report = billing::verify::verify(&db).await.unwrap();
-        assert!(
-            report.ok,
-            "{url}: balance = Σ ledger: {:?}",
-            report.differences
-        );
+        ledger_sums_to_balances(&db, &url).await;
         drop_db(drop).await;
     }
+}
+
+async fn ledger_sums_to_balances(db: &sea_orm::DatabaseConnection, url: &str) {
+    let report = billing::verify::verify(db).await.unwrap();
+    assert!(
+        report.ok,
+        "{url}: balance = Σ ledger: {:?}",
+        report.differences
+    );
 }
 
 async fn drop_db(drop: Option<(String, String)>) {

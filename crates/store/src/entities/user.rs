@@ -23,3 +23,33 @@ pub struct Model {
 }
 
 impl ActiveModelBehavior for ActiveModel {}
+
+impl ActiveModel {
+    /// A new enabled user with no balance yet (credits come through the ledger).
+    pub fn enabled(
+        username: String,
+        password_hash: String,
+        role: crate::catalog::Role,
+        group: String,
+        parent_id: Option<i64>,
+    ) -> Self {
+        use sea_orm::ActiveValue::Set;
+        let now = chrono::Utc::now();
+        ActiveModel {
+            username: Set(username),
+            password_hash: Set(password_hash),
+            role: Set(role.as_str().to_owned()),
+            group_name: Set(group),
+            parent_id: Set(parent_id),
+            status: Set("enabled".to_owned()),
+            balance: Set(0),
+            used: Set(0),
+            // Explicit, not the column default: SQLite can return NULL for a
+            // default of a column added by ALTER TABLE in `RETURNING`.
+            rev: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+    }
+}
