@@ -87,7 +87,7 @@ impl Application {
         // The writer gets a pool of its own, made here on the main runtime: the shared
         // pool may hold connections opened on HTTP worker runtimes, which are gone by
         // the time the writer flushes at shutdown.
-        let writer_db = store::db::connect(&config.database_url)
+        let writer_db = store::db::connect_writer(&config.database_url)
             .await
             .context("cannot open the database for the ledger writer")?;
         let (writer, writer_task) = LedgerWriter::start(writer_db, Arc::clone(&wallet));
