@@ -120,7 +120,9 @@ async fn main() {
             },
         ));
     }
-    let (writer, _task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
+    // The writer on a pool of its own, as the gateway runs it.
+    let writer_db = store::db::connect_writer(url).await.unwrap();
+    let (writer, _task) = LedgerWriter::start(writer_db, Arc::clone(&wallet));
     let started = Instant::now();
     for (record, charge) in settled {
         writer.submit(record, Some(charge));

@@ -187,8 +187,10 @@ async fn a_batch_larger_than_the_largest_insert_is_recorded_whole_and_charged_ex
         let db = store::db::connect(&url).await.unwrap();
         let wallet = Arc::new(Wallet::new(db.clone(), &store::Shared::memory()));
         let bob = customer(&db, &wallet, "bob", 1_000).await;
-        // 300 at once: more than one of the largest statements (128 rows) in a batch.
-        let (writer, _task) = LedgerWriter::start(db.clone(), Arc::clone(&wallet));
+        // 300 at once: more than one of the largest statements (128 rows) in a batch,
+        // on the writer's own pool as the gateway opens it (one connection on SQLite).
+        let writer_db = store::db::connect_writer(&url).await.unwrap();
+        let (writer, _task) = LedgerWriter::start(writer_db, Arc::clone(&wallet));
         let tag = unique();
         for i in 0..300_u64 {
             let mut r = record(&format!("gen-{tag}-{i}"), bob.id);

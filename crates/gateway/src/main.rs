@@ -16,6 +16,7 @@ const USAGE: &str = "usage: gateway                 start the gateway (configure
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     gateway::logging::init(gateway::logging::LogFormat::from_env()?);
+    warn_about_the_old_allocator_variable();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = Config::from_env()?;
     match args
@@ -80,3 +81,11 @@ async fn login_unlock(config: &Config, username: &str) -> anyhow::Result<ExitCod
 /// is never trimmed. mimalloc was tried and rejected: 52 MiB at start.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// On Linux jemalloc also serves C's malloc, so it reads `MALLOC_CONF`: the prefixed
+/// name that earlier releases documented would now be ignored without a word.
+fn warn_about_the_old_allocator_variable() {
+    if cfg!(target_os = "linux") && std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
+        tracing::warn!("_RJEM_MALLOC_CONF is not read on Linux any more; set MALLOC_CONF instead");
+    }
+}

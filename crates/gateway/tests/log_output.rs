@@ -131,3 +131,27 @@ async fn the_human_log_has_no_colour_codes_when_written_to_a_file() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_still_setting_the_old_allocator_variable_is_told_it_is_not_read() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let dir = TempDir::new();
+    let mut gw = Gateway::start_on(
+        &dir.0,
+        "old-allocator-variable",
+        &Backend::sqlite(&dir.0),
+        &[("_RJEM_MALLOC_CONF", "narenas:4")],
+    );
+    gw.wait_healthy(&http).await;
+    gw.sigterm();
+    gw.wait_exit(Duration::from_secs(20)).await;
+    let log = std::fs::read_to_string(&gw.log).unwrap();
+    assert!(
+        log.contains("_RJEM_MALLOC_CONF is not read on Linux any more; set MALLOC_CONF instead"),
+        "{log}"
+    );
+}

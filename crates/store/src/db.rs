@@ -317,7 +317,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_ledger_writers_sqlite_batches_all_run_on_one_connection() {
+    async fn the_writers_pool_opens_one_sqlite_connection_however_fast_batches_follow_each_other() {
         use sea_orm::{ConnectionTrait, TransactionTrait};
         let path = std::env::temp_dir().join(format!(
             "tollgate-store-writer-{}-{}.db",
@@ -353,6 +353,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(rows.try_get::<i64>("", "n").unwrap(), 50);
-        let _ = std::fs::remove_file(&path);
+        db.close().await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }
