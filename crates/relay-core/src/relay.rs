@@ -386,7 +386,7 @@ async fn try_channel(
             // An error as the first event is judged by its fields, as its status would
             // have been: it may be the request's fault, the key's or the channel's.
             if matches!(event, Event::Error(_)) && forwarded == 0 {
-                return Err(crate::fault::opening_error(data));
+                return Err(crate::fault::opening_error(data.into_owned()));
             }
             let action = observer.observe(&event, wants_usage);
             if action != EventAction::Swallow {

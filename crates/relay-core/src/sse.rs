@@ -2,6 +2,8 @@
 //! event's exact bytes so it can be forwarded untouched. Written here rather than taken
 //! from a crate because forwarding needs the raw bytes, not a re-serialised event.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 
 /// Accumulates bytes and yields complete events (each ending with its blank line).
@@ -10,19 +12,35 @@ pub struct SseFramer {
     buf: BytesMut,
 }
 
-/// An event's `data:` payload lines joined with `\n` (empty when it has none).
-pub fn event_data(event: &[u8]) -> String {
-    let text = String::from_utf8_lossy(event);
-    let mut out = String::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("data:") {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(rest.strip_prefix(' ').unwrap_or(rest));
-        }
+/// An event's `data:` payload lines joined with `\n` (empty when it has none). An event
+/// with one `data:` line (every event of the providers' streams) is borrowed where it
+/// stands: no copy of the payload, and one UTF-8 check of the event instead of a lossy
+/// decode; invalid UTF-8 is replaced, as before.
+pub fn event_data(event: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(event) {
+        Ok(text) => data_lines(text),
+        Err(_) => Cow::Owned(data_lines(&String::from_utf8_lossy(event)).into_owned()),
     }
-    out
+}
+
+fn data_lines(text: &str) -> Cow<'_, str> {
+    let mut lines = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|rest| rest.strip_prefix(' ').unwrap_or(rest));
+    let Some(first) = lines.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = lines.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut out = String::with_capacity(text.len());
+    out.push_str(first);
+    for line in std::iter::once(second).chain(lines) {
+        out.push('\n');
+        out.push_str(line);
+    }
+    Cow::Owned(out)
 }
 
 impl SseFramer {
@@ -88,8 +106,9 @@ where
 
 /// The index just past the first blank line (`\n\n`, `\r\n\r\n` or `\r\r`).
 fn find_event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
+    let mut from = 0;
+    while let Some(at) = memchr::memchr2(b'\n', b'\r', &buf[from..]) {
+        let i = from + at;
         match buf[i] {
             b'\n' if buf.get(i + 1) == Some(&b'\n') => return Some(i + 2),
             b'\n' if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') => {
@@ -98,7 +117,7 @@ fn find_event_end(buf: &[u8]) -> Option<usize> {
             b'\r' if buf.get(i + 1) == Some(&b'\r') => return Some(i + 2),
             _ => {}
         }
-        i += 1;
+        from = i + 1;
     }
     None
 }
@@ -143,5 +162,89 @@ mod tests {
         assert_eq!(ev.len(), 1);
         assert_eq!(event_data(&ev[0]), "a\nb");
         assert_eq!(f.finish().unwrap(), Bytes::from_static(b"rest"));
+    }
+
+    /// What `event_data` and `find_event_end` did before they borrowed and searched
+    /// with memchr: the reference they are checked against.
+    fn data_as_before(event: &[u8]) -> String {
+        let text = String::from_utf8_lossy(event);
+        let mut out = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("data:") {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+            }
+        }
+        out
+    }
+
+    fn end_as_before(buf: &[u8]) -> Option<usize> {
+        (0..buf.len()).find_map(|i| match buf[i] {
+            b'\n' if buf.get(i + 1) == Some(&b'\n') => Some(i + 2),
+            b'\n' if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') => {
+                Some(i + 3)
+            }
+            b'\r' if buf.get(i + 1) == Some(&b'\r') => Some(i + 2),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn an_events_data_reads_as_it_did_and_a_single_line_is_not_copied() {
+        let events: [&[u8]; 12] = [
+            b"data: {\"a\":1}\n\n",
+            b"data:{\"a\":1}\r\n\r\n",
+            b"event: message_start\ndata: {\"type\":\"x\"}\n\n",
+            b": keep-alive\n\n",
+            b"data: a\ndata: b\ndata:c\n\n",
+            b"data: \xff\xfe broken\n\n",
+            b"data: a\n\xffdata: b\n\n",
+            b"data:\n\n",
+            b"id: 7\r\nretry: 10\r\n\r\n",
+            b"data: [DONE]\n\n",
+            b"data: a\rdata: b\r\r",
+            b"",
+        ];
+        for event in events {
+            let data = event_data(event);
+            assert_eq!(
+                data,
+                data_as_before(event),
+                "{:?}",
+                String::from_utf8_lossy(event)
+            );
+        }
+        assert!(matches!(
+            event_data(b"data: {\"a\":1}\n\n"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            event_data(b"event: x\ndata: [DONE]\n\n"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn an_events_end_is_found_where_the_byte_by_byte_search_found_it() {
+        let pieces: [&[u8]; 8] = [
+            b"data: x", b"\n", b"\r", b"\r\n", b"\n\n", b"\r\r", b"{}", b"\xff",
+        ];
+        // Every sequence of up to five pieces: blank lines of each kind, split and not.
+        let mut buf = Vec::new();
+        let mut checked = 0;
+        for n in 0..=5_u32 {
+            for mut code in 0..8_usize.pow(n) {
+                buf.clear();
+                for _ in 0..n {
+                    buf.extend_from_slice(pieces[code % 8]);
+                    code /= 8;
+                }
+                assert_eq!(find_event_end(&buf), end_as_before(&buf), "{buf:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 1 + 8 + 64 + 512 + 4096 + 32768);
     }
 }

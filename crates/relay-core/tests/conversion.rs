@@ -54,7 +54,7 @@ fn convert_stream(
                 .find_map(|l| l.strip_prefix("event: "))
                 .map(str::to_owned);
             let data = event_data(ev);
-            let value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+            let value = serde_json::from_str(&data).unwrap_or(Value::String(data.into_owned()));
             (name, value)
         })
         .collect()
@@ -785,7 +785,8 @@ fn null_token_counts_read_as_zero_and_a_blocked_gemini_prompt_ends_the_stream() 
         .map(|ev| {
             (
                 None,
-                serde_json::from_str(&event_data(ev)).unwrap_or(Value::String(event_data(ev))),
+                serde_json::from_str(&event_data(ev))
+                    .unwrap_or(Value::String(event_data(ev).into_owned())),
             )
         })
         .collect();
