@@ -281,23 +281,35 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn sqlites_refusal_to_turn_a_stale_read_into_a_write_is_a_lost_race() {
-        use sea_orm::{ConnectionTrait, TransactionTrait};
+    /// A new SQLite file in the temp directory, opened by `open` (given its URL), with a
+    /// table `t (id, n)`.
+    async fn with_table_t<F, Fut>(name: &str, open: F) -> (std::path::PathBuf, DatabaseConnection)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<DatabaseConnection, StoreError>>,
+    {
+        use sea_orm::ConnectionTrait;
         let path = std::env::temp_dir().join(format!(
-            "tollgate-store-contended-{}-{}.db",
+            "tollgate-store-{name}-{}-{}.db",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos()
         ));
-        let db = connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        let db = open(format!("sqlite://{}?mode=rwc", path.display()))
             .await
             .unwrap();
         db.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")
             .await
             .unwrap();
+        (path, db)
+    }
+
+    #[tokio::test]
+    async fn sqlites_refusal_to_turn_a_stale_read_into_a_write_is_a_lost_race() {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let (path, db) = with_table_t("contended", |url| async move { connect(&url).await }).await;
         db.execute_unprepared("INSERT INTO t VALUES (1, 0)")
             .await
             .unwrap();
@@ -319,20 +331,8 @@ mod tests {
     #[tokio::test]
     async fn the_writers_pool_opens_one_sqlite_connection_however_fast_batches_follow_each_other() {
         use sea_orm::{ConnectionTrait, TransactionTrait};
-        let path = std::env::temp_dir().join(format!(
-            "tollgate-store-writer-{}-{}.db",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        let db = connect_writer(&format!("sqlite://{}?mode=rwc", path.display()))
-            .await
-            .unwrap();
-        db.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")
-            .await
-            .unwrap();
+        let (path, db) =
+            with_table_t("writer", |url| async move { connect_writer(&url).await }).await;
         // Batch after batch, as the writer commits them: each begins as soon as the
         // last one committed, before sqlx has handed its connection back.
         for n in 0..50 {
