@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod price;
 pub mod redemption;
 pub mod task;
+mod turns;
 pub mod verify;
 pub mod wallet;
 

@@ -26,6 +26,7 @@ use store::Shared;
 use store::entities::{api_key, user};
 
 use crate::BillingError;
+use crate::turns::Turns;
 
 /// How often every counter is set again from the database.
 pub const REFRESH: Duration = Duration::from_secs(10);
@@ -143,7 +144,9 @@ pub struct Wallet {
     /// so that they can be posted again if Redis loses its data.
     live: Mutex<HashMap<u64, (Vec<Account>, i64)>>,
     /// Redis only: settlements waiting for the one `SETTLE` call in flight.
-    settles: Mutex<SettleQueue>,
+    settles: Turns<Settling>,
+    /// Redis only: reservations waiting for the one `RESERVE` call in flight.
+    reserves: Turns<Reserving>,
     /// Redis only: the data generation this instance last saw (`{prefix}:epoch`); a
     /// different or missing one means Redis lost its data since.
     epoch: Mutex<String>,
@@ -209,20 +212,46 @@ local function sync(key, limit, rev)
 end
 ";
 
+/// Holds for a batch of requests, each all or nothing on its own accounts, in order:
+/// a later hold sees what an earlier one of the same account took. Each account is
+/// read and written once, whatever number of holds the batch has. KEYS: the accounts.
+/// ARGV: lease hash, number of holds, then per hold its lease id, amount and its
+/// accounts' positions in KEYS (the second 0 when it has one). Answers per hold: 1
+/// held, 0 short, -1 or -2 its first or second account missing.
 const RESERVE: &str = r"
-local amt = tonumber(ARGV[1])
-local helds = {}
+local hash, n = ARGV[1], tonumber(ARGV[2])
+local limit, held, moved = {}, {}, {}
 for i = 1, #KEYS do
   local v = redis.call('HMGET', KEYS[i], 'limit', 'held')
-  if not v[1] then return -i end
-  helds[i] = tonumber(v[2] or '0')
-  if tonumber(v[1]) - helds[i] < amt then return 0 end
+  if v[1] then limit[i], held[i] = tonumber(v[1]), tonumber(v[2] or '0') end
 end
-if amt > 0 then
-  for i = 1, #KEYS do redis.call('HSET', KEYS[i], 'held', int(helds[i] + amt)) end
+local function check(i, amt, missing)
+  if not limit[i] then return missing end
+  if limit[i] - held[i] < amt then return 0 end
+  return 1
 end
-set_lease(ARGV[2], ARGV[3], amt)
-return 1
+local out = {}
+for j = 0, n - 1 do
+  local at = 3 + 4 * j
+  local id, amt = ARGV[at], tonumber(ARGV[at + 1])
+  local a, b = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local r = check(a, amt, -1)
+  if r == 1 and b > 0 then r = check(b, amt, -2) end
+  if r == 1 and amt > 0 then
+    held[a], moved[a] = held[a] + amt, true
+    local accounts = KEYS[a]
+    if b > 0 then
+      held[b], moved[b] = held[b] + amt, true
+      accounts = accounts .. ',' .. KEYS[b]
+    end
+    if hash ~= '' then redis.call('HSET', hash, id, int(amt) .. '|' .. accounts) end
+  end
+  out[j + 1] = r
+end
+for i = 1, #KEYS do
+  if moved[i] then redis.call('HSET', KEYS[i], 'held', int(held[i])) end
+end
+return out
 ";
 
 /// Holds become pending charges. When a hold's lease is gone (this instance was
@@ -388,7 +417,8 @@ impl Wallet {
             maintenance: Mutex::new(Vec::new()),
             deferred: Mutex::new(Vec::new()),
             live: Mutex::new(HashMap::new()),
-            settles: Mutex::new(SettleQueue::default()),
+            settles: Turns::new(SETTLE_CHUNK),
+            reserves: Turns::new(RESERVE_CHUNK),
             epoch: Mutex::new(String::new()),
         }
     }
@@ -658,7 +688,9 @@ impl Wallet {
         let accounts = accounts_of(user_id, key_id);
         let lease = self.next_lease.fetch_add(1, Ordering::Relaxed);
         for _ in 0..3 {
-            let tried = self.try_reserve(&accounts, amount, lease).await;
+            let tried = self
+                .try_reserve(Ending::of(user_id, key_id, lease), &accounts, amount)
+                .await;
             if let Err(BillingError::Store(e)) = &tried
                 && e.is_unavailable()
             {
@@ -730,7 +762,9 @@ impl Wallet {
                     reserved: hold.amount,
                     charge,
                 };
-                self.settle_in_turn(settling).await?;
+                self.settles
+                    .take(settling, |all| self.send_settles(all))
+                    .await?;
                 if let Some(live) = lock(&self.live).get_mut(&hold.lease) {
                     live.1 = charge;
                 }
@@ -739,74 +773,14 @@ impl Wallet {
         }
     }
 
-    /// Settles in Redis with one `SETTLE` call in flight at a time: a settlement that
-    /// comes while one is in flight waits and goes with the next call, together with
-    /// every other that came meanwhile. Under load that is several per call (fewer
-    /// round trips, and the script's fixed cost shared); alone, it goes at once.
-    async fn settle_in_turn(&self, mine: Settling) -> Result<(), BillingError> {
-        let waiting = {
-            let mut q = lock(&self.settles);
-            if q.busy {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                q.waiting.push((mine, tx));
-                Some(rx)
-            } else {
-                q.busy = true;
-                None
-            }
-        };
-        if let Some(rx) = waiting {
-            let mut wait = Follower {
-                wallet: self,
-                rx: Some(rx),
-            };
-            let turn = match wait.rx.as_mut() {
-                Some(rx) => rx.await,
-                None => return Err(batch_failed(None)),
-            };
-            wait.rx = None;
-            match turn {
-                Ok(Turn::Settled(result)) => return result,
-                Ok(Turn::Lead) => {}
-                // The one in flight was dropped before handing on (shutdown).
-                Err(_) => return Err(batch_failed(None)),
-            }
-        }
-        // This settlement leads: it sends itself and those waiting, then hands the lead
-        // to the first still waiting (also if this future is dropped meanwhile).
-        let lead = LeadGuard { wallet: self };
-        let others: Vec<_> = {
-            let mut q = lock(&self.settles);
-            let n = q.waiting.len().min(SETTLE_CHUNK - 1);
-            q.waiting.drain(..n).collect()
-        };
-        let result = self.send_settles(&mine, &others).await;
-        for (_, tx) in others {
-            let shared = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(batch_failed(Some(e))),
-            };
-            let _ = tx.send(Turn::Settled(shared));
-        }
-        drop(lead);
-        result
-    }
-
-    /// One `SETTLE` call for `mine` and `others`.
-    async fn send_settles(
-        &self,
-        mine: &Settling,
-        others: &[(Settling, tokio::sync::oneshot::Sender<Turn>)],
-    ) -> Result<(), BillingError> {
+    /// One `SETTLE` call for `all`.
+    async fn send_settles(&self, all: Vec<Settling>) -> Result<Vec<i64>, BillingError> {
         let Backend::Redis {
             prefix, scripts, ..
         } = &self.backend
         else {
-            return Ok(());
+            return Ok(Vec::new());
         };
-        let all: Vec<&Settling> = std::iter::once(mine)
-            .chain(others.iter().map(|(s, _)| s))
-            .collect();
         let (accounts, places) = positions(all.iter().map(|s| &s.end));
         let mut call = scripts.settle.prepare_invoke();
         call.arg(self.lease_key()).arg(all.len());
@@ -825,19 +799,7 @@ impl Wallet {
         }
         let (link, mut conn) = self.hot_conn().await?;
         let _: i64 = link.checked(call.invoke_async(&mut conn).await)?;
-        Ok(())
-    }
-
-    /// Hands the lead of the settlements to the first one waiting, or ends it.
-    fn pass_lead(&self) {
-        let mut q = lock(&self.settles);
-        while !q.waiting.is_empty() {
-            let (_, tx) = q.waiting.remove(0);
-            if tx.send(Turn::Lead).is_ok() {
-                return;
-            }
-        }
-        q.busy = false;
+        Ok(Vec::new())
     }
 
     /// Gives a hold back untouched (the request failed). While Redis is unreachable
@@ -952,11 +914,11 @@ impl Wallet {
 
     async fn try_reserve(
         &self,
+        end: Ending,
         accounts: &[Account],
         amount: i64,
-        lease: u64,
     ) -> Result<Reserve, BillingError> {
-        match &self.backend {
+        let r = match &self.backend {
             Backend::Memory(slots) => {
                 let mut slots = lock(slots);
                 for a in accounts {
@@ -971,38 +933,47 @@ impl Wallet {
                         s.held += amount;
                     }
                 }
-                Ok(Reserve::Done)
+                return Ok(Reserve::Done);
             }
-            Backend::Redis {
-                pool: _,
+            Backend::Redis { .. } => {
+                let mine = Reserving { end, amount };
+                self.reserves
+                    .take(mine, |all| self.send_reserves(all))
+                    .await?
+            }
+        };
+        Ok(match r {
+            1 => Reserve::Done,
+            n if n < 0 => {
+                let idx = usize::try_from(-n - 1).unwrap_or(0);
+                Reserve::Missing(accounts.get(idx).copied().unwrap_or(accounts[0]))
+            }
+            _ => Reserve::Short,
+        })
+    }
+
+    /// One `RESERVE` call for `all`: each one's answer, in order.
+    async fn send_reserves(&self, all: Vec<Reserving>) -> Result<Vec<i64>, BillingError> {
+        let Backend::Redis {
+            prefix, scripts, ..
+        } = &self.backend
+        else {
+            return Ok(Vec::new());
+        };
+        let (accounts, places) = positions(all.iter().map(|r| &r.end));
+        let mut call = scripts.reserve.prepare_invoke();
+        call.arg(self.lease_key()).arg(all.len());
+        for a in &accounts {
+            call.key(AccountKey {
                 prefix,
-                scripts,
-            } => {
-                let (link, mut conn) = self.hot_conn().await?;
-                let mut inv = scripts.reserve.prepare_invoke();
-                for a in accounts {
-                    inv.key(AccountKey {
-                        prefix,
-                        account: *a,
-                    });
-                }
-                let r = inv
-                    .arg(amount)
-                    .arg(self.lease_key())
-                    .arg(lease)
-                    .invoke_async(&mut conn)
-                    .await;
-                let r: i64 = link.checked(r)?;
-                Ok(match r {
-                    1 => Reserve::Done,
-                    0 => Reserve::Short,
-                    n => {
-                        let idx = usize::try_from(-n - 1).unwrap_or(0);
-                        Reserve::Missing(accounts.get(idx).copied().unwrap_or(accounts[0]))
-                    }
-                })
-            }
+                account: *a,
+            });
         }
+        for (r, (user, key)) in all.iter().zip(places) {
+            call.arg(r.end.lease).arg(r.amount).arg(user).arg(key);
+        }
+        let (link, mut conn) = self.hot_conn().await?;
+        Ok(link.checked(call.invoke_async(&mut conn).await)?)
     }
 
     /// Applies a release or flush now, or, when Redis is unreachable, keeps it to be
@@ -1326,75 +1297,25 @@ fn positions<'a>(
     (accounts, places)
 }
 
+/// Most settlements one `SETTLE` call takes.
+const SETTLE_CHUNK: usize = 200;
+
+/// Most reservations one `RESERVE` call takes.
+const RESERVE_CHUNK: usize = 200;
+
+/// A hold to make with `RESERVE`.
+#[derive(Clone, Copy)]
+struct Reserving {
+    end: Ending,
+    amount: i64,
+}
+
 /// A hold to settle with `SETTLE`.
 #[derive(Clone, Copy)]
 struct Settling {
     end: Ending,
     reserved: i64,
     charge: i64,
-}
-
-/// Settlements waiting for the `SETTLE` call in flight.
-#[derive(Default)]
-struct SettleQueue {
-    waiting: Vec<(Settling, tokio::sync::oneshot::Sender<Turn>)>,
-    /// A call is in flight (its leader hands on when it ends).
-    busy: bool,
-}
-
-/// What a waiting settlement is told.
-enum Turn {
-    /// It went with the call in flight.
-    Settled(Result<(), BillingError>),
-    /// It leads the next call.
-    Lead,
-}
-
-/// Most settlements one `SETTLE` call takes.
-const SETTLE_CHUNK: usize = 200;
-
-/// A settlement waiting for its turn. Dropped while waiting (its request's task ended
-/// with the runtime), it still hands on a lead it was given and never took up: a lead
-/// lost there would leave every later settlement waiting for good.
-struct Follower<'a> {
-    wallet: &'a Wallet,
-    rx: Option<tokio::sync::oneshot::Receiver<Turn>>,
-}
-
-impl Drop for Follower<'_> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            if let Ok(Turn::Lead) = rx.try_recv() {
-                self.wallet.pass_lead();
-            }
-        }
-    }
-}
-
-/// Hands the lead on when the leading settlement ends, however it ends.
-struct LeadGuard<'a> {
-    wallet: &'a Wallet,
-}
-
-impl Drop for LeadGuard<'_> {
-    fn drop(&mut self) {
-        self.wallet.pass_lead();
-    }
-}
-
-/// The error a settlement that went in a failed batch is given (the leader's, when it
-/// is Redis's own).
-fn batch_failed(leader: Option<&BillingError>) -> BillingError {
-    match leader {
-        Some(BillingError::Store(store::StoreError::Redis(e))) => {
-            BillingError::Store(store::StoreError::Redis(e.clone()))
-        }
-        _ => BillingError::Store(store::StoreError::Redis(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "the settlement batch could not be sent",
-        )))),
-    }
 }
 
 /// An account's Redis key, written straight into the command (no string per call).
@@ -1710,37 +1631,56 @@ mod tests {
         .unwrap();
         assert_eq!(w.available(alice).await.unwrap(), Some(1_000_000 - total));
         assert_eq!(w.available(key).await.unwrap(), Some(500_000 - through_key));
-        if let Backend::Redis { .. } = &w.backend {
-            assert!(lock(&w.settles).waiting.is_empty() && !lock(&w.settles).busy);
-        }
+        assert!(w.settles.idle());
     }
 
     #[tokio::test]
-    async fn a_settlement_dropped_after_it_was_handed_the_lead_hands_it_on() {
+    async fn reservations_arriving_together_each_get_their_own_answer_in_order() {
         use std::future::Future;
         let w = wallet().await;
-        w.sync(&[state(Account::User(1), 1_000, 1)]).await.unwrap();
-        // A call is in flight; a settlement comes and waits for its turn.
-        lock(&w.settles).busy = true;
-        let settling = |lease| Settling {
-            end: Ending::of(1, None, lease),
-            reserved: 0,
-            charge: 0,
-        };
-        let mut waiting = Box::pin(w.settle_in_turn(settling(1)));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(waiting.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(lock(&w.settles).waiting.len(), 1);
-        // The call in flight ends and hands the lead to it; its task is dropped before
-        // it runs again (a worker stopping).
-        w.pass_lead();
-        drop(waiting);
-        // The lead was handed on, not lost: the next settlement goes at once.
-        assert!(!lock(&w.settles).busy);
-        tokio::time::timeout(Duration::from_secs(5), w.settle_in_turn(settling(2)))
+        let (alice, key) = (Account::User(1), Account::Key(9));
+        w.sync(&[state(alice, 1_000, 1), state(key, 250, 1)])
             .await
-            .expect("a settlement after a dropped lead must not wait for good")
             .unwrap();
+        // A call is in flight: the next fifteen wait, then go in one call, in order.
+        // Every other one is through the key, which runs out after two.
+        w.reserves.hold_busy();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // (In process there is no call: each is answered at once.)
+        let mut waiting = Vec::new();
+        let mut answered = Vec::new();
+        for i in 0..15_i64 {
+            let mut r = Box::pin(w.reserve(1, (i % 2 == 0).then_some(9), 100));
+            match r.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(answer) => answered.push(answer),
+                std::task::Poll::Pending => waiting.push(r),
+            }
+        }
+        if let Backend::Redis { .. } = &w.backend {
+            assert_eq!(w.reserves.waiting(), 15);
+        }
+        w.reserves.end_call();
+        for r in waiting {
+            answered.push(r.await);
+        }
+        let mut held = Vec::new();
+        for (i, r) in answered.into_iter().enumerate() {
+            match r {
+                Ok(h) => held.push((i, h)),
+                Err(BillingError::Insufficient) => {}
+                Err(e) => panic!("reservation {i}: {e}"),
+            }
+        }
+        let done: Vec<usize> = held.iter().map(|(i, _)| *i).collect();
+        assert_eq!(done, [0, 1, 2, 3, 5, 7, 9, 11, 13]);
+        assert_eq!(w.available(alice).await.unwrap(), Some(100));
+        assert_eq!(w.available(key).await.unwrap(), Some(50));
+        assert!(w.reserves.idle());
+        for (_, h) in held {
+            w.release(h).await.unwrap();
+        }
+        assert_eq!(w.available(alice).await.unwrap(), Some(1_000));
+        assert_eq!(w.available(key).await.unwrap(), Some(250));
     }
 
     #[tokio::test]

@@ -1,0 +1,267 @@
+//! One call in flight at a time, and those that come meanwhile go together with the
+//! next: how the wallet sends its hot-path Redis scripts (`RESERVE`, `SETTLE`). Alone,
+//! an item goes at once; under load several share one call, so the round trip and the
+//! script's fixed cost are paid once for all of them.
+
+use std::future::Future;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+use crate::BillingError;
+
+/// The items waiting for the call in flight.
+pub(crate) struct Turns<T> {
+    queue: Mutex<Queue<T>>,
+    /// Most items one call takes.
+    chunk: usize,
+}
+
+struct Queue<T> {
+    waiting: Vec<(T, oneshot::Sender<Turn>)>,
+    /// A call is in flight (its leader hands on when it ends).
+    busy: bool,
+}
+
+/// What a waiting item is told.
+enum Turn {
+    /// It went with the call in flight, which answered this for it.
+    Answered(Result<i64, BillingError>),
+    /// It leads the next call.
+    Lead,
+}
+
+impl<T: Copy> Turns<T> {
+    pub(crate) fn new(chunk: usize) -> Self {
+        Turns {
+            queue: Mutex::new(Queue {
+                waiting: Vec::new(),
+                busy: false,
+            }),
+            chunk: chunk.max(1),
+        }
+    }
+
+    /// Sends `mine` in one call of `send` with every item waiting, or waits for the call
+    /// in flight to end and goes with the next. `send` gets the items, `mine` first,
+    /// and answers each in the same order; an item it gives no answer gets 0. When the
+    /// call fails, every item in it gets the failure.
+    pub(crate) async fn take<F, Fut>(&self, mine: T, send: F) -> Result<i64, BillingError>
+    where
+        F: FnOnce(Vec<T>) -> Fut,
+        Fut: Future<Output = Result<Vec<i64>, BillingError>>,
+    {
+        let waiting = {
+            let mut q = lock(&self.queue);
+            if q.busy {
+                let (tx, rx) = oneshot::channel();
+                q.waiting.push((mine, tx));
+                Some(rx)
+            } else {
+                q.busy = true;
+                None
+            }
+        };
+        if let Some(rx) = waiting {
+            let mut wait = Follower {
+                turns: self,
+                rx: Some(rx),
+            };
+            let turn = match wait.rx.as_mut() {
+                Some(rx) => rx.await,
+                None => return Err(batch_failed(None)),
+            };
+            wait.rx = None;
+            match turn {
+                Ok(Turn::Answered(answer)) => return answer,
+                Ok(Turn::Lead) => {}
+                // The one in flight was dropped before handing on (shutdown).
+                Err(_) => return Err(batch_failed(None)),
+            }
+        }
+        // This item leads: it sends itself and those waiting, then hands the lead to
+        // the first still waiting (also if this future is dropped meanwhile).
+        let lead = LeadGuard { turns: self };
+        let others: Vec<_> = {
+            let mut q = lock(&self.queue);
+            let n = q.waiting.len().min(self.chunk - 1);
+            q.waiting.drain(..n).collect()
+        };
+        let items = std::iter::once(mine)
+            .chain(others.iter().map(|(item, _)| *item))
+            .collect();
+        let answers = send(items).await;
+        for (i, (_, tx)) in others.into_iter().enumerate() {
+            let answer = match &answers {
+                Ok(a) => Ok(a.get(i + 1).copied().unwrap_or(0)),
+                Err(e) => Err(batch_failed(Some(e))),
+            };
+            let _ = tx.send(Turn::Answered(answer));
+        }
+        drop(lead);
+        answers.map(|a| a.first().copied().unwrap_or(0))
+    }
+
+    /// Hands the lead to the first item waiting, or ends it.
+    fn pass_lead(&self) {
+        let mut q = lock(&self.queue);
+        while !q.waiting.is_empty() {
+            let (_, tx) = q.waiting.remove(0);
+            if tx.send(Turn::Lead).is_ok() {
+                return;
+            }
+        }
+        q.busy = false;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> bool {
+        let q = lock(&self.queue);
+        q.waiting.is_empty() && !q.busy
+    }
+
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        lock(&self.queue).waiting.len()
+    }
+
+    /// As if a call were in flight: what comes next waits (tests).
+    #[cfg(test)]
+    pub(crate) fn hold_busy(&self) {
+        lock(&self.queue).busy = true;
+    }
+
+    /// As if the call in flight ended (tests).
+    #[cfg(test)]
+    pub(crate) fn end_call(&self) {
+        self.pass_lead();
+    }
+}
+
+/// An item waiting for its turn. Dropped while waiting (its request's task ended with
+/// the runtime), it still hands on a lead it was given and never took up: a lead lost
+/// there would leave every later item waiting for good.
+struct Follower<'a, T: Copy> {
+    turns: &'a Turns<T>,
+    rx: Option<oneshot::Receiver<Turn>>,
+}
+
+impl<T: Copy> Drop for Follower<'_, T> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(Turn::Lead) = rx.try_recv() {
+                self.turns.pass_lead();
+            }
+        }
+    }
+}
+
+/// Hands the lead on when the leading item ends, however it ends.
+struct LeadGuard<'a, T: Copy> {
+    turns: &'a Turns<T>,
+}
+
+impl<T: Copy> Drop for LeadGuard<'_, T> {
+    fn drop(&mut self) {
+        self.turns.pass_lead();
+    }
+}
+
+/// The error an item that went in a failed call is given (the leader's, when it is
+/// Redis's own).
+fn batch_failed(leader: Option<&BillingError>) -> BillingError {
+    use deadpool_redis::redis;
+    match leader {
+        Some(BillingError::Store(store::StoreError::Redis(e))) => {
+            BillingError::Store(store::StoreError::Redis(e.clone()))
+        }
+        _ => BillingError::Store(store::StoreError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "the batch could not be sent to Redis",
+        )))),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn items_that_come_during_a_call_go_together_in_the_next_each_with_its_own_answer() {
+        let turns = Turns::<i64>::new(200);
+        let calls = AtomicUsize::new(0);
+        let send = |items: Vec<i64>| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(items.iter().map(|i| i * 10).collect()) }
+        };
+        turns.hold_busy();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut waiting: Vec<_> = (1..=5).map(|i| Box::pin(turns.take(i, send))).collect();
+        for w in &mut waiting {
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(turns.waiting(), 5);
+        turns.end_call();
+        let mut answers = Vec::new();
+        for w in waiting {
+            answers.push(w.await.unwrap());
+        }
+        assert_eq!(answers, [10, 20, 30, 40, 50]);
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(turns.idle());
+        // Alone, an item goes at once.
+        assert_eq!(turns.take(7, send).await.unwrap(), 70);
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_fails_every_item_in_it_and_the_next_call_goes() {
+        let turns = Turns::<i64>::new(200);
+        turns.hold_busy();
+        let fail = |_: Vec<i64>| async { Err(batch_failed(None)) };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut waiting: Vec<_> = (0..3).map(|i| Box::pin(turns.take(i, fail))).collect();
+        for w in &mut waiting {
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+        }
+        turns.end_call();
+        for w in waiting {
+            assert!(w.await.is_err());
+        }
+        assert!(turns.idle());
+        let ok = |items: Vec<i64>| async move { Ok(items) };
+        assert_eq!(turns.take(4, ok).await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn an_item_dropped_after_it_was_handed_the_lead_hands_it_on() {
+        let turns = Turns::<i64>::new(200);
+        let ok = |items: Vec<i64>| async move { Ok(items) };
+        // A call is in flight; an item comes and waits for its turn.
+        turns.hold_busy();
+        let mut waiting = Box::pin(turns.take(1, ok));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(turns.waiting(), 1);
+        // The call in flight ends and hands the lead to it; its task is dropped before
+        // it runs again (a worker stopping).
+        turns.end_call();
+        drop(waiting);
+        // The lead was handed on, not lost: the next item goes at once.
+        assert!(turns.idle());
+        let next = tokio::time::timeout(Duration::from_secs(5), turns.take(2, ok))
+            .await
+            .expect("an item after a dropped lead must not wait for good");
+        assert_eq!(next.unwrap(), 2);
+    }
+}
