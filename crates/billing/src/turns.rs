@@ -46,7 +46,17 @@ impl<T: Copy> Turns<T> {
     /// in flight to end and goes with the next. `send` gets the items, `mine` first,
     /// and answers each in the same order; an item it gives no answer gets 0. When the
     /// call fails, every item in it gets the failure.
-    pub(crate) async fn take<F, Fut>(&self, mine: T, send: F) -> Result<i64, BillingError>
+    ///
+    /// `unclaimed` is told of each item whose call went but whose caller is gone (its
+    /// future was dropped): with its answer, or `None` when the call failed or was
+    /// dropped in flight and so may or may not have run. What the call did for it is
+    /// then nobody's to undo but `unclaimed`'s.
+    pub(crate) async fn take<F, Fut>(
+        &self,
+        mine: T,
+        send: F,
+        unclaimed: &(dyn Fn(T, Option<i64>) + Sync),
+    ) -> Result<i64, BillingError>
     where
         F: FnOnce(Vec<T>) -> Fut,
         Fut: Future<Output = Result<Vec<i64>, BillingError>>,
@@ -66,6 +76,8 @@ impl<T: Copy> Turns<T> {
             let mut wait = Follower {
                 turns: self,
                 rx: Some(rx),
+                item: mine,
+                unclaimed,
             };
             let turn = match wait.rx.as_mut() {
                 Some(rx) => rx.await,
@@ -81,22 +93,29 @@ impl<T: Copy> Turns<T> {
         }
         // This item leads: it sends itself and those waiting, then hands the lead to
         // the first still waiting (also if this future is dropped meanwhile).
-        let lead = LeadGuard { turns: self };
         let others: Vec<_> = {
             let mut q = lock(&self.queue);
             let n = q.waiting.len().min(self.chunk - 1);
             q.waiting.drain(..n).collect()
         };
-        let items = std::iter::once(mine)
+        let items: Vec<T> = std::iter::once(mine)
             .chain(others.iter().map(|(item, _)| *item))
             .collect();
+        let mut lead = LeadGuard {
+            turns: self,
+            in_flight: items.clone(),
+            unclaimed,
+        };
         let answers = send(items).await;
-        for (i, (_, tx)) in others.into_iter().enumerate() {
+        lead.in_flight.clear();
+        for (i, (item, tx)) in others.into_iter().enumerate() {
             let answer = match &answers {
                 Ok(a) => Ok(a.get(i + 1).copied().unwrap_or(0)),
                 Err(e) => Err(batch_failed(Some(e))),
             };
-            let _ = tx.send(Turn::Answered(answer));
+            if let Err(Turn::Answered(answer)) = tx.send(Turn::Answered(answer)) {
+                unclaimed(item, answer.ok());
+            }
         }
         drop(lead);
         answers.map(|a| a.first().copied().unwrap_or(0))
@@ -139,31 +158,42 @@ impl<T: Copy> Turns<T> {
 }
 
 /// An item waiting for its turn. Dropped while waiting (its request's task ended with
-/// the runtime), it still hands on a lead it was given and never took up: a lead lost
-/// there would leave every later item waiting for good.
+/// the runtime, or its client went away), it still hands on a lead it was given and
+/// never took up: a lead lost there would leave every later item waiting for good. An
+/// answer that came for it and was never read goes to `unclaimed`.
 struct Follower<'a, T: Copy> {
     turns: &'a Turns<T>,
     rx: Option<oneshot::Receiver<Turn>>,
+    item: T,
+    unclaimed: &'a (dyn Fn(T, Option<i64>) + Sync),
 }
 
 impl<T: Copy> Drop for Follower<'_, T> {
     fn drop(&mut self) {
         if let Some(mut rx) = self.rx.take() {
             rx.close();
-            if let Ok(Turn::Lead) = rx.try_recv() {
-                self.turns.pass_lead();
+            match rx.try_recv() {
+                Ok(Turn::Lead) => self.turns.pass_lead(),
+                Ok(Turn::Answered(answer)) => (self.unclaimed)(self.item, answer.ok()),
+                Err(_) => {}
             }
         }
     }
 }
 
-/// Hands the lead on when the leading item ends, however it ends.
+/// Hands the lead on when the leading item ends, however it ends. Dropped with its
+/// call in flight, it tells `unclaimed` of every item in it: the call may have run.
 struct LeadGuard<'a, T: Copy> {
     turns: &'a Turns<T>,
+    in_flight: Vec<T>,
+    unclaimed: &'a (dyn Fn(T, Option<i64>) + Sync),
 }
 
 impl<T: Copy> Drop for LeadGuard<'_, T> {
     fn drop(&mut self) {
+        for item in self.in_flight.drain(..) {
+            (self.unclaimed)(item, None);
+        }
         self.turns.pass_lead();
     }
 }
@@ -206,7 +236,9 @@ mod tests {
         };
         turns.hold_busy();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut waiting: Vec<_> = (1..=5).map(|i| Box::pin(turns.take(i, send))).collect();
+        let mut waiting: Vec<_> = (1..=5)
+            .map(|i| Box::pin(turns.take(i, send, &|_, _| {})))
+            .collect();
         for w in &mut waiting {
             assert!(w.as_mut().poll(&mut cx).is_pending());
         }
@@ -220,7 +252,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::Relaxed), 1);
         assert!(turns.idle());
         // Alone, an item goes at once.
-        assert_eq!(turns.take(7, send).await.unwrap(), 70);
+        assert_eq!(turns.take(7, send, &|_, _| {}).await.unwrap(), 70);
         assert_eq!(calls.load(Ordering::Relaxed), 2);
     }
 
@@ -230,7 +262,9 @@ mod tests {
         turns.hold_busy();
         let fail = |_: Vec<i64>| async { Err(batch_failed(None)) };
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut waiting: Vec<_> = (0..3).map(|i| Box::pin(turns.take(i, fail))).collect();
+        let mut waiting: Vec<_> = (0..3)
+            .map(|i| Box::pin(turns.take(i, fail, &|_, _| {})))
+            .collect();
         for w in &mut waiting {
             assert!(w.as_mut().poll(&mut cx).is_pending());
         }
@@ -240,7 +274,7 @@ mod tests {
         }
         assert!(turns.idle());
         let ok = |items: Vec<i64>| async move { Ok(items) };
-        assert_eq!(turns.take(4, ok).await.unwrap(), 4);
+        assert_eq!(turns.take(4, ok, &|_, _| {}).await.unwrap(), 4);
     }
 
     #[tokio::test]
@@ -249,7 +283,7 @@ mod tests {
         let ok = |items: Vec<i64>| async move { Ok(items) };
         // A call is in flight; an item comes and waits for its turn.
         turns.hold_busy();
-        let mut waiting = Box::pin(turns.take(1, ok));
+        let mut waiting = Box::pin(turns.take(1, ok, &|_, _| {}));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
         assert_eq!(turns.waiting(), 1);
@@ -259,9 +293,50 @@ mod tests {
         drop(waiting);
         // The lead was handed on, not lost: the next item goes at once.
         assert!(turns.idle());
-        let next = tokio::time::timeout(Duration::from_secs(5), turns.take(2, ok))
+        let next = tokio::time::timeout(Duration::from_secs(5), turns.take(2, ok, &|_, _| {}))
             .await
             .expect("an item after a dropped lead must not wait for good");
         assert_eq!(next.unwrap(), 2);
+    }
+    #[tokio::test]
+    async fn an_answer_whose_caller_is_gone_is_handed_to_unclaimed() {
+        let turns = Turns::<i64>::new(200);
+        let lost = Mutex::new(Vec::new());
+        let unclaimed = |item, answer| lost.lock().unwrap().push((item, answer));
+        let send = |items: Vec<i64>| async move { Ok(items.iter().map(|i| i * 10).collect()) };
+        turns.hold_busy();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut first = Box::pin(turns.take(1, send, &unclaimed));
+        let mut second = Box::pin(turns.take(2, send, &unclaimed));
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        // The first is handed the lead; the second's caller goes away before the call.
+        turns.end_call();
+        drop(second);
+        assert_eq!(first.await.unwrap(), 10);
+        assert_eq!(*lost.lock().unwrap(), [(2, Some(20))]);
+        assert!(turns.idle());
+    }
+
+    #[tokio::test]
+    async fn a_lead_dropped_with_its_call_in_flight_hands_every_item_in_it_to_unclaimed() {
+        let turns = Turns::<i64>::new(200);
+        let lost = Mutex::new(Vec::new());
+        let unclaimed = |item, answer| lost.lock().unwrap().push((item, answer));
+        let never = |_: Vec<i64>| std::future::pending::<Result<Vec<i64>, BillingError>>();
+        turns.hold_busy();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut first = Box::pin(turns.take(1, never, &unclaimed));
+        let mut second = Box::pin(turns.take(2, never, &unclaimed));
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        turns.end_call();
+        // The first leads and sends both; its task is dropped with the call in flight.
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        drop(first);
+        assert_eq!(*lost.lock().unwrap(), [(1, None), (2, None)]);
+        // The second is told its call failed (it may have run), and the lead goes on.
+        assert!(second.await.is_err());
+        assert!(turns.idle());
     }
 }

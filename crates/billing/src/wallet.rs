@@ -763,7 +763,8 @@ impl Wallet {
                     charge,
                 };
                 self.settles
-                    .take(settling, |all| self.send_settles(all))
+                    // A settlement whose caller is gone still happened: nothing to undo.
+                    .take(settling, |all| self.send_settles(all), &|_, _| {})
                     .await?;
                 if let Some(live) = lock(&self.live).get_mut(&hold.lease) {
                     live.1 = charge;
@@ -938,7 +939,9 @@ impl Wallet {
             Backend::Redis { .. } => {
                 let mine = Reserving { end, amount };
                 self.reserves
-                    .take(mine, |all| self.send_reserves(all))
+                    .take(mine, |all| self.send_reserves(all), &|r, answer| {
+                        self.unclaimed_hold(r, answer)
+                    })
                     .await?
             }
         };
@@ -950,6 +953,20 @@ impl Wallet {
             }
             _ => Reserve::Short,
         })
+    }
+
+    /// A hold that `RESERVE` made (`Some(1)`) or may have made (`None`) for a request
+    /// that is gone (its client went away while it waited): it is given back, as a
+    /// release Redis did not take, so its money is not locked for this instance's life.
+    fn unclaimed_hold(&self, r: Reserving, answer: Option<i64>) {
+        if r.amount > 0 && answer.is_none_or(|n| n == 1) {
+            self.defer(Deferred {
+                accounts: std::iter::once(r.end.user).chain(r.end.key).collect(),
+                lease: r.end.lease,
+                pending: r.amount,
+                synced: Vec::new(),
+            });
+        }
     }
 
     /// One `RESERVE` call for `all`: each one's answer, in order.
@@ -1681,6 +1698,35 @@ mod tests {
         }
         assert_eq!(w.available(alice).await.unwrap(), Some(1_000));
         assert_eq!(w.available(key).await.unwrap(), Some(250));
+    }
+
+    #[tokio::test]
+    async fn a_hold_made_for_a_request_that_went_away_while_it_waited_is_given_back() {
+        use std::future::Future;
+        let w = wallet().await;
+        if let Backend::Memory(_) = &w.backend {
+            // In process a reservation never waits: there is no such moment.
+            return;
+        }
+        let alice = Account::User(1);
+        w.sync(&[state(alice, 1_000, 1)]).await.unwrap();
+        w.reserves.hold_busy();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut staying = Box::pin(w.reserve(1, None, 100));
+        let mut leaving = Box::pin(w.reserve(1, None, 300));
+        assert!(staying.as_mut().poll(&mut cx).is_pending());
+        assert!(leaving.as_mut().poll(&mut cx).is_pending());
+        // The staying one leads the next call, which takes both; the other's client
+        // has gone by the time its hold is made.
+        w.reserves.end_call();
+        drop(leaving);
+        let hold = staying.await.unwrap();
+        assert_eq!(w.available(alice).await.unwrap(), Some(600));
+        // Its hold is given back with the releases Redis did not take.
+        w.retry_deferred().await;
+        assert_eq!(w.available(alice).await.unwrap(), Some(900));
+        w.release(hold).await.unwrap();
+        assert_eq!(w.available(alice).await.unwrap(), Some(1_000));
     }
 
     #[tokio::test]
