@@ -1717,8 +1717,9 @@ mod tests {
         assert!(staying.as_mut().poll(&mut cx).is_pending());
         assert!(leaving.as_mut().poll(&mut cx).is_pending());
         // The staying one leads the next call, which takes both; the other's client
-        // has gone by the time its hold is made.
+        // goes away while the call is in flight.
         w.reserves.end_call();
+        assert!(staying.as_mut().poll(&mut cx).is_pending());
         drop(leaving);
         let hold = staying.await.unwrap();
         assert_eq!(w.available(alice).await.unwrap(), Some(600));
