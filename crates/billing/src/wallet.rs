@@ -214,7 +214,9 @@ end
 
 /// Holds for a batch of requests, each all or nothing on its own accounts, in order:
 /// a later hold sees what an earlier one of the same account took. Each account is
-/// read and written once, whatever number of holds the batch has. KEYS: the accounts.
+/// read and written once, whatever number of holds the batch has, and every lease goes
+/// in one `HSET` after the accounts (as before batching, a write that fails midway
+/// leaves `held` too high, never a lease whose amount `held` lacks). KEYS: the accounts.
 /// ARGV: lease hash, number of holds, then per hold its lease id, amount and its
 /// accounts' positions in KEYS (the second 0 when it has one). Answers per hold: 1
 /// held, 0 short, -1 or -2 its first or second account missing.
@@ -230,7 +232,7 @@ local function check(i, amt, missing)
   if limit[i] - held[i] < amt then return 0 end
   return 1
 end
-local out = {}
+local out, leases = {}, {}
 for j = 0, n - 1 do
   local at = 3 + 4 * j
   local id, amt = ARGV[at], tonumber(ARGV[at + 1])
@@ -244,13 +246,15 @@ for j = 0, n - 1 do
       held[b], moved[b] = held[b] + amt, true
       accounts = accounts .. ',' .. KEYS[b]
     end
-    if hash ~= '' then redis.call('HSET', hash, id, int(amt) .. '|' .. accounts) end
+    leases[#leases + 1] = id
+    leases[#leases + 1] = int(amt) .. '|' .. accounts
   end
   out[j + 1] = r
 end
 for i = 1, #KEYS do
   if moved[i] then redis.call('HSET', KEYS[i], 'held', int(held[i])) end
 end
+if hash ~= '' and #leases > 0 then redis.call('HSET', hash, unpack(leases)) end
 return out
 ";
 
