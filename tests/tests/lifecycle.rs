@@ -130,3 +130,34 @@ async fn a_key_created_on_one_instance_works_on_another_within_a_second() {
     other.stop_gracefully().await;
     s.stop().await;
 }
+
+/// SDKs keep an idle connection for a while and send the next request on it: the
+/// OpenAI and Anthropic Python SDKs (httpx) for up to 5 s, Node's agents and reqwest
+/// longer. A server that closes idle connections at the same 5 s races them: the
+/// request goes out on a socket the server is closing, and the client sees the
+/// connection reset (`IncompleteMessage`) for a request the gateway never read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_for_six_seconds_still_takes_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Scenario::start(0.0).await;
+    let addr = s.app.address.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut buf = vec![0_u8; 4096];
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("the gateway answers")
+            .unwrap_or(0);
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "request {round} on the kept connection: {head:?}"
+        );
+    }
+    s.stop().await;
+}

@@ -19,6 +19,13 @@ use tokio_util::task::TaskTracker;
 use crate::state::{AppState, Reloader, Snapshot};
 use crate::{Config, generation, health, relay};
 
+/// How long an idle client connection stays open. Clients send the next request on a
+/// connection they kept idle (httpx, under the OpenAI and Anthropic Python SDKs, for
+/// up to 5 s; Go and reqwest for up to 90 s): a server closing it at the same moment
+/// races them, and the request is lost as a reset connection. actix's default is
+/// exactly 5 s; this is longer than any of those clients keeps one.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A built, bound, not yet running gateway.
 pub struct Application {
     server: Server,
@@ -185,6 +192,7 @@ impl Application {
                 .configure(admin_web::console::configure)
         })
         .listen(listener)?
+        .keep_alive(KEEP_ALIVE)
         .shutdown_timeout(30);
         if let Some(w) = config.workers {
             server = server.workers(w.max(1));
