@@ -786,15 +786,8 @@ impl Wallet {
         else {
             return Ok(Vec::new());
         };
-        let (accounts, places) = positions(all.iter().map(|s| &s.end));
-        let mut call = scripts.settle.prepare_invoke();
-        call.arg(self.lease_key()).arg(all.len());
-        for a in &accounts {
-            call.key(AccountKey {
-                prefix,
-                account: *a,
-            });
-        }
+        let ends = all.iter().map(|s| &s.end);
+        let (mut call, places) = holds_call(&scripts.settle, prefix, self.lease_key(), ends);
         for (s, (user, key)) in all.iter().zip(places) {
             call.arg(s.end.lease)
                 .arg(s.reserved)
@@ -981,15 +974,8 @@ impl Wallet {
         else {
             return Ok(Vec::new());
         };
-        let (accounts, places) = positions(all.iter().map(|r| &r.end));
-        let mut call = scripts.reserve.prepare_invoke();
-        call.arg(self.lease_key()).arg(all.len());
-        for a in &accounts {
-            call.key(AccountKey {
-                prefix,
-                account: *a,
-            });
-        }
+        let ends = all.iter().map(|r| &r.end);
+        let (mut call, places) = holds_call(&scripts.reserve, prefix, self.lease_key(), ends);
         for (r, (user, key)) in all.iter().zip(places) {
             call.arg(r.end.lease).arg(r.amount).arg(user).arg(key);
         }
@@ -1296,6 +1282,28 @@ fn flushed_call<'s>(
         call.arg(h.lease).arg(user).arg(key);
     }
     call
+}
+
+/// A `RESERVE` or `SETTLE` call for `holds`: the lease hash and their number as its
+/// first arguments, their distinct accounts as its KEYS; and each hold's accounts as
+/// positions in those, for the arguments that follow.
+fn holds_call<'s, 'a>(
+    script: &'s Script,
+    prefix: &str,
+    lease_key: &str,
+    holds: impl ExactSizeIterator<Item = &'a Ending>,
+) -> (redis::ScriptInvocation<'s>, Vec<(usize, usize)>) {
+    let n = holds.len();
+    let (accounts, places) = positions(holds);
+    let mut call = script.prepare_invoke();
+    call.arg(lease_key).arg(n);
+    for a in &accounts {
+        call.key(AccountKey {
+            prefix,
+            account: *a,
+        });
+    }
+    (call, places)
 }
 
 /// The distinct accounts of `holds` (the script's KEYS), and each hold's accounts as
