@@ -311,6 +311,14 @@ mod tests {
         (path, db)
     }
 
+    /// Closes `db` and removes its file, with its WAL and shared-memory files.
+    async fn close_and_remove(db: DatabaseConnection, path: &std::path::Path) {
+        db.close().await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
     #[tokio::test]
     async fn sqlites_refusal_to_turn_a_stale_read_into_a_write_is_a_lost_race() {
         use sea_orm::{ConnectionTrait, TransactionTrait};
@@ -330,7 +338,8 @@ mod tests {
             .unwrap_err();
         assert!(is_contended(&e), "{e:?}");
         assert!(!is_unreachable(&e), "{e:?}");
-        let _ = std::fs::remove_file(&path);
+        drop(reader);
+        close_and_remove(db, &path).await;
     }
 
     #[tokio::test]
@@ -358,11 +367,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(rows.try_get::<i64>("", "n").unwrap(), 50);
-        db.close().await.unwrap();
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        close_and_remove(db, &path).await;
     }
+
     #[tokio::test]
     async fn every_pooled_sqlite_connection_keeps_its_temporary_data_in_memory() {
         let (path, db) = with_table_t(
@@ -380,9 +387,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 2);
-        db.close().await.unwrap();
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        close_and_remove(db, &path).await;
     }
 }
