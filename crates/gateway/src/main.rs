@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .as_slice()
     {
         [] => {
+            raise_open_file_limit();
             let app = Application::build(config).await?;
             app.run_until_stopped().await?;
             Ok(ExitCode::SUCCESS)
@@ -81,6 +82,18 @@ async fn login_unlock(config: &Config, username: &str) -> anyhow::Result<ExitCod
 /// is never trimmed. mimalloc was tried and rejected: 52 MiB at start.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Every client connection kept alive (up to 120 s idle), upstream connection and
+/// database connection is an open file, and the soft limit a service starts with is
+/// often 1,024 (systemd's default) under a hard limit far above it: the soft limit is
+/// raised to the hard one, as nginx and Go's runtime do. Failing that, the gateway
+/// runs with what it has and says so.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
 
 /// On Linux jemalloc also serves C's malloc, so it reads `MALLOC_CONF`: the prefixed
 /// name that earlier releases documented would now be ignored without a word.

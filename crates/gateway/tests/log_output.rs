@@ -155,3 +155,48 @@ async fn an_operator_still_setting_the_old_allocator_variable_is_told_it_is_not_
         "{log}"
     );
 }
+
+/// A service often starts with a soft open-file limit of 1,024 (systemd's default)
+/// under a much higher hard one; kept-alive client connections alone could use that
+/// up. The gateway raises its soft limit to the hard one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_under_a_low_soft_open_file_limit_raises_it_to_the_hard_one() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let (_, hard) = open_file_limits(&std::process::id().to_string());
+    assert!(
+        hard > 256,
+        "this test needs a hard limit above 256 (it is {hard})"
+    );
+    // util-linux's prlimit sets the soft limit and executes the gateway.
+    let dir = TempDir::new();
+    let mut gw = Gateway::start_through(
+        &["prlimit", "--nofile=256:", "--"],
+        &dir.0,
+        "open-file-limit",
+        &Backend::sqlite(&dir.0),
+        &[],
+        free_port(),
+    );
+    gw.wait_healthy(&http).await;
+    let child = gw.child.id().to_string();
+    assert_eq!(open_file_limits(&child), (hard, hard));
+    gw.sigterm();
+    gw.wait_exit(Duration::from_secs(20)).await;
+}
+
+/// A process's soft and hard open-file limits, from `/proc/PID/limits`.
+fn open_file_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut n = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (n.next().unwrap(), n.next().unwrap())
+}

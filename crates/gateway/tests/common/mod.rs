@@ -249,10 +249,31 @@ impl Gateway {
         extra: &[(&str, &str)],
         port: u16,
     ) -> Self {
+        Self::start_through(&[], dir, name, backend, extra, port)
+    }
+
+    /// Like [`Gateway::start_at`], run through `wrapper` (a program and its arguments
+    /// that executes the gateway, such as `prlimit --nofile=256:`).
+    pub fn start_through(
+        wrapper: &[&str],
+        dir: &Path,
+        name: &str,
+        backend: &Backend,
+        extra: &[(&str, &str)],
+        port: u16,
+    ) -> Self {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        let gateway = env!("CARGO_BIN_EXE_gateway");
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(gateway),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(gateway);
+                cmd
+            }
+        };
         cmd.env("TOLLGATE_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", &backend.database_url)
             .env("TOLLGATE_ROOT_PASSWORD", ROOT_PASSWORD)
