@@ -105,10 +105,7 @@ async fn five_kills_under_load_then_a_drained_balance_serves_nothing_unpaid() {
     let dir = TempDir::new();
     let backend = Backend::from_env(&dir.0).await;
     let upstream = start_mock_upstream_paced(Duration::ZERO).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = http_client(Duration::from_secs(30));
     let extra = [("TOLLGATE_LEASE_TTL_S", "1")];
     let mut gw = Gateway::start_on(&dir.0, "run0", &backend, &extra);
     let port = gw.port;

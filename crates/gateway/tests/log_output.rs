@@ -15,10 +15,7 @@ use serde_json::{Value, json};
 /// Starts a gateway with `env`, makes two streamed calls (tried on a dead channel
 /// first), stops it; its log and the generation ids.
 async fn run(dir: &TempDir, name: &str, env: &[(&str, &str)]) -> (String, Vec<String>, String) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let http = http_client(Duration::from_secs(20));
     let upstream = start_mock_upstream().await;
     let mut gw = Gateway::start_on(&dir.0, name, &Backend::sqlite(&dir.0), env);
     gw.wait_healthy(&http).await;
@@ -134,11 +131,7 @@ async fn the_human_log_has_no_colour_codes_when_written_to_a_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_still_setting_the_old_allocator_variable_is_told_it_is_not_read() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let http = http_client(Duration::from_secs(20));
     let dir = TempDir::new();
     let mut gw = Gateway::start_on(
         &dir.0,
@@ -161,11 +154,7 @@ async fn an_operator_still_setting_the_old_allocator_variable_is_told_it_is_not_
 /// up. The gateway raises its soft limit to the hard one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_started_under_a_low_soft_open_file_limit_raises_it_to_the_hard_one() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let http = http_client(Duration::from_secs(20));
     let (_, hard) = open_file_limits(&std::process::id().to_string());
     assert!(
         hard > 256,

@@ -494,10 +494,7 @@ async fn finish(mut gw: Gateway, backend: &Backend) {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    http_client(Duration::from_secs(30))
 }
 
 fn unique_prefix() -> String {

@@ -175,10 +175,7 @@ async fn sigkill_under_load_leaves_every_balance_equal_to_its_ledger() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = TempDir::new();
     let upstream = start_mock_upstream().await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = http_client(Duration::from_secs(30));
     let mut gw = Gateway::start(&dir.0, "first");
     gw.wait_healthy(&http).await;
     let (_, root, key) = provision(

@@ -109,11 +109,7 @@ async fn start_proxy() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_polled_through_repeated_kill_9_are_each_charged_exactly_once() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = http_client(Duration::from_secs(10));
     let dir = TempDir::new();
     let backend = Backend::from_env(&dir.0).await;
     let proxy = start_proxy().await;

@@ -222,6 +222,13 @@ pub fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A test's HTTP client: rustls with the gateway's crypto provider (ring), and every
+/// call limited to `timeout`.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(timeout).build().unwrap()
+}
+
 /// A running `gateway` child; killed on drop (its log is printed if the test failed).
 pub struct Gateway {
     pub child: Child,
