@@ -755,12 +755,7 @@ impl Wallet {
                 }
                 Ok(charge)
             }
-            Backend::Redis {
-                pool: _,
-                prefix,
-                scripts,
-            } => {
-                let _ = (prefix, scripts);
+            Backend::Redis { .. } => {
                 let settling = Settling {
                     end: Ending::of(hold.user_id, hold.key_id, hold.lease),
                     reserved: hold.amount,
